@@ -1,0 +1,53 @@
+# The commands the README names. `make test` and `make demo` work on a fresh machine:
+# they create .venv, install the package with its dev extra, and install beanstalkd from
+# Debian's packages when it is missing.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint typecheck unit demo bench beanstalkd clean
+
+test: $(STAMP) beanstalkd lint typecheck
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# Fast: no server needed.
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+demo: $(STAMP) beanstalkd
+	$(BIN)/tubeworker demo
+
+# Not part of `make test`: speed lives in the benchmark, never in timed tests.
+bench: $(STAMP) beanstalkd
+	$(BIN)/python -m tests.bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# beanstalkd from Debian's packages when it is not on PATH (root, or passwordless sudo).
+beanstalkd:
+	@if command -v beanstalkd >/dev/null 2>&1 || [ -x /usr/sbin/beanstalkd ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "beanstalkd is missing and this is not a Debian-like system: install beanstalkd 1.12 with your package manager, then run make again." >&2; exit 1; \
+	fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "beanstalkd is missing: run 'sudo apt-get install -y beanstalkd', then make again." >&2; exit 1; fi; \
+	echo "installing beanstalkd from Debian's packages"; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq beanstalkd >/dev/null; \
+	command -v beanstalkd >/dev/null 2>&1 || { echo "apt-get did not install beanstalkd" >&2; exit 1; }
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info

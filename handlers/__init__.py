@@ -1,0 +1,1 @@
+"""Built-in handlers, registered through the ``tubeworker.handlers`` entry-point group."""

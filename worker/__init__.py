@@ -1,0 +1,11 @@
+"""tubeworker: a Trio worker daemon for beanstalkd.
+
+This module is the public API for handler authors; the daemon's internals live in the
+submodules and are not part of it.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,7 @@
+"""``python -m worker`` is ``tubeworker``."""
+
+import sys
+
+from worker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,425 @@
+"""A thin Trio client over the sans-I/O protocol, on any ``trio.abc.Stream``.
+
+Rules it keeps (BEANSTALKD.md §2, §10.5):
+
+- One task at a time owns the request/response sequence; a second one gets
+  ``trio.BusyResourceError``.
+- If a write or a read is interrupted for any reason (cancellation included: ``send_all``
+  may have sent part of a command, and a cancelled ``reserve`` still runs on the server),
+  the connection is closed and every later call raises :class:`ConnectionLostError`. It is
+  never reused with half a reply in flight. Jobs it had reserved go back to ready.
+- Trio and OS errors become :class:`ConnectionLostError` here and nowhere else.
+- Connecting has a deadline, and so does the first reply: a beanstalkd out of file
+  descriptors completes the TCP handshake but never answers (B2).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import ssl
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+import greenstalk
+import trio
+
+from worker import protocol as p
+from worker.backoff import full_jitter_delay
+from worker.errors import (
+    ConnectionLostError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    ServerUnresponsiveError,
+)
+
+__all__ = [
+    "Address",
+    "Client",
+    "connect",
+    "connect_with_backoff",
+    "open_client",
+    "parse_address",
+]
+
+DEFAULT_PORT: Final = 11300
+_RECEIVE_SIZE: Final = 256 * 1024  # large reads: the parser is cheap per call, not per byte
+
+R = TypeVar("R", bound=p.Reply)
+
+# Error replies and the greenstalk exceptions the convenience methods raise for them.
+_ERROR_CLASSES: Final[dict[type[p.Reply], type[greenstalk.BeanstalkdError]]] = {
+    p.NotFound: greenstalk.NotFoundError,
+    p.TimedOut: greenstalk.TimedOutError,
+    p.DeadlineSoon: greenstalk.DeadlineSoonError,
+    p.NotIgnored: greenstalk.NotIgnoredError,
+    p.OutOfMemory: greenstalk.OutOfMemoryError,
+    p.InternalError: greenstalk.InternalError,
+    p.BadFormat: greenstalk.BadFormatError,
+    p.UnknownCommand: greenstalk.UnknownCommandError,
+    p.ExpectedCrlf: greenstalk.ExpectedCrlfError,
+    p.JobTooBig: greenstalk.JobTooBigError,
+    p.Draining: greenstalk.DrainingError,
+}
+
+
+def raise_for_reply(reply: p.Reply) -> None:
+    """Raise the greenstalk exception for an error-like reply (no-op for other replies)."""
+    if isinstance(reply, p.Buried):
+        raise greenstalk.BuriedError([str(reply.id).encode()] if reply.id is not None else None)
+    error = _ERROR_CLASSES.get(type(reply))
+    if error is not None:
+        raise error()
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where a beanstalkd listens: TCP ``host:port`` or a unix socket path."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    unix_path: str | None = None
+
+    def __str__(self) -> str:
+        if self.unix_path is not None:
+            return f"unix:{self.unix_path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """``host``, ``host:port``, ``[v6]:port`` or ``unix:/path``; raises ValueError."""
+    if text.startswith("unix:"):
+        path = text.removeprefix("unix:")
+        if not path:
+            raise ValueError(f"{text!r}: unix: needs a socket path")
+        return Address(unix_path=path)
+    host, port_text = text, ""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise ValueError(f"{text!r}: missing ']' after an IPv6 address")
+        host, rest = text[1:close], text[close + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{text!r}: expected ':port' after ']'")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if not host:
+        raise ValueError(f"{text!r}: empty host")
+    if not port_text:
+        return Address(host=host)
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: port must be 1..65535")
+    return Address(host=host, port=int(port_text))
+
+
+class Client:
+    """One beanstalkd connection. Create with :func:`open_client` or :func:`connect`."""
+
+    def __init__(self, stream: trio.abc.Stream, *, max_job_size: int | None = None) -> None:
+        self._stream = stream
+        self._proto = p.Connection(max_job_size=max_job_size)
+        self._busy = False
+        self._lost: str | None = None
+        #: The server's ``stats`` taken when connecting (None when built on a bare stream).
+        self.server: p.ServerStats | None = None
+
+    # ---- state
+
+    @property
+    def is_usable(self) -> bool:
+        return self._lost is None
+
+    @property
+    def pending(self) -> int:
+        """Replies owed by the server for commands already sent."""
+        return self._proto.pending
+
+    async def aclose(self) -> None:
+        """Close at once. Jobs reserved on this connection return to ready."""
+        if self._lost is None:
+            self._lost = "closed by us"
+        await trio.aclose_forcefully(self._stream)
+
+    async def _abandon(self, reason: str) -> None:
+        # Shielded: this runs while a Cancelled propagates, and must still close the socket.
+        if self._lost is None:
+            self._lost = reason
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self._stream)
+
+    def _enter(self) -> None:
+        if self._busy:
+            raise trio.BusyResourceError("another task is using this beanstalkd connection")
+        if self._lost is not None:
+            raise ConnectionLostError(f"connection is not usable: {self._lost}")
+
+    # ---- raw exchange (pipelining)
+
+    async def send(self, *commands: p.Command) -> None:
+        """Write commands in one write; read their replies with :meth:`receive`."""
+        self._enter()
+        data = self._proto.send_many(commands)  # LocalProtocolError: nothing sent, still usable
+        self._busy = True
+        try:
+            await self._stream.send_all(data)
+        except BaseException as exc:
+            # Some, all or none of the bytes went out: the stream's position is unknown.
+            await self._abandon(f"write interrupted by {type(exc).__name__}")
+            _raise_lost(exc)
+            raise
+        finally:
+            self._busy = False
+
+    async def receive(self) -> p.Reply:
+        """The next reply, in the order commands were sent."""
+        self._enter()
+        if self._proto.pending == 0:
+            raise LocalProtocolError("receive() with no command outstanding")
+        self._busy = True
+        try:
+            return await self._receive_reply()
+        except BaseException as exc:
+            await self._abandon(f"read interrupted by {type(exc).__name__}: {exc}")
+            _raise_lost(exc)
+            raise
+        finally:
+            self._busy = False
+
+    async def _receive_reply(self) -> p.Reply:
+        proto = self._proto
+        while True:
+            event = proto.next_event()
+            if event is not p.NEED_DATA:
+                assert isinstance(event, p.Reply)
+                return event
+            data = await self._stream.receive_some(_RECEIVE_SIZE)
+            if not data:
+                raise ConnectionLostError(
+                    f"server closed the connection with {proto.pending} replies owed"
+                )
+            proto.receive_data(data)
+
+    async def request(self, command: p.Command) -> p.Reply:
+        """Send one command and return its reply (error replies are returned, not raised)."""
+        await self.send(command)
+        return await self.receive()
+
+    async def pipeline(self, commands: Sequence[p.Command]) -> list[p.Reply]:
+        """Send commands in one write and return all their replies, in order."""
+        await self.send(*commands)
+        return [await self.receive() for _ in commands]
+
+    async def _call(self, command: p.Command, want: type[R]) -> R:
+        reply = await self.request(command)
+        if isinstance(reply, want):
+            return reply
+        raise_for_reply(reply)
+        raise RemoteProtocolError(f"unexpected {reply!r} to {command!r}")  # pragma: no cover
+
+    # ---- the protocol, one method per command; error replies raise greenstalk's errors
+
+    async def put(
+        self,
+        body: bytes,
+        *,
+        priority: int = p.DEFAULT_PRIORITY,
+        delay: int = 0,
+        ttr: int = p.DEFAULT_TTR,
+    ) -> int:
+        """Put a job into the used tube and return its id."""
+        return (await self._call(p.Put(body, priority, delay, ttr), p.Inserted)).id
+
+    async def use(self, tube: str) -> str:
+        return (await self._call(p.Use(tube), p.Using)).tube
+
+    async def reserve(self, timeout: int | None = None) -> p.Reserved:
+        """Reserve a job from the watched tubes. ``timeout`` in whole seconds, None: forever.
+
+        Raises TimedOutError or DeadlineSoonError. Cancelling a blocked reserve closes the
+        connection (the server would still hand it a job).
+        """
+        command = p.Reserve() if timeout is None else p.ReserveWithTimeout(timeout)
+        return await self._call(command, p.Reserved)
+
+    async def reserve_job(self, job_id: int) -> p.Reserved:
+        return await self._call(p.ReserveJob(job_id), p.Reserved)
+
+    async def delete(self, job_id: int) -> None:
+        await self._call(p.Delete(job_id), p.Deleted)
+
+    async def release(
+        self, job_id: int, *, priority: int = p.DEFAULT_PRIORITY, delay: int = 0
+    ) -> None:
+        await self._call(p.Release(job_id, priority, delay), p.Released)
+
+    async def bury(self, job_id: int, *, priority: int = p.DEFAULT_PRIORITY) -> None:
+        reply = await self.request(p.Bury(job_id, priority))
+        if not isinstance(reply, p.Buried):
+            raise_for_reply(reply)
+
+    async def touch(self, job_id: int) -> None:
+        await self._call(p.Touch(job_id), p.Touched)
+
+    async def watch(self, tube: str) -> int:
+        return (await self._call(p.Watch(tube), p.Watching)).count
+
+    async def ignore(self, tube: str) -> int:
+        return (await self._call(p.Ignore(tube), p.Watching)).count
+
+    async def peek(self, job_id: int) -> p.Found:
+        return await self._call(p.Peek(job_id), p.Found)
+
+    async def peek_ready(self) -> p.Found:
+        return await self._call(p.PeekReady(), p.Found)
+
+    async def peek_delayed(self) -> p.Found:
+        return await self._call(p.PeekDelayed(), p.Found)
+
+    async def peek_buried(self) -> p.Found:
+        return await self._call(p.PeekBuried(), p.Found)
+
+    async def kick(self, bound: int) -> int:
+        count = (await self._call(p.Kick(bound), p.Kicked)).count
+        if count is None:
+            raise RemoteProtocolError("KICKED without a count in reply to kick")
+        return count
+
+    async def kick_job(self, job_id: int) -> None:
+        await self._call(p.KickJob(job_id), p.Kicked)
+
+    async def stats_job(self, job_id: int) -> p.JobStats:
+        return await self._call(p.StatsJob(job_id), p.JobStats)
+
+    async def stats_tube(self, tube: str) -> p.TubeStats:
+        return await self._call(p.StatsTube(tube), p.TubeStats)
+
+    async def stats(self) -> p.ServerStats:
+        return await self._call(p.Stats(), p.ServerStats)
+
+    async def list_tubes(self) -> tuple[str, ...]:
+        return (await self._call(p.ListTubes(), p.TubeList)).tubes
+
+    async def list_tube_used(self) -> str:
+        return (await self._call(p.ListTubeUsed(), p.Using)).tube
+
+    async def list_tubes_watched(self) -> tuple[str, ...]:
+        return (await self._call(p.ListTubesWatched(), p.TubeList)).tubes
+
+    async def pause_tube(self, tube: str, delay: int) -> None:
+        await self._call(p.PauseTube(tube, delay), p.Paused)
+
+    async def quit(self) -> None:
+        """Say goodbye and close."""
+        if self.is_usable:
+            with suppress(ConnectionLostError):
+                await self.send(p.Quit())
+        await self.aclose()
+
+
+def _raise_lost(exc: BaseException) -> None:
+    """Translate transport errors (the one place that knows Trio's and the OS's)."""
+    if isinstance(exc, ConnectionLostError):
+        raise exc
+    if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError | OSError):
+        raise ConnectionLostError(f"connection lost: {exc!r}") from exc
+    if isinstance(exc, ssl.SSLError):  # pragma: no cover - only behind a TLS proxy
+        raise ConnectionLostError(f"TLS error: {exc!r}") from exc
+
+
+async def _open_stream(address: Address, ssl_context: ssl.SSLContext | None) -> trio.abc.Stream:
+    stream: trio.abc.Stream
+    if address.unix_path is not None:
+        stream = await trio.open_unix_socket(address.unix_path)
+    else:
+        stream = await trio.open_tcp_stream(address.host, address.port)
+    if ssl_context is not None:
+        tls = trio.SSLStream(stream, ssl_context, server_hostname=address.host)
+        try:
+            await tls.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        stream = tls
+    return stream
+
+
+async def connect(
+    address: Address | str,
+    *,
+    connect_timeout: float = 5.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Client:
+    """Connect and take the server's ``stats``, both within ``connect_timeout`` seconds.
+
+    The stats tell max-job-size (bodies over it are refused before sending) and the
+    server's instance id. The caller owns the client and must ``aclose()`` it.
+    """
+    if isinstance(address, str):
+        address = parse_address(address)
+    stream: trio.abc.Stream | None = None
+    try:
+        with trio.fail_after(connect_timeout):
+            stream = await _open_stream(address, ssl_context)
+            client = Client(stream)
+            stats = await client.stats()
+    except trio.TooSlowError:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        raise ServerUnresponsiveError(
+            f"beanstalkd at {address} did not answer within {connect_timeout} s"
+        ) from None
+    except OSError as exc:
+        raise ConnectionLostError(f"cannot connect to beanstalkd at {address}: {exc}") from exc
+    client.server = stats
+    client._proto.max_job_size = stats.max_job_size
+    return client
+
+
+@asynccontextmanager
+async def open_client(
+    address: Address | str,
+    *,
+    connect_timeout: float = 5.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[Client]:
+    """``async with open_client("127.0.0.1:11300") as client: ...``"""
+    client = await connect(address, connect_timeout=connect_timeout, ssl_context=ssl_context)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def connect_with_backoff(
+    address: Address | str,
+    *,
+    connect_timeout: float = 5.0,
+    ssl_context: ssl.SSLContext | None = None,
+    base: float = 0.1,
+    cap: float = 30.0,
+    attempts: int | None = None,
+    on_retry: Callable[[int, float, Exception], None] | None = None,
+    rng: random.Random | None = None,
+) -> Client:
+    """Connect, retrying with exponential backoff and full jitter.
+
+    Retries forever unless ``attempts`` is given (then the last error is raised); bound it
+    with a cancel scope. ``on_retry(attempt, delay, error)`` is called before each wait.
+    """
+    limit = math.inf if attempts is None else attempts
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await connect(address, connect_timeout=connect_timeout, ssl_context=ssl_context)
+        except (ConnectionLostError, RemoteProtocolError) as exc:
+            if attempt >= limit:
+                raise
+            delay = full_jitter_delay(attempt, base=base, cap=cap, rng=rng)
+            if on_retry is not None:
+                on_retry(attempt, delay, exc)
+            await trio.sleep(delay)

@@ -6,6 +6,8 @@ submodules and are not part of it.
 
 from __future__ import annotations
 
+from worker.job import Bury, Job, Retry, handler
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["Bury", "Job", "Retry", "__version__", "handler"]

@@ -203,6 +203,28 @@ class Client:
                 )
             proto.receive_data(data)
 
+    async def wait_lost(self) -> str:
+        """Return (with the reason) when this idle connection dies; the connection is then
+        closed. Cancel-safe: cancelled, it leaves the connection as it was.
+
+        beanstalkd never speaks unasked, so with no reply owed, any read result means the
+        end: EOF (server gone), an error, or unsolicited bytes.
+        """
+        self._enter()
+        if self._proto.pending:
+            raise LocalProtocolError("wait_lost() with replies owed")
+        self._busy = True
+        try:
+            data = await self._stream.receive_some(_RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            reason = f"connection lost: {exc!r}"
+        else:
+            reason = "server closed the connection" if not data else "unsolicited data"
+        finally:
+            self._busy = False
+        await self._abandon(reason)
+        return reason
+
     async def request(self, command: p.Command) -> p.Reply:
         """Send one command and return its reply (error replies are returned, not raised)."""
         await self.send(command)

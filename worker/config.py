@@ -1,0 +1,465 @@
+"""Configuration: TOML file, ``TUBEWORKER_*`` environment, command-line flags, defaults.
+
+Precedence: flags > environment > file > defaults. Everything is validated before anything
+connects; a problem raises :class:`ConfigError` naming where it came from (the file, the
+variable or the flag), the key, and what is wrong. The CLI turns that into exit code 78.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from worker.client import Address, parse_address
+from worker.errors import ConfigError, LocalProtocolError
+from worker.protocol import MAX_INT, validate_tube_name
+
+__all__ = [
+    "Config",
+    "LoggingConfig",
+    "Overrides",
+    "PoolConfig",
+    "RecycleConfig",
+    "RetrySettings",
+    "load_config",
+]
+
+Profile = Literal["io", "compute"]
+LogFormat = Literal["auto", "json", "console"]
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+_GLOB_CHARS: Final = re.compile(r"[*?\[\]]")
+_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    max_attempts: int = 10
+    backoff_base: float = 2.0  # seconds before the first retry (full jitter below it)
+    backoff_cap: float = 3600.0
+    # Deliveries that ended with no outcome from us (worker crash, lost connection, drain
+    # return). Past this the job is buried before it runs again: a poison pill.
+    redelivery_limit: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    name: str
+    tubes: tuple[str, ...]  # names or glob patterns (tenant-*)
+    concurrency: int
+    profile: Profile = "io"
+    handler: str | None = None  # bound: every job goes to it as raw bytes
+    timeout: float | None = None  # handler timeout; None: the job's TTR minus the margin
+    servers: tuple[Address, ...] = ()  # empty: the worker's servers
+    retry: RetrySettings = field(default_factory=RetrySettings)
+
+    @property
+    def has_globs(self) -> bool:
+        return any(_GLOB_CHARS.search(t) for t in self.tubes)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    format: LogFormat = "auto"  # auto: console on a TTY, JSON otherwise
+    level: str = "info"
+    job_lines: bool = True  # one line per finished job
+
+
+@dataclass(frozen=True, slots=True)
+class RecycleConfig:
+    max_jobs: int = 0  # 0: never
+    max_memory_mb: int = 0
+    max_lifetime: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    pools: tuple[PoolConfig, ...]
+    servers: tuple[Address, ...] = (Address(),)
+    drain_timeout: float = 25.0
+    connect_timeout: float = 5.0
+    reserve_timeout: int = 5  # a lane blocked this long looks around (quiet, new tubes)
+    ttr_margin: float = 1.0  # our deadline is this far before beanstalkd's TTR
+    max_in_flight: int = 0  # 0: the sum of the pools' concurrency
+    tube_poll_interval: float = 5.0  # how often glob patterns look for new tubes
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    recycle: RecycleConfig = field(default_factory=RecycleConfig)
+    # Handlers not (yet) packaged with an entry point: task name → "module:function".
+    handlers: tuple[tuple[str, str], ...] = ()
+    source: str = "defaults"
+
+    @property
+    def total_concurrency(self) -> int:
+        return sum(p.concurrency for p in self.pools)
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Command-line flags (None: not given)."""
+
+    servers: tuple[str, ...] = ()
+    tubes: tuple[str, ...] = ()
+    concurrency: int | None = None
+    handler: str | None = None
+    profile: str | None = None
+    drain_timeout: str | None = None
+    max_attempts: int | None = None
+    log_format: str | None = None
+    log_level: str | None = None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Reader:
+    """Reads one TOML table, remembering where each key came from for error messages."""
+
+    def __init__(self, table: Mapping[str, Any], path: str, origins: Mapping[str, str]):
+        self.table = table
+        self.path = path  # dotted, e.g. "pool[0].retry"
+        self.origins = origins
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def fail(self, name: str, problem: str) -> ConfigError:
+        key = self.key(name)
+        return ConfigError(problem, key=key, source=self.origins.get(key, self.origins[""]))
+
+    def get(self, name: str) -> Any:
+        self.used.add(name)
+        return self.table.get(name)
+
+    def check_unknown(self, known: tuple[str, ...]) -> None:
+        for name in self.table:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise self.fail(name, f"unknown key{hint}; known keys: {', '.join(known)}")
+
+    def integer(self, name: str, default: int, *, low: int = 0, high: int = MAX_INT) -> int:
+        value = self.get(name)
+        if value is None:
+            return default
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self.fail(name, f"must be a whole number, got {value!r}")
+        if not low <= value <= high:
+            raise self.fail(name, f"must be between {low} and {high}, got {value}")
+        return value
+
+    def seconds(self, name: str, default: float, *, low: float = 0, high: float = MAX_INT) -> float:
+        value = self.get(name)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            match = _DURATION.match(value)
+            if not match:
+                raise self.fail(
+                    name, f"must be seconds or a duration like '30s', '5m', got {value!r}"
+                )
+            value = float(match.group(1)) * _UNITS[match.group(2)]
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise self.fail(name, f"must be a number of seconds, got {value!r}")
+        if not low <= value <= high:
+            raise self.fail(name, f"must be between {low} and {high} seconds, got {value}")
+        return float(value)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.get(name)
+        if value is None:
+            return default
+        if isinstance(value, str) and value.lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        ):
+            return value.lower() in ("1", "true", "yes", "on")
+        if not isinstance(value, bool):
+            raise self.fail(name, f"must be true or false, got {value!r}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, str) or value.lower() not in choices:
+            raise self.fail(name, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value.lower()
+
+    def text(self, name: str) -> str | None:
+        value = self.get(name)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise self.fail(name, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def strings(self, name: str) -> tuple[str, ...] | None:
+        value = self.get(name)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(name, f"must be a list of strings, got {value!r}")
+        return tuple(value)
+
+    def table_at(self, name: str) -> _Reader:
+        value = self.get(name)
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.fail(name, f"must be a table, got {value!r}")
+        return _Reader(value, self.key(name), self.origins)
+
+    def servers(self, name: str) -> tuple[Address, ...] | None:
+        texts = self.strings(name)
+        if texts is None:
+            return None
+        if not texts:
+            raise self.fail(name, "needs at least one server")
+        try:
+            return tuple(parse_address(t) for t in texts)
+        except ValueError as exc:
+            raise self.fail(name, str(exc)) from None
+
+
+def _tube_patterns(reader: _Reader, name: str) -> tuple[str, ...]:
+    tubes = reader.strings(name)
+    if not tubes:
+        raise reader.fail(name, "needs at least one tube name or pattern")
+    for tube in tubes:
+        # A pattern must be a legal name once its glob characters are taken out.
+        literal = _GLOB_CHARS.sub("x", tube)
+        try:
+            validate_tube_name(literal, "tube")
+        except LocalProtocolError as exc:
+            raise reader.fail(
+                name, f"{tube!r} is not a valid tube name or pattern: {exc}"
+            ) from None
+    return tubes
+
+
+_RETRY_KEYS: Final = ("max_attempts", "backoff_base", "backoff_cap", "redelivery_limit")
+_POOL_KEYS: Final = (
+    "name",
+    "tubes",
+    "concurrency",
+    "profile",
+    "handler",
+    "timeout",
+    "servers",
+    "retry",
+)
+
+
+def _retry(reader: _Reader, base: RetrySettings) -> RetrySettings:
+    reader.check_unknown(_RETRY_KEYS)
+    settings = RetrySettings(
+        max_attempts=reader.integer("max_attempts", base.max_attempts, low=1, high=100_000),
+        backoff_base=reader.seconds("backoff_base", base.backoff_base, high=86_400),
+        backoff_cap=reader.seconds("backoff_cap", base.backoff_cap, low=1, high=MAX_INT),
+        redelivery_limit=reader.integer(
+            "redelivery_limit", base.redelivery_limit, low=1, high=1000
+        ),
+    )
+    if settings.backoff_cap < settings.backoff_base:
+        raise reader.fail("backoff_cap", "must be >= backoff_base")
+    return settings
+
+
+def _pool(reader: _Reader, index: int, retry: RetrySettings) -> PoolConfig:
+    reader.check_unknown(_POOL_KEYS)
+    profile = reader.choice("profile", "io", ("io", "compute"))
+    default_concurrency = max(1, (os.cpu_count() or 2) - 1) if profile == "compute" else 10
+    timeout = reader.seconds("timeout", 0.0, high=MAX_INT)
+    return PoolConfig(
+        name=reader.text("name") or f"pool{index}",
+        tubes=_tube_patterns(reader, "tubes"),
+        concurrency=reader.integer("concurrency", default_concurrency, low=1, high=100_000),
+        profile="compute" if profile == "compute" else "io",
+        handler=reader.text("handler"),
+        timeout=timeout or None,
+        servers=reader.servers("servers") or (),
+        retry=_retry(reader.table_at("retry"), retry),
+    )
+
+
+def _logging(reader: _Reader) -> LoggingConfig:
+    reader.check_unknown(("format", "level", "job_lines"))
+    fmt = reader.choice("format", "auto", ("auto", "json", "console"))
+    return LoggingConfig(
+        format="json" if fmt == "json" else "console" if fmt == "console" else "auto",
+        level=reader.choice("level", "info", LOG_LEVELS),
+        job_lines=reader.boolean("job_lines", True),
+    )
+
+
+def _recycle(reader: _Reader) -> RecycleConfig:
+    reader.check_unknown(("max_jobs", "max_memory_mb", "max_lifetime"))
+    return RecycleConfig(
+        max_jobs=reader.integer("max_jobs", 0, high=2**62),
+        max_memory_mb=reader.integer("max_memory_mb", 0, high=2**40),
+        max_lifetime=reader.seconds("max_lifetime", 0.0),
+    )
+
+
+_WORKER_KEYS: Final = (
+    "servers",
+    "drain_timeout",
+    "connect_timeout",
+    "reserve_timeout",
+    "ttr_margin",
+    "max_in_flight",
+    "tube_poll_interval",
+)
+_TOP_KEYS: Final = ("worker", "retry", "logging", "recycle", "pool", "handlers")
+_TARGET: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def _handlers(reader: _Reader) -> tuple[tuple[str, str], ...]:
+    for name, target in reader.table.items():
+        if not isinstance(target, str) or not _TARGET.match(target):
+            raise reader.fail(name, f"must be 'module:function', got {target!r}")
+    return tuple(sorted(reader.table.items()))
+
+
+def _build(raw: dict[str, Any], origins: dict[str, str]) -> Config:
+    top = _Reader(raw, "", origins)
+    top.check_unknown(_TOP_KEYS)
+    worker = top.table_at("worker")
+    worker.check_unknown(_WORKER_KEYS)
+    retry = _retry(top.table_at("retry"), RetrySettings())
+    pools_raw = top.get("pool") or []
+    if not isinstance(pools_raw, list) or not all(isinstance(p, dict) for p in pools_raw):
+        raise top.fail("pool", "must be an array of tables ([[pool]])")
+    if not pools_raw:
+        raise top.fail("pool", "no pools: add a [[pool]] table with tubes, or pass --tube")
+    pools = tuple(
+        _pool(_Reader(p, f"pool[{i}]", origins), i, retry) for i, p in enumerate(pools_raw)
+    )
+    names = [p.name for p in pools]
+    for name in names:
+        if names.count(name) > 1:
+            raise top.fail("pool", f"two pools are named {name!r}")
+    config = Config(
+        pools=pools,
+        servers=worker.servers("servers") or (Address(),),
+        drain_timeout=worker.seconds("drain_timeout", 25.0, high=86_400),
+        connect_timeout=worker.seconds("connect_timeout", 5.0, low=0.1, high=600),
+        reserve_timeout=worker.integer("reserve_timeout", 5, low=1, high=3600),
+        ttr_margin=worker.seconds("ttr_margin", 1.0, low=0.1, high=3600),
+        max_in_flight=worker.integer("max_in_flight", 0, high=1_000_000),
+        tube_poll_interval=worker.seconds("tube_poll_interval", 5.0, low=0.1, high=3600),
+        logging=_logging(top.table_at("logging")),
+        recycle=_recycle(top.table_at("recycle")),
+        handlers=_handlers(top.table_at("handlers")),
+        source=origins[""],
+    )
+    return config
+
+
+# --------------------------------------------------------------------------- layering
+
+# (environment variable, flag, setter): each writes into the raw tree and records its origin.
+_Setter = Callable[[dict[str, Any], dict[str, str], Any, str], None]
+
+
+def _set_worker(key: str) -> _Setter:
+    def setter(raw: dict[str, Any], origins: dict[str, str], value: Any, origin: str) -> None:
+        raw.setdefault("worker", {})[key] = value
+        origins[f"worker.{key}"] = origin
+
+    return setter
+
+
+def _set_logging(key: str) -> _Setter:
+    def setter(raw: dict[str, Any], origins: dict[str, str], value: Any, origin: str) -> None:
+        raw.setdefault("logging", {})[key] = value
+        origins[f"logging.{key}"] = origin
+
+    return setter
+
+
+def _set_every_pool(key: str, *, retry: bool = False) -> _Setter:
+    def setter(raw: dict[str, Any], origins: dict[str, str], value: Any, origin: str) -> None:
+        for i, pool in enumerate(raw.get("pool") or []):
+            if not isinstance(pool, dict):
+                continue
+            if retry:
+                pool.setdefault("retry", {})[key] = value
+                origins[f"pool[{i}].retry.{key}"] = origin
+            else:
+                pool[key] = value
+                origins[f"pool[{i}].{key}"] = origin
+
+    return setter
+
+
+def _set_tubes(raw: dict[str, Any], origins: dict[str, str], value: Any, origin: str) -> None:
+    # --tube replaces the file's pools with one pool; the other pool flags then apply to it.
+    raw["pool"] = [{"name": "default", "tubes": value}]
+    origins["pool[0].tubes"] = origin
+    origins["pool[0].name"] = origin
+
+
+# (variable suffix, Overrides attribute, flag, setter). Order matters: tubes first, since
+# it replaces the pools that the others then adjust.
+_LAYERS: Final[tuple[tuple[str, str, str, _Setter], ...]] = (
+    ("TUBES", "tubes", "--tube", _set_tubes),
+    ("SERVERS", "servers", "--server", _set_worker("servers")),
+    ("DRAIN_TIMEOUT", "drain_timeout", "--drain-timeout", _set_worker("drain_timeout")),
+    ("CONCURRENCY", "concurrency", "--concurrency", _set_every_pool("concurrency")),
+    ("HANDLER", "handler", "--handler", _set_every_pool("handler")),
+    ("PROFILE", "profile", "--profile", _set_every_pool("profile")),
+    ("MAX_ATTEMPTS", "max_attempts", "--max-attempts", _set_every_pool("max_attempts", retry=True)),
+    ("LOG_FORMAT", "log_format", "--log-format", _set_logging("format")),
+    ("LOG_LEVEL", "log_level", "--log-level", _set_logging("level")),
+)
+ENV_PREFIX: Final = "TUBEWORKER_"
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Overrides | None = None,
+) -> Config:
+    """Read, layer and validate. Raises ConfigError naming source, key and problem."""
+    env = os.environ if env is None else env
+    overrides = overrides or Overrides()
+    if path is None and env.get(ENV_PREFIX + "CONFIG"):
+        path = env[ENV_PREFIX + "CONFIG"]
+    raw: dict[str, Any] = {}
+    origins: dict[str, str] = {"": str(path) if path else "command line"}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError("no such file", source=str(path)) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
+    for suffix, _attr, _flag, setter in _LAYERS:
+        text = env.get(ENV_PREFIX + suffix)
+        if text:
+            setter(raw, origins, text, f"environment {ENV_PREFIX}{suffix}")
+    for _suffix, attr, flag, setter in _LAYERS:
+        value = getattr(overrides, attr)
+        if value is not None and value != ():
+            setter(raw, origins, list(value) if isinstance(value, tuple) else value, flag)
+    return _build(raw, origins)

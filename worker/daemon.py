@@ -1,0 +1,152 @@
+"""The daemon: pools in one nursery, signals, drain, quiet mode, recycling, sd_notify.
+
+Shutdown is a quiet phase then one deadline: on the first SIGTERM/SIGINT, fetching stops at
+once (blocked reserves are abandoned by closing their connections), running jobs get
+``drain_timeout`` seconds, then whatever still runs is cancelled and its connection closed,
+so beanstalkd puts the job back to ready. A second signal skips the wait.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import structlog
+import trio
+
+from worker.config import Config
+from worker.lane import Lane, Pool, Services, run_pool
+from worker.notify import Notifier
+from worker.registry import Registry
+from worker.services import SharedHttp
+from worker.state import WorkerState
+
+__all__ = ["SIGNALS", "run_daemon"]
+
+log = structlog.get_logger("tubeworker")
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+_READY_WAIT = 10.0  # READY=1 once every lane has tried its server once, or after this
+
+
+def rss_bytes() -> int:
+    """Resident set size now (not the peak), from /proc; 0 where unavailable."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+async def _handle_signals(signals: AsyncIterator[int], state: WorkerState) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGUSR2:
+            state.set_quiet(not state.quiet)
+            log.info("quiet mode " + ("on: not fetching" if state.quiet else "off: fetching"))
+        elif state.draining:
+            log.warning("second signal: returning running jobs now", signal=name)
+            state.return_running_jobs()
+        else:
+            log.info("draining", signal=name, running=state.running_jobs)
+            state.begin_drain(name)
+
+
+async def _drain_deadline(state: WorkerState, config: Config, notifier: Notifier) -> None:
+    await state.drain_started.wait()
+    notifier.stopping(f"draining ({state.drain_reason}): {state.running_jobs} jobs running")
+    await trio.sleep(config.drain_timeout)
+    if state.running_jobs:
+        log.warning(
+            "drain deadline passed: returning running jobs",
+            drain_timeout=config.drain_timeout,
+            running=state.running_jobs,
+        )
+    state.return_running_jobs()
+
+
+async def _recycle(state: WorkerState, config: Config) -> None:
+    recycle = config.recycle
+    started = time.monotonic()
+    while not state.draining:
+        if recycle.max_lifetime and time.monotonic() - started >= recycle.max_lifetime:
+            state.begin_drain(f"recycling: max_lifetime {recycle.max_lifetime:g} s reached")
+        elif recycle.max_memory_mb and rss_bytes() >= recycle.max_memory_mb * 2**20:
+            state.begin_drain(f"recycling: RSS over max_memory_mb {recycle.max_memory_mb}")
+        await trio.sleep(1.0)
+
+
+async def _watchdog(notifier: Notifier, interval: float) -> None:
+    while True:  # also while draining: a drain is the process working, not hung
+        notifier.watchdog()
+        await trio.sleep(interval)
+
+
+async def _announce_ready(
+    lanes: Sequence[Lane], state: WorkerState, notifier: Notifier, config: Config
+) -> None:
+    with trio.move_on_after(_READY_WAIT):
+        for lane in lanes:
+            await lane.connected_once.wait()
+    pools = ", ".join(f"{p.name} ({p.concurrency} lanes)" for p in config.pools)
+    notifier.ready(f"running pools {pools}")
+    log.info(
+        "ready",
+        pools={p.name: list(p.tubes) for p in config.pools},
+        concurrency=config.total_concurrency,
+        servers=[str(s) for s in config.servers],
+        pid=os.getpid(),
+    )
+
+
+async def run_daemon(
+    config: Config,
+    registry: Registry,
+    *,
+    signals: AsyncIterator[int] | None = None,
+    state: WorkerState | None = None,
+    notifier: Notifier | None = None,
+    task_status: trio.TaskStatus[WorkerState] = trio.TASK_STATUS_IGNORED,
+) -> WorkerState:
+    """Run until drained. ``signals`` from ``trio.open_signal_receiver(*SIGNALS)``, opened by
+    the caller before anything else; tests pass None and call ``state.begin_drain``."""
+    state = state or WorkerState(max_jobs=config.recycle.max_jobs)
+    notifier = notifier or Notifier.from_env()
+    services = Services(
+        config=config,
+        registry=registry,
+        state=state,
+        producers={},
+        http=SharedHttp(),
+        in_flight=trio.CapacityLimiter(config.max_in_flight) if config.max_in_flight else None,
+    )
+    try:
+        async with trio.open_nursery() as helpers:
+            if signals is not None:
+                helpers.start_soon(_handle_signals, signals, state)
+            helpers.start_soon(_drain_deadline, state, config, notifier)
+            helpers.start_soon(_recycle, state, config)
+            if notifier.watchdog_interval:
+                helpers.start_soon(_watchdog, notifier, notifier.watchdog_interval)
+            async with trio.open_nursery() as pools:
+                lanes: list[Lane] = []
+                for pool_config in config.pools:
+                    lanes += await pools.start(run_pool, Pool(pool_config, services))
+                helpers.start_soon(_announce_ready, lanes, state, notifier, config)
+                task_status.started(state)
+            # every lane has returned: the drain is complete
+            helpers.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            for producer in services.producers.values():
+                await producer.aclose()
+            await services.http.aclose()
+    log.info(
+        "stopped",
+        reason=state.drain_reason,
+        **{k: v for k, v in vars(state.counters).items() if isinstance(v, int)},
+    )
+    notifier.close()
+    return state

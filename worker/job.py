@@ -1,0 +1,231 @@
+"""What handler authors see: `handler`, `Job`, and the `Retry` and `Bury` outcomes."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
+
+import structlog
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["Bury", "HandlerFunc", "HandlerSpec", "Job", "Retry", "handler", "spec_of"]
+
+
+class Retry(Exception):
+    """Raise to release the job for another attempt.
+
+    ``delay`` in seconds (rounded up to whole seconds, at least 1); None uses the pool's
+    exponential backoff. It counts as an attempt: past ``max_attempts`` the job is buried.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str | None = None) -> None:
+        if delay is not None and delay < 0:
+            raise ValueError(f"Retry delay must be >= 0, got {delay}")
+        self.delay = delay
+        self.reason = reason
+        super().__init__(reason or "retry requested")
+
+
+class Bury(Exception):
+    """Raise to bury the job at once (no more attempts); ``reason`` is logged with its id."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class _JobServices(Protocol):
+    """What the lane that owns a job offers it (kept abstract: job.py sits below the lane)."""
+
+    async def touch(self) -> None: ...
+
+    async def put(self, body: bytes, *, tube: str, priority: int, delay: int, ttr: int) -> int: ...
+
+    @property
+    def http(self) -> httpx.AsyncClient: ...
+
+
+class Job:
+    """One reserved job, as a handler sees it.
+
+    ``body`` is the raw bytes. For JSON-envelope pools, ``task`` and ``payload`` are the
+    envelope's; for pools bound to one handler they are None (use ``body`` or ``json()``).
+    """
+
+    __slots__ = (
+        "_services",
+        "attempt",
+        "body",
+        "id",
+        "log",
+        "max_attempts",
+        "payload",
+        "priority",
+        "task",
+        "ttr",
+        "tube",
+    )
+
+    def __init__(
+        self,
+        *,
+        id: int,
+        tube: str,
+        body: bytes,
+        priority: int,
+        ttr: int,
+        attempt: int,
+        max_attempts: int,
+        task: str | None = None,
+        payload: Any = None,
+        log: structlog.typing.FilteringBoundLogger | None = None,
+        services: _JobServices | None = None,
+    ) -> None:
+        self.id = id
+        self.tube = tube
+        self.body = body
+        self.priority = priority
+        self.ttr = ttr
+        #: 1 on the first run; failures (releases and TTR timeouts) add one.
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.task = task
+        self.payload = payload
+        self.log: structlog.typing.FilteringBoundLogger = log or structlog.get_logger()
+        self._services = services
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} tube={self.tube!r} task={self.task!r} attempt={self.attempt}>"
+
+    def json(self) -> Any:
+        """The body parsed as JSON (raises ValueError when it is not)."""
+        return json.loads(self.body)
+
+    def _need_services(self, what: str) -> _JobServices:
+        if self._services is None:
+            raise RuntimeError(
+                f"job.{what}() is not available here (compute-profile handlers run in "
+                "another process, and jobs built by hand have no connection)"
+            )
+        return self._services
+
+    async def touch(self) -> None:
+        """Reset the job's TTR on the connection that reserved it."""
+        await self._need_services("touch").touch()
+
+    async def put(
+        self,
+        body: bytes | str | Mapping[str, Any],
+        *,
+        tube: str | None = None,
+        priority: int = 1024,
+        delay: int = 0,
+        ttr: int = 60,
+    ) -> int:
+        """Put a follow-up job (bytes, str, or a dict sent as JSON); returns its id."""
+        if isinstance(body, Mapping):
+            data = json.dumps(body, separators=(",", ":")).encode()
+        elif isinstance(body, str):
+            data = body.encode()
+        else:
+            data = body
+        return await self._need_services("put").put(
+            data, tube=tube or self.tube, priority=priority, delay=delay, ttr=ttr
+        )
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The process's shared ``httpx.AsyncClient`` (connection pooling across jobs)."""
+        return self._need_services("http").http
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Compute-profile handlers get a copy in another process: no connection, no logger.
+        return {
+            name: getattr(self, name) for name in self.__slots__ if name not in ("_services", "log")
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+        self._services = None
+        self.log = structlog.get_logger().bind(job_id=self.id, tube=self.tube)
+
+
+HandlerFunc: TypeAlias = Callable[[Job], Awaitable[None]] | Callable[[Job], None]
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SPEC_ATTRIBUTE = "__tubeworker_handler__"
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    """A handler and its options. Built by :func:`handler`, or with defaults."""
+
+    func: Callable[..., Any]
+    name: str | None = None
+    apis: tuple[str, ...] = ()
+    timeout: float | None = None  # None: the job's TTR minus the margin
+    max_attempts: int | None = None  # None: the pool's
+    backoff_base: float | None = None
+    backoff_cap: float | None = None
+    long_running: bool = False  # touch the job on its connection while it runs
+    is_async: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.func))
+
+
+def handler(
+    name: str | None = None,
+    *,
+    apis: tuple[str, ...] | list[str] = (),
+    timeout: float | None = None,
+    max_attempts: int | None = None,
+    backoff: tuple[float, float] | None = None,
+    long_running: bool = False,
+) -> Callable[[F], F]:
+    """Declare a handler's options. Register it with an entry point in group
+    ``tubeworker.handlers``; the entry point's name is the task name.
+
+    - ``apis``: external APIs it calls (for shared failure tracking).
+    - ``timeout``: seconds before it is cancelled and the job retried. Without
+      ``long_running`` it is capped at the job's TTR minus a margin.
+    - ``max_attempts``, ``backoff=(base, cap)``: override the pool's retry policy.
+    - ``long_running``: the job is touched on its connection while the handler runs, so
+      it may run longer than its TTR (up to ``timeout``, if given).
+    """
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"timeout must be > 0, got {timeout}")
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+
+    def decorate(func: F) -> F:
+        if not callable(func):
+            raise TypeError(f"@handler needs a function, got {func!r}")
+        spec = HandlerSpec(
+            func=func,
+            name=name,
+            apis=tuple(apis),
+            timeout=timeout,
+            max_attempts=max_attempts,
+            backoff_base=backoff[0] if backoff else None,
+            backoff_cap=backoff[1] if backoff else None,
+            long_running=long_running,
+        )
+        setattr(func, _SPEC_ATTRIBUTE, spec)
+        return func
+
+    return decorate
+
+
+def spec_of(func: Callable[..., Any]) -> HandlerSpec:
+    """The options ``@handler`` attached to ``func``, or defaults for a plain function."""
+    spec = getattr(func, _SPEC_ATTRIBUTE, None)
+    if isinstance(spec, HandlerSpec):
+        return spec
+    return HandlerSpec(func=func)

@@ -1,0 +1,90 @@
+"""Retry policy, pure: attempt counting from beanstalkd's counters, and backoff.
+
+Counting (BEANSTALKD.md §0.6, §10):
+
+- attempt = releases + timeouts + 1. Our failure releases always have a delay >= 1 s, so
+  they are written to the binlog and survive a server restart (B6).
+- redeliveries = reserves - 1 - releases - timeouts - buries: deliveries that ended
+  with no outcome from anyone (worker crash, lost connection, drain return). Clamped at 0:
+  after a restart ``reserves`` may be behind (not persisted) and ``buries`` ahead (B5).
+- each kick grants a fresh budget: limits are multiplied by kicks + 1.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from worker.backoff import full_jitter_delay
+from worker.outcome import BuryJob, ReleaseJob
+from worker.protocol import MAX_INT, JobStats
+
+__all__ = ["Budget", "RetryPolicy", "failure_outcome", "job_budget"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 10
+    backoff_base: float = 2.0
+    backoff_cap: float = 3600.0
+    redelivery_limit: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    attempt: int  # this run's number, 1-based
+    max_attempts: int  # after kicks
+    redeliveries: int
+    max_redeliveries: int
+
+    @property
+    def attempts_exhausted(self) -> bool:
+        """True when a run would exceed the budget (TTR timeouts can pile up unseen)."""
+        return self.attempt > self.max_attempts
+
+    @property
+    def poison(self) -> bool:
+        """True when the job keeps coming back with no outcome: do not run it again."""
+        return self.redeliveries >= self.max_redeliveries
+
+    @property
+    def last_attempt(self) -> bool:
+        return self.attempt >= self.max_attempts
+
+
+def job_budget(stats: JobStats, policy: RetryPolicy) -> Budget:
+    failures = stats.releases + stats.timeouts
+    grants = stats.kicks + 1
+    return Budget(
+        attempt=failures + 1,
+        max_attempts=policy.max_attempts * grants,
+        redeliveries=max(0, stats.reserves - 1 - failures - stats.buries),
+        max_redeliveries=policy.redelivery_limit * grants,
+    )
+
+
+def whole_seconds(delay: float) -> int:
+    """beanstalkd delays are whole seconds; >= 1 so the release is written to the binlog."""
+    return max(1, min(MAX_INT, math.ceil(delay)))
+
+
+def failure_outcome(
+    budget: Budget,
+    policy: RetryPolicy,
+    *,
+    priority: int,
+    reason: str,
+    delay: float | None = None,
+    rng: random.Random | None = None,
+) -> ReleaseJob | BuryJob:
+    """After a failed run: release with backoff (or ``delay``), or bury when out of attempts."""
+    if budget.last_attempt:
+        return BuryJob(
+            priority, f"{reason} (attempt {budget.attempt} of {budget.max_attempts}: giving up)"
+        )
+    if delay is None:
+        delay = full_jitter_delay(
+            budget.attempt, base=policy.backoff_base, cap=policy.backoff_cap, rng=rng
+        )
+    return ReleaseJob(whole_seconds(delay), priority, reason)

@@ -1,0 +1,153 @@
+"""Handlers discovered through entry points in group ``tubeworker.handlers``.
+
+The entry point's name is the task name; its value is ``module:function``. A plugin that
+fails to import, or a name registered twice, is recorded with its distribution and the
+error; the daemon refuses to start only if a pool needs that handler.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from worker.errors import ConfigError
+from worker.job import HandlerSpec, spec_of
+
+__all__ = ["GROUP", "BrokenHandler", "RegisteredHandler", "Registry", "discover", "load_targets"]
+
+GROUP: Final = "tubeworker.handlers"
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredHandler:
+    name: str
+    spec: HandlerSpec
+    distribution: str
+    target: str  # module:function
+
+
+@dataclass(frozen=True, slots=True)
+class BrokenHandler:
+    name: str
+    distribution: str
+    target: str
+    error: str
+
+
+class Registry:
+    """Task name → handler. Built at start-up, read-only afterwards."""
+
+    def __init__(
+        self,
+        handlers: Mapping[str, RegisteredHandler],
+        broken: Mapping[str, BrokenHandler] | None = None,
+    ) -> None:
+        self.handlers = dict(handlers)
+        self.broken = dict(broken or {})
+
+    @classmethod
+    def from_functions(
+        cls, functions: Mapping[str, Callable[..., Any]], *, distribution: str = "(local)"
+    ) -> Registry:
+        """A registry from a mapping, for tests and embedding."""
+        return cls(
+            {
+                name: RegisteredHandler(name, _spec_for(name, f), distribution, _target(f))
+                for name, f in functions.items()
+            }
+        )
+
+    def get(self, name: str) -> HandlerSpec | None:
+        registered = self.handlers.get(name)
+        return registered.spec if registered else None
+
+    def require(self, names: Iterable[str], *, source: str = "config") -> None:
+        """Raise ConfigError if any of ``names`` is missing or failed to load."""
+        for name in names:
+            if name in self.handlers:
+                continue
+            if name in self.broken:
+                b = self.broken[name]
+                raise ConfigError(
+                    f"handler {name!r} ({b.target} from {b.distribution}) cannot be used: "
+                    f"{b.error}",
+                    key="handler",
+                    source=source,
+                )
+            known = ", ".join(sorted(self.handlers)) or "none"
+            raise ConfigError(
+                f"no handler named {name!r} is registered (known: {known})",
+                key="handler",
+                source=source,
+            )
+
+
+def _target(func: Callable[..., Any]) -> str:
+    return f"{getattr(func, '__module__', '?')}:{getattr(func, '__qualname__', repr(func))}"
+
+
+def _spec_for(name: str, func: Callable[..., Any]) -> HandlerSpec:
+    if not callable(func):
+        raise TypeError(f"{name}: entry point is not callable: {func!r}")
+    spec = spec_of(func)
+    if spec.name is not None and spec.name != name:
+        raise ValueError(
+            f"@handler(name={spec.name!r}) does not match its entry point name {name!r}"
+        )
+    return spec
+
+
+def load_targets(registry: Registry, targets: Iterable[tuple[str, str]], *, source: str) -> None:
+    """Add handlers named in the config (``[handlers] name = "module:function"``)."""
+    for name, target in targets:
+        if name in registry.handlers or name in registry.broken:
+            raise ConfigError(
+                f"handler {name!r} is also registered by an entry point",
+                key=f"handlers.{name}",
+                source=source,
+            )
+        module, _, attribute = target.partition(":")
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in attribute.split("."):
+                obj = getattr(obj, part)
+            spec = _spec_for(name, obj)
+        except Exception as exc:  # the user's module: report any import-time error
+            raise ConfigError(
+                f"cannot load {target}: {type(exc).__name__}: {exc}",
+                key=f"handlers.{name}",
+                source=source,
+            ) from None
+        registry.handlers[name] = RegisteredHandler(name, spec, "(config)", target)
+
+
+def discover(group: str = GROUP) -> Registry:
+    """Load every entry point of ``group``; never raises for a bad plugin."""
+    handlers: dict[str, RegisteredHandler] = {}
+    broken: dict[str, BrokenHandler] = {}
+    seen: set[tuple[str, str]] = set()
+    for ep in importlib.metadata.entry_points(group=group):
+        if (ep.name, ep.value) in seen:  # the same install seen twice on sys.path
+            continue
+        seen.add((ep.name, ep.value))
+        dist = ep.dist.name if ep.dist is not None else "?"
+        if ep.name in handlers or ep.name in broken:
+            first = handlers.get(ep.name) or broken[ep.name]
+            handlers.pop(ep.name, None)
+            broken[ep.name] = BrokenHandler(
+                ep.name,
+                dist,
+                ep.value,
+                f"registered twice: {first.target} ({first.distribution}) and {ep.value} ({dist})",
+            )
+            continue
+        try:
+            spec = _spec_for(ep.name, ep.load())
+        except Exception as exc:  # any import-time error of a plugin is reported, not fatal
+            broken[ep.name] = BrokenHandler(ep.name, dist, ep.value, f"{type(exc).__name__}: {exc}")
+            continue
+        handlers[ep.name] = RegisteredHandler(ep.name, spec, dist, ep.value)
+    return Registry(handlers, broken)

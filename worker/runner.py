@@ -1,0 +1,100 @@
+"""Run one job's handler and decide its outcome. It does not talk to beanstalkd.
+
+This is the only place that catches exceptions from user code. ``Cancelled`` (the lane lost
+its connection, or the drain deadline passed) is never caught here: it propagates to the
+lane, which returns the job by closing its connection.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any, Literal
+
+import trio
+
+from worker.job import Bury, HandlerSpec, Job, Retry
+from worker.outcome import BuryJob, DeleteJob, Outcome, ReleaseJob
+from worker.policy import Budget, RetryPolicy, failure_outcome
+
+__all__ = ["run_job"]
+
+_MAX_REASON = 500  # a reason is a log field, not a dump
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
+
+
+def _describe(exc: BaseException) -> str:
+    message = str(exc)
+    return _short(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first ``kind`` in ``exc`` or, for exception groups (nurseries), in its leaves."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
+async def _call(
+    spec: HandlerSpec,
+    job: Job,
+    profile: Literal["io", "compute"],
+    limiter: trio.CapacityLimiter | None,
+) -> None:
+    func: Callable[..., Any] = spec.func
+    if spec.is_async:
+        await func(job)
+    elif profile == "compute":
+        import trio_parallel  # imported here: only compute pools pay for the process pool
+
+        await trio_parallel.run_sync(func, job, kill_on_cancel=True, limiter=limiter)
+    else:
+        # A thread cannot be killed: on timeout we stop waiting and it runs on unobserved.
+        await trio.to_thread.run_sync(func, job, abandon_on_cancel=True, limiter=limiter)
+
+
+async def run_job(
+    job: Job,
+    spec: HandlerSpec,
+    budget: Budget,
+    policy: RetryPolicy,
+    *,
+    timeout: float | None,
+    profile: Literal["io", "compute"] = "io",
+    limiter: trio.CapacityLimiter | None = None,
+    rng: random.Random | None = None,
+) -> Outcome:
+    """Run the handler under ``timeout`` seconds (None: no limit) and return the outcome."""
+    try:
+        with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
+            await _call(spec, job, profile, limiter)
+    except (Exception, SystemExit) as exc:  # user code: anything it raises is a verdict
+        return _outcome_for(exc, job, budget, policy, rng)
+    if scope.cancelled_caught:
+        return failure_outcome(
+            budget, policy, priority=job.priority, reason=f"timed out after {timeout:g} s", rng=rng
+        )
+    return DeleteJob()
+
+
+def _outcome_for(
+    exc: BaseException, job: Job, budget: Budget, policy: RetryPolicy, rng: random.Random | None
+) -> ReleaseJob | BuryJob:
+    bury = _find(exc, Bury)
+    if isinstance(bury, Bury):
+        return BuryJob(job.priority, _short(f"handler buried it: {bury.reason}"))
+    retry = _find(exc, Retry)
+    if isinstance(retry, Retry):
+        reason = _short(f"handler asked to retry: {retry.reason or 'no reason given'}")
+        return failure_outcome(
+            budget, policy, priority=job.priority, reason=reason, delay=retry.delay, rng=rng
+        )
+    return failure_outcome(budget, policy, priority=job.priority, reason=_describe(exc), rng=rng)

@@ -1,0 +1,63 @@
+"""Process-wide services handlers reach through their Job: follow-up puts and shared HTTP."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+from worker import protocol as p
+from worker.client import Address, Client, connect, raise_for_reply
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["Producer", "SharedHttp"]
+
+
+class Producer:
+    """One lazily opened connection per server for ``job.put()``, shared under a lock.
+
+    A lane's own connection is never used for puts: it belongs to the reserved job.
+    """
+
+    def __init__(self, address: Address, *, connect_timeout: float = 5.0) -> None:
+        self.address = address
+        self.connect_timeout = connect_timeout
+        self._client: Client | None = None
+        self._lock = trio.Lock()
+
+    async def put(self, body: bytes, *, tube: str, priority: int, delay: int, ttr: int) -> int:
+        async with self._lock:
+            if self._client is None or not self._client.is_usable:
+                self._client = await connect(self.address, connect_timeout=self.connect_timeout)
+            use, put = await self._client.pipeline([p.Use(tube), p.Put(body, priority, delay, ttr)])
+            raise_for_reply(use)
+            if isinstance(put, p.Inserted):
+                return put.id
+            raise_for_reply(put)
+            raise AssertionError(f"unexpected reply to put: {put!r}")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
+class SharedHttp:
+    """One ``httpx.AsyncClient`` for the process, created on first use."""
+
+    def __init__(self) -> None:
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            import httpx  # imported on first use: most workers never make HTTP calls
+
+            self._client = httpx.AsyncClient(timeout=30.0)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._client.aclose()

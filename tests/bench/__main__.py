@@ -1,0 +1,58 @@
+"""``python -m tests.bench``: run one benchmark scenario, print its table, write JSON.
+
+Scenarios are modules exposing ``NAME``, ``add_arguments(parser)`` and ``run(args)``;
+add later ones (the daemon scenarios of BENCHMARKS.md) to ``SCENARIOS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from tests.bench import client_roundtrip
+from tests.bench.common import BenchError, positive_int, sigterm_as_interrupt
+
+SCENARIOS: dict[str, ModuleType] = {
+    client_roundtrip.NAME: client_roundtrip,
+}
+_RESULTS = Path(__file__).parent / "results"  # gitignored
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench",
+        description="tubeworker benchmarks (see BENCHMARKS.md): medians of interleaved runs "
+        "against one local beanstalkd.",
+    )
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default=client_roundtrip.NAME)
+    parser.add_argument("--runs", type=positive_int, default=3, help="runs per system (default 3)")
+    parser.add_argument(
+        "--jobs", type=positive_int, default=20_000, help="jobs per run (default 20000)"
+    )
+    parser.add_argument(
+        "--json-dir", type=Path, default=_RESULTS, help=f"where JSON goes (default {_RESULTS})"
+    )
+    for module in SCENARIOS.values():
+        module.add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sigterm_as_interrupt()
+    try:
+        code: int = SCENARIOS[args.scenario].run(args)
+    except KeyboardInterrupt:
+        # Every process we started was stopped by the context managers on the way out.
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"benchmark FAILED: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

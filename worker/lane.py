@@ -29,7 +29,7 @@ from worker.envelope import BadEnvelope, decode_envelope
 from worker.errors import ConnectionLostError, ProtocolError
 from worker.job import HandlerSpec, Job
 from worker.outcome import BuryJob, DeleteJob, Outcome, ReleaseJob, ReturnJob
-from worker.policy import Budget, RetryPolicy, job_budget
+from worker.policy import Budget, RetryPolicy, attempt_number, job_budget
 from worker.runner import run_job
 from worker.services import Producer, SharedHttp
 
@@ -551,7 +551,7 @@ class Lane:
                 "job_id": job_id,
                 "tube": stats.tube,
                 "handler": handler,
-                "attempt": stats.releases + stats.timeouts + 1,
+                "attempt": attempt_number(stats),
                 "duration": round(time.monotonic() - started, 4),
                 "outcome": name,
             }

@@ -2,9 +2,11 @@
 
 Counting (BEANSTALKD.md §0.6, §10):
 
-- attempt = releases + timeouts + 1. Our failure releases always have a delay >= 1 s, so
-  they are written to the binlog and survive a server restart (B6).
-- redeliveries = reserves - 1 - releases - timeouts - buries: deliveries that ended
+- attempt = releases + timeouts + buries + 1: every run that ended in a failure release, a
+  TTR expiry or a burial. Our failure releases always have a delay >= 1 s, so they are
+  written to the binlog and survive a server restart (B6). A restart adds 1 to ``buries``
+  of buried jobs (B5): a job kicked after a restart loses one attempt of its fresh budget.
+- redeliveries = reserves - attempt: deliveries that ended
   with no outcome from anyone (worker crash, lost connection, drain return). Clamped at 0:
   after a restart ``reserves`` may be behind (not persisted) and ``buries`` ahead (B5).
 - each kick grants a fresh budget: limits are multiplied by kicks + 1.
@@ -20,7 +22,7 @@ from worker.backoff import full_jitter_delay
 from worker.outcome import BuryJob, ReleaseJob
 from worker.protocol import MAX_INT, JobStats
 
-__all__ = ["Budget", "RetryPolicy", "failure_outcome", "job_budget"]
+__all__ = ["Budget", "RetryPolicy", "attempt_number", "failure_outcome", "job_budget"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +55,18 @@ class Budget:
         return self.attempt >= self.max_attempts
 
 
+def attempt_number(stats: JobStats) -> int:
+    """This run's number: 1 + the runs that ended in a release, a TTR expiry or a bury."""
+    return stats.releases + stats.timeouts + stats.buries + 1
+
+
 def job_budget(stats: JobStats, policy: RetryPolicy) -> Budget:
-    failures = stats.releases + stats.timeouts
+    attempt = attempt_number(stats)
     grants = stats.kicks + 1
     return Budget(
-        attempt=failures + 1,
+        attempt=attempt,
         max_attempts=policy.max_attempts * grants,
-        redeliveries=max(0, stats.reserves - 1 - failures - stats.buries),
+        redeliveries=max(0, stats.reserves - attempt),
         max_redeliveries=policy.redelivery_limit * grants,
     )
 

@@ -11,13 +11,20 @@ __all__ = ["wait_until", "wait_until_sync"]
 
 
 async def wait_until(
-    condition: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, what: str = "condition"
+    condition: Callable[[], bool | Awaitable[bool]],
+    *,
+    timeout: float = 10.0,
+    what: str = "condition",
 ) -> None:
-    """Poll an async condition every 10 ms until true; fail after ``timeout`` seconds."""
+    """Poll a condition (sync or async) every 10 ms until true; fail after ``timeout`` s."""
     with trio.move_on_after(timeout):
-        while not await condition():  # noqa: ASYNC110 - polls another process, no Event to wait on
+        while True:
+            result = condition()
+            if isinstance(result, Awaitable):
+                result = await result
+            if result:
+                return
             await trio.sleep(0.01)
-        return
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 

@@ -1,0 +1,35 @@
+"""Handlers for the end-to-end tests, loaded by the daemon subprocess through [handlers].
+
+Each run appends "<event> <n>" to the file named by TUBEWORKER_TEST_RUNLOG (O_APPEND
+writes of one short line are atomic), so the test can count runs across processes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+from worker import Job
+
+
+def _log(event: str, job: Job) -> None:
+    n = job.payload["n"] if isinstance(job.payload, dict) else job.id
+    fd = os.open(os.environ["TUBEWORKER_TEST_RUNLOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{event} {n}\n".encode())
+    finally:
+        os.close(fd)
+
+
+async def sleepy(job: Job) -> None:
+    _log("start", job)
+    await trio.sleep(job.payload.get("seconds", 0))
+    _log("end", job)
+
+
+async def crash_on(job: Job) -> None:
+    _log("start", job)
+    if job.payload.get("crash"):
+        os._exit(3)  # the whole worker dies mid-job, as with a segfault or the OOM killer
+    _log("end", job)

@@ -1,0 +1,264 @@
+"""`tubeworker run` as a subprocess against a real beanstalkd: signals, exit codes, crashes.
+
+The broker is read with greenstalk, an independent client.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import greenstalk
+import pytest
+
+from tests.support.beanstalkd import BeanstalkdProcess
+from tests.support.process import REPO, DaemonProcess
+from tests.support.waiting import wait_until_sync
+
+pytestmark = pytest.mark.slow
+
+
+def write_config(path: Path, server: BeanstalkdProcess, **pool: object) -> Path:
+    settings = {"tubes": ["e2e"], "concurrency": 10, **pool}
+    retry = settings.pop("retry", {})
+    lines = [
+        "[worker]",
+        f'servers = ["{server.address}"]',
+        f"drain_timeout = {settings.pop('drain_timeout', 5)}",
+        "[logging]",
+        'format = "json"',
+        "[handlers]",
+        '"sleepy" = "tests.e2e.handlers:sleepy"',
+        '"crash_on" = "tests.e2e.handlers:crash_on"',
+        "[[pool]]",
+        *(f"{key} = {json.dumps(value)}" for key, value in settings.items()),
+        "[pool.retry]",
+        *(f"{key} = {json.dumps(value)}" for key, value in retry.items()),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[list[DaemonProcess]]:
+    """Every daemon a test starts is stopped by PID at teardown."""
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.stop()
+
+
+def start(daemons: list[DaemonProcess], config: Path, tmp_path: Path) -> DaemonProcess:
+    daemon = DaemonProcess(config, tmp_path).start()
+    daemons.append(daemon)
+    return daemon
+
+
+def put_jobs(server: BeanstalkdProcess, task: str, payloads: list[dict[str, object]]) -> list[int]:
+    with greenstalk.Client((server.host, server.port), use="e2e") as client:
+        return [client.put(json.dumps({"task": task, "payload": p}), ttr=60) for p in payloads]
+
+
+def tube_stats(server: BeanstalkdProcess) -> dict[str, int]:
+    with greenstalk.Client((server.host, server.port)) as client:
+        stats = client.stats_tube("e2e")
+    return {k: int(v) for k, v in stats.items() if isinstance(v, int)}
+
+
+def job_states(server: BeanstalkdProcess, ids: list[int]) -> dict[int, str]:
+    """id → state, or "deleted" when beanstalkd no longer has it."""
+    states = {}
+    with greenstalk.Client((server.host, server.port)) as client:
+        for job_id in ids:
+            try:
+                states[job_id] = str(client.stats_job(job_id)["state"])
+            except greenstalk.NotFoundError:
+                states[job_id] = "deleted"
+    return states
+
+
+def test_sigterm_drains_running_jobs_and_exits_0(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    rng = random.Random(3)
+    payloads = [{"n": n, "seconds": round(rng.uniform(0.5, 3.0), 2)} for n in range(60)]
+    ids = put_jobs(beanstalkd, "sleepy", payloads)
+    config = write_config(tmp_path / "w.toml", beanstalkd, concurrency=20, drain_timeout=5)
+    daemon = start(daemons, config, tmp_path)
+    daemon.wait_ready()
+    wait_until_sync(lambda: len(daemon.runs("start")) >= 20, what="20 running jobs")
+
+    daemon.signal(signal.SIGTERM)
+    stopped_at = time.monotonic()
+    assert daemon.wait(timeout=15) == 0
+    assert time.monotonic() - stopped_at <= 5 + 1
+
+    states = job_states(beanstalkd, ids)
+    assert set(states.values()) <= {"deleted", "ready"}  # none reserved, none missing
+    started, ended = daemon.runs("start"), daemon.runs("end")
+    assert started == ended  # every job that started finished (handlers <= 3 s < 5 s drain)
+    deleted = {n for n, job_id in enumerate(ids) if states[job_id] == "deleted"}
+    assert deleted == set(ended)
+    assert any(e.get("event") == "draining" for e in daemon.events())
+
+
+def test_second_sigterm_returns_running_jobs_at_once(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    ids = put_jobs(beanstalkd, "sleepy", [{"n": n, "seconds": 60} for n in range(5)])
+    config = write_config(tmp_path / "w.toml", beanstalkd, concurrency=5, drain_timeout=60)
+    daemon = start(daemons, config, tmp_path)
+    daemon.wait_ready()
+    wait_until_sync(lambda: len(daemon.runs("start")) == 5, what="5 running jobs")
+
+    daemon.signal(signal.SIGTERM)
+    wait_until_sync(
+        lambda: any(e.get("event") == "draining" for e in daemon.events()), what="draining"
+    )
+    daemon.signal(signal.SIGTERM)
+    stopped_at = time.monotonic()
+    assert daemon.wait(timeout=15) == 0
+    assert time.monotonic() - stopped_at < 3
+    assert set(job_states(beanstalkd, ids).values()) == {"ready"}
+
+
+def test_sigint_drains_without_a_traceback(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    ids = put_jobs(beanstalkd, "sleepy", [{"n": n, "seconds": 0.5} for n in range(10)])
+    config = write_config(tmp_path / "w.toml", beanstalkd, concurrency=5, drain_timeout=5)
+    daemon = start(daemons, config, tmp_path)
+    daemon.wait_ready()
+    wait_until_sync(lambda: len(daemon.runs("start")) >= 5, what="running jobs")
+    daemon.signal(signal.SIGINT)
+    assert daemon.wait(timeout=15) == 0
+    assert "Traceback" not in daemon.stderr.read_text()
+    assert set(job_states(beanstalkd, ids).values()) <= {"deleted", "ready"}
+
+
+def test_kill_9_under_load_then_restart_loses_nothing(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    total = 300
+    rng = random.Random(9)
+    payloads = [{"n": n, "seconds": round(rng.uniform(0.01, 0.2), 3)} for n in range(total)]
+    ids = put_jobs(beanstalkd, "sleepy", payloads)
+    config = write_config(tmp_path / "w.toml", beanstalkd, concurrency=20)
+    first = start(daemons, config, tmp_path)
+    first.wait_ready()
+    wait_until_sync(lambda: len(first.runs("end")) >= 50, what="some finished jobs")
+    first.signal(signal.SIGKILL)
+    first.wait(timeout=5)
+    in_flight_at_kill = len(first.runs("start") - first.runs("end"))
+
+    second = start(daemons, config, tmp_path)
+    second.wait_ready()
+    wait_until_sync(
+        lambda: set(job_states(beanstalkd, ids).values()) == {"deleted"},
+        timeout=60,
+        what="every job deleted",
+    )
+    second.signal(signal.SIGTERM)
+    assert second.wait(timeout=15) == 0
+
+    ended = second.runs("end")  # the run log is shared by both processes
+    assert set(ended) == set(range(total))  # nothing lost
+    duplicates = sum(count - 1 for count in ended.values())
+    # Only a job whose handler finished but whose delete never went out can run twice.
+    assert duplicates <= in_flight_at_kill
+
+
+def test_job_that_kills_the_worker_is_buried_after_the_redelivery_limit(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    payloads: list[dict[str, object]] = [{"n": n} for n in range(20)]
+    payloads[0]["crash"] = True
+    ids = put_jobs(beanstalkd, "crash_on", payloads)
+    # One lane, so only the poison job is in flight when the process dies.
+    config = write_config(
+        tmp_path / "w.toml", beanstalkd, concurrency=1, retry={"redelivery_limit": 2}
+    )
+    exits: list[int] = []
+    for _ in range(6):  # the restart loop systemd or supervisor would be
+        daemon = start(daemons, config, tmp_path)
+
+        def crashed_or_done(d: DaemonProcess = daemon) -> bool:
+            assert d.proc is not None
+            crashed = d.proc.poll() is not None
+            return crashed or set(job_states(beanstalkd, ids).values()) == {"deleted", "buried"}
+
+        wait_until_sync(crashed_or_done, timeout=30, what="a crash, or every job settled")
+        assert daemon.proc is not None
+        if daemon.proc.poll() is None:
+            daemon.signal(signal.SIGTERM)
+            exits.append(daemon.wait(timeout=15))
+            break
+        exits.append(daemon.proc.returncode)
+    states = job_states(beanstalkd, ids)
+    assert states[ids[0]] == "buried"
+    assert set(list(states.values())[1:]) == {"deleted"}
+    assert daemon.runs("start")[0] == 2  # ran twice (two crashes), then never again
+    assert exits.count(3) == 2
+    assert exits[-1] == 0
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ('[[pool]]\ntubes = ["a"]\nconcurrency = "lots"\n', "pool[0].concurrency"),
+        ('[worker]\ndrain_timout = 5\n[[pool]]\ntubes = ["a"]\n', "did you mean 'drain_timeout'"),
+        ('[[pool]]\ntubes = ["bad name"]\n', "pool[0].tubes"),
+        ('[[pool]]\ntubes = ["a"]\nhandler = "nope"\n', "no handler named 'nope'"),
+        ("[[pool]\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_exits_78_naming_the_key(tmp_path: Path, toml: str, expected: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(toml)
+    for command in ("run", "check"):
+        result = run_cli(command, "-c", str(config))
+        assert result.returncode == 78, result.stderr
+        assert str(config) in result.stderr
+        assert expected in result.stderr
+
+
+def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
+    config = tmp_path / "ok.toml"
+    config.write_text('[[pool]]\ntubes = ["a"]\n')
+    import os
+
+    env = {**os.environ, "TUBEWORKER_CONCURRENCY": "many"}
+    result = run_cli("check", "-c", str(config), env=env)
+    assert result.returncode == 78
+    assert "environment TUBEWORKER_CONCURRENCY" in result.stderr
+
+
+def test_check_and_handlers_commands(tmp_path: Path) -> None:
+    config = tmp_path / "ok.toml"
+    config.write_text('[[pool]]\ntubes = ["emails", "tenant-*"]\nconcurrency = 3\n')
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "tenant-*" in result.stdout
+    assert "concurrency: 3" in result.stdout
+    handlers = run_cli("handlers")
+    assert handlers.returncode == 0
+    for name in ("demo.echo", "demo.sleep", "demo.fail", "demo.flaky"):
+        assert name in handlers.stdout

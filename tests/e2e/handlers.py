@@ -33,3 +33,9 @@ async def crash_on(job: Job) -> None:
     if job.payload.get("crash"):
         os._exit(3)  # the whole worker dies mid-job, as with a segfault or the OOM killer
     _log("end", job)
+
+
+def write_pid(job: Job) -> None:
+    """Sync: appends "<pid> <n>" to payload["path"], to show which process ran it."""
+    with open(job.payload["path"], "a") as f:
+        f.write(f"{os.getpid()} {job.payload['n']}\n")

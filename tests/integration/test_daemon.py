@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
+from dataclasses import replace
+from pathlib import Path
 
 import greenstalk
 import pytest
@@ -20,7 +23,7 @@ from tests.support.daemon import (
 )
 from tests.support.waiting import wait_until
 from worker import Bury, Job, Retry, handler
-from worker.client import open_client
+from worker.client import open_client, parse_address
 from worker.config import RecycleConfig, RetrySettings
 from worker.envelope import encode_envelope
 
@@ -406,3 +409,61 @@ async def test_max_jobs_recycles(beanstalkd: BeanstalkdProcess) -> None:
     assert state.drain_reason == "recycling: max_jobs 5 reached"
     assert state.counters.deleted == 5
     assert (await tube_totals(beanstalkd.address, ["jobs"]))["ready"] == 15
+
+
+async def test_compute_profile_runs_sync_handlers_in_worker_processes(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path
+) -> None:
+    from tests.e2e.handlers import write_pid
+
+    out = tmp_path / "pids"
+    bodies = [envelope("pid", path=str(out), n=n) for n in range(8)]
+    with trio.fail_after(60):
+        await prefill(beanstalkd.address, "jobs", bodies)
+        config = make_config(beanstalkd.address, concurrency=2)
+        config = replace(config, pools=(replace(config.pools[0], profile="compute"),))
+        async with running_daemon(config, {"pid": write_pid}) as state:
+            await wait_until(lambda: state.counters.deleted == 8, timeout=50, what="8 jobs")
+    lines = [line.split() for line in out.read_text().splitlines()]
+    assert sorted(int(n) for _, n in lines) == list(range(8))
+    assert {int(pid) for pid, _ in lines}.isdisjoint({os.getpid()})
+
+
+async def test_pool_spreads_lanes_over_servers_and_survives_one_down(
+    beanstalkd: BeanstalkdProcess,
+) -> None:
+    done: list[int] = []
+
+    async def ok(job: Job) -> None:
+        done.append(job.payload["n"])
+
+    with BeanstalkdProcess() as second, trio.fail_after(30):
+        await prefill(beanstalkd.address, "jobs", [envelope("ok", n=n) for n in range(10)])
+        await prefill(second.address, "jobs", [envelope("ok", n=n) for n in range(10, 20)])
+        config = make_config(beanstalkd.address, concurrency=4)
+        config = replace(config, servers=(*config.servers, parse_address(second.address)))
+        async with running_daemon(config, {"ok": ok}):
+            await wait_until(lambda: len(done) == 20, what="jobs from both servers")
+            await trio.to_thread.run_sync(second.stop)
+            await prefill(beanstalkd.address, "jobs", [envelope("ok", n=n) for n in range(20, 30)])
+            await wait_until(lambda: len(done) == 30, what="jobs while one server is down")
+    assert sorted(done) == list(range(30))
+
+
+async def test_max_in_flight_caps_jobs_across_pools(beanstalkd: BeanstalkdProcess) -> None:
+    running = 0
+    peak = 0
+
+    async def slow(job: Job) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await trio.sleep(0.05)
+        running -= 1
+
+    with trio.fail_after(30):
+        await prefill(beanstalkd.address, "jobs", [envelope("slow") for _ in range(20)])
+        config = make_config(beanstalkd.address, concurrency=6, max_in_flight=2)
+        async with running_daemon(config, {"slow": slow}) as state:
+            await wait_until(lambda: state.counters.deleted == 20, what="20 jobs")
+    assert peak == 2

@@ -262,3 +262,24 @@ def test_check_and_handlers_commands(tmp_path: Path) -> None:
     assert handlers.returncode == 0
     for name in ("demo.echo", "demo.sleep", "demo.fail", "demo.flaky"):
         assert name in handlers.stdout
+
+
+def test_sd_notify_ready_status_and_stopping(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    import socket
+
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(20)
+        config = write_config(tmp_path / "w.toml", beanstalkd, concurrency=2)
+        daemon = DaemonProcess(config, tmp_path, env={"NOTIFY_SOCKET": str(path)})
+        daemons.append(daemon.start())
+        ready = sock.recv(4096).decode()
+        assert "READY=1" in ready
+        assert "STATUS=running pools" in ready
+        daemon.signal(signal.SIGTERM)
+        stopping = sock.recv(4096).decode()
+        assert "STOPPING=1" in stopping
+        assert daemon.wait(timeout=15) == 0

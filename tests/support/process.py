@@ -30,7 +30,8 @@ class DaemonProcess:
             "TUBEWORKER_LOG_FORMAT": "json",
             **(env or {}),
         }
-        self.env.pop("NOTIFY_SOCKET", None)
+        if "NOTIFY_SOCKET" not in (env or {}):
+            self.env.pop("NOTIFY_SOCKET", None)  # never talk to a systemd running the tests
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *args: str) -> DaemonProcess:

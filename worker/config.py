@@ -33,8 +33,9 @@ __all__ = [
 Profile = Literal["io", "compute"]
 LogFormat = Literal["auto", "json", "console"]
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
-_GLOB_CHARS: Final = re.compile(r"[*?\[\]]")
+_GLOB_CHARS: Final = re.compile(r"[*?\[\]!]")  # "!" negates inside [...]
 _DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_ASCII_DIGITS: Final = re.compile(r"[0-9]+\Z")  # str.isdigit() also accepts "²"
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -148,7 +149,7 @@ class _Reader:
         value = self.get(name)
         if value is None:
             return default
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and _ASCII_DIGITS.match(value.strip()):
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):
             raise self.fail(name, f"must be a whole number, got {value!r}")
@@ -431,6 +432,35 @@ _LAYERS: Final[tuple[tuple[str, str, str, _Setter], ...]] = (
 ENV_PREFIX: Final = "TUBEWORKER_"
 
 
+def _read_file(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("no such file", source=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
+
+
+def _apply_layers(
+    raw: dict[str, Any], origins: dict[str, str], env: Mapping[str, str], overrides: Overrides
+) -> None:
+    # --tube/TUBEWORKER_TUBES rebuild the pools, so they go first (flag over variable);
+    # then every other variable, then every other flag, each over what came before.
+    tubes, rest = _LAYERS[:1], _LAYERS[1:]
+    for group in (tubes, rest):
+        for suffix, _attr, _flag, setter in group:
+            text = env.get(ENV_PREFIX + suffix)
+            if text and not (group is tubes and overrides.tubes):
+                setter(raw, origins, text, f"environment {ENV_PREFIX}{suffix}")
+        for _suffix, attr, flag, setter in group:
+            value = getattr(overrides, attr)
+            if value is not None and value != ():
+                setter(raw, origins, list(value) if isinstance(value, tuple) else value, flag)
+
+
 def load_config(
     path: str | Path | None = None,
     *,
@@ -439,27 +469,9 @@ def load_config(
 ) -> Config:
     """Read, layer and validate. Raises ConfigError naming source, key and problem."""
     env = os.environ if env is None else env
-    overrides = overrides or Overrides()
     if path is None and env.get(ENV_PREFIX + "CONFIG"):
         path = env[ENV_PREFIX + "CONFIG"]
-    raw: dict[str, Any] = {}
-    origins: dict[str, str] = {"": str(path) if path else "command line"}
-    if path is not None:
-        try:
-            with open(path, "rb") as f:
-                raw = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError("no such file", source=str(path)) from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
-    for suffix, _attr, _flag, setter in _LAYERS:
-        text = env.get(ENV_PREFIX + suffix)
-        if text:
-            setter(raw, origins, text, f"environment {ENV_PREFIX}{suffix}")
-    for _suffix, attr, flag, setter in _LAYERS:
-        value = getattr(overrides, attr)
-        if value is not None and value != ():
-            setter(raw, origins, list(value) if isinstance(value, tuple) else value, flag)
+    raw = _read_file(path) if path is not None else {}
+    origins = {"": str(path) if path else "command line"}
+    _apply_layers(raw, origins, env, overrides or Overrides())
     return _build(raw, origins)

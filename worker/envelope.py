@@ -26,6 +26,8 @@ def decode_envelope(body: bytes) -> tuple[str, Any]:
         ) from None
     except RecursionError:
         raise BadEnvelope("body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer over Python's digit limit
+        raise BadEnvelope(f"body cannot be decoded as JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadEnvelope(f"envelope must be a JSON object, got {type(data).__name__}")
     task = data.get("task")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
@@ -24,8 +25,8 @@ class Retry(Exception):
     """
 
     def __init__(self, delay: float | None = None, reason: str | None = None) -> None:
-        if delay is not None and delay < 0:
-            raise ValueError(f"Retry delay must be >= 0, got {delay}")
+        if delay is not None and not (math.isfinite(delay) and delay >= 0):
+            raise ValueError(f"Retry delay must be a finite number >= 0, got {delay}")
         self.delay = delay
         self.reason = reason
         super().__init__(reason or "retry requested")

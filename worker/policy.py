@@ -73,7 +73,11 @@ def job_budget(stats: JobStats, policy: RetryPolicy) -> Budget:
 
 def whole_seconds(delay: float) -> int:
     """beanstalkd delays are whole seconds; >= 1 so the release is written to the binlog."""
-    return max(1, min(MAX_INT, math.ceil(delay)))
+    if math.isnan(delay):
+        return 1
+    if delay >= MAX_INT:  # also inf, which math.ceil cannot take
+        return MAX_INT
+    return max(1, math.ceil(delay))
 
 
 def failure_outcome(

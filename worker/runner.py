@@ -78,11 +78,22 @@ async def run_job(
             await _call(spec, job, profile, limiter)
     except (Exception, SystemExit) as exc:  # user code: anything it raises is a verdict
         return _outcome_for(exc, job, budget, policy, rng)
+    except BaseExceptionGroup as group:
+        # From a nursery inside the handler. Cancelled or KeyboardInterrupt inside must
+        # propagate; a group of only errors and SystemExit is the handler's verdict.
+        if group.subgroup(_must_propagate) is not None:
+            raise
+        return _outcome_for(group, job, budget, policy, rng)
     if scope.cancelled_caught:
         return failure_outcome(
             budget, policy, priority=job.priority, reason=f"timed out after {timeout:g} s", rng=rng
         )
     return DeleteJob()
+
+
+def _must_propagate(exc: BaseException) -> bool:
+    # False for groups, so that subgroup() looks inside them at the leaves.
+    return not isinstance(exc, BaseExceptionGroup | Exception | SystemExit)
 
 
 def _outcome_for(

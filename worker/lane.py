@@ -305,10 +305,12 @@ class Lane:
     def _rewatch(self) -> list[p.Command]:
         """watch/ignore commands that bring the watch list to the pool's tubes."""
         wanted = self.pool.tubes
+        self._watched_version = self.pool.tubes_version
+        if not wanted:
+            return []  # nothing matches any more: keep watching what we had (never ignore all)
         commands: list[p.Command] = [p.Watch(t) for t in sorted(wanted - self._watched)]
         commands += [p.Ignore(t) for t in sorted(self._watched - wanted)]
         self._watched = wanted
-        self._watched_version = self.pool.tubes_version
         return commands
 
     async def _serve(self, client: Client) -> None:

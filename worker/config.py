@@ -89,6 +89,7 @@ class Config:
     ttr_margin: float = 1.0  # our deadline is this far before beanstalkd's TTR
     max_in_flight: int = 0  # 0: the sum of the pools' concurrency
     tube_poll_interval: float = 5.0  # how often glob patterns look for new tubes
+    stall_threshold: float = 1.0  # warn when the event loop is blocked this long; 0: off
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     recycle: RecycleConfig = field(default_factory=RecycleConfig)
     # Handlers not (yet) packaged with an entry point: task name → "module:function".
@@ -325,6 +326,7 @@ _WORKER_KEYS: Final = (
     "ttr_margin",
     "max_in_flight",
     "tube_poll_interval",
+    "stall_threshold",
 )
 _TOP_KEYS: Final = ("worker", "retry", "logging", "recycle", "pool", "handlers")
 _TARGET: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -364,6 +366,7 @@ def _build(raw: dict[str, Any], origins: dict[str, str]) -> Config:
         ttr_margin=worker.seconds("ttr_margin", 1.0, low=0.1, high=3600),
         max_in_flight=worker.integer("max_in_flight", 0, high=1_000_000),
         tube_poll_interval=worker.seconds("tube_poll_interval", 5.0, low=0.1, high=3600),
+        stall_threshold=worker.seconds("stall_threshold", 1.0, high=3600),
         logging=_logging(top.table_at("logging")),
         recycle=_recycle(top.table_at("recycle")),
         handlers=_handlers(top.table_at("handlers")),

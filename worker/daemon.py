@@ -21,6 +21,7 @@ from worker.lane import Lane, Pool, Services, run_pool
 from worker.notify import Notifier
 from worker.registry import Registry
 from worker.services import SharedHttp
+from worker.stall import run_stall_detector
 from worker.state import WorkerState
 
 __all__ = ["SIGNALS", "run_daemon"]
@@ -128,6 +129,9 @@ async def run_daemon(
                 helpers.start_soon(_handle_signals, signals, state)
             helpers.start_soon(_drain_deadline, state, config, notifier)
             helpers.start_soon(_recycle, state, config)
+            if config.stall_threshold:
+                handlers = [(n, r.spec.func) for n, r in registry.handlers.items()]
+                await helpers.start(run_stall_detector, config.stall_threshold, handlers)
             if notifier.watchdog_interval:
                 helpers.start_soon(_watchdog, notifier, notifier.watchdog_interval)
             async with trio.open_nursery() as pools:

@@ -467,3 +467,20 @@ async def test_max_in_flight_caps_jobs_across_pools(beanstalkd: BeanstalkdProces
         async with running_daemon(config, {"slow": slow}) as state:
             await wait_until(lambda: state.counters.deleted == 20, what="20 jobs")
     assert peak == 2
+
+
+async def test_a_handler_that_blocks_the_event_loop_is_named(beanstalkd: BeanstalkdProcess) -> None:
+    import time
+
+    async def blocks_the_loop(job: Job) -> None:
+        time.sleep(1.0)  # noqa: ASYNC251 - the mistake under test: blocking in async code
+
+    with trio.fail_after(30), structlog.testing.capture_logs() as logs:
+        await prefill(beanstalkd.address, "jobs", [envelope("blocker")])
+        config = make_config(beanstalkd.address, concurrency=1, stall_threshold=0.3)
+        async with running_daemon(config, {"blocker": blocks_the_loop}) as state:
+            await wait_until(lambda: state.counters.deleted == 1, what="the job")
+    [warning] = [e for e in logs if e["event"].startswith("event loop blocked")]
+    assert warning["handler"] == "blocker"
+    assert any("blocks_the_loop" in frame for frame in warning["where"])
+    assert warning["blocked_for"] >= 0.3

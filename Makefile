@@ -28,7 +28,10 @@ demo: $(STAMP) beanstalkd
 
 # Not part of `make test`: speed lives in the benchmark, never in timed tests.
 bench: $(STAMP) beanstalkd
-	$(BIN)/python -m tests.bench
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m tests.bench --scenario client
+	$(BIN)/python -m tests.bench --scenario overhead
+	$(BIN)/python -m tests.bench --scenario io
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -1,7 +1,8 @@
 """``python -m tests.bench``: run one benchmark scenario, print its table, write JSON.
 
-Scenarios are modules exposing ``NAME``, ``add_arguments(parser)`` and ``run(args)``;
-add later ones (the daemon scenarios of BENCHMARKS.md) to ``SCENARIOS``.
+Scenarios are modules exposing ``NAME``, ``add_arguments(parser)`` and ``run(args)``,
+registered in ``SCENARIOS``. A module may set ``DEFAULT_JOBS`` (None: it picks the number of
+jobs per run itself, e.g. per concurrency); otherwise ``--jobs`` defaults to 20000.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from tests.bench import client_roundtrip
+from tests.bench import client_roundtrip, daemon_io, overhead
 from tests.bench.common import BenchError, positive_int, sigterm_as_interrupt
 
 SCENARIOS: dict[str, ModuleType] = {
     client_roundtrip.NAME: client_roundtrip,
+    overhead.NAME: overhead,
+    daemon_io.NAME: daemon_io,
 }
+_DEFAULT_JOBS = 20_000
 _RESULTS = Path(__file__).parent / "results"  # gitignored
 
 
@@ -29,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default=client_roundtrip.NAME)
     parser.add_argument("--runs", type=positive_int, default=3, help="runs per system (default 3)")
     parser.add_argument(
-        "--jobs", type=positive_int, default=20_000, help="jobs per run (default 20000)"
+        "--jobs",
+        type=positive_int,
+        default=None,
+        help=f"jobs per run (default {_DEFAULT_JOBS}; the daemon scenarios pick per concurrency)",
     )
     parser.add_argument(
         "--json-dir", type=Path, default=_RESULTS, help=f"where JSON goes (default {_RESULTS})"
@@ -41,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.jobs is None:
+        args.jobs = getattr(SCENARIOS[args.scenario], "DEFAULT_JOBS", _DEFAULT_JOBS)
     sigterm_as_interrupt()
     try:
         code: int = SCENARIOS[args.scenario].run(args)

@@ -345,6 +345,8 @@ def environment_info(beanstalkd_binary: str) -> dict[str, Any]:
         "python_implementation": platform.python_implementation(),
         "trio": _version("trio"),
         "greenstalk": _version("greenstalk"),
+        "aiostalk": _version("aiostalk"),
+        "structlog": _version("structlog"),
         "tubeworker": _version("tubeworker"),
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_count": os.cpu_count(),

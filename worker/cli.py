@@ -8,6 +8,7 @@ beanstalkd cannot be started for ``dev``/``demo``.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
 from typing import Final
@@ -89,6 +90,9 @@ async def _run(args: argparse.Namespace) -> int:
             print(f"tubeworker: bad config: {exc}", file=sys.stderr)
             return EX_CONFIG
         configure_logging(config.logging.format, config.logging.level)
+        # Many small objects per job: the collector's default thresholds make it run every
+        # few hundred jobs; raising them took back about 10% of throughput (BENCHMARKS.md).
+        gc.set_threshold(50_000, 20, 20)
         for broken in registry.broken.values():
             print(
                 f"tubeworker: warning: handler {broken.name!r} ({broken.target} from "

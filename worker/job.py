@@ -59,11 +59,12 @@ class Job:
     """
 
     __slots__ = (
+        "_log",
+        "_log_parent",
         "_services",
         "attempt",
         "body",
         "id",
-        "log",
         "max_attempts",
         "payload",
         "priority",
@@ -97,8 +98,17 @@ class Job:
         self.max_attempts = max_attempts
         self.task = task
         self.payload = payload
-        self.log: structlog.typing.FilteringBoundLogger = log or structlog.get_logger()
+        self._log_parent = log
+        self._log: structlog.typing.FilteringBoundLogger | None = None
         self._services = services
+
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger:
+        """A structlog logger bound to this job (made on first use: most handlers never log)."""
+        if self._log is None:
+            parent = self._log_parent or structlog.get_logger("tubeworker")
+            self._log = parent.bind(job_id=self.id, tube=self.tube, task=self.task)
+        return self._log
 
     def __repr__(self) -> str:
         return f"<Job {self.id} tube={self.tube!r} task={self.task!r} attempt={self.attempt}>"
@@ -154,7 +164,8 @@ class Job:
         for name, value in state.items():
             setattr(self, name, value)
         self._services = None
-        self.log = structlog.get_logger().bind(job_id=self.id, tube=self.tube)
+        self._log = None
+        self._log_parent = None
 
 
 HandlerFunc: TypeAlias = Callable[[Job], Awaitable[None]] | Callable[[Job], None]

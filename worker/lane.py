@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import select
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import greenstalk
 import structlog
@@ -30,7 +31,7 @@ from worker.errors import ConnectionLostError, ProtocolError
 from worker.job import HandlerSpec, Job
 from worker.outcome import BuryJob, DeleteJob, Outcome, ReleaseJob, ReturnJob
 from worker.policy import Budget, RetryPolicy, attempt_number, job_budget
-from worker.runner import run_job
+from worker.runner import run_job, timeout_outcome
 from worker.services import Producer, SharedHttp
 
 if TYPE_CHECKING:
@@ -38,9 +39,9 @@ if TYPE_CHECKING:
 
     from worker.config import Config, PoolConfig
     from worker.registry import Registry
-    from worker.state import WorkerState
+    from worker.state import RunningJob, WorkerState
 
-__all__ = ["Pool", "Services", "handler_timeout", "run_pool"]
+__all__ = ["Pool", "Services", "handler_timeout", "run_pool", "watch_connections"]
 
 log = structlog.get_logger("tubeworker")
 
@@ -155,14 +156,18 @@ def _is_glob(tube: str) -> bool:
 
 
 class _Guardian:
-    """Watches a lane's idle connection while its handler runs; touches when asked or due."""
+    """For long-running handlers (and TLS connections, which cannot be polled): a task that
+    watches the lane's idle connection while the handler runs and touches the job when due
+    or asked. Other jobs are watched by ``watch_connections`` at no per-job cost."""
 
-    def __init__(self, client: Client, job_id: int, interval: float | None) -> None:
+    def __init__(
+        self, client: Client, job_id: int, interval: float | None, on_lost: Callable[[str], None]
+    ) -> None:
         self.client = client
         self.job_id = job_id
         self.interval = interval
         self.lost: str | None = None
-        self.on_lost: trio.CancelScope | None = None
+        self._on_lost = on_lost
         self._wait: trio.CancelScope | None = None
         self._touch_requested = False
         self._touched = trio.Event()
@@ -180,22 +185,20 @@ class _Guardian:
 
     def _lose(self, reason: str) -> None:
         self.lost = reason
-        if self.on_lost is not None:
-            self.on_lost.cancel()
+        self._on_lost(reason)
         self._touched.set()
 
     async def _touch(self) -> None:
         self._touch_requested = False
         # Shielded with a deadline: cancelling mid-exchange would poison the connection.
-        with trio.CancelScope(shield=True), trio.move_on_after(_OUTCOME_DEADLINE) as scope:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + _OUTCOME_DEADLINE):
             try:
                 await self.client.touch(self.job_id)
             except greenstalk.NotFoundError:
                 self._lose("touch: NOT_FOUND, the job is no longer ours")
             except (ConnectionLostError, ProtocolError) as exc:
                 self._lose(f"touch failed: {exc}")
-        if scope.cancelled_caught:
-            await self.client.aclose()
+        if not self.client.is_usable and self.lost is None:
             self._lose("touch got no reply in time")
         self._touched.set()
         self._touched = trio.Event()
@@ -213,25 +216,52 @@ class _Guardian:
             raise ConnectionLostError(f"cannot touch: {self.lost}")
 
 
+_POLL_EVENTS: Final = select.POLLIN | getattr(select, "POLLRDHUP", 0)
+_CHECK_INTERVAL: Final = 0.5
+
+
+async def watch_connections(state: WorkerState, interval: float = _CHECK_INTERVAL) -> None:
+    """Return the jobs whose connection died while their handler runs.
+
+    beanstalkd never speaks unasked, so an idle connection that turns readable has been
+    closed (or is broken). One ``poll(0)`` over every running job's socket per interval
+    replaces a watcher task per job.
+    """
+    while True:
+        await trio.sleep(interval)
+        by_fd: dict[int, RunningJob] = {}
+        for job in state.running:
+            fd = job.watch_fd()
+            if fd is not None:
+                by_fd[fd] = job
+        if not by_fd:
+            continue
+        poller = select.poll()
+        for fd in by_fd:
+            poller.register(fd, _POLL_EVENTS)
+        for fd, _events in poller.poll(0):
+            by_fd[fd].return_job("connection lost while the handler ran", lost=True)
+
+
 class _JobServices:
-    """What ``Job.touch/put/http`` reach: the guardian of its lane and the process services."""
+    """What ``Job.touch/put/http`` reach: the lane that owns the job, and process services."""
 
-    __slots__ = ("_guardian", "_producer", "_shared_http")
+    __slots__ = ("_job_id", "_lane")
 
-    def __init__(self, guardian: _Guardian, producer: Producer, shared_http: SharedHttp):
-        self._guardian = guardian
-        self._producer = producer
-        self._shared_http = shared_http
+    def __init__(self, lane: Lane, job_id: int) -> None:
+        self._lane = lane
+        self._job_id = job_id
 
     async def touch(self) -> None:
-        await self._guardian.touch()
+        await self._lane.touch(self._job_id)
 
     async def put(self, body: bytes, *, tube: str, priority: int, delay: int, ttr: int) -> int:
-        return await self._producer.put(body, tube=tube, priority=priority, delay=delay, ttr=ttr)
+        producer = self._lane.services.producer(self._lane.address)
+        return await producer.put(body, tube=tube, priority=priority, delay=delay, ttr=ttr)
 
     @property
     def http(self) -> httpx.AsyncClient:
-        return self._shared_http.client
+        return self._lane.services.http.client
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +290,52 @@ class Lane:
         self._watched: frozenset[str] = frozenset({"default"})
         self._watched_version = -1
         self.connected_once = trio.Event()
+        # The running job, if any (one at a time per lane).
+        self._client: Client | None = None
+        self._job_id: int | None = None
+        self._job_scope: trio.CancelScope | None = None
+        self._guardian: _Guardian | None = None
+        self._returned: str | None = None
+        self._lost = False
+        self._exchanging = False  # a touch is on the wire: its reply makes the socket readable
+
+    # ---- RunningJob, for the state and the connection checker
+
+    def return_job(self, reason: str, *, lost: bool = False) -> None:
+        if self._returned is None:
+            self._returned = reason
+        self._lost = self._lost or lost
+        if self._job_scope is not None:
+            self._job_scope.cancel()
+
+    def watch_fd(self) -> int | None:
+        if self._guardian is not None or self._exchanging or self._client is None:
+            return None
+        return self._client.fileno()
+
+    async def touch(self, job_id: int) -> None:
+        """``job.touch()``: reset the TTR on the connection that reserved the job."""
+        if job_id != self._job_id or self._client is None or self._returned is not None:
+            raise ConnectionLostError(f"job {job_id} is no longer running on this lane")
+        if self._guardian is not None:
+            await self._guardian.touch()
+            return
+        client = self._client
+        self._exchanging = True
+        try:
+            with trio.move_on_after(_OUTCOME_DEADLINE):
+                await client.touch(job_id)
+        except greenstalk.NotFoundError:
+            self.return_job("touch: NOT_FOUND, the job is no longer ours", lost=True)
+            raise ConnectionLostError(f"job {job_id} is no longer reserved by us") from None
+        except ConnectionLostError:
+            self.return_job("connection lost during touch", lost=True)
+            raise
+        finally:
+            self._exchanging = False
+        if not client.is_usable:
+            self.return_job("touch got no reply in time", lost=True)
+            raise ConnectionLostError("touch got no reply in time")
 
     async def run(self) -> None:
         failures = 0
@@ -361,7 +437,8 @@ class Lane:
     ) -> None:
         """Send prelude commands (+ reserve) in one write and read the prelude's replies.
 
-        Shielded with a deadline: an outcome that is half sent must never be cancelled.
+        Outside every fetch and job scope, so drain and quiet never interrupt it; one
+        deadline, so a server that stopped answering cannot hold the lane (or a drain).
         """
         commands = (
             [*prelude, p.ReserveWithTimeout(self.services.config.reserve_timeout)]
@@ -370,7 +447,7 @@ class Lane:
         )
         if not commands:
             return
-        with trio.CancelScope(shield=True), trio.move_on_after(_OUTCOME_DEADLINE) as scope:
+        with trio.CancelScope(deadline=trio.current_time() + _OUTCOME_DEADLINE) as scope:
             await client.send(*commands)
             for command in prelude:
                 self._check_prelude_reply(command, await client.receive())
@@ -486,7 +563,7 @@ class Lane:
             max_attempts=budget.max_attempts,
             task=task,
             payload=payload,
-            log=self.log.bind(job_id=reserved.id, tube=stats.tube, task=task),
+            log=self.log,  # bound to the job on first use
         )
         return _Plan(job, spec, handler, policy, budget)
 
@@ -494,36 +571,59 @@ class Lane:
         job, spec = plan.job, plan.spec
         margin = self.services.config.ttr_margin
         timeout = handler_timeout(spec, self.pool.config.timeout, ttr, margin)
-        interval = touch_interval(ttr, margin) if spec.long_running else None
-        guardian = _Guardian(client, job.id, interval)
-        producer = self.services.producer(self.address)
-        job._services = _JobServices(guardian, producer, self.services.http)
-        counters = self.state.counters
+        job._services = _JobServices(self, job.id)
+        guardian: _Guardian | None = None
+        if spec.long_running or client.fileno() is None:
+            interval = touch_interval(ttr, margin) if spec.long_running else None
+            guardian = _Guardian(client, job.id, interval, self._guardian_lost)
+        # One scope per job: our deadline, the drain deadline and a lost connection.
+        scope = trio.CancelScope(
+            deadline=trio.current_time() + timeout if timeout is not None else math.inf
+        )
+        self._client, self._job_id, self._job_scope, self._guardian = (
+            client,
+            job.id,
+            scope,
+            guardian,
+        )
+        self._returned, self._lost = None, False
+        state, counters = self.state, self.state.counters
+        state.running.add(self)
         counters.in_flight += 1
-        outcomes: list[Outcome] = []  # empty if the handler was cancelled
+        outcome: Outcome | None = None
         try:
-            with self.state.job_scope() as job_scope:
-                guardian.on_lost = job_scope
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(guardian.run)
-                    outcome = await run_job(
-                        job,
-                        spec,
-                        plan.budget,
-                        plan.policy,
-                        timeout=timeout,
-                        profile=self.pool.config.profile,
-                        limiter=self.pool.limiter,
-                    )
-                    outcomes.append(outcome)
-                    nursery.cancel_scope.cancel()
+            with scope:
+                outcome = await self._call_handler(plan, guardian)
         finally:
+            state.running.discard(self)
             counters.in_flight -= 1
-        if guardian.lost is not None:
-            return ReturnJob(f"connection lost while the handler ran ({guardian.lost})")
-        if not outcomes:
-            return ReturnJob("drain deadline passed: handler cancelled, job returned")
-        return outcomes[0]
+            self._client = self._job_id = self._job_scope = self._guardian = None
+        if self._lost or (outcome is None and self._returned is not None):
+            return ReturnJob(self._returned or "connection lost")
+        if outcome is None:
+            return timeout_outcome(job, plan.budget, plan.policy, timeout)
+        return outcome  # finished, even if a drain deadline came in the same instant
+
+    def _guardian_lost(self, reason: str) -> None:
+        self.return_job(f"connection lost while the handler ran ({reason})", lost=True)
+
+    async def _call_handler(self, plan: _Plan, guardian: _Guardian | None) -> Outcome:
+        run = run_job(
+            plan.job,
+            plan.spec,
+            plan.budget,
+            plan.policy,
+            timeout=None,  # the lane's job scope carries the deadline
+            profile=self.pool.config.profile,
+            limiter=self.pool.limiter,
+        )
+        if guardian is None:
+            return await run
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(guardian.run)
+            outcome = await run
+            nursery.cancel_scope.cancel()
+        return outcome
 
     def _record(
         self,

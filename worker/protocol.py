@@ -593,7 +593,27 @@ class KickJob(Command):
 # The stats decoders are defined below; the commands name them through these thunks so the
 # dataclass definitions can stay in protocol order.
 def _ok_job_stats(body: bytes) -> Reply:
-    return _decode_record(body, JobStats)
+    # On every job's path: a direct decode of beanstalkd's fixed keys, not the generic one.
+    try:
+        values = dict(line.split(b": ", 1) for line in body.split(b"\n")[1:] if line)
+        return JobStats(
+            id=int(values[b"id"]),
+            tube=values[b"tube"].decode("ascii"),
+            state=values[b"state"].decode("ascii"),
+            pri=int(values[b"pri"]),
+            age=int(values[b"age"]),
+            delay=int(values[b"delay"]),
+            ttr=int(values[b"ttr"]),
+            time_left=int(values[b"time-left"]),  # negative when a TTR expiry was lost (B1)
+            file=int(values[b"file"]),
+            reserves=int(values[b"reserves"]),
+            timeouts=int(values[b"timeouts"]),
+            releases=int(values[b"releases"]),
+            buries=int(values[b"buries"]),
+            kicks=int(values[b"kicks"]),
+        )
+    except (ValueError, KeyError, UnicodeDecodeError):
+        return _decode_record(body, JobStats)  # slow path: says exactly what is wrong
 
 
 def _ok_tube_stats(body: bytes) -> Reply:
@@ -694,7 +714,7 @@ def _parse_uint(token: bytes, what: str) -> int:
 
 
 def _parse_scalar(value: str) -> int | float | bool | str:
-    if value.isdigit():
+    if value.removeprefix("-").isdigit() and value.isascii():
         return int(value)
     if value in ("true", "false"):
         return value == "true"

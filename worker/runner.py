@@ -17,7 +17,9 @@ from worker.job import Bury, HandlerSpec, Job, Retry
 from worker.outcome import BuryJob, DeleteJob, Outcome, ReleaseJob
 from worker.policy import Budget, RetryPolicy, failure_outcome
 
-__all__ = ["run_job"]
+__all__ = ["run_job", "timeout_outcome"]
+
+_DELETE = DeleteJob()
 
 _MAX_REASON = 500  # a reason is a log field, not a dump
 
@@ -72,10 +74,15 @@ async def run_job(
     limiter: trio.CapacityLimiter | None = None,
     rng: random.Random | None = None,
 ) -> Outcome:
-    """Run the handler under ``timeout`` seconds (None: no limit) and return the outcome."""
+    """Run the handler (under ``timeout`` seconds if given) and return the outcome."""
     try:
-        with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
+        if timeout is None:
             await _call(spec, job, profile, limiter)
+        else:
+            with trio.move_on_after(timeout) as scope:
+                await _call(spec, job, profile, limiter)
+            if scope.cancelled_caught:
+                return timeout_outcome(job, budget, policy, timeout, rng)
     except (Exception, SystemExit) as exc:  # user code: anything it raises is a verdict
         return _outcome_for(exc, job, budget, policy, rng)
     except BaseExceptionGroup as group:
@@ -84,11 +91,19 @@ async def run_job(
         if group.subgroup(_must_propagate) is not None:
             raise
         return _outcome_for(group, job, budget, policy, rng)
-    if scope.cancelled_caught:
-        return failure_outcome(
-            budget, policy, priority=job.priority, reason=f"timed out after {timeout:g} s", rng=rng
-        )
-    return DeleteJob()
+    return _DELETE
+
+
+def timeout_outcome(
+    job: Job,
+    budget: Budget,
+    policy: RetryPolicy,
+    timeout: float | None,
+    rng: random.Random | None = None,
+) -> ReleaseJob | BuryJob:
+    """The handler overran its deadline: a failed attempt."""
+    reason = f"timed out after {timeout:g} s" if timeout is not None else "timed out"
+    return failure_outcome(budget, policy, priority=job.priority, reason=reason, rng=rng)
 
 
 def _must_propagate(exc: BaseException) -> bool:

@@ -1,20 +1,57 @@
 """The process's run state, shared by the daemon and its lanes: fetching, quiet, drain.
 
-Lanes wait for replies inside *fetch scopes* and run handlers inside *job scopes*; the
-daemon cancels the former to stop reserving at once (the blocked reserve's connection is
-closed) and the latter when the drain deadline passes (the job goes back to beanstalkd).
+Lanes wait for reserve replies inside *fetch scopes* and run handlers inside *job scopes*.
+The daemon cancels the former to stop reserving at once (the blocked reserve's connection
+is closed) and the latter when the drain deadline passes (the job goes back to beanstalkd).
+The scopes are small classes, not generator context managers: they are on the per-job path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
+from typing import Protocol
 
 import trio
 
 from worker.observe import JobCounters
 
-__all__ = ["WorkerState"]
+__all__ = ["RunningJob", "WorkerState"]
+
+
+class RunningJob(Protocol):
+    """What the state knows of a job whose handler is running (a lane, in practice)."""
+
+    def return_job(self, reason: str, *, lost: bool = False) -> None:
+        """Cancel the handler; the job goes back to beanstalkd with no outcome.
+
+        ``lost``: the connection is gone, so no outcome can be sent even if one is ready.
+        """
+
+    def watch_fd(self) -> int | None:
+        """The idle connection's socket to poll for loss, or None if it is not pollable."""
+
+
+class _FetchScope:
+    __slots__ = ("_registry", "scope")
+
+    def __init__(self, registry: set[trio.CancelScope], cancelled: bool) -> None:
+        self._registry = registry
+        self.scope = trio.CancelScope()
+        if cancelled:
+            self.scope.cancel()
+
+    def __enter__(self) -> trio.CancelScope:
+        self._registry.add(self.scope)
+        return self.scope.__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        self._registry.discard(self.scope)
+        return self.scope.__exit__(exc_type, exc, tb)
 
 
 class WorkerState:
@@ -25,7 +62,8 @@ class WorkerState:
         self.counters = JobCounters()
         self.max_jobs = max_jobs
         self._fetch_scopes: set[trio.CancelScope] = set()
-        self._job_scopes: set[trio.CancelScope] = set()
+        #: Jobs whose handlers are running now; the connection checker watches them.
+        self.running: set[RunningJob] = set()
         self._changed = trio.Event()  # replaced on every change; lanes wait on it
         self.drain_started = trio.Event()
 
@@ -46,27 +84,9 @@ class WorkerState:
                 return True
             await self._changed.wait()
 
-    @contextmanager
-    def fetch_scope(self) -> Iterator[trio.CancelScope]:
-        """A scope that is cancelled as soon as fetching must stop (drain or quiet)."""
-        with trio.CancelScope() as scope:
-            if not self.may_fetch:
-                scope.cancel()
-            self._fetch_scopes.add(scope)
-            try:
-                yield scope
-            finally:
-                self._fetch_scopes.discard(scope)
-
-    @contextmanager
-    def job_scope(self) -> Iterator[trio.CancelScope]:
-        """A scope around a running handler, cancelled when the drain deadline passes."""
-        with trio.CancelScope() as scope:
-            self._job_scopes.add(scope)
-            try:
-                yield scope
-            finally:
-                self._job_scopes.discard(scope)
+    def fetch_scope(self) -> _FetchScope:
+        """A cancel scope that is cancelled as soon as fetching must stop (drain or quiet)."""
+        return _FetchScope(self._fetch_scopes, not self.may_fetch)
 
     def _stop_fetching(self) -> None:
         for scope in list(self._fetch_scopes):
@@ -84,8 +104,8 @@ class WorkerState:
 
     def return_running_jobs(self) -> None:
         """Cancel every running handler; lanes close their connections (jobs go back)."""
-        for scope in list(self._job_scopes):
-            scope.cancel()
+        for job in list(self.running):
+            job.return_job("drain deadline passed: handler cancelled, job returned")
 
     def set_quiet(self, quiet: bool) -> None:
         if quiet == self.quiet:
@@ -97,7 +117,7 @@ class WorkerState:
 
     @property
     def running_jobs(self) -> int:
-        return len(self._job_scopes)
+        return len(self.running)
 
     def job_finished(self) -> None:
         if self.max_jobs and self.counters.finished >= self.max_jobs:

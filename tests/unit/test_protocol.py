@@ -381,3 +381,13 @@ def test_random_garbage_yields_only_remote_errors(garbage: bytes) -> None:
             conn.next_event()
     except RemoteProtocolError:
         assert conn.poisoned
+
+
+def test_job_stats_with_negative_time_left() -> None:
+    # A reserved job whose TTR expiry beanstalkd lost shows a negative time-left (B1).
+    conn = p.Connection()
+    conn.send(p.StatsJob(7))
+    body = JOB_STATS_BODY.replace(b"time-left: 59", b"time-left: -4220")
+    [stats] = feed(conn, ok(body), bytewise=False)
+    assert isinstance(stats, p.JobStats)
+    assert stats.time_left == -4220

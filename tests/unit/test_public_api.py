@@ -142,7 +142,15 @@ def test_given_job_with_services_when_pickled_then_copy_has_data_but_no_services
     with pytest.raises(RuntimeError, match="compute"):
         _ = copy.http
     # The copy gets a fresh logger bound to the job.
-    assert logs == [{"job_id": 42, "tube": "emails", "event": "unpickled", "log_level": "info"}]
+    assert logs == [
+        {
+            "job_id": 42,
+            "tube": "emails",
+            "task": "mail.send",
+            "event": "unpickled",
+            "log_level": "info",
+        }
+    ]
 
 
 def test_given_job_when_pickled_then_the_services_object_is_not_in_the_bytes() -> None:

@@ -166,19 +166,19 @@ async def test_overrunning_handler_is_cancelled_and_released_before_ttr(
 async def test_long_running_handler_is_touched_past_its_ttr(beanstalkd: BeanstalkdProcess) -> None:
     @handler(long_running=True, timeout=30)
     async def long(job: Job) -> None:
-        await trio.sleep(6)  # three times the TTR
+        await trio.sleep(8)  # four times the TTR
 
     with trio.fail_after(30):
         [job_id] = await prefill(beanstalkd.address, "jobs", [envelope("long")], ttr=2)
         config = make_config(beanstalkd.address, concurrency=2)
         async with running_daemon(config, {"long": long}) as state:
-            await wait_until(lambda: state.counters.deleted == 1, timeout=20, what="long job")
+            await wait_until(lambda: state.counters.deleted == 1, timeout=25, what="long job")
         async with open_client(beanstalkd.address) as client:
             server = await client.stats()
     assert server.job_timeouts == 0  # never expired
     assert server.cmd_reserve_with_timeout >= 1
     assert state.counters.reserved == 1  # never redelivered
-    assert server.cmd_touch >= 3
+    assert server.cmd_touch >= 7  # every TTR/2 = 1 s
     del job_id
 
 
@@ -484,3 +484,23 @@ async def test_a_handler_that_blocks_the_event_loop_is_named(beanstalkd: Beansta
     assert warning["handler"] == "blocker"
     assert any("blocks_the_loop" in frame for frame in warning["where"])
     assert warning["blocked_for"] >= 0.3
+
+
+@pytest.mark.parametrize(
+    ("recycle", "reason"),
+    [
+        (RecycleConfig(max_lifetime=0.5), "recycling: max_lifetime 0.5 s reached"),
+        (RecycleConfig(max_memory_mb=1), "recycling: RSS over max_memory_mb 1"),
+    ],
+)
+async def test_recycling_drains_on_lifetime_and_memory(
+    beanstalkd: BeanstalkdProcess, recycle: RecycleConfig, reason: str
+) -> None:
+    async def ok(job: Job) -> None:
+        pass
+
+    with trio.fail_after(30):
+        config = make_config(beanstalkd.address, concurrency=1, recycle=recycle)
+        async with running_daemon(config, {"ok": ok}) as state:
+            await state.drain_started.wait()
+    assert state.drain_reason == reason

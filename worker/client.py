@@ -138,14 +138,6 @@ class Client:
         """Replies owed by the server for commands already sent."""
         return self._proto.pending
 
-    def fileno(self) -> int | None:
-        """The socket's file descriptor, for polling an idle connection; None for TLS or
-        in-memory streams (bytes readable there need not mean the server spoke)."""
-        stream = self._stream
-        if self._lost is None and isinstance(stream, trio.SocketStream):
-            return stream.socket.fileno()
-        return None
-
     async def aclose(self) -> None:
         """Close at once. Jobs reserved on this connection return to ready."""
         if self._lost is None:

@@ -59,6 +59,8 @@ class PoolConfig:
     timeout: float | None = None  # handler timeout; None: the job's TTR minus the margin
     servers: tuple[Address, ...] = ()  # empty: the worker's servers
     retry: RetrySettings = field(default_factory=RetrySettings)
+    # Jobs reserved on one connection at once: fewer connections, batched round trips.
+    jobs_per_connection: int = 50
 
     @property
     def has_globs(self) -> bool:
@@ -256,6 +258,7 @@ def _tube_patterns(reader: _Reader, name: str) -> tuple[str, ...]:
 
 _RETRY_KEYS: Final = ("max_attempts", "backoff_base", "backoff_cap", "redelivery_limit")
 _POOL_KEYS: Final = (
+    "jobs_per_connection",
     "name",
     "tubes",
     "concurrency",
@@ -296,6 +299,7 @@ def _pool(reader: _Reader, index: int, retry: RetrySettings) -> PoolConfig:
         timeout=timeout or None,
         servers=reader.servers("servers") or (),
         retry=_retry(reader.table_at("retry"), retry),
+        jobs_per_connection=reader.integer("jobs_per_connection", 50, low=1, high=1000),
     )
 
 

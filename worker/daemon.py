@@ -17,7 +17,7 @@ import structlog
 import trio
 
 from worker.config import Config
-from worker.lane import Lane, Pool, Services, run_pool, watch_connections
+from worker.lane import Lane, Pool, Services, run_pool
 from worker.notify import Notifier
 from worker.registry import Registry
 from worker.services import SharedHttp
@@ -129,7 +129,6 @@ async def run_daemon(
                 helpers.start_soon(_handle_signals, signals, state)
             helpers.start_soon(_drain_deadline, state, config, notifier)
             helpers.start_soon(_recycle, state, config)
-            helpers.start_soon(watch_connections, state)
             if config.stall_threshold:
                 handlers = [(n, r.spec.func) for n, r in registry.handlers.items()]
                 await helpers.start(run_stall_detector, config.stall_threshold, handlers)

@@ -1,25 +1,21 @@
 """Lanes and pools.
 
-A lane owns one beanstalkd connection and loops reserve → run → outcome, one job at a time
-(ownership of a reserved job belongs to the connection: BEANSTALKD.md §1). The outcome
-command and the next reserve go out in one write. A pool is N lanes over a set of tubes.
-
-While a handler runs, a guardian task watches the idle connection: if it dies, the
-handler is cancelled (beanstalkd has already taken the job back), and long-running handlers
-are touched on it.
+A lane owns one beanstalkd connection and the jobs reserved on it (ownership of a reserved
+job belongs to the connection: BEANSTALKD.md §1), up to ``jobs_per_connection`` at once.
+Its pump batches what goes over the wire: outcomes, touches and reserves in one write,
+``stats-job`` for the new jobs in another. A pool is its concurrency split into lanes over
+a set of tubes and servers.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
-import select
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-import greenstalk
 import structlog
 import trio
 
@@ -39,15 +35,18 @@ if TYPE_CHECKING:
 
     from worker.config import Config, PoolConfig
     from worker.registry import Registry
-    from worker.state import RunningJob, WorkerState
+    from worker.state import WorkerState
 
-__all__ = ["Pool", "Services", "handler_timeout", "run_pool", "watch_connections"]
+__all__ = ["Lane", "Pool", "Services", "handler_timeout", "run_pool"]
 
 log = structlog.get_logger("tubeworker")
 
-# How long a shielded outcome exchange may take before the connection is given up
-# (a dead server must not block a drain: BEANSTALKD.md §10.5 rule 3).
+# How long one exchange may take before the connection is given up (a server that stopped
+# answering must not hold a lane, or a drain: BEANSTALKD.md §10.5 rule 3).
 _OUTCOME_DEADLINE = 10.0
+# While a lane holds jobs it cannot block in reserve; with free slots it looks for new
+# jobs at least this often (and after every outcome).
+_POLL_INTERVAL = 0.02
 
 
 def handler_timeout(
@@ -155,94 +154,6 @@ def _is_glob(tube: str) -> bool:
     return any(c in tube for c in "*?[]")
 
 
-class _Guardian:
-    """For long-running handlers (and TLS connections, which cannot be polled): a task that
-    watches the lane's idle connection while the handler runs and touches the job when due
-    or asked. Other jobs are watched by ``watch_connections`` at no per-job cost."""
-
-    def __init__(
-        self, client: Client, job_id: int, interval: float | None, on_lost: Callable[[str], None]
-    ) -> None:
-        self.client = client
-        self.job_id = job_id
-        self.interval = interval
-        self.lost: str | None = None
-        self._on_lost = on_lost
-        self._wait: trio.CancelScope | None = None
-        self._touch_requested = False
-        self._touched = trio.Event()
-
-    async def run(self) -> None:
-        while self.lost is None:
-            with trio.move_on_after(self.interval or math.inf) as wait:
-                self._wait = wait
-                if self._touch_requested:
-                    wait.cancel()
-                reason = await self.client.wait_lost()
-                self._lose(reason)
-                return
-            await self._touch()
-
-    def _lose(self, reason: str) -> None:
-        self.lost = reason
-        self._on_lost(reason)
-        self._touched.set()
-
-    async def _touch(self) -> None:
-        self._touch_requested = False
-        # Shielded with a deadline: cancelling mid-exchange would poison the connection.
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + _OUTCOME_DEADLINE):
-            try:
-                await self.client.touch(self.job_id)
-            except greenstalk.NotFoundError:
-                self._lose("touch: NOT_FOUND, the job is no longer ours")
-            except (ConnectionLostError, ProtocolError) as exc:
-                self._lose(f"touch failed: {exc}")
-        if not self.client.is_usable and self.lost is None:
-            self._lose("touch got no reply in time")
-        self._touched.set()
-        self._touched = trio.Event()
-
-    async def touch(self) -> None:
-        """For the handler (``job.touch()``): touch now, on the owning connection."""
-        if self.lost is not None:
-            raise ConnectionLostError(f"cannot touch: {self.lost}")
-        done = self._touched
-        self._touch_requested = True
-        if self._wait is not None:
-            self._wait.cancel()
-        await done.wait()
-        if self.lost is not None:
-            raise ConnectionLostError(f"cannot touch: {self.lost}")
-
-
-_POLL_EVENTS: Final = select.POLLIN | getattr(select, "POLLRDHUP", 0)
-_CHECK_INTERVAL: Final = 0.5
-
-
-async def watch_connections(state: WorkerState, interval: float = _CHECK_INTERVAL) -> None:
-    """Return the jobs whose connection died while their handler runs.
-
-    beanstalkd never speaks unasked, so an idle connection that turns readable has been
-    closed (or is broken). One ``poll(0)`` over every running job's socket per interval
-    replaces a watcher task per job.
-    """
-    while True:
-        await trio.sleep(interval)
-        by_fd: dict[int, RunningJob] = {}
-        for job in state.running:
-            fd = job.watch_fd()
-            if fd is not None:
-                by_fd[fd] = job
-        if not by_fd:
-            continue
-        poller = select.poll()
-        for fd in by_fd:
-            poller.register(fd, _POLL_EVENTS)
-        for fd, _events in poller.poll(0):
-            by_fd[fd].return_job("connection lost while the handler ran", lost=True)
-
-
 class _JobServices:
     """What ``Job.touch/put/http`` reach: the lane that owns the job, and process services."""
 
@@ -275,67 +186,88 @@ class _Plan:
     budget: Budget
 
 
-class _Abandon(Exception):
-    """Close the connection without an outcome: beanstalkd takes the job back."""
+class _Running:
+    """A reserved job whose handler runs, on its lane's connection."""
+
+    __slots__ = ("lost", "next_touch", "plan", "returned", "scope", "started", "stats", "token")
+
+    def __init__(
+        self, plan: _Plan, stats: p.JobStats, scope: trio.CancelScope, token: object, started: float
+    ) -> None:
+        self.plan = plan
+        self.stats = stats
+        self.scope = scope
+        self.token = token  # the process-wide in-flight slot it holds
+        self.started = started
+        self.returned: str | None = None  # handler cancelled, job left to beanstalkd
+        self.lost = False
+        self.next_touch = math.inf
+
+
+_IDLE: Final = object()  # the reserve reply when fetching was stopped while blocked
 
 
 class Lane:
-    def __init__(self, pool: Pool, index: int, address: Address) -> None:
+    """One beanstalkd connection holding up to ``slots`` reserved jobs.
+
+    A single pump task owns the connection's I/O (BEANSTALKD.md §10.5 rule 1): in one write
+    it sends the outcomes handlers produced since the last write, due touches, and one
+    ``reserve-with-timeout 0`` per free slot; then ``stats-job`` for every job it got, in
+    one more write. Handlers run in their own tasks, each under its own deadline. The pump
+    blocks in ``reserve`` only while the lane holds no job, since a blocked reserve holds
+    the connection; otherwise it waits on the idle socket, which only turns readable if
+    the server went away. Outcomes are only ever sent on the connection that reserved the job.
+    """
+
+    def __init__(self, pool: Pool, index: int, address: Address, slots: int) -> None:
         self.pool = pool
         self.services = pool.services
         self.state = pool.services.state
         self.address = address
         self.index = index
+        self.slots = slots
         self.log = pool.log.bind(lane=index, server=str(address))
         self._watched: frozenset[str] = frozenset({"default"})
         self._watched_version = -1
         self.connected_once = trio.Event()
-        # The running job, if any (one at a time per lane).
-        self._client: Client | None = None
-        self._job_id: int | None = None
-        self._job_scope: trio.CancelScope | None = None
-        self._guardian: _Guardian | None = None
-        self._returned: str | None = None
-        self._lost = False
-        self._exchanging = False  # a touch is on the wire: its reply makes the socket readable
+        self._running: dict[int, _Running] = {}
+        self._outbox: list[p.Command] = []
+        self._touch_waiters: dict[int, list[trio.Event]] = {}
+        self._wake: trio.CancelScope | None = None
+        self._must_close = False  # a job was returned: close the connection when idle
 
-    # ---- RunningJob, for the state and the connection checker
+    # ---- RunningJob, for the state (drain deadline)
 
     def return_job(self, reason: str, *, lost: bool = False) -> None:
-        if self._returned is None:
-            self._returned = reason
-        self._lost = self._lost or lost
-        if self._job_scope is not None:
-            self._job_scope.cancel()
+        for running in self._running.values():
+            if running.returned is None:
+                running.returned = reason
+            running.lost = running.lost or lost
+            running.scope.cancel()
 
     def watch_fd(self) -> int | None:
-        if self._guardian is not None or self._exchanging or self._client is None:
-            return None
-        return self._client.fileno()
+        return None  # the pump watches its own socket while it waits
+
+    # ---- for handlers
 
     async def touch(self, job_id: int) -> None:
-        """``job.touch()``: reset the TTR on the connection that reserved the job."""
-        if job_id != self._job_id or self._client is None or self._returned is not None:
+        """``job.touch()``: queue a touch for the pump and wait for beanstalkd's answer."""
+        running = self._running.get(job_id)
+        if running is None or running.returned is not None:
             raise ConnectionLostError(f"job {job_id} is no longer running on this lane")
-        if self._guardian is not None:
-            await self._guardian.touch()
-            return
-        client = self._client
-        self._exchanging = True
-        try:
-            with trio.move_on_after(_OUTCOME_DEADLINE):
-                await client.touch(job_id)
-        except greenstalk.NotFoundError:
-            self.return_job("touch: NOT_FOUND, the job is no longer ours", lost=True)
-            raise ConnectionLostError(f"job {job_id} is no longer reserved by us") from None
-        except ConnectionLostError:
-            self.return_job("connection lost during touch", lost=True)
-            raise
-        finally:
-            self._exchanging = False
-        if not client.is_usable:
-            self.return_job("touch got no reply in time", lost=True)
-            raise ConnectionLostError("touch got no reply in time")
+        done = trio.Event()
+        self._touch_waiters.setdefault(job_id, []).append(done)
+        self._queue(p.Touch(job_id))
+        await done.wait()
+        if running.returned is not None:
+            raise ConnectionLostError(f"cannot touch job {job_id}: {running.returned}")
+
+    def _queue(self, command: p.Command) -> None:
+        self._outbox.append(command)
+        if self._wake is not None:
+            self._wake.cancel()
+
+    # ---- connection life
 
     async def run(self) -> None:
         failures = 0
@@ -343,17 +275,31 @@ class Lane:
             client = await self._connect()
             if client is None:
                 continue  # fetching stopped while connecting
+            lost: str | None = None
             try:
-                await self._serve(client)
-                failures = 0
-            except (ConnectionLostError, ProtocolError) as exc:
-                failures += 1
-                self.log.warning("connection lost", error=str(exc))
-                await self._pause_before_reconnect(failures)
-            except _Abandon:
-                pass
+                async with trio.open_nursery() as handlers:
+                    lost = await self._pump(client, handlers)
+                    if lost is not None:
+                        self.return_job(
+                            f"connection lost while the handler ran ({lost})", lost=True
+                        )
             finally:
                 await client.aclose()
+                self._after_connection()
+            if lost is not None:
+                failures += 1
+                self.log.warning("connection lost", error=lost)
+                await self._pause_before_reconnect(failures)
+            else:
+                failures = 0
+
+    def _after_connection(self) -> None:
+        for waiters in self._touch_waiters.values():
+            for done in waiters:
+                done.set()
+        self._touch_waiters.clear()
+        self._outbox.clear()  # outcomes for jobs of a closed connection must never be sent
+        self._must_close = False
 
     async def _pause_before_reconnect(self, failures: int) -> None:
         with self.state.fetch_scope():
@@ -389,84 +335,243 @@ class Lane:
         self._watched = wanted
         return commands
 
-    async def _serve(self, client: Client) -> None:
-        with self.state.fetch_scope() as scope:
-            await self.pool.wait_for_tubes()
-        if scope.cancelled_caught:
-            return
-        prelude: list[p.Command] = []
-        limiter = self.services.in_flight
-        while True:
-            if self._watched_version != self.pool.tubes_version:
-                prelude += self._rewatch()
-            if not self.state.may_fetch:
-                await self._exchange_prelude(client, prelude, reserve=False)
-                return
-            if limiter is not None and not await self._acquire_slot(client, limiter, prelude):
-                prelude = []
-                continue
-            try:
-                reply = await self._reserve(client, prelude)
-                prelude = []
-                if isinstance(reply, p.Reserved):
-                    prelude = await self._handle(client, reply)
-                elif reply is None:
-                    return  # fetching stopped: the blocked reserve's connection is closed
-            finally:
-                if limiter is not None:
-                    limiter.release()
+    # ---- the pump
 
-    async def _acquire_slot(
-        self, client: Client, limiter: trio.CapacityLimiter, prelude: list[p.Command]
-    ) -> bool:
-        """Take a process-wide in-flight slot. If none is free, first send what is pending
-        (it must not wait) and clear ``prelude``; False if fetching stopped meanwhile."""
+    async def _pump(self, client: Client, handlers: trio.Nursery) -> str | None:
+        """Serve the connection until fetching stops and no job is left (None), or until
+        the connection is lost (the reason)."""
         try:
-            limiter.acquire_nowait()
-            return True
-        except trio.WouldBlock:
-            pass
-        await self._exchange_prelude(client, prelude, reserve=False)
-        prelude.clear()
-        with self.state.fetch_scope() as scope:
-            await limiter.acquire()
-        return not scope.cancelled_caught
+            with self.state.fetch_scope() as scope:
+                await self.pool.wait_for_tubes()
+            if scope.cancelled_caught:
+                return None
+            while True:
+                fetching = self.state.may_fetch and not self._must_close
+                got_all = await self._exchange(client, handlers, fetching)
+                if not self._running and not self._outbox:
+                    if not fetching:
+                        return None  # drained, quiet, or a returned job: close the connection
+                    if not got_all:
+                        # Nothing ready and nothing held: block, cancellable by drain/quiet.
+                        if await self._reserve_blocking(client, handlers) is _IDLE:
+                            return None
+                        continue
+                if got_all and fetching and len(self._running) < self.slots:
+                    continue  # every reserve got a job: there may be more
+                await self._wait(client, fetching)
+        except (ConnectionLostError, ProtocolError) as exc:
+            return str(exc)
 
-    async def _exchange_prelude(
-        self, client: Client, prelude: list[p.Command], *, reserve: bool
-    ) -> None:
-        """Send prelude commands (+ reserve) in one write and read the prelude's replies.
-
-        Outside every fetch and job scope, so drain and quiet never interrupt it; one
-        deadline, so a server that stopped answering cannot hold the lane (or a drain).
-        """
-        commands = (
-            [*prelude, p.ReserveWithTimeout(self.services.config.reserve_timeout)]
-            if reserve
-            else prelude
-        )
+    async def _exchange(self, client: Client, handlers: trio.Nursery, fetching: bool) -> bool:
+        """One write of outcomes, touches and reserves; True if every reserve got a job."""
+        commands = self._outbox
+        self._outbox = []
+        if self._watched_version != self.pool.tubes_version:
+            commands += self._rewatch()
+        commands += self._due_touches()
+        tokens = self._take_slots(self.slots - len(self._running)) if fetching else []
+        reserve = p.ReserveWithTimeout(0)
+        commands += [reserve] * len(tokens)
         if not commands:
-            return
-        with trio.CancelScope(deadline=trio.current_time() + _OUTCOME_DEADLINE) as scope:
-            await client.send(*commands)
-            for command in prelude:
-                self._check_prelude_reply(command, await client.receive())
+            return False
+        reserved: list[tuple[p.Reserved, object]] = []
+        unmatched = list(reversed(tokens))  # slots whose reserve reply has not come yet
+        try:
+            with trio.CancelScope(deadline=trio.current_time() + _OUTCOME_DEADLINE) as scope:
+                await client.send(*commands)
+                await self._read_replies(client, commands, reserve, unmatched, reserved)
+                if reserved:
+                    started, reserved = reserved, []
+                    await self._start(client, handlers, started)
+        finally:
+            for token in unmatched:  # an exchange cut short must not leak in-flight slots
+                self._give_back(token)
+            for _, token in reserved:
+                self._give_back(token)
         if scope.cancelled_caught:
             raise ConnectionLostError(f"no reply within {_OUTCOME_DEADLINE} s")
+        return bool(tokens) and len(reserved) == len(tokens)
 
-    async def _reserve(self, client: Client, prelude: list[p.Command]) -> p.Reply | None:
-        await self._exchange_prelude(client, prelude, reserve=True)
-        reply: p.Reply | None = None  # stays None if cancelled: the connection is closed
-        with self.state.fetch_scope():
+    async def _read_replies(
+        self,
+        client: Client,
+        commands: list[p.Command],
+        reserve: p.Command,
+        unmatched: list[object],
+        reserved: list[tuple[p.Reserved, object]],
+    ) -> None:
+        """Replies in command order; each reserve reply takes its slot from ``unmatched``."""
+        for command in commands:
             reply = await client.receive()
-        if isinstance(reply, p.ErrorReply):
-            raise ConnectionLostError(f"reserve failed: {type(reply).__name__}")
-        return reply
+            if command is not reserve:
+                self._check_reply(command, reply)
+                continue
+            token = unmatched.pop()
+            if isinstance(reply, p.Reserved):
+                reserved.append((reply, token))
+                continue
+            self._give_back(token)  # TIMED_OUT: none ready; DEADLINE_SOON: one is due
+            if isinstance(reply, p.ErrorReply):
+                raise ConnectionLostError(f"reserve failed: {type(reply).__name__}")
 
-    def _check_prelude_reply(self, command: p.Command, reply: p.Reply) -> None:
+    async def _reserve_blocking(self, client: Client, handlers: trio.Nursery) -> object:
+        """Block in reserve while the lane holds nothing; _IDLE if fetching stopped."""
+        tokens = self._take_slots(1)
+        if not tokens:
+            await self._wait(client, fetching=False)  # the process-wide cap is reached
+            return None
+        reply: p.Reply | None = None
+        try:
+            await client.send(p.ReserveWithTimeout(self.services.config.reserve_timeout))
+            with self.state.fetch_scope():
+                reply = await client.receive()  # cancelled: the client closes the connection
+            if reply is None:
+                return _IDLE
+            if isinstance(reply, p.ErrorReply):
+                raise ConnectionLostError(f"reserve failed: {type(reply).__name__}")
+            if isinstance(reply, p.Reserved):
+                token = tokens.pop()
+                await self._start(client, handlers, [(reply, token)])
+            return reply
+        finally:
+            for token in tokens:
+                self._give_back(token)
+
+    async def _wait(self, client: Client, fetching: bool) -> None:
+        """Until a handler queues a command, a touch is due, it is time to look for new
+        jobs again, or the connection dies (raises)."""
+        if self._outbox:
+            return
+        looking = fetching and len(self._running) < self.slots
+        timeout = min(self._next_touch_in(), _POLL_INTERVAL if looking else math.inf)
+        with trio.move_on_after(timeout) as scope:
+            self._wake = scope
+            reason = await client.wait_lost()
+            raise ConnectionLostError(reason)
+        self._wake = None
+
+    # ---- in-flight slots (process-wide cap)
+
+    def _take_slots(self, wanted: int) -> list[object]:
+        limiter = self.services.in_flight
+        if limiter is None:
+            return [object() for _ in range(max(0, wanted))]
+        tokens = []
+        for _ in range(max(0, wanted)):
+            token = object()
+            try:
+                limiter.acquire_on_behalf_of_nowait(token)
+            except trio.WouldBlock:
+                break
+            tokens.append(token)
+        return tokens
+
+    def _give_back(self, token: object) -> None:
+        if self.services.in_flight is not None:
+            self.services.in_flight.release_on_behalf_of(token)
+
+    # ---- jobs
+
+    async def _start(
+        self, client: Client, handlers: trio.Nursery, reserved: list[tuple[p.Reserved, object]]
+    ) -> None:
+        """stats-job for every new job in one write, then start their handlers."""
+        waiting = list(reversed(reserved))  # jobs whose handler has not started yet
+        try:
+            await client.send(*[p.StatsJob(r.id) for r, _ in reserved])
+            while waiting:
+                job_reply, token = waiting[-1]
+                stats = await client.receive()
+                waiting.pop()
+                self._begin(handlers, job_reply, token, stats)
+        finally:
+            for _, token in waiting:  # connection lost before they started: free their slots
+                self._give_back(token)
+        if self._running:
+            self.state.running.add(self)
+
+    def _begin(
+        self, handlers: trio.Nursery, job_reply: p.Reserved, token: object, stats: p.Reply
+    ) -> None:
+        """Start a job's handler, or queue its burial when it must not run."""
+        now = time.monotonic()
+        self.state.counters.reserved += 1
+        if not isinstance(stats, p.JobStats):
+            self._give_back(token)
+            raise ConnectionLostError(f"stats-job {job_reply.id} answered {stats!r}")
+        plan = self._prepare(job_reply, stats)
+        if isinstance(plan, BuryJob):
+            self._give_back(token)
+            self._record(plan, job_reply.id, stats, self.pool.config.handler, now)
+            self._outbox.append(_command_for(plan, job_reply.id))
+            return
+        margin = self.services.config.ttr_margin
+        timeout = handler_timeout(plan.spec, self.pool.config.timeout, stats.ttr, margin)
+        scope = trio.CancelScope(
+            deadline=trio.current_time() + timeout if timeout is not None else math.inf
+        )
+        running = _Running(plan, stats, scope, token, now)
+        if plan.spec.long_running:
+            running.next_touch = trio.current_time() + touch_interval(stats.ttr, margin)
+        plan.job._services = _JobServices(self, job_reply.id)
+        self._running[job_reply.id] = running
+        handlers.start_soon(self._run_handler, running, timeout)
+
+    async def _run_handler(self, running: _Running, timeout: float | None) -> None:
+        plan = running.plan
+        counters = self.state.counters
+        counters.in_flight += 1
+        outcome: Outcome | None = None
+        try:
+            with running.scope:
+                outcome = await run_job(
+                    plan.job,
+                    plan.spec,
+                    plan.budget,
+                    plan.policy,
+                    timeout=None,  # the job's scope carries the deadline
+                    profile=self.pool.config.profile,
+                    limiter=self.pool.limiter,
+                )
+        finally:
+            counters.in_flight -= 1
+            del self._running[plan.job.id]
+            if not self._running:
+                self.state.running.discard(self)
+            self._give_back(running.token)
+        if running.lost or (outcome is None and running.returned is not None):
+            outcome = ReturnJob(running.returned or "connection lost")
+        elif outcome is None:
+            outcome = timeout_outcome(plan.job, plan.budget, plan.policy, timeout)
+        self._record(outcome, plan.job.id, running.stats, plan.handler, running.started)
+        if isinstance(outcome, ReturnJob):
+            self._must_close = True  # the only way to hand a job back without an outcome
+            if self._wake is not None:
+                self._wake.cancel()
+        else:
+            self._queue(_command_for(outcome, plan.job.id))
+
+    def _due_touches(self) -> list[p.Command]:
+        now = trio.current_time()
+        touches: list[p.Command] = []
+        margin = self.services.config.ttr_margin
+        for job_id, running in self._running.items():
+            if running.next_touch <= now:
+                running.next_touch = now + touch_interval(running.stats.ttr, margin)
+                touches.append(p.Touch(job_id))
+        return touches
+
+    def _next_touch_in(self) -> float:
+        soonest = min((r.next_touch for r in self._running.values()), default=math.inf)
+        return max(0.0, soonest - trio.current_time())
+
+    def _check_reply(self, command: p.Command, reply: p.Reply) -> None:
         if isinstance(command, p.Watch | p.Ignore):
             if not isinstance(reply, p.Watching):
                 raise ConnectionLostError(f"{command!r} answered {reply!r}")
+            return
+        if isinstance(command, p.Touch):
+            self._touched(command.id, reply)
             return
         ok = (
             (isinstance(command, p.Delete) and isinstance(reply, p.Deleted))
@@ -497,25 +602,15 @@ class Lane:
                 reply=type(reply).__name__,
             )
 
-    async def _handle(self, client: Client, reserved: p.Reserved) -> list[p.Command]:
-        """Run one reserved job; return the outcome command to send with the next reserve."""
-        started = time.monotonic()
-        counters = self.state.counters
-        counters.reserved += 1
-        stats = await client.request(p.StatsJob(reserved.id))
-        if not isinstance(stats, p.JobStats):
-            self.log.warning("reserved job has no stats", job_id=reserved.id, reply=repr(stats))
-            raise ConnectionLostError(f"stats-job {reserved.id} answered {stats!r}")
-        plan = self._prepare(reserved, stats)
-        if isinstance(plan, _Plan):
-            outcome = await self._run(client, plan, stats.ttr)
-            handler: str | None = plan.handler
-        else:
-            outcome, handler = plan, self.pool.config.handler
-        self._record(outcome, reserved.id, stats, handler, started)
-        if isinstance(outcome, ReturnJob):
-            raise _Abandon(outcome.reason)
-        return [_command_for(outcome, reserved.id)]
+    def _touched(self, job_id: int, reply: p.Reply) -> None:
+        running = self._running.get(job_id)
+        if not isinstance(reply, p.Touched) and running is not None:
+            # The job is no longer ours (its TTR expired): stop its handler, send nothing.
+            running.returned = "touch: NOT_FOUND, the job is no longer reserved by us"
+            running.lost = True
+            running.scope.cancel()
+        for done in self._touch_waiters.pop(job_id, []):
+            done.set()
 
     def _prepare(self, reserved: p.Reserved, stats: p.JobStats) -> _Plan | BuryJob:
         """What to run, or a burial without running (poison, exhausted, bad body)."""
@@ -566,64 +661,6 @@ class Lane:
             log=self.log,  # bound to the job on first use
         )
         return _Plan(job, spec, handler, policy, budget)
-
-    async def _run(self, client: Client, plan: _Plan, ttr: int) -> Outcome:
-        job, spec = plan.job, plan.spec
-        margin = self.services.config.ttr_margin
-        timeout = handler_timeout(spec, self.pool.config.timeout, ttr, margin)
-        job._services = _JobServices(self, job.id)
-        guardian: _Guardian | None = None
-        if spec.long_running or client.fileno() is None:
-            interval = touch_interval(ttr, margin) if spec.long_running else None
-            guardian = _Guardian(client, job.id, interval, self._guardian_lost)
-        # One scope per job: our deadline, the drain deadline and a lost connection.
-        scope = trio.CancelScope(
-            deadline=trio.current_time() + timeout if timeout is not None else math.inf
-        )
-        self._client, self._job_id, self._job_scope, self._guardian = (
-            client,
-            job.id,
-            scope,
-            guardian,
-        )
-        self._returned, self._lost = None, False
-        state, counters = self.state, self.state.counters
-        state.running.add(self)
-        counters.in_flight += 1
-        outcome: Outcome | None = None
-        try:
-            with scope:
-                outcome = await self._call_handler(plan, guardian)
-        finally:
-            state.running.discard(self)
-            counters.in_flight -= 1
-            self._client = self._job_id = self._job_scope = self._guardian = None
-        if self._lost or (outcome is None and self._returned is not None):
-            return ReturnJob(self._returned or "connection lost")
-        if outcome is None:
-            return timeout_outcome(job, plan.budget, plan.policy, timeout)
-        return outcome  # finished, even if a drain deadline came in the same instant
-
-    def _guardian_lost(self, reason: str) -> None:
-        self.return_job(f"connection lost while the handler ran ({reason})", lost=True)
-
-    async def _call_handler(self, plan: _Plan, guardian: _Guardian | None) -> Outcome:
-        run = run_job(
-            plan.job,
-            plan.spec,
-            plan.budget,
-            plan.policy,
-            timeout=None,  # the lane's job scope carries the deadline
-            profile=self.pool.config.profile,
-            limiter=self.pool.limiter,
-        )
-        if guardian is None:
-            return await run
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(guardian.run)
-            outcome = await run
-            nursery.cancel_scope.cancel()
-        return outcome
 
     def _record(
         self,
@@ -680,9 +717,17 @@ def _command_for(outcome: DeleteJob | ReleaseJob | BuryJob, job_id: int) -> p.Co
 async def run_pool(
     pool: Pool, *, task_status: trio.TaskStatus[Sequence[Lane]] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Run the pool's lanes (spread over its servers) and its tube discovery."""
+    """Run the pool's lanes and its tube discovery.
+
+    ``concurrency`` slots are split into lanes of at most ``jobs_per_connection`` jobs,
+    with at least one lane per server, spread over the servers in turn.
+    """
     servers = pool.servers
-    lanes = [Lane(pool, i, servers[i % len(servers)]) for i in range(pool.config.concurrency)]
+    concurrency = pool.config.concurrency
+    per_lane = pool.config.jobs_per_connection
+    count = max(math.ceil(concurrency / per_lane), min(concurrency, len(servers)))
+    sizes = [concurrency // count + (1 if i < concurrency % count else 0) for i in range(count)]
+    lanes = [Lane(pool, i, servers[i % len(servers)], size) for i, size in enumerate(sizes)]
     async with trio.open_nursery() as nursery:
         discovery: trio.CancelScope | None = None
         if pool.patterns:

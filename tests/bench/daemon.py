@@ -15,9 +15,10 @@ system, …):
 How a run is timed (the same for every system, all measured from outside the process):
 
 1. Prefill N ~100-byte jobs into a fresh tube, then ``pause-tube TUBE 3600``.
-2. Start the process. It connects its C connections, watches the tube and blocks in
-   reserve. Startup is the wall time from spawn until stats-tube shows
-   ``current-waiting == C`` (every connection blocked in a reserve on the tube); it is
+2. Start the process. It connects its connections (C for the peers, ceil(C / 50) for
+   tubeworker, whose connections hold up to 50 jobs each), watches the tube and blocks in
+   reserve. Startup is the wall time from spawn until stats-tube shows every one of them
+   waiting (``current-waiting``, each blocked in a reserve on the tube); it is
    reported in its own column and is NOT part of the throughput window.
 3. Read the worker's and beanstalkd's CPU (utime+stime from /proc/<pid>/stat, all
    threads), take t0, and send ``pause-tube TUBE 0``: beanstalkd lifts the pause at once
@@ -61,6 +62,7 @@ import contextlib
 import gc
 import hashlib
 import json
+import math
 import os
 import resource
 import signal
@@ -364,20 +366,32 @@ class _Run:
     max_window: float
 
 
+# The daemon's default [pool] jobs_per_connection: its C slots use ceil(C / 50) connections.
+TUBEWORKER_JOBS_PER_CONNECTION = 50
+
+
+def connections_of(system: str, concurrency: int) -> int:
+    """How many connections the system holds for C concurrent jobs."""
+    if system.startswith("tubeworker"):
+        return math.ceil(concurrency / TUBEWORKER_JOBS_PER_CONNECTION)
+    return concurrency
+
+
 def _wait_all_waiting(admin: SyncBeanstalk, child: _Child, run: _Run, tube: str) -> float:
     """Until every connection of the system is blocked in a reserve on the gated tube."""
     started = time.perf_counter()
     deadline = started + 60 + run.concurrency / 50
+    connections = connections_of(run.system, run.concurrency)
     while True:
         stats = admin.tube_stats(tube)
-        if stats.current_waiting >= run.concurrency:
+        if stats.current_waiting >= connections:
             if stats.current_jobs_ready != run.jobs:
                 raise BenchError(f"{run.system}: jobs left the paused tube {tube}: {stats}")
             return time.perf_counter()
         child.check_alive("starting")
         if time.perf_counter() > deadline:
             raise BenchError(
-                f"{run.system}: only {stats.current_waiting} of {run.concurrency} connections "
+                f"{run.system}: only {stats.current_waiting} of {connections} connections "
                 f"waiting on {tube} after {deadline - started:.0f} s:\n{child.stderr_tail()}"
             )
         time.sleep(0.01)

@@ -18,6 +18,7 @@ import trio
 from worker import __version__
 from worker.config import Config, Overrides, load_config
 from worker.errors import ConfigError
+from worker.lane import lane_sizes
 from worker.registry import Registry, discover, load_targets
 
 EX_OK: Final = 0
@@ -120,7 +121,12 @@ def _check(args: argparse.Namespace) -> int:
         print(
             f"  tubes: {', '.join(pool.tubes)}" + ("  (patterns: polled)" if pool.has_globs else "")
         )
-        print(f"  concurrency: {pool.concurrency} ({pool.profile} profile)")
+        servers = len(pool.servers or config.servers)
+        connections = len(lane_sizes(pool.concurrency, pool.jobs_per_connection, servers))
+        print(
+            f"  concurrency: {pool.concurrency} ({pool.profile} profile) on {connections} "
+            f"connection(s) of up to {pool.jobs_per_connection} jobs"
+        )
         if pool.handler:
             print(f"  handler: {pool.handler} (bound: raw bodies)")
         else:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from worker.registry import Registry
     from worker.state import WorkerState
 
-__all__ = ["Lane", "Pool", "Services", "handler_timeout", "run_pool"]
+__all__ = ["Lane", "Pool", "Services", "handler_timeout", "lane_sizes", "run_pool"]
 
 log = structlog.get_logger("tubeworker")
 
@@ -56,9 +56,14 @@ def handler_timeout(
     wanted = spec.timeout or pool_timeout
     if spec.long_running:
         return wanted  # None: no limit; the guardian touches the job
-    # With a tiny TTR the margin would eat it all: keep at least half of it.
-    limit = max(ttr - margin, ttr / 2)
+    limit = ttr_allowance(ttr, margin)
     return limit if wanted is None else min(wanted, limit)
+
+
+def ttr_allowance(ttr: int, margin: float) -> float:
+    """How long after a reserve or touch a job may run: TTR - margin (with a tiny TTR the
+    margin would eat it all, so at least half of it)."""
+    return max(ttr - margin, ttr / 2)
 
 
 def touch_interval(ttr: int, margin: float) -> float:
@@ -189,7 +194,17 @@ class _Plan:
 class _Running:
     """A reserved job whose handler runs, on its lane's connection."""
 
-    __slots__ = ("lost", "next_touch", "plan", "returned", "scope", "started", "stats", "token")
+    __slots__ = (
+        "limit",
+        "lost",
+        "next_touch",
+        "plan",
+        "returned",
+        "scope",
+        "started",
+        "stats",
+        "token",
+    )
 
     def __init__(
         self, plan: _Plan, stats: p.JobStats, scope: trio.CancelScope, token: object, started: float
@@ -202,6 +217,7 @@ class _Running:
         self.returned: str | None = None  # handler cancelled, job left to beanstalkd
         self.lost = False
         self.next_touch = math.inf
+        self.limit = math.inf  # the handler's own timeout (absolute); touches never pass it
 
 
 _IDLE: Final = object()  # the reserve reply when fetching was stopped while blocked
@@ -511,6 +527,9 @@ class Lane:
             deadline=trio.current_time() + timeout if timeout is not None else math.inf
         )
         running = _Running(plan, stats, scope, token, now)
+        wanted = plan.spec.timeout or self.pool.config.timeout
+        if wanted:
+            running.limit = trio.current_time() + wanted
         if plan.spec.long_running:
             running.next_touch = trio.current_time() + touch_interval(stats.ttr, margin)
         plan.job._services = _JobServices(self, job_reply.id)
@@ -604,7 +623,12 @@ class Lane:
 
     def _touched(self, job_id: int, reply: p.Reply) -> None:
         running = self._running.get(job_id)
-        if not isinstance(reply, p.Touched) and running is not None:
+        if isinstance(reply, p.Touched) and running is not None:
+            if not running.plan.spec.long_running:
+                # The TTR starts again: so does the part of our deadline that guards it.
+                allowance = ttr_allowance(running.stats.ttr, self.services.config.ttr_margin)
+                running.scope.deadline = min(running.limit, trio.current_time() + allowance)
+        elif running is not None:
             # The job is no longer ours (its TTR expired): stop its handler, send nothing.
             running.returned = "touch: NOT_FOUND, the job is no longer reserved by us"
             running.lost = True
@@ -714,6 +738,13 @@ def _command_for(outcome: DeleteJob | ReleaseJob | BuryJob, job_id: int) -> p.Co
     return p.Bury(job_id, outcome.priority)
 
 
+def lane_sizes(concurrency: int, jobs_per_connection: int, servers: int) -> list[int]:
+    """Slots per lane: ``concurrency`` split as evenly as possible over
+    ceil(concurrency / jobs_per_connection) lanes, and at least one lane per server."""
+    count = max(math.ceil(concurrency / jobs_per_connection), min(concurrency, servers))
+    return [concurrency // count + (1 if i < concurrency % count else 0) for i in range(count)]
+
+
 async def run_pool(
     pool: Pool, *, task_status: trio.TaskStatus[Sequence[Lane]] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -723,10 +754,7 @@ async def run_pool(
     with at least one lane per server, spread over the servers in turn.
     """
     servers = pool.servers
-    concurrency = pool.config.concurrency
-    per_lane = pool.config.jobs_per_connection
-    count = max(math.ceil(concurrency / per_lane), min(concurrency, len(servers)))
-    sizes = [concurrency // count + (1 if i < concurrency % count else 0) for i in range(count)]
+    sizes = lane_sizes(pool.config.concurrency, pool.config.jobs_per_connection, len(servers))
     lanes = [Lane(pool, i, servers[i % len(servers)], size) for i, size in enumerate(sizes)]
     async with trio.open_nursery() as nursery:
         discovery: trio.CancelScope | None = None

@@ -186,15 +186,17 @@ async def test_handler_touch_on_demand(beanstalkd: BeanstalkdProcess) -> None:
     async def touches(job: Job) -> None:
         for _ in range(3):
             await trio.sleep(0.6)
-            await job.touch()  # keeps a TTR-2 job alive for 1.8 s + run time
+            await job.touch()  # each touch moves our 1 s deadline (TTR 2 - margin) too
 
     with trio.fail_after(30):
-        await prefill(beanstalkd.address, "jobs", [envelope("touch")], ttr=3)
+        await prefill(beanstalkd.address, "jobs", [envelope("touch")], ttr=2)
         config = make_config(beanstalkd.address, concurrency=1)
         async with running_daemon(config, {"touch": touches}) as state:
             await wait_until(lambda: state.counters.deleted == 1, what="done")
         async with open_client(beanstalkd.address) as client:
-            assert (await client.stats()).cmd_touch == 3
+            server = await client.stats()
+    assert (server.cmd_touch, server.job_timeouts) == (3, 0)
+    assert (state.counters.deleted, state.counters.released) == (1, 0)  # ran 1.8 s, not cut
 
 
 async def test_bad_bodies_are_buried_with_reasons_and_good_ones_done(
@@ -504,3 +506,96 @@ async def test_recycling_drains_on_lifetime_and_memory(
         async with running_daemon(config, {"ok": ok}) as state:
             await state.drain_started.wait()
     assert state.drain_reason == reason
+
+
+async def test_one_connection_holds_many_jobs_with_every_outcome(
+    beanstalkd: BeanstalkdProcess,
+) -> None:
+    # Given one lane holding up to 20 jobs at once, and jobs that succeed, fail, bury,
+    # run past their TTR (long-running, touched) and touch on demand, all at the same time.
+    @handler(long_running=True, timeout=30)
+    async def long(job: Job) -> None:
+        await trio.sleep(3)  # TTR 2
+
+    async def toucher(job: Job) -> None:
+        await trio.sleep(0.6)
+        await job.touch()
+        await trio.sleep(0.6)
+
+    async def fails(job: Job) -> None:
+        raise RuntimeError("no")
+
+    async def buries(job: Job) -> None:
+        raise Bury("bad")
+
+    async def ok(job: Job) -> None:
+        await trio.sleep(0.1)
+
+    tasks = ["long"] * 3 + ["toucher"] * 3 + ["fails"] * 3 + ["buries"] * 3 + ["ok"] * 8
+    retry = RetrySettings(max_attempts=1, backoff_base=1.0, backoff_cap=1.0)
+    with trio.fail_after(30):
+        await prefill(beanstalkd.address, "jobs", [envelope(t) for t in tasks], ttr=2)
+        config = make_config(beanstalkd.address, concurrency=20, retry=retry)
+        functions = {"long": long, "toucher": toucher, "fails": fails, "buries": buries, "ok": ok}
+        async with running_daemon(config, functions) as state:
+            await wait_until(lambda: state.counters.in_flight >= 10, what="jobs held at once")
+            async with open_client(beanstalkd.address) as client:
+                workers_while_busy = (await client.stats()).current_workers
+            await wait_tubes_empty(beanstalkd.address, ["jobs"], buried=6)
+        async with open_client(beanstalkd.address) as client:
+            server = await client.stats()
+    assert workers_while_busy == 1  # every job held by the one lane's connection
+    assert (state.counters.deleted, state.counters.buried) == (14, 6)
+    assert server.job_timeouts == 0  # no TTR ever expired: touches went out in time
+    assert server.cmd_touch >= 3 + 3
+    assert state.counters.reserved == 20  # nothing redelivered
+
+
+@pytest.mark.parametrize("jobs", [1, 5])
+async def test_lost_connection_cancels_every_handler_on_it(
+    beanstalkd: BeanstalkdProcess, jobs: int
+) -> None:
+    running = 0
+    cancelled = 0
+    all_started = trio.Event()
+
+    async def blocks(job: Job) -> None:
+        nonlocal running, cancelled
+        running += 1
+        if running == jobs:
+            all_started.set()
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            cancelled += 1
+            raise
+
+    with trio.fail_after(30):
+        await prefill(beanstalkd.address, "jobs", [envelope("block") for _ in range(jobs)])
+        config = make_config(beanstalkd.address, concurrency=jobs)  # one lane, `jobs` slots
+        async with running_daemon(config, {"block": blocks}) as state:
+            await all_started.wait()
+            await trio.to_thread.run_sync(beanstalkd.restart)  # no binlog: the jobs are gone
+            await wait_until(lambda: cancelled == jobs, what="every handler cancelled")
+            await wait_until(lambda: state.counters.returned == jobs, what="jobs returned")
+            async with open_client(beanstalkd.address) as client:
+                server = await client.stats()
+    assert (server.cmd_delete, server.cmd_release, server.cmd_bury) == (0, 0, 0)
+
+
+async def test_jobs_per_connection_sets_the_number_of_connections(
+    beanstalkd: BeanstalkdProcess,
+) -> None:
+    async def ok(job: Job) -> None:
+        pass
+
+    with trio.fail_after(30):
+        config = make_config(beanstalkd.address, concurrency=30)
+        config = replace(config, pools=(replace(config.pools[0], jobs_per_connection=7),))
+        async with running_daemon(config, {"ok": ok}):
+
+            async def five_waiting() -> bool:
+                async with open_client(beanstalkd.address) as client:
+                    return (await client.stats()).current_waiting == 5
+
+            await wait_until(five_waiting, what="5 lanes of 6 slots blocked in reserve")

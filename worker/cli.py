@@ -90,7 +90,7 @@ async def _run(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"tubeworker: bad config: {exc}", file=sys.stderr)
             return EX_CONFIG
-        configure_logging(config.logging.format, config.logging.level)
+        configure_logging(config.logging.format, config.logging.level, batched=True)
         # Many small objects per job: the collector's default thresholds make it run every
         # few hundred jobs; raising them took back about 10% of throughput (BENCHMARKS.md).
         gc.set_threshold(50_000, 20, 20)

@@ -19,6 +19,7 @@ import trio
 from worker.config import Config
 from worker.lane import Lane, Pool, Services, run_pool
 from worker.notify import Notifier
+from worker.observe import line_buffer
 from worker.registry import Registry
 from worker.services import SharedHttp
 from worker.stall import run_stall_detector
@@ -113,6 +114,27 @@ async def run_daemon(
 ) -> WorkerState:
     """Run until drained. ``signals`` from ``trio.open_signal_receiver(*SIGNALS)``, opened by
     the caller before anything else; tests pass None and call ``state.begin_drain``."""
+    buffer = line_buffer()
+    if buffer is not None:
+        instrument = buffer.flush_instrument()
+        trio.lowlevel.add_instrument(instrument)
+        buffer.bind_to_this_thread(True)
+    try:
+        return await _run_daemon(config, registry, signals, state, notifier, task_status)
+    finally:
+        if buffer is not None:
+            trio.lowlevel.remove_instrument(instrument)
+            buffer.bind_to_this_thread(False)
+
+
+async def _run_daemon(
+    config: Config,
+    registry: Registry,
+    signals: AsyncIterator[int] | None,
+    state: WorkerState | None,
+    notifier: Notifier | None,
+    task_status: trio.TaskStatus[WorkerState],
+) -> WorkerState:
     state = state or WorkerState(max_jobs=config.recycle.max_jobs)
     notifier = notifier or Notifier.from_env()
     services = Services(

@@ -592,28 +592,26 @@ class KickJob(Command):
 
 # The stats decoders are defined below; the commands name them through these thunks so the
 # dataclass definitions can stay in protocol order.
+# beanstalkd 1.12 writes stats-job's keys in this order (prot.c fmt_job_stats).
+_JOB_STATS = re.compile(
+    rb"---\nid: (\d+)\ntube: ([^\n]+)\nstate: (\w+)\npri: (\d+)\nage: (\d+)\n"
+    rb"delay: (\d+)\nttr: (\d+)\ntime-left: (-?\d+)\nfile: (\d+)\nreserves: (\d+)\n"
+    rb"timeouts: (\d+)\nreleases: (\d+)\nburies: (\d+)\nkicks: (\d+)\n\Z"
+)
+
+
 def _ok_job_stats(body: bytes) -> Reply:
-    # On every job's path: a direct decode of beanstalkd's fixed keys, not the generic one.
-    try:
-        values = dict(line.split(b": ", 1) for line in body.split(b"\n")[1:] if line)
-        return JobStats(
-            id=int(values[b"id"]),
-            tube=values[b"tube"].decode("ascii"),
-            state=values[b"state"].decode("ascii"),
-            pri=int(values[b"pri"]),
-            age=int(values[b"age"]),
-            delay=int(values[b"delay"]),
-            ttr=int(values[b"ttr"]),
-            time_left=int(values[b"time-left"]),  # negative when a TTR expiry was lost (B1)
-            file=int(values[b"file"]),
-            reserves=int(values[b"reserves"]),
-            timeouts=int(values[b"timeouts"]),
-            releases=int(values[b"releases"]),
-            buries=int(values[b"buries"]),
-            kicks=int(values[b"kicks"]),
-        )
-    except (ValueError, KeyError, UnicodeDecodeError):
-        return _decode_record(body, JobStats)  # slow path: says exactly what is wrong
+    # On every job's path: one match of beanstalkd's exact layout. Anything else (another
+    # version's extra keys, garbage) takes the generic decoder, which says what is wrong.
+    m = _JOB_STATS.match(body)
+    if m is None:
+        return _decode_record(body, JobStats)
+    g = m.groups()
+    return JobStats(
+        int(g[0]), g[1].decode("ascii", "replace"), g[2].decode("ascii"), int(g[3]), int(g[4]),
+        int(g[5]), int(g[6]), int(g[7]), int(g[8]), int(g[9]), int(g[10]), int(g[11]),
+        int(g[12]), int(g[13]),
+    )  # fmt: skip
 
 
 def _ok_tube_stats(body: bytes) -> Reply:

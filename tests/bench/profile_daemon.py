@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                 daemon._Child(_daemon_argv(args, config), Path(tmp), "daemon")
             )
             deadline = time.monotonic() + 60
-            while admin.tube_stats(tube).current_waiting < args.concurrency:
+            connections = daemon.connections_of("tubeworker", args.concurrency)
+            while admin.tube_stats(tube).current_waiting < connections:
                 child.check_alive("starting")
                 if time.monotonic() > deadline:
                     raise BenchError("the daemon did not start its lanes within 60 s")

@@ -433,9 +433,15 @@ class Lane:
     async def _reserve_blocking(self, client: Client, handlers: trio.Nursery) -> object:
         """Block in reserve while the lane holds nothing; _IDLE if fetching stopped."""
         tokens = self._take_slots(1)
-        if not tokens:
-            await self._wait(client, fetching=False)  # the process-wide cap is reached
-            return None
+        if not tokens:  # the process-wide cap is reached: wait for a slot, or for the drain
+            limiter = self.services.in_flight
+            assert limiter is not None
+            token = object()
+            with self.state.fetch_scope() as scope:
+                await limiter.acquire_on_behalf_of(token)
+            if scope.cancelled_caught:
+                return _IDLE
+            tokens = [token]
         reply: p.Reply | None = None
         try:
             await client.send(p.ReserveWithTimeout(self.services.config.reserve_timeout))

@@ -599,3 +599,22 @@ async def test_jobs_per_connection_sets_the_number_of_connections(
                     return (await client.stats()).current_waiting == 5
 
             await wait_until(five_waiting, what="5 lanes of 6 slots blocked in reserve")
+
+
+async def test_idle_lanes_wait_for_a_free_in_flight_slot(beanstalkd: BeanstalkdProcess) -> None:
+    # Given three one-job lanes and a process-wide cap of one job in flight: lanes that
+    # find the cap taken must wait for it to free, not stop fetching.
+    done: list[int] = []
+
+    async def ok(job: Job) -> None:
+        await trio.sleep(0.01)
+        done.append(job.id)
+
+    with trio.fail_after(30):
+        config = make_config(beanstalkd.address, concurrency=3, max_in_flight=1)
+        config = replace(config, pools=(replace(config.pools[0], jobs_per_connection=1),))
+        async with running_daemon(config, {"ok": ok}):
+            for _ in range(3):  # in waves, so the idle lanes are the ones that get them
+                await prefill(beanstalkd.address, "jobs", [envelope("ok") for _ in range(5)])
+                await wait_tubes_empty(beanstalkd.address, ["jobs"])
+    assert len(done) == 15

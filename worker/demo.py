@@ -12,6 +12,8 @@ import random
 import sys
 import tempfile
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +30,25 @@ DEMO_TUBES = ("demo-emails", "demo-reports", "demo-images")
 
 
 def _say(text: str) -> None:
-    print(f"[demo] {text}", file=sys.stderr, flush=True)
+    print(f"[tubeworker] {text}", file=sys.stderr, flush=True)
 
 
-async def _start_server(directory: Path) -> BeanstalkdProcess | None:
-    try:
-        server = BeanstalkdProcess(binlog_dir=directory, fsync_ms=50)
-    except BeanstalkdMissing as exc:
-        _say(str(exc))
-        return None
-    return await trio.to_thread.run_sync(server.start)
+@asynccontextmanager
+async def _private_beanstalkd() -> AsyncIterator[BeanstalkdProcess | None]:
+    """A beanstalkd with a binlog in a temporary directory, stopped by PID on the way out;
+    None (said why) when beanstalkd is not installed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            server = BeanstalkdProcess(binlog_dir=Path(tmp), fsync_ms=50)
+        except BeanstalkdMissing as exc:
+            _say(str(exc))
+            yield None
+            return
+        await trio.to_thread.run_sync(server.start)
+        try:
+            yield server
+        finally:
+            await trio.to_thread.run_sync(server.stop)
 
 
 async def run_dev(args: argparse.Namespace) -> int:
@@ -46,15 +57,13 @@ async def run_dev(args: argparse.Namespace) -> int:
     from worker.daemon import SIGNALS, run_daemon
     from worker.observe import configure_logging
 
-    with trio.open_signal_receiver(*SIGNALS) as signals, tempfile.TemporaryDirectory() as tmp:
-        server = await _start_server(Path(tmp))
-        if server is None:
-            return EX_UNAVAILABLE
-        try:
-            overrides = _overrides(args)
+    with trio.open_signal_receiver(*SIGNALS) as signals:
+        async with _private_beanstalkd() as server:
+            if server is None:
+                return EX_UNAVAILABLE
+            overrides = replace(_overrides(args), servers=(server.address,))
             if not overrides.tubes and not args.config:
-                overrides = _with_tubes(overrides, ("default",))
-            overrides = _with_servers(overrides, (server.address,))
+                overrides = replace(overrides, tubes=("default",))
             try:
                 config = load_config(args.config, overrides=overrides)
                 registry = build_registry(config)
@@ -68,21 +77,7 @@ async def run_dev(args: argparse.Namespace) -> int:
                 f'{server.port})).put(\'{{\\"task\\": \\"demo.echo\\", \\"payload\\": 1}}\')"'
             )
             await run_daemon(config, registry, signals=signals)
-        finally:
-            await trio.to_thread.run_sync(server.stop)
     return EX_OK
-
-
-def _with_tubes(overrides: Any, tubes: tuple[str, ...]) -> Any:
-    from dataclasses import replace
-
-    return replace(overrides, tubes=tubes)
-
-
-def _with_servers(overrides: Any, servers: tuple[str, ...]) -> Any:
-    from dataclasses import replace
-
-    return replace(overrides, servers=servers)
 
 
 def demo_jobs(count: int, rng: random.Random) -> list[tuple[str, bytes, int, int]]:
@@ -146,11 +141,10 @@ async def run_demo(args: argparse.Namespace) -> int:
     from worker.daemon import SIGNALS, run_daemon
     from worker.observe import configure_logging
 
-    with trio.open_signal_receiver(*SIGNALS) as signals, tempfile.TemporaryDirectory() as tmp:
-        server = await _start_server(Path(tmp))
-        if server is None:
-            return EX_UNAVAILABLE
-        try:
+    with trio.open_signal_receiver(*SIGNALS) as signals:
+        async with _private_beanstalkd() as server:
+            if server is None:
+                return EX_UNAVAILABLE
             config = Config(
                 pools=(
                     PoolConfig(
@@ -177,7 +171,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             state = WorkerState()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_progress, server.address, state)
-                await run_daemon(config, registry, signals=_forward(signals), state=state)
+                await run_daemon(config, registry, signals=signals, state=state)
                 nursery.cancel_scope.cancel()
             counts = await _tube_counts(server.address)
             c = state.counters
@@ -186,11 +180,4 @@ async def run_demo(args: argparse.Namespace) -> int:
                 f"buried {counts['buried']} (see the 'job buried' lines for why), "
                 f"left over {counts['ready'] + counts['delayed'] + counts['reserved']}"
             )
-        finally:
-            await trio.to_thread.run_sync(server.stop)
     return EX_OK
-
-
-async def _forward(signals: AsyncIterator[int]) -> AsyncIterator[int]:
-    async for signum in signals:
-        yield signum

@@ -107,23 +107,27 @@ class BeanstalkdProcess:
     def start(self) -> BeanstalkdProcess:
         """Start and wait until it answers; on a port clash pick another port and retry."""
         for _ in range(5):
-            self._proc = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                # beanstalkd can log a lot (B2); never let a full pipe block it.
-                stderr=subprocess.DEVNULL,
-            )
-            deadline = time.monotonic() + _START_DEADLINE
-            while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    break  # exited: most likely the port was taken meanwhile
-                if _answers(self.host, self.port):
-                    return self
-                time.sleep(0.01)
-            self._reap()
-            self.port = free_port()
+            if self._spawn():
+                return self
+            self.port = free_port()  # it exited: most likely the port was taken meanwhile
         raise RuntimeError(f"beanstalkd did not start: {' '.join(self.command())}")
+
+    def _spawn(self) -> bool:
+        """Start the process and wait until it answers; False (reaped) if it did not."""
+        self._proc = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            # beanstalkd can log a lot (B2); never let a full pipe block it.
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + _START_DEADLINE
+        while time.monotonic() < deadline and self._proc.poll() is None:
+            if _answers(self.host, self.port):
+                return True
+            time.sleep(0.01)
+        self._reap()
+        return False
 
     def signal(self, signum: int) -> None:
         os.kill(self.pid, signum)
@@ -156,20 +160,8 @@ class BeanstalkdProcess:
                 break
             except OSError:
                 time.sleep(0.01)
-        self._proc = subprocess.Popen(
-            self.command(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + _START_DEADLINE
-        while time.monotonic() < deadline:
-            if _answers(self.host, self.port):
-                return self
-            if self._proc.poll() is not None:
-                break
-            time.sleep(0.01)
-        self._reap()
+        if self._spawn():
+            return self
         raise RuntimeError(f"beanstalkd did not restart on port {port}")
 
     def _reap(self) -> None:

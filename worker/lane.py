@@ -13,7 +13,7 @@ import fnmatch
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 import structlog
@@ -191,6 +191,17 @@ class _Plan:
     budget: Budget
 
 
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    """A job's outcome, waiting to be logged and counted."""
+
+    outcome: Outcome
+    job_id: int
+    stats: p.JobStats
+    handler: str | None
+    started: float
+
+
 class _Running:
     """A reserved job whose handler runs, on its lane's connection."""
 
@@ -249,6 +260,9 @@ class Lane:
         self._running: dict[int, _Running] = {}
         self._outbox: list[p.Command] = []
         self._touch_waiters: dict[int, list[trio.Event]] = {}
+        # Outcome commands not yet confirmed by beanstalkd (keyed by the command's id()):
+        # their log line and counters wait for the reply, so they say what really happened.
+        self._unconfirmed: dict[int, _Finished] = {}
         self._wake: trio.CancelScope | None = None
         self._must_close = False  # a job was returned: close the connection when idle
 
@@ -310,6 +324,11 @@ class Lane:
                 failures = 0
 
     def _after_connection(self) -> None:
+        for finished in self._unconfirmed.values():
+            verb = type(finished.outcome).__name__.removesuffix("Job").lower()
+            reason = f"connection lost before beanstalkd confirmed the {verb}"
+            self._record(replace(finished, outcome=ReturnJob(reason)))
+        self._unconfirmed.clear()
         for waiters in self._touch_waiters.values():
             for done in waiters:
                 done.set()
@@ -420,7 +439,10 @@ class Lane:
         for command in commands:
             reply = await client.receive()
             if command is not reserve:
-                self._check_reply(command, reply)
+                applied = self._check_reply(command, reply)
+                finished = self._unconfirmed.pop(id(command), None)
+                if finished is not None:
+                    self._record(finished if applied else _unapplied(finished, reply))
                 continue
             token = unmatched.pop()
             if isinstance(reply, p.Reserved):
@@ -524,8 +546,8 @@ class Lane:
         plan = self._prepare(job_reply, stats)
         if isinstance(plan, BuryJob):
             self._give_back(token)
-            self._record(plan, job_reply.id, stats, self.pool.config.handler, now)
-            self._outbox.append(_command_for(plan, job_reply.id))
+            self._send_outcome(_Finished(plan, job_reply.id, stats, self.pool.config.handler, now))
+            self.state.job_finished()
             return
         margin = self.services.config.ttr_margin
         timeout = handler_timeout(plan.spec, self.pool.config.timeout, stats.ttr, margin)
@@ -568,13 +590,21 @@ class Lane:
             outcome = ReturnJob(running.returned or "connection lost")
         elif outcome is None:
             outcome = timeout_outcome(plan.job, plan.budget, plan.policy, timeout)
-        self._record(outcome, plan.job.id, running.stats, plan.handler, running.started)
+        finished = _Finished(outcome, plan.job.id, running.stats, plan.handler, running.started)
+        self.state.job_finished()
         if isinstance(outcome, ReturnJob):
+            self._record(finished)
             self._must_close = True  # the only way to hand a job back without an outcome
             if self._wake is not None:
                 self._wake.cancel()
         else:
-            self._queue(_command_for(outcome, plan.job.id))
+            self._send_outcome(finished)
+
+    def _send_outcome(self, finished: _Finished) -> None:
+        assert not isinstance(finished.outcome, ReturnJob)
+        command = _command_for(finished.outcome, finished.job_id)
+        self._unconfirmed[id(command)] = finished  # the outbox keeps the command alive
+        self._queue(command)
 
     def _due_touches(self) -> list[p.Command]:
         now = trio.current_time()
@@ -590,21 +620,22 @@ class Lane:
         soonest = min((r.next_touch for r in self._running.values()), default=math.inf)
         return max(0.0, soonest - trio.current_time())
 
-    def _check_reply(self, command: p.Command, reply: p.Reply) -> None:
+    def _check_reply(self, command: p.Command, reply: p.Reply) -> bool:
+        """True if beanstalkd did what the command asked."""
         if isinstance(command, p.Watch | p.Ignore):
             if not isinstance(reply, p.Watching):
                 raise ConnectionLostError(f"{command!r} answered {reply!r}")
-            return
+            return True
         if isinstance(command, p.Touch):
             self._touched(command.id, reply)
-            return
+            return isinstance(reply, p.Touched)
         ok = (
             (isinstance(command, p.Delete) and isinstance(reply, p.Deleted))
             or (isinstance(command, p.Release) and isinstance(reply, p.Released))
             or (isinstance(command, p.Bury) and isinstance(reply, p.Buried))
         )
         if ok:
-            return
+            return True
         job_id = getattr(command, "id", None)
         if isinstance(reply, p.NotFound):
             # Not ours any more (TTR expired and another worker has it): nothing to do.
@@ -626,6 +657,7 @@ class Lane:
                 command=type(command).__name__,
                 reply=type(reply).__name__,
             )
+        return False
 
     def _touched(self, job_id: int, reply: p.Reply) -> None:
         running = self._running.get(job_id)
@@ -692,14 +724,9 @@ class Lane:
         )
         return _Plan(job, spec, handler, policy, budget)
 
-    def _record(
-        self,
-        outcome: Outcome,
-        job_id: int,
-        stats: p.JobStats,
-        handler: str | None,
-        started: float,
-    ) -> None:
+    def _record(self, finished: _Finished) -> None:
+        """The job's one log line and the counters, once its outcome is known for sure."""
+        outcome, job_id, stats = finished.outcome, finished.job_id, finished.stats
         counters = self.state.counters
         name: str
         if isinstance(outcome, DeleteJob):
@@ -714,14 +741,13 @@ class Lane:
         else:
             counters.returned += 1
             name = "returned"
-        counters.by_tube[(stats.tube, name)] += 1
         if self.services.config.logging.job_lines:
             fields: dict[str, object] = {
                 "job_id": job_id,
                 "tube": stats.tube,
-                "handler": handler,
+                "handler": finished.handler,
                 "attempt": attempt_number(stats),
-                "duration": round(time.monotonic() - started, 4),
+                "duration": round(time.monotonic() - finished.started, 4),
                 "outcome": name,
             }
             if isinstance(outcome, ReleaseJob):
@@ -733,7 +759,15 @@ class Lane:
                 self.log.info("job done", **fields)
             else:
                 self.log.warning("job " + name, **fields)
-        self.state.job_finished()
+
+
+def _unapplied(finished: _Finished, reply: p.Reply) -> _Finished:
+    """What became of a job whose outcome beanstalkd did not apply as asked."""
+    if isinstance(reply, p.Buried):  # a release the server could only do as a bury (OOM)
+        reason = "beanstalkd buried it instead of releasing it (out of memory)"
+        return replace(finished, outcome=BuryJob(finished.stats.pri, reason))
+    reason = f"not applied: beanstalkd answered {type(reply).__name__}"
+    return replace(finished, outcome=ReturnJob(reason))
 
 
 def _command_for(outcome: DeleteJob | ReleaseJob | BuryJob, job_id: int) -> p.Command:

@@ -8,8 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, TextIO
 
 import structlog
@@ -125,7 +124,6 @@ class JobCounters:
     buried: int = 0
     returned: int = 0  # connection closed with the job: drain deadline, lost connection
     in_flight: int = 0
-    by_tube: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     @property
     def finished(self) -> int:

@@ -61,6 +61,7 @@ class WorkerState:
         self.drain_reason: str | None = None
         self.counters = JobCounters()
         self.max_jobs = max_jobs
+        self._jobs_finished = 0
         self._fetch_scopes: set[trio.CancelScope] = set()
         #: Jobs whose handlers are running now; the connection checker watches them.
         self.running: set[RunningJob] = set()
@@ -120,5 +121,8 @@ class WorkerState:
         return len(self.running)
 
     def job_finished(self) -> None:
-        if self.max_jobs and self.counters.finished >= self.max_jobs:
+        """A job's outcome is decided: count it toward ``max_jobs`` (before it is sent, so
+        the drain starts before the next reserve goes out with it)."""
+        self._jobs_finished += 1
+        if self.max_jobs and self._jobs_finished >= self.max_jobs:
             self.begin_drain(f"recycling: max_jobs {self.max_jobs} reached")

@@ -50,3 +50,25 @@ def test_touch_interval_is_well_inside_the_ttr() -> None:
     assert touch_interval(2, 1.0) == 1.0
     assert touch_interval(60, 1.0) == 30.0
     assert touch_interval(1, 1.0) == 0.25
+
+
+def _finished(outcome: object) -> object:
+    from worker import protocol as p
+    from worker.lane import _Finished
+
+    stats = p.JobStats(7, "jobs", "reserved", 99, 0, 0, 60, 59, 0, 1, 0, 0, 0, 0)
+    return _Finished(outcome, 7, stats, "h", 0.0)  # type: ignore[arg-type]
+
+
+def test_an_outcome_beanstalkd_did_not_apply_is_recorded_as_what_happened() -> None:
+    from worker import protocol as p
+    from worker.lane import _unapplied
+    from worker.outcome import BuryJob, DeleteJob, ReleaseJob, ReturnJob
+
+    # A delete answered NOT_FOUND: the job was no longer ours; nothing we did ended it.
+    gone = _unapplied(_finished(DeleteJob()), p.NotFound())  # type: ignore[arg-type]
+    assert gone.outcome == ReturnJob("not applied: beanstalkd answered NotFound")
+    # A release the server could only do as a bury (out of memory): it is buried.
+    buried = _unapplied(_finished(ReleaseJob(5, 99, "x")), p.Buried())  # type: ignore[arg-type]
+    assert isinstance(buried.outcome, BuryJob)
+    assert buried.outcome.priority == 99

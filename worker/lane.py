@@ -275,9 +275,6 @@ class Lane:
             running.lost = running.lost or lost
             running.scope.cancel()
 
-    def watch_fd(self) -> int | None:
-        return None  # the pump watches its own socket while it waits
-
     # ---- for handlers
 
     async def touch(self, job_id: int) -> None:

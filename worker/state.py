@@ -27,9 +27,6 @@ class RunningJob(Protocol):
         ``lost``: the connection is gone, so no outcome can be sent even if one is ready.
         """
 
-    def watch_fd(self) -> int | None:
-        """The idle connection's socket to poll for loss, or None if it is not pollable."""
-
 
 class _FetchScope:
     __slots__ = ("_registry", "scope")
@@ -63,7 +60,7 @@ class WorkerState:
         self.max_jobs = max_jobs
         self._jobs_finished = 0
         self._fetch_scopes: set[trio.CancelScope] = set()
-        #: Jobs whose handlers are running now; the connection checker watches them.
+        #: Lanes with handlers running now: the drain deadline returns their jobs.
         self.running: set[RunningJob] = set()
         self._changed = trio.Event()  # replaced on every change; lanes wait on it
         self.drain_started = trio.Event()

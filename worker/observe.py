@@ -124,13 +124,3 @@ class JobCounters:
     buried: int = 0
     returned: int = 0  # connection closed with the job: drain deadline, lost connection
     in_flight: int = 0
-
-    @property
-    def finished(self) -> int:
-        return self.deleted + self.released + self.buried + self.returned
-
-    def summary(self) -> str:
-        return (
-            f"done {self.deleted}, retried {self.released}, buried {self.buried}, "
-            f"returned {self.returned}"
-        )

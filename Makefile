@@ -16,7 +16,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# mypy reads the package under its installed name through a tree of links (see pyproject).
 typecheck: $(STAMP)
+	@rm -rf .typecheck && mkdir -p .typecheck/tubeworker
+	@for f in worker/*; do ln -s "../../$$f" .typecheck/tubeworker/; done
+	@ln -s ../../handlers .typecheck/tubeworker/handlers
 	$(BIN)/mypy
 
 # Fast: no server needed.

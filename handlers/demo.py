@@ -11,8 +11,7 @@ import random
 from typing import Any
 
 import trio
-
-from worker import Bury, Job, handler
+from tubeworker import Bury, Job, handler
 
 
 def _options(job: Job) -> dict[str, Any]:

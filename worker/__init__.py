@@ -6,7 +6,7 @@ submodules and are not part of it.
 
 from __future__ import annotations
 
-from worker.job import Bury, Job, Retry, handler
+from tubeworker.job import Bury, Job, Retry, handler
 
 __version__ = "0.1.0"
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from worker.client import Address, parse_address
-from worker.errors import ConfigError, LocalProtocolError
-from worker.protocol import MAX_INT, validate_tube_name
+from tubeworker.beanstalk.client import Address, parse_address
+from tubeworker.beanstalk.protocol import MAX_INT, validate_tube_name
+from tubeworker.errors import ConfigError, LocalProtocolError
 
 __all__ = [
     "Config",

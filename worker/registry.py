@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from worker.errors import ConfigError
-from worker.job import HandlerSpec, spec_of
+from tubeworker.errors import ConfigError
+from tubeworker.job import HandlerSpec, spec_of
 
 __all__ = ["GROUP", "BrokenHandler", "RegisteredHandler", "Registry", "discover", "load_targets"]
 

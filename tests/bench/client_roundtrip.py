@@ -38,6 +38,8 @@ from typing import Any
 
 import greenstalk
 import trio
+from tubeworker.beanstalk import protocol as p
+from tubeworker.beanstalk.client import Client, connect
 
 from tests.bench.common import (
     BODY_SIZE,
@@ -59,8 +61,6 @@ from tests.bench.common import (
     write_json,
 )
 from tests.support.beanstalkd import BeanstalkdProcess
-from worker import protocol as p
-from worker.client import Client, connect
 
 NAME = "client"
 _PEER_DIR = Path(__file__).parent / "peers"

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from worker import protocol as p
+from tubeworker.beanstalk import protocol as p
 
 __all__ = [
     "BODY_SIZE",

@@ -6,8 +6,7 @@ Plain async functions taking a :class:`worker.Job`: no decorator, default option
 from __future__ import annotations
 
 import trio
-
-from worker import Job
+from tubeworker import Job
 
 
 async def noop(job: Job) -> None:

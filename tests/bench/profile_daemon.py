@@ -24,10 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from tubeworker.beanstalk import protocol as p
+
 from tests.bench import daemon
 from tests.bench.common import BenchError, SyncBeanstalk, positive_int, prefill, unique_tube
 from tests.support.beanstalkd import BeanstalkdProcess
-from worker import protocol as p
 
 
 def _daemon_argv(args: argparse.Namespace, config: Path) -> list[str]:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 
 import trio
-
-from worker import Job
+from tubeworker import Job
 
 
 def _log(event: str, job: Job) -> None:

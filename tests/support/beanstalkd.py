@@ -1,5 +1,10 @@
 """Tests use the same private-beanstalkd helper as ``tubeworker dev``."""
 
-from worker.devserver import BeanstalkdMissing, BeanstalkdProcess, find_beanstalkd, free_port
+from tubeworker.cli.devserver import (
+    BeanstalkdMissing,
+    BeanstalkdProcess,
+    find_beanstalkd,
+    free_port,
+)
 
 __all__ = ["BeanstalkdMissing", "BeanstalkdProcess", "find_beanstalkd", "free_port"]

@@ -10,14 +10,14 @@ from typing import Any
 
 import greenstalk
 import trio
+from tubeworker.beanstalk import protocol as p
+from tubeworker.beanstalk.client import open_client, parse_address
+from tubeworker.config import Config, LoggingConfig, PoolConfig, RetrySettings
+from tubeworker.registry import Registry
+from tubeworker.runtime.state import WorkerState
+from tubeworker.service.daemon import run_daemon
 
 from tests.support.waiting import wait_until
-from worker import protocol as p
-from worker.client import open_client, parse_address
-from worker.config import Config, LoggingConfig, PoolConfig, RetrySettings
-from worker.daemon import run_daemon
-from worker.registry import Registry
-from worker.state import WorkerState
 
 __all__ = [
     "make_config",

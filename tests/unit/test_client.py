@@ -9,11 +9,16 @@ import greenstalk
 import pytest
 import trio
 import trio.testing
-
-from worker import protocol as p
-from worker.backoff import exponential_delay, full_jitter_delay
-from worker.client import Address, Client, connect, connect_with_backoff, parse_address
-from worker.errors import (
+from tubeworker.backoff import exponential_delay, full_jitter_delay
+from tubeworker.beanstalk import protocol as p
+from tubeworker.beanstalk.client import (
+    Address,
+    Client,
+    connect,
+    connect_with_backoff,
+    parse_address,
+)
+from tubeworker.errors import (
     ConnectionLostError,
     LocalProtocolError,
     RemoteProtocolError,

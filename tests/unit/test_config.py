@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from worker.client import Address
-from worker.config import Config, Overrides, load_config
-from worker.errors import ConfigError
+from tubeworker.beanstalk.client import Address
+from tubeworker.config import Config, Overrides, load_config
+from tubeworker.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
@@ -101,7 +100,7 @@ def test_given_file_values_when_loaded_then_each_section_is_read(write) -> None:
         max_jobs = 1000
 
         [handlers]
-        "local.echo" = "handlers.demo:echo"
+        "local.echo" = "tubeworker.handlers.demo:echo"
 
         [[pool]]
         name = "mail"
@@ -120,7 +119,7 @@ def test_given_file_values_when_loaded_then_each_section_is_read(write) -> None:
     assert config.logging.level == "debug"
     assert config.logging.job_lines is False
     assert config.recycle.max_jobs == 1000
-    assert config.handlers == (("local.echo", "handlers.demo:echo"),)
+    assert config.handlers == (("local.echo", "tubeworker.handlers.demo:echo"),)
     assert config.source == str(path)
     (pool,) = config.pools
     assert pool.handler == "local.echo"
@@ -588,7 +587,14 @@ def test_given_flag_overrides_bad_env_when_loaded_then_no_error(write) -> None:
 
 @pytest.mark.parametrize(
     "target",
-    ["handlers.demo", "handlers.demo:", ":echo", "handlers demo:echo", "1mod:f", "a:b:c"],
+    [
+        "tubeworker.handlers.demo",
+        "tubeworker.handlers.demo:",
+        ":echo",
+        "handlers demo:echo",
+        "1mod:f",
+        "a:b:c",
+    ],
 )
 def test_given_bad_handler_target_when_loaded_then_error(write, target: str) -> None:
     error = config_error(pool_file(write, f'[handlers]\n"my.task" = "{target}"\n'))

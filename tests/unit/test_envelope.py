@@ -7,8 +7,7 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from worker.envelope import BadEnvelope, decode_envelope, encode_envelope
+from tubeworker.envelope import BadEnvelope, decode_envelope, encode_envelope
 
 json_values = st.recursive(
     st.none()

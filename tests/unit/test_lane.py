@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from worker.job import handler
-from worker.lane import handler_timeout, lane_sizes, touch_interval
+from tubeworker.job import handler
+from tubeworker.runtime.lane import handler_timeout, lane_sizes, touch_interval
 
 
 @pytest.mark.parametrize(
@@ -53,17 +52,17 @@ def test_touch_interval_is_well_inside_the_ttr() -> None:
 
 
 def _finished(outcome: object) -> object:
-    from worker import protocol as p
-    from worker.lane import _Finished
+    from tubeworker.beanstalk import protocol as p
+    from tubeworker.runtime.lane import _Finished
 
     stats = p.JobStats(7, "jobs", "reserved", 99, 0, 0, 60, 59, 0, 1, 0, 0, 0, 0)
     return _Finished(outcome, 7, stats, "h", 0.0)  # type: ignore[arg-type]
 
 
 def test_an_outcome_beanstalkd_did_not_apply_is_recorded_as_what_happened() -> None:
-    from worker import protocol as p
-    from worker.lane import _unapplied
-    from worker.outcome import BuryJob, DeleteJob, ReleaseJob, ReturnJob
+    from tubeworker.beanstalk import protocol as p
+    from tubeworker.runtime.lane import _unapplied
+    from tubeworker.runtime.outcome import BuryJob, DeleteJob, ReleaseJob, ReturnJob
 
     # A delete answered NOT_FOUND: the job was no longer ours; nothing we did ended it.
     gone = _unapplied(_finished(DeleteJob()), p.NotFound())  # type: ignore[arg-type]

@@ -70,38 +70,39 @@ def test_given_every_import_form_when_read_then_resolved_to_modules() -> None:
     source = """
 import os, worker.lane
 from typing import TYPE_CHECKING
-from worker import protocol as p, Job
-from worker.errors import ConfigError
+from tubeworker import Job
+from tubeworker.beanstalk import protocol as p
+from tubeworker.errors import ConfigError
 from . import backoff
 from .job import Job
 if TYPE_CHECKING:
-    from worker.daemon import Daemon
+    from tubeworker.service.daemon import Daemon
 def late():
-    import handlers.demo
+    import tubeworker.handlers.demo
 """
-    assert imported_modules(source, "worker.client") == {
+    assert imported_modules(source, "tubeworker.beanstalk.client") == {
         "os",
         "typing",
-        "worker.lane",
-        "worker.protocol",
+        "tubeworker.runtime.lane",
+        "tubeworker.beanstalk.protocol",
         "worker",
-        "worker.errors",
-        "worker.backoff",
-        "worker.job",
-        "worker.daemon",
-        "handlers.demo",
+        "tubeworker.errors",
+        "tubeworker.backoff",
+        "tubeworker.job",
+        "tubeworker.service.daemon",
+        "tubeworker.handlers.demo",
     }
 
 
 def test_given_relative_import_in_a_package_init_when_read_then_resolved() -> None:
-    assert imported_modules("from .job import Job", "worker", is_package=True) == {"worker.job"}
+    assert imported_modules("from .job import Job", "worker", is_package=True) == {"tubeworker.job"}
 
 
 @pytest.mark.parametrize(
-    "source", ["from worker.job import Job", "import worker.job", "from worker import job"]
+    "source", ["from tubeworker.job import Job", "import tubeworker.job", "from worker import job"]
 )
 def test_given_handler_reaching_a_submodule_when_checked_then_flagged(source: str) -> None:
-    assert in_package(imported_modules(source, "handlers.x"), "worker") == {"worker.job"}
+    assert in_package(imported_modules(source, "handlers.x"), "worker") == {"tubeworker.job"}
 
 
 def test_given_repository_when_listed_then_the_modules_under_test_exist() -> None:
@@ -119,7 +120,9 @@ def test_given_worker_module_when_read_then_it_never_imports_handlers(path: Path
 
 
 def test_given_protocol_when_read_then_only_worker_errors_from_worker() -> None:
-    assert in_package(imports_of(ROOT / "worker" / "protocol.py"), "worker") <= {"worker.errors"}
+    assert in_package(imports_of(ROOT / "worker" / "protocol.py"), "worker") <= {
+        "tubeworker.errors"
+    }
 
 
 def test_given_protocol_when_read_then_no_io_or_trio() -> None:
@@ -129,7 +132,13 @@ def test_given_protocol_when_read_then_no_io_or_trio() -> None:
 
 
 def test_given_client_when_read_then_nothing_above_the_transport() -> None:
-    forbidden = ("worker.lane", "worker.pool", "worker.daemon", "worker.cli", "worker.config")
+    forbidden = (
+        "tubeworker.runtime.lane",
+        "tubeworker.pool",
+        "tubeworker.service.daemon",
+        "tubeworker.cli",
+        "tubeworker.config",
+    )
     assert not touches(imports_of(ROOT / "worker" / "client.py"), forbidden)
 
 
@@ -139,7 +148,7 @@ def test_given_observe_when_read_then_nothing_from_worker() -> None:
 
 @pytest.mark.parametrize("name", ["policy", "runner", "job", "config"])
 def test_given_lower_module_when_read_then_no_lane_daemon_or_cli(name: str) -> None:
-    forbidden = ("worker.lane", "worker.daemon", "worker.cli")
+    forbidden = ("tubeworker.runtime.lane", "tubeworker.service.daemon", "tubeworker.cli")
     assert not touches(imports_of(ROOT / "worker" / f"{name}.py"), forbidden)
 
 

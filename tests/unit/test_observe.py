@@ -6,8 +6,7 @@ import io
 import threading
 
 import trio
-
-from worker.observe import LineBuffer
+from tubeworker.observe.logs import LineBuffer
 
 
 async def test_lines_of_one_loop_turn_are_written_together_before_io_wait() -> None:

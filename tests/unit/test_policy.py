@@ -8,10 +8,15 @@ import random
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from worker.outcome import BuryJob, ReleaseJob
-from worker.policy import Budget, RetryPolicy, attempt_number, failure_outcome, job_budget
-from worker.protocol import MAX_INT, JobStats
+from tubeworker.beanstalk.protocol import MAX_INT, JobStats
+from tubeworker.runtime.outcome import BuryJob, ReleaseJob
+from tubeworker.runtime.policy import (
+    Budget,
+    RetryPolicy,
+    attempt_number,
+    failure_outcome,
+    job_budget,
+)
 
 counters = st.integers(min_value=0, max_value=10_000)
 

@@ -7,9 +7,8 @@ import itertools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from worker import protocol as p
-from worker.errors import LocalProtocolError, RemoteProtocolError
+from tubeworker.beanstalk import protocol as p
+from tubeworker.errors import LocalProtocolError, RemoteProtocolError
 
 JOB_STATS_BODY = (
     b"---\nid: 7\ntube: emails\nstate: reserved\npri: 1024\nage: 3\ndelay: 0\nttr: 60\n"

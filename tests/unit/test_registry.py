@@ -10,11 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-import handlers.demo
-from worker.errors import ConfigError
-from worker.job import Job, handler
-from worker.registry import BrokenHandler, Registry, discover, load_targets
+import tubeworker.handlers.demo
+from tubeworker.errors import ConfigError
+from tubeworker.job import Job, handler
+from tubeworker.registry import BrokenHandler, Registry, discover, load_targets
 
 DEMO_NAMES = ["demo.checksum", "demo.echo", "demo.fail", "demo.flaky", "demo.sleep"]
 PLUGIN = "tubeworker_test_plugin"
@@ -135,12 +134,12 @@ def test_given_broken_handler_not_needed_when_required_then_no_error() -> None:
 
 def test_given_real_module_target_when_loaded_then_handler_registered() -> None:
     registry = Registry.from_functions({"other": plain})
-    load_targets(registry, [("my.echo", "handlers.demo:echo")], source="tubeworker.toml")
+    load_targets(registry, [("my.echo", "tubeworker.handlers.demo:echo")], source="tubeworker.toml")
     spec = registry.get("my.echo")
     assert spec is not None
-    assert spec.func is handlers.demo.echo
+    assert spec.func is tubeworker.handlers.demo.echo
     assert registry.handlers["my.echo"].distribution == "(config)"
-    assert registry.handlers["my.echo"].target == "handlers.demo:echo"
+    assert registry.handlers["my.echo"].target == "tubeworker.handlers.demo:echo"
     registry.require(["my.echo", "other"])
 
 
@@ -170,7 +169,7 @@ def test_given_missing_module_when_loaded_then_config_error() -> None:
 
 
 def test_given_missing_attribute_when_loaded_then_config_error() -> None:
-    error = config_error_from_load(Registry({}), "x", "handlers.demo:no_such_function")
+    error = config_error_from_load(Registry({}), "x", "tubeworker.handlers.demo:no_such_function")
     assert error.key == "handlers.x"
     assert "AttributeError" in str(error)
     assert "no_such_function" in str(error)
@@ -186,7 +185,7 @@ def test_given_mismatched_handler_name_when_loaded_then_config_error(plugin: Pat
     write_plugin(
         plugin,
         """
-        from worker import handler
+        from tubeworker import handler
 
         @handler(name="x")
         async def f(job):
@@ -199,13 +198,13 @@ def test_given_mismatched_handler_name_when_loaded_then_config_error(plugin: Pat
 
 
 def test_given_non_callable_target_when_loaded_then_config_error() -> None:
-    error = config_error_from_load(Registry({}), "x", "handlers.demo:__doc__")
+    error = config_error_from_load(Registry({}), "x", "tubeworker.handlers.demo:__doc__")
     assert "not callable" in str(error)
 
 
 def test_given_name_already_registered_when_loaded_then_config_error() -> None:
     registry = Registry.from_functions({"demo.echo": plain})
-    error = config_error_from_load(registry, "demo.echo", "handlers.demo:echo")
+    error = config_error_from_load(registry, "demo.echo", "tubeworker.handlers.demo:echo")
     assert error.key == "handlers.demo.echo"
     assert "'demo.echo'" in str(error)
     assert registry.get("demo.echo") is not None
@@ -214,7 +213,7 @@ def test_given_name_already_registered_when_loaded_then_config_error() -> None:
 
 def test_given_name_of_a_broken_handler_when_loaded_then_config_error() -> None:
     registry = Registry({}, {"x": BrokenHandler("x", "d", "m:f", "ImportError")})
-    error = config_error_from_load(registry, "x", "handlers.demo:echo")
+    error = config_error_from_load(registry, "x", "tubeworker.handlers.demo:echo")
     assert error.key == "handlers.x"
 
 
@@ -223,7 +222,7 @@ def test_given_same_name_twice_in_targets_when_loaded_then_config_error() -> Non
     with pytest.raises(ConfigError):
         load_targets(
             registry,
-            [("x", "handlers.demo:echo"), ("x", "handlers.demo:fail")],
+            [("x", "tubeworker.handlers.demo:echo"), ("x", "tubeworker.handlers.demo:fail")],
             source="f.toml",
         )
 
@@ -239,8 +238,8 @@ def test_given_this_distribution_when_discovered_then_five_demo_handlers() -> No
     for name in DEMO_NAMES:
         registered = registry.handlers[name]
         assert registered.distribution == "tubeworker"
-        assert registered.target == f"handlers.demo:{name.removeprefix('demo.')}"
-        assert registered.spec.func is getattr(handlers.demo, name.removeprefix("demo."))
+        assert registered.target == f"tubeworker.handlers.demo:{name.removeprefix('demo.')}"
+        assert registered.spec.func is getattr(tubeworker.handlers.demo, name.removeprefix("demo."))
     registry.require(DEMO_NAMES)
 
 
@@ -265,11 +264,13 @@ def test_given_bad_plugins_when_discovered_then_recorded_as_broken_not_raised(
     group = "tubeworker.test-group"
     points = importlib.metadata.EntryPoints(
         [
-            importlib.metadata.EntryPoint("ok", "handlers.demo:echo", group),
-            importlib.metadata.EntryPoint("ok", "handlers.demo:echo", group),  # seen twice
+            importlib.metadata.EntryPoint("ok", "tubeworker.handlers.demo:echo", group),
+            importlib.metadata.EntryPoint(
+                "ok", "tubeworker.handlers.demo:echo", group
+            ),  # seen twice
             importlib.metadata.EntryPoint("missing", "no_such_module_for_tubeworker:f", group),
-            importlib.metadata.EntryPoint("twice", "handlers.demo:fail", group),
-            importlib.metadata.EntryPoint("twice", "handlers.demo:flaky", group),
+            importlib.metadata.EntryPoint("twice", "tubeworker.handlers.demo:fail", group),
+            importlib.metadata.EntryPoint("twice", "tubeworker.handlers.demo:flaky", group),
         ]
     )
     monkeypatch.setattr(
@@ -280,7 +281,7 @@ def test_given_bad_plugins_when_discovered_then_recorded_as_broken_not_raised(
     assert sorted(registry.broken) == ["missing", "twice"]
     assert "ModuleNotFoundError" in registry.broken["missing"].error
     assert "registered twice" in registry.broken["twice"].error
-    assert "handlers.demo:fail" in registry.broken["twice"].error
-    assert "handlers.demo:flaky" in registry.broken["twice"].error
+    assert "tubeworker.handlers.demo:fail" in registry.broken["twice"].error
+    assert "tubeworker.handlers.demo:flaky" in registry.broken["twice"].error
     with pytest.raises(ConfigError, match="registered twice"):
         registry.require(["twice"])

@@ -9,11 +9,10 @@ import threading
 
 import pytest
 import trio
-
-from worker.job import Bury, HandlerSpec, Job, Retry, handler, spec_of
-from worker.outcome import BuryJob, DeleteJob, Outcome, ReleaseJob
-from worker.policy import Budget, RetryPolicy
-from worker.runner import run_job
+from tubeworker.job import Bury, HandlerSpec, Job, Retry, handler, spec_of
+from tubeworker.runtime.outcome import BuryJob, DeleteJob, Outcome, ReleaseJob
+from tubeworker.runtime.policy import Budget, RetryPolicy
+from tubeworker.runtime.runner import run_job
 
 PRIORITY = 77
 POLICY = RetryPolicy(max_attempts=3, backoff_base=4.0, backoff_cap=3600.0)

@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from typing import Final
 
 import trio
-
-from worker import __version__
-from worker.config import Config, Overrides, load_config
-from worker.errors import ConfigError
-from worker.lane import lane_sizes
-from worker.registry import Registry, discover, load_targets
+from tubeworker import __version__
+from tubeworker.config import Config, Overrides, load_config
+from tubeworker.errors import ConfigError
+from tubeworker.registry import Registry, discover, load_targets
+from tubeworker.runtime.lane import lane_sizes
 
 EX_OK: Final = 0
 EX_UNAVAILABLE: Final = 69
@@ -79,8 +78,8 @@ def load(args: argparse.Namespace) -> tuple[Config, Registry]:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from worker.daemon import SIGNALS, run_daemon
-    from worker.observe import configure_logging
+    from tubeworker.observe.logs import configure_logging
+    from tubeworker.service.daemon import SIGNALS, run_daemon
 
     # First thing: without a handler SIGTERM kills us with no cleanup, and as PID 1 it is
     # ignored (BEANSTALKD.md §10.5).
@@ -191,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "handlers":
             return _handlers(args)
         if args.command in ("dev", "demo"):
-            from worker import demo as demo_module
+            from tubeworker.cli import demo as demo_module
 
             return trio.run(
                 demo_module.run_dev if args.command == "dev" else demo_module.run_demo, args

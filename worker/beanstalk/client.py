@@ -25,10 +25,9 @@ from typing import Final, TypeVar
 
 import greenstalk
 import trio
-
-from worker import protocol as p
-from worker.backoff import full_jitter_delay
-from worker.errors import (
+from tubeworker.backoff import full_jitter_delay
+from tubeworker.beanstalk import protocol as p
+from tubeworker.errors import (
     ConnectionLostError,
     LocalProtocolError,
     RemoteProtocolError,

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import trio
-
-from worker import protocol as p
-from worker.client import Address, Client, connect, raise_for_reply
+from tubeworker.beanstalk import protocol as p
+from tubeworker.beanstalk.client import Address, Client, connect, raise_for_reply
 
 if TYPE_CHECKING:
     import httpx

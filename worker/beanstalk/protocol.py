@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any, ClassVar, Final, TypeAlias
 
-from worker.errors import LocalProtocolError, RemoteProtocolError
+from tubeworker.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "DEFAULT_PRIORITY",

@@ -12,10 +12,9 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import trio
-
-from worker.job import Bury, HandlerSpec, Job, Retry
-from worker.outcome import BuryJob, DeleteJob, Outcome, ReleaseJob
-from worker.policy import Budget, RetryPolicy, failure_outcome
+from tubeworker.job import Bury, HandlerSpec, Job, Retry
+from tubeworker.runtime.outcome import BuryJob, DeleteJob, Outcome, ReleaseJob
+from tubeworker.runtime.policy import Budget, RetryPolicy, failure_outcome
 
 __all__ = ["run_job", "timeout_outcome"]
 

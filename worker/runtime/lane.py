@@ -18,24 +18,22 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 import trio
-
-from worker import protocol as p
-from worker.backoff import full_jitter_delay
-from worker.client import Address, Client, connect, connect_with_backoff
-from worker.envelope import BadEnvelope, decode_envelope
-from worker.errors import ConnectionLostError, ProtocolError
-from worker.job import HandlerSpec, Job
-from worker.outcome import BuryJob, DeleteJob, Outcome, ReleaseJob, ReturnJob
-from worker.policy import Budget, RetryPolicy, attempt_number, job_budget
-from worker.runner import run_job, timeout_outcome
-from worker.services import Producer, SharedHttp
+from tubeworker.backoff import full_jitter_delay
+from tubeworker.beanstalk import protocol as p
+from tubeworker.beanstalk.client import Address, Client, connect, connect_with_backoff
+from tubeworker.envelope import BadEnvelope, decode_envelope
+from tubeworker.errors import ConnectionLostError, ProtocolError
+from tubeworker.job import HandlerSpec, Job
+from tubeworker.runtime.outcome import BuryJob, DeleteJob, Outcome, ReleaseJob, ReturnJob
+from tubeworker.runtime.policy import Budget, RetryPolicy, attempt_number, job_budget
+from tubeworker.runtime.runner import run_job, timeout_outcome
+from tubeworker.runtime.services import Producer, SharedHttp
 
 if TYPE_CHECKING:
     import httpx
-
-    from worker.config import Config, PoolConfig
-    from worker.registry import Registry
-    from worker.state import WorkerState
+    from tubeworker.config import Config, PoolConfig
+    from tubeworker.registry import Registry
+    from tubeworker.runtime.state import WorkerState
 
 __all__ = ["Lane", "Pool", "Services", "handler_timeout", "lane_sizes", "run_pool"]
 

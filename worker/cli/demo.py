@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import trio
-
-from worker.client import open_client, parse_address
-from worker.config import Config, LoggingConfig, PoolConfig, RetrySettings, load_config
-from worker.devserver import BeanstalkdMissing, BeanstalkdProcess
-from worker.envelope import encode_envelope
-from worker.errors import ConfigError
-from worker.state import WorkerState
+from tubeworker.beanstalk.client import open_client, parse_address
+from tubeworker.cli.devserver import BeanstalkdMissing, BeanstalkdProcess
+from tubeworker.config import Config, LoggingConfig, PoolConfig, RetrySettings, load_config
+from tubeworker.envelope import encode_envelope
+from tubeworker.errors import ConfigError
+from tubeworker.runtime.state import WorkerState
 
 DEMO_TUBES = ("demo-emails", "demo-reports", "demo-images")
 
@@ -53,9 +52,9 @@ async def _private_beanstalkd() -> AsyncIterator[BeanstalkdProcess | None]:
 
 async def run_dev(args: argparse.Namespace) -> int:
     """A private beanstalkd plus the daemon on the tubes of the flags (default: default)."""
-    from worker.cli import EX_CONFIG, EX_OK, EX_UNAVAILABLE, _overrides, build_registry
-    from worker.daemon import SIGNALS, run_daemon
-    from worker.observe import configure_logging
+    from tubeworker.cli import EX_CONFIG, EX_OK, EX_UNAVAILABLE, _overrides, build_registry
+    from tubeworker.observe.logs import configure_logging
+    from tubeworker.service.daemon import SIGNALS, run_daemon
 
     with trio.open_signal_receiver(*SIGNALS) as signals:
         async with _private_beanstalkd() as server:
@@ -137,9 +136,9 @@ async def _watch_progress(address: str, state: WorkerState) -> None:
 
 
 async def run_demo(args: argparse.Namespace) -> int:
-    from worker.cli import EX_OK, EX_UNAVAILABLE, build_registry
-    from worker.daemon import SIGNALS, run_daemon
-    from worker.observe import configure_logging
+    from tubeworker.cli import EX_OK, EX_UNAVAILABLE, build_registry
+    from tubeworker.observe.logs import configure_logging
+    from tubeworker.service.daemon import SIGNALS, run_daemon
 
     with trio.open_signal_receiver(*SIGNALS) as signals:
         async with _private_beanstalkd() as server:

@@ -12,8 +12,7 @@ from types import TracebackType
 from typing import Protocol
 
 import trio
-
-from worker.observe import JobCounters
+from tubeworker.observe.logs import JobCounters
 
 __all__ = ["RunningJob", "WorkerState"]
 

@@ -15,15 +15,14 @@ from collections.abc import AsyncIterator, Sequence
 
 import structlog
 import trio
-
-from worker.config import Config
-from worker.lane import Lane, Pool, Services, run_pool
-from worker.notify import Notifier
-from worker.observe import line_buffer
-from worker.registry import Registry
-from worker.services import SharedHttp
-from worker.stall import run_stall_detector
-from worker.state import WorkerState
+from tubeworker.config import Config
+from tubeworker.observe.logs import line_buffer
+from tubeworker.registry import Registry
+from tubeworker.runtime.lane import Lane, Pool, Services, run_pool
+from tubeworker.runtime.services import SharedHttp
+from tubeworker.runtime.state import WorkerState
+from tubeworker.service.notify import Notifier
+from tubeworker.service.stall import run_stall_detector
 
 __all__ = ["SIGNALS", "run_daemon"]
 

@@ -18,9 +18,9 @@ import math
 import random
 from dataclasses import dataclass
 
-from worker.backoff import full_jitter_delay
-from worker.outcome import BuryJob, ReleaseJob
-from worker.protocol import MAX_INT, JobStats
+from tubeworker.backoff import full_jitter_delay
+from tubeworker.beanstalk.protocol import MAX_INT, JobStats
+from tubeworker.runtime.outcome import BuryJob, ReleaseJob
 
 __all__ = ["Budget", "RetryPolicy", "attempt_number", "failure_outcome", "job_budget"]
 

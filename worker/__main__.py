@@ -1,4 +1,4 @@
-"""``python -m worker`` is ``tubeworker``."""
+"""``python -m tubeworker`` is ``tubeworker``."""
 
 import sys
 

@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -92,11 +92,20 @@ class Config:
     max_in_flight: int = 0  # 0: the sum of the pools' concurrency
     tube_poll_interval: float = 5.0  # how often glob patterns look for new tubes
     stall_threshold: float = 1.0  # warn when the event loop is blocked this long; 0: off
+    # A reply owed that makes no progress (no byte) this long: the connection is dead or
+    # the server hung; it is given up (a blocked reserve gets reserve_timeout more).
+    reply_timeout: float = 10.0
+    keepalive: float = 10.0  # TCP keepalive on beanstalkd connections (seconds; 0: off)
+    # Reserve no more jobs in one batch than fit this many bytes (by the bodies seen so far):
+    # on a slow link, large bodies make smaller batches.
+    batch_bytes: int = 256 * 1024
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     recycle: RecycleConfig = field(default_factory=RecycleConfig)
     # Handlers not (yet) packaged with an entry point: task name → "module:function".
     handlers: tuple[tuple[str, str], ...] = ()
     source: str = "defaults"
+    # The config file's folder: [handlers] modules beside the config are found there.
+    config_dir: Path | None = None
 
     @property
     def total_concurrency(self) -> int:
@@ -331,6 +340,9 @@ _WORKER_KEYS: Final = (
     "max_in_flight",
     "tube_poll_interval",
     "stall_threshold",
+    "reply_timeout",
+    "keepalive",
+    "batch_bytes",
 )
 _TOP_KEYS: Final = ("worker", "retry", "logging", "recycle", "pool", "handlers")
 _TARGET: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -371,6 +383,9 @@ def _build(raw: dict[str, Any], origins: dict[str, str]) -> Config:
         max_in_flight=worker.integer("max_in_flight", 0, high=1_000_000),
         tube_poll_interval=worker.seconds("tube_poll_interval", 5.0, low=0.1, high=3600),
         stall_threshold=worker.seconds("stall_threshold", 1.0, high=3600),
+        reply_timeout=worker.seconds("reply_timeout", 10.0, low=0.5, high=3600),
+        keepalive=worker.seconds("keepalive", 10.0, high=3600),
+        batch_bytes=worker.integer("batch_bytes", 256 * 1024, low=1024, high=2**31),
         logging=_logging(top.table_at("logging")),
         recycle=_recycle(top.table_at("recycle")),
         handlers=_handlers(top.table_at("handlers")),
@@ -481,4 +496,7 @@ def load_config(
     raw = _read_file(path) if path is not None else {}
     origins = {"": str(path) if path else "command line"}
     _apply_layers(raw, origins, env, overrides or Overrides())
-    return _build(raw, origins)
+    config = _build(raw, origins)
+    if path is not None:
+        config = replace(config, config_dir=Path(path).resolve().parent)
+    return config

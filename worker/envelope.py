@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["BadEnvelope", "decode_envelope", "encode_envelope"]
+__all__ = ["BadEnvelope", "MissingTask", "decode_envelope", "encode_envelope"]
 
 
 class BadEnvelope(ValueError):
     """The body cannot be dispatched; the job is buried with this reason, never retried."""
+
+
+class MissingTask(BadEnvelope):
+    """A JSON object without a ``task``: most likely a raw body sent to an envelope pool."""
 
 
 def decode_envelope(body: bytes) -> tuple[str, Any]:
@@ -32,7 +36,7 @@ def decode_envelope(body: bytes) -> tuple[str, Any]:
         raise BadEnvelope(f"envelope must be a JSON object, got {type(data).__name__}")
     task = data.get("task")
     if not isinstance(task, str) or not task:
-        raise BadEnvelope('envelope has no "task" string')
+        raise MissingTask('envelope has no "task" string')
     return task, data.get("payload")
 
 

@@ -14,7 +14,16 @@ import structlog
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["Bury", "HandlerFunc", "HandlerSpec", "Job", "Retry", "handler", "spec_of"]
+__all__ = [
+    "Bury",
+    "HandlerFunc",
+    "HandlerSpec",
+    "Job",
+    "JobRecord",
+    "Retry",
+    "handler",
+    "spec_of",
+]
 
 
 class Retry(Exception):
@@ -154,18 +163,56 @@ class Job:
         """The process's shared ``httpx.AsyncClient`` (connection pooling across jobs)."""
         return self._need_services("http").http
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Compute-profile handlers get a copy in another process: no connection, no logger.
-        return {
-            name: getattr(self, name) for name in self.__slots__ if name not in ("_services", "log")
-        }
+    @property
+    def record(self) -> JobRecord:
+        """The job as plain data: what crosses to a worker process."""
+        return JobRecord(
+            id=self.id,
+            tube=self.tube,
+            body=self.body,
+            priority=self.priority,
+            ttr=self.ttr,
+            attempt=self.attempt,
+            max_attempts=self.max_attempts,
+            task=self.task,
+            payload=self.payload,
+        )
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        for name, value in state.items():
-            setattr(self, name, value)
-        self._services = None
-        self._log = None
-        self._log_parent = None
+    @classmethod
+    def from_record(cls, record: JobRecord) -> Job:
+        """A job with no connection (``touch``, ``put`` and ``http`` say so), e.g. in a
+        compute-profile worker process."""
+        return cls(
+            id=record.id,
+            tube=record.tube,
+            body=record.body,
+            priority=record.priority,
+            ttr=record.ttr,
+            attempt=record.attempt,
+            max_attempts=record.max_attempts,
+            task=record.task,
+            payload=record.payload,
+        )
+
+    def __reduce__(self) -> tuple[Callable[[JobRecord], Job], tuple[JobRecord]]:
+        # Pickled as its record, by construction: the lane's connection and logger (which
+        # holds the process's log stream) never cross a process boundary.
+        return (Job.from_record, (self.record,))
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job's data and nothing else: safe to pickle, compare and keep."""
+
+    id: int
+    tube: str
+    body: bytes
+    priority: int
+    ttr: int
+    attempt: int
+    max_attempts: int
+    task: str | None = None
+    payload: Any = None
 
 
 HandlerFunc: TypeAlias = Callable[[Job], Awaitable[None]] | Callable[[Job], None]

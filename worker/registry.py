@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from tubeworker.errors import ConfigError
@@ -100,8 +102,22 @@ def _spec_for(name: str, func: Callable[..., Any]) -> HandlerSpec:
     return spec
 
 
-def load_targets(registry: Registry, targets: Iterable[tuple[str, str]], *, source: str) -> None:
-    """Add handlers named in the config (``[handlers] name = "module:function"``)."""
+def load_targets(
+    registry: Registry,
+    targets: Iterable[tuple[str, str]],
+    *,
+    source: str,
+    search: Path | None = None,
+) -> None:
+    """Add handlers named in the config (``[handlers] name = "module:function"``).
+
+    The rule for finding their modules: ``search`` (the config file's folder) goes first on
+    the import path, then the usual path (installed packages, PYTHONPATH). It stays there,
+    so compute-profile worker processes (which inherit the path) find the modules too.
+    """
+    targets = list(targets)
+    if targets and search is not None and str(search) not in sys.path:
+        sys.path.insert(0, str(search))
     for name, target in targets:
         if name in registry.handlers or name in registry.broken:
             raise ConfigError(

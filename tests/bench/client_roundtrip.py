@@ -38,8 +38,6 @@ from typing import Any
 
 import greenstalk
 import trio
-from tubeworker.beanstalk import protocol as p
-from tubeworker.beanstalk.client import Client, connect
 
 from tests.bench.common import (
     BODY_SIZE,
@@ -61,6 +59,8 @@ from tests.bench.common import (
     write_json,
 )
 from tests.support.beanstalkd import BeanstalkdProcess
+from tubeworker.beanstalk import protocol as p
+from tubeworker.beanstalk.client import Client, connect
 
 NAME = "client"
 _PEER_DIR = Path(__file__).parent / "peers"

@@ -75,8 +75,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tubeworker.beanstalk import protocol as p
-
 from tests.bench.common import (
     BODY_SIZE,
     BenchError,
@@ -92,6 +90,7 @@ from tests.bench.common import (
     write_json,
 )
 from tests.support.beanstalkd import BeanstalkdProcess
+from tubeworker.beanstalk import protocol as p
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _PEER_DIR = Path(__file__).parent / "peers"

@@ -6,6 +6,7 @@ Plain async functions taking a :class:`worker.Job`: no decorator, default option
 from __future__ import annotations
 
 import trio
+
 from tubeworker import Job
 
 

@@ -4,7 +4,7 @@ One run: a private beanstalkd, N prefilled jobs behind the pause gate, ``tubewor
 with the benchmark's generated config started under a profiler, the gate opened, SIGTERM
 once the tube is empty (the daemon drains and exits 0, so the profile is written).
 
-- ``--profiler cprofile`` (default): ``python -m cProfile -o OUT -m worker run -c CONFIG``;
+- ``--profiler cprofile`` (default): ``python -m cProfile -o OUT -m tubeworker run -c CONFIG``;
   prints the top functions by own time. Deterministic, but it inflates the cost of small
   calls (Trio's scheduler is many of them): read it for where, not for how much.
 - ``--profiler py-spy --py-spy PATH``: ``py-spy record --pid`` attached once the lanes
@@ -24,15 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from tubeworker.beanstalk import protocol as p
-
 from tests.bench import daemon
 from tests.bench.common import BenchError, SyncBeanstalk, positive_int, prefill, unique_tube
 from tests.support.beanstalkd import BeanstalkdProcess
+from tubeworker.beanstalk import protocol as p
 
 
 def _daemon_argv(args: argparse.Namespace, config: Path) -> list[str]:
-    run = ["-m", "worker", "run", "-c", str(config)]
+    run = ["-m", "tubeworker", "run", "-c", str(config)]
     if args.profiler == "cprofile":
         return [sys.executable, "-m", "cProfile", "-o", str(args.output), *run]
     return [sys.executable, *run]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import trio
+
 from tubeworker import Job
 
 

@@ -210,7 +210,7 @@ def test_job_that_kills_the_worker_is_buried_after_the_redelivery_limit(
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
+        [sys.executable, "-m", "tubeworker", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -12,10 +12,6 @@ import greenstalk
 import pytest
 import structlog
 import trio
-from tubeworker import Bury, Job, Retry, handler
-from tubeworker.beanstalk.client import open_client, parse_address
-from tubeworker.config import RecycleConfig, RetrySettings
-from tubeworker.envelope import encode_envelope
 
 from tests.support.beanstalkd import BeanstalkdProcess
 from tests.support.daemon import (
@@ -26,6 +22,10 @@ from tests.support.daemon import (
     wait_tubes_empty,
 )
 from tests.support.waiting import wait_until
+from tubeworker import Bury, Job, Retry, handler
+from tubeworker.beanstalk.client import open_client, parse_address
+from tubeworker.config import RecycleConfig, RetrySettings
+from tubeworker.envelope import encode_envelope
 
 
 def envelope(task: str, **payload: object) -> bytes:

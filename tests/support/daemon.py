@@ -10,14 +10,14 @@ from typing import Any
 
 import greenstalk
 import trio
+
+from tests.support.waiting import wait_until
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import open_client, parse_address
 from tubeworker.config import Config, LoggingConfig, PoolConfig, RetrySettings
 from tubeworker.registry import Registry
 from tubeworker.runtime.state import WorkerState
 from tubeworker.service.daemon import run_daemon
-
-from tests.support.waiting import wait_until
 
 __all__ = [
     "make_config",

@@ -1,4 +1,4 @@
-"""The daemon as users run it: `python -m worker run` in a subprocess, stopped by PID."""
+"""The daemon as users run it: `python -m tubeworker run` in a subprocess, stopped by PID."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class DaemonProcess:
     def start(self, *args: str) -> DaemonProcess:
         with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker", "run", "-c", str(self.config), *args],
+                [sys.executable, "-m", "tubeworker", "run", "-c", str(self.config), *args],
                 cwd=REPO,
                 env=self.env,
                 stdin=subprocess.DEVNULL,

@@ -9,6 +9,7 @@ import greenstalk
 import pytest
 import trio
 import trio.testing
+
 from tubeworker.backoff import exponential_delay, full_jitter_delay
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import (

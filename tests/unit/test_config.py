@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from tubeworker.beanstalk.client import Address
 from tubeworker.config import Config, Overrides, load_config
 from tubeworker.errors import ConfigError

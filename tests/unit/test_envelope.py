@@ -7,6 +7,7 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tubeworker.envelope import BadEnvelope, decode_envelope, encode_envelope
 
 json_values = st.recursive(

@@ -1,34 +1,59 @@
-"""Imports point one way (CONVENTIONS.md, "Layout and layers"), read with ast: nothing runs."""
+"""Imports point one way, read with ast (nothing runs): one ordered table of layers.
+
+Every import counts: module level, inside functions, under TYPE_CHECKING. A module may
+import its own layer and the layers below it, never one above; within the package no two
+modules import each other, directly or around a loop. ``worker/`` installs as
+``tubeworker`` and ``handlers/`` as ``tubeworker.handlers``.
+"""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKER_FILES = sorted((ROOT / "worker").rglob("*.py"))
-HANDLER_FILES = sorted((ROOT / "handlers").rglob("*.py"))
+PACKAGE_DIRS = {"tubeworker": ROOT / "worker", "tubeworker.handlers": ROOT / "handlers"}
+
+# Lowest first: (layer, the module prefixes in it).
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("observe", ("tubeworker.observe",)),
+    ("foundation", ("tubeworker.errors", "tubeworker.backoff")),
+    ("beanstalk", ("tubeworker.beanstalk",)),
+    (
+        "model",
+        ("tubeworker.job", "tubeworker.envelope", "tubeworker.registry", "tubeworker.config"),
+    ),
+    ("runtime", ("tubeworker.runtime",)),
+    ("service", ("tubeworker.service",)),
+    ("cli", ("tubeworker.cli", "tubeworker.__main__")),
+]
+# The public API (tubeworker/__init__) sits beside the model: handler authors' import.
+PUBLIC = "tubeworker"
+PUBLIC_MAY_IMPORT = {"tubeworker.job"}
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
+def _modules() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for package, folder in PACKAGE_DIRS.items():
+        for path in folder.rglob("*.py"):
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join([package, *parts])] = path
+    return found
 
 
-def _is_module(dotted: str) -> bool:
-    base = ROOT.joinpath(*dotted.split("."))
-    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+MODULES = _modules()
 
 
 def imported_modules(source: str, module: str, *, is_package: bool = False) -> set[str]:
     """Every module ``source`` imports, anywhere (functions and TYPE_CHECKING blocks too).
 
-    ``from pkg import name`` counts as ``pkg.name`` when that is a module of this repository,
-    else as ``pkg``; relative imports are resolved against ``module``.
+    ``from pkg import name`` counts as ``pkg.name`` when that is a module of ours, else as
+    ``pkg``; relative imports are resolved against ``module``.
     """
     package = module if is_package else module.rpartition(".")[0]
     found: set[str] = set()
@@ -43,24 +68,32 @@ def imported_modules(source: str, module: str, *, is_package: bool = False) -> s
                 base = node.module or ""
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
-                found.add(sub if _is_module(sub) else base)
+                found.add(sub if sub in MODULES else base)
     return found
 
 
-def imports_of(path: Path) -> set[str]:
+def imports_of(module: str) -> set[str]:
+    path = MODULES[module]
     return imported_modules(
-        path.read_text(encoding="utf-8"),
-        _module_name(path),
-        is_package=path.name == "__init__.py",
+        path.read_text(encoding="utf-8"), module, is_package=path.name == "__init__.py"
     )
 
 
-def in_package(names: set[str], package: str) -> set[str]:
-    return {n for n in names if n == package or n.startswith(package + ".")}
+def ours(names: Iterable[str]) -> set[str]:
+    return {n for n in names if n == PUBLIC or n.startswith(PUBLIC + ".")}
 
 
-def touches(names: set[str], forbidden: tuple[str, ...]) -> set[str]:
-    return {n for n in names for f in forbidden if n == f or n.startswith(f + ".")}
+def layer_of(module: str) -> int:
+    for index, (_name, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return index
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+
+
+DAEMON_MODULES = sorted(
+    m for m in MODULES if m != PUBLIC and not m.startswith("tubeworker.handlers")
+)
+HANDLER_MODULES = sorted(m for m in MODULES if m.startswith("tubeworker.handlers"))
 
 
 # --------------------------------------------------------------------------- the reader itself
@@ -68,90 +101,109 @@ def touches(names: set[str], forbidden: tuple[str, ...]) -> set[str]:
 
 def test_given_every_import_form_when_read_then_resolved_to_modules() -> None:
     source = """
-import os, worker.lane
+import os, tubeworker.runtime.lane
 from typing import TYPE_CHECKING
-from tubeworker import Job
-from tubeworker.beanstalk import protocol as p
+from tubeworker.beanstalk import protocol as p, client
 from tubeworker.errors import ConfigError
 from . import backoff
-from .job import Job
 if TYPE_CHECKING:
-    from tubeworker.service.daemon import Daemon
+    from tubeworker.service.daemon import run_daemon
 def late():
     import tubeworker.handlers.demo
 """
-    assert imported_modules(source, "tubeworker.beanstalk.client") == {
+    assert imported_modules(source, "tubeworker.config") == {
         "os",
         "typing",
         "tubeworker.runtime.lane",
         "tubeworker.beanstalk.protocol",
-        "worker",
+        "tubeworker.beanstalk.client",
         "tubeworker.errors",
         "tubeworker.backoff",
-        "tubeworker.job",
         "tubeworker.service.daemon",
         "tubeworker.handlers.demo",
     }
 
 
 def test_given_relative_import_in_a_package_init_when_read_then_resolved() -> None:
-    assert imported_modules("from .job import Job", "worker", is_package=True) == {"tubeworker.job"}
+    found = imported_modules("from .job import Job", "tubeworker", is_package=True)
+    assert found == {"tubeworker.job"}
 
 
-@pytest.mark.parametrize(
-    "source", ["from tubeworker.job import Job", "import tubeworker.job", "from worker import job"]
-)
-def test_given_handler_reaching_a_submodule_when_checked_then_flagged(source: str) -> None:
-    assert in_package(imported_modules(source, "handlers.x"), "worker") == {"tubeworker.job"}
+def test_given_the_table_then_every_module_of_the_daemon_has_exactly_one_layer() -> None:
+    for module in DAEMON_MODULES:
+        layer_of(module)
+    assert HANDLER_MODULES  # the built-in handlers are read too
 
 
-def test_given_repository_when_listed_then_the_modules_under_test_exist() -> None:
-    for name in ("protocol", "client", "observe", "policy", "runner", "job", "config"):
-        assert (ROOT / "worker" / f"{name}.py").is_file(), name
-    assert HANDLER_FILES
+def test_given_the_reader_then_an_upward_import_is_caught() -> None:
+    source = "def f():\n    from tubeworker.cli.run import run\n"
+    names = ours(imported_modules(source, "tubeworker.runtime.lane"))
+    assert any(layer_of(n) > layer_of("tubeworker.runtime.lane") for n in names)
 
 
 # --------------------------------------------------------------------------- the rules
 
 
-@pytest.mark.parametrize("path", WORKER_FILES, ids=lambda p: p.name)
-def test_given_worker_module_when_read_then_it_never_imports_handlers(path: Path) -> None:
-    assert not touches(imports_of(path), ("handlers",))
-
-
-def test_given_protocol_when_read_then_only_worker_errors_from_worker() -> None:
-    assert in_package(imports_of(ROOT / "worker" / "protocol.py"), "worker") <= {
-        "tubeworker.errors"
+@pytest.mark.parametrize("module", DAEMON_MODULES)
+def test_given_a_module_then_it_imports_only_its_layer_and_below(module: str) -> None:
+    mine = layer_of(module)
+    above = {
+        n
+        for n in ours(imports_of(module))
+        if n != PUBLIC and not n.startswith("tubeworker.handlers") and layer_of(n) > mine
     }
+    assert not above, f"{module} ({LAYERS[mine][0]}) imports a higher layer: {sorted(above)}"
 
 
-def test_given_protocol_when_read_then_no_io_or_trio() -> None:
-    # Sans-I/O: nothing in it opens a socket, sleeps or logs.
-    names = imports_of(ROOT / "worker" / "protocol.py")
-    assert not touches(names, ("trio", "socket", "asyncio", "logging", "structlog"))
+@pytest.mark.parametrize("module", DAEMON_MODULES)
+def test_given_a_module_then_it_never_imports_the_builtin_handlers(module: str) -> None:
+    # Handlers reach the daemon through entry points, never the other way round.
+    assert not {n for n in imports_of(module) if n.startswith("tubeworker.handlers")}
+    assert not {n for n in imports_of(module) if n in ("worker", "handlers")}
 
 
-def test_given_client_when_read_then_nothing_above_the_transport() -> None:
-    forbidden = (
-        "tubeworker.runtime.lane",
-        "tubeworker.pool",
-        "tubeworker.service.daemon",
-        "tubeworker.cli",
-        "tubeworker.config",
-    )
-    assert not touches(imports_of(ROOT / "worker" / "client.py"), forbidden)
+def test_given_the_public_api_then_it_exposes_only_the_job_model() -> None:
+    assert ours(imports_of(PUBLIC)) <= PUBLIC_MAY_IMPORT
 
 
-def test_given_observe_when_read_then_nothing_from_worker() -> None:
-    assert not in_package(imports_of(ROOT / "worker" / "observe.py"), "worker")
+@pytest.mark.parametrize("module", HANDLER_MODULES)
+def test_given_a_builtin_handler_then_it_imports_only_the_public_api(module: str) -> None:
+    assert ours(imports_of(module)) - {module} <= {PUBLIC}
 
 
-@pytest.mark.parametrize("name", ["policy", "runner", "job", "config"])
-def test_given_lower_module_when_read_then_no_lane_daemon_or_cli(name: str) -> None:
-    forbidden = ("tubeworker.runtime.lane", "tubeworker.service.daemon", "tubeworker.cli")
-    assert not touches(imports_of(ROOT / "worker" / f"{name}.py"), forbidden)
+def test_given_observe_then_it_imports_nothing_of_ours() -> None:
+    for module in (m for m in MODULES if m.startswith("tubeworker.observe")):
+        assert not ours(imports_of(module)), module
 
 
-@pytest.mark.parametrize("path", HANDLER_FILES, ids=lambda p: p.name)
-def test_given_handler_module_when_read_then_only_the_worker_root(path: Path) -> None:
-    assert in_package(imports_of(path), "worker") <= {"worker"}
+def test_given_the_protocol_then_it_is_sans_io() -> None:
+    names = imports_of("tubeworker.beanstalk.protocol")
+    assert ours(names) <= {"tubeworker.errors"}
+    assert not {n for n in names if n.split(".")[0] in ("trio", "socket", "asyncio", "structlog")}
+
+
+def test_given_dispatch_then_it_is_pure() -> None:
+    names = imports_of("tubeworker.runtime.dispatch")
+    assert not {n for n in names if n.split(".")[0] in ("trio", "socket", "asyncio")}
+
+
+def test_given_the_package_then_no_module_imports_in_a_loop() -> None:
+    graph = {m: ours(imports_of(m)) & set(MODULES) for m in MODULES}
+    # A package's __init__ is not a loop with its own modules' "from package import x".
+    for module in graph:
+        graph[module] = {n for n in graph[module] if not module.startswith(n + ".")}
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                loop = [*path[path.index(target) :], target] if target in path else path
+                raise AssertionError(f"import loop: {' -> '.join(loop)}")
+            if target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])

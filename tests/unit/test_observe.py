@@ -6,6 +6,7 @@ import io
 import threading
 
 import trio
+
 from tubeworker.observe.logs import LineBuffer
 
 

@@ -8,8 +8,9 @@ import random
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tubeworker.beanstalk.protocol import MAX_INT, JobStats
-from tubeworker.runtime.outcome import BuryJob, ReleaseJob
+from tubeworker.runtime.outcome import BuryJob, Cause, ReleaseJob
 from tubeworker.runtime.policy import (
     Budget,
     RetryPolicy,
@@ -174,15 +175,27 @@ def test_given_attempt_when_failed_then_released_within_exponential_envelope(
 ) -> None:
     policy = RetryPolicy(max_attempts=100, backoff_base=base, backoff_cap=cap)
     outcome = failure_outcome(
-        budget_at(attempt, 100), policy, priority=5, reason="boom", rng=CeilingRng()
+        budget_at(attempt, 100),
+        policy,
+        priority=5,
+        cause=Cause.HANDLER_ERROR,
+        detail="boom",
+        rng=CeilingRng(),
     )
-    assert outcome == ReleaseJob(delay=delay, priority=5, reason="boom")
+    assert outcome == ReleaseJob(delay=delay, priority=5, cause=Cause.HANDLER_ERROR, detail="boom")
 
 
 def test_given_many_failures_when_released_then_delays_are_jittered() -> None:
     policy = RetryPolicy(backoff_base=2.0, backoff_cap=3600.0)
     delays = {
-        failure_outcome(budget_at(6), policy, priority=1, reason="r", rng=random.Random(seed))
+        failure_outcome(
+            budget_at(6),
+            policy,
+            priority=1,
+            cause=Cause.HANDLER_ERROR,
+            detail="r",
+            rng=random.Random(seed),
+        )
         for seed in range(50)
     }
     assert len(delays) > 5
@@ -205,7 +218,8 @@ def test_given_any_backoff_when_released_then_whole_seconds_inside_envelope(
         budget_at(attempt, attempt + 1),
         policy,
         priority=priority,
-        reason="r",
+        cause=Cause.HANDLER_ERROR,
+        detail="r",
         rng=random.Random(seed),
     )
     assert isinstance(outcome, ReleaseJob)
@@ -220,9 +234,16 @@ def test_given_explicit_delay_when_released_then_rounded_up_at_least_one(
     delay: float, attempt: int
 ) -> None:
     outcome = failure_outcome(
-        budget_at(attempt), RetryPolicy(), priority=3, reason="r", delay=delay
+        budget_at(attempt),
+        RetryPolicy(),
+        priority=3,
+        cause=Cause.HANDLER_ERROR,
+        detail="r",
+        delay=delay,
     )
-    assert outcome == ReleaseJob(max(1, min(MAX_INT, math.ceil(delay))), 3, "r")
+    assert outcome == ReleaseJob(
+        max(1, min(MAX_INT, math.ceil(delay))), 3, Cause.HANDLER_ERROR, "r"
+    )
 
 
 @pytest.mark.parametrize(("delay", "expected"), [(0, 1), (0.2, 1), (1, 1), (1.01, 2), (5, 5)])
@@ -230,13 +251,22 @@ def test_given_explicit_delay_when_released_then_backoff_ignored(
     delay: float, expected: int
 ) -> None:
     policy = RetryPolicy(backoff_base=1000.0, backoff_cap=5000.0)
-    outcome = failure_outcome(budget_at(3), policy, priority=3, reason="r", delay=delay)
-    assert outcome == ReleaseJob(expected, 3, "r")
+    outcome = failure_outcome(
+        budget_at(3), policy, priority=3, cause=Cause.HANDLER_ERROR, detail="r", delay=delay
+    )
+    assert outcome == ReleaseJob(expected, 3, Cause.HANDLER_ERROR, "r")
 
 
 def test_given_infinite_explicit_delay_when_released_then_clamped_to_max() -> None:
-    outcome = failure_outcome(budget_at(1), RetryPolicy(), priority=3, reason="r", delay=math.inf)
-    assert outcome == ReleaseJob(MAX_INT, 3, "r")
+    outcome = failure_outcome(
+        budget_at(1),
+        RetryPolicy(),
+        priority=3,
+        cause=Cause.HANDLER_ERROR,
+        detail="r",
+        delay=math.inf,
+    )
+    assert outcome == ReleaseJob(MAX_INT, 3, Cause.HANDLER_ERROR, "r")
 
 
 @given(
@@ -253,7 +283,8 @@ def test_given_last_attempt_when_failed_then_buried_with_attempt_count(
         budget_at(attempt, max_attempts),
         RetryPolicy(max_attempts=max_attempts),
         priority=priority,
-        reason="ValueError: nope",
+        cause=Cause.HANDLER_ERROR,
+        detail="ValueError: nope",
         delay=delay,
     )
     assert isinstance(outcome, BuryJob)
@@ -263,7 +294,9 @@ def test_given_last_attempt_when_failed_then_buried_with_attempt_count(
 
 
 def test_given_one_before_last_when_failed_then_still_released() -> None:
-    outcome = failure_outcome(budget_at(4, 5), RetryPolicy(), priority=9, reason="r")
+    outcome = failure_outcome(
+        budget_at(4, 5), RetryPolicy(), priority=9, cause=Cause.HANDLER_ERROR, detail="r"
+    )
     assert isinstance(outcome, ReleaseJob)
     assert outcome.priority == 9
 
@@ -273,5 +306,7 @@ def test_given_kicked_job_when_failed_past_old_limit_then_released_not_buried() 
     policy = RetryPolicy(max_attempts=3)
     budget = job_budget(stats(reserves=4, releases=2, buries=1, kicks=1), policy)
     assert (budget.attempt, budget.max_attempts) == (4, 6)
-    outcome = failure_outcome(budget, policy, priority=1, reason="r", rng=random.Random(0))
+    outcome = failure_outcome(
+        budget, policy, priority=1, cause=Cause.HANDLER_ERROR, detail="r", rng=random.Random(0)
+    )
     assert isinstance(outcome, ReleaseJob)

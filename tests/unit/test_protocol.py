@@ -7,6 +7,7 @@ import itertools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tubeworker.beanstalk import protocol as p
 from tubeworker.errors import LocalProtocolError, RemoteProtocolError
 

@@ -8,10 +8,10 @@ import pickle
 
 import pytest
 import structlog.testing
-from tubeworker import Bury, Job, Retry, handler
-from tubeworker.job import HandlerSpec, spec_of
 
 import worker
+from tubeworker import Bury, Job, Retry, handler
+from tubeworker.job import HandlerSpec, spec_of
 
 
 def make_job(**overrides: object) -> Job:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 import tubeworker.handlers.demo
 from tubeworker.errors import ConfigError
 from tubeworker.job import Job, handler

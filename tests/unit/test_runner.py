@@ -9,8 +9,9 @@ import threading
 
 import pytest
 import trio
+
 from tubeworker.job import Bury, HandlerSpec, Job, Retry, handler, spec_of
-from tubeworker.runtime.outcome import BuryJob, DeleteJob, Outcome, ReleaseJob
+from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob
 from tubeworker.runtime.policy import Budget, RetryPolicy
 from tubeworker.runtime.runner import run_job
 
@@ -88,6 +89,7 @@ async def test_given_bury_when_run_then_buried_with_reason_at_priority() -> None
     outcome = await run(bad)
     assert isinstance(outcome, BuryJob)
     assert outcome.priority == PRIORITY
+    assert outcome.cause is Cause.HANDLER_BURY
     assert "x-marks-the-spot" in outcome.reason
 
 
@@ -98,6 +100,7 @@ async def test_given_retry_with_delay_when_run_then_released_after_that_delay() 
     outcome = await run(later)
     assert isinstance(outcome, ReleaseJob)
     assert (outcome.delay, outcome.priority) == (5, PRIORITY)
+    assert outcome.cause is Cause.HANDLER_RETRY
     assert "rate limited" in outcome.reason
 
 
@@ -144,6 +147,7 @@ async def test_given_exception_when_run_then_released_with_its_type_and_message(
     outcome = await run(broken)
     assert isinstance(outcome, ReleaseJob)
     assert outcome.reason == "ValueError: bad input"
+    assert outcome.cause is Cause.HANDLER_ERROR
     assert outcome.priority == PRIORITY
     assert 1 <= outcome.delay <= 4
 
@@ -223,6 +227,7 @@ async def test_given_slow_handler_when_timeout_passes_then_released_as_timed_out
     outcome = await run(slow, timeout=10)
     assert isinstance(outcome, ReleaseJob)
     assert "timed out after 10" in outcome.reason
+    assert outcome.cause is Cause.TIMEOUT
     assert outcome.priority == PRIORITY
     assert trio.current_time() - start == pytest.approx(10)
     assert cancelled  # the handler itself was cancelled, not left running

@@ -11,20 +11,29 @@ Rules it keeps (BEANSTALKD.md §2, §10.5):
 - Trio and OS errors become :class:`ConnectionLostError` here and nowhere else.
 - Connecting has a deadline, and so does the first reply: a beanstalkd out of file
   descriptors completes the TCP handshake but never answers (B2).
+- With ``reply_timeout`` set, no wait is unbounded: a reply that makes no progress (no
+  byte at all) for that long, or a write that cannot finish in that long, gives the
+  connection up. The deadline measures lack of progress, not the size of what is owed,
+  so a slow link that still delivers is never mistaken for a dead one. A blocked
+  ``reserve-with-timeout T`` is allowed T more seconds (``receive(patience=T)``).
+- TCP keepalive (``keepalive`` seconds) is the second line against a peer that vanished
+  without a FIN or RST.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
 import greenstalk
 import trio
+
 from tubeworker.backoff import full_jitter_delay
 from tubeworker.beanstalk import protocol as p
 from tubeworker.errors import (
@@ -118,8 +127,17 @@ def parse_address(text: str) -> Address:
 class Client:
     """One beanstalkd connection. Create with :func:`open_client` or :func:`connect`."""
 
-    def __init__(self, stream: trio.abc.Stream, *, max_job_size: int | None = None) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_job_size: int | None = None,
+        reply_timeout: float = math.inf,
+    ) -> None:
         self._stream = stream
+        #: Seconds a reply may make no progress (or a write take) before the connection
+        #: is given up; inf: wait forever.
+        self.reply_timeout = reply_timeout
         self._proto = p.Connection(max_job_size=max_job_size)
         self._busy = False
         self._lost: str | None = None
@@ -164,7 +182,12 @@ class Client:
         data = self._proto.send_many(commands)  # LocalProtocolError: nothing sent, still usable
         self._busy = True
         try:
-            await self._stream.send_all(data)
+            with trio.move_on_after(self.reply_timeout) as scope:
+                await self._stream.send_all(data)
+            if scope.cancelled_caught:
+                raise ConnectionLostError(
+                    f"beanstalkd took no data for {self.reply_timeout:g} s (write stalled)"
+                )
         except BaseException as exc:
             # Some, all or none of the bytes went out: the stream's position is unknown.
             await self._abandon(f"write interrupted by {type(exc).__name__}")
@@ -173,14 +196,18 @@ class Client:
         finally:
             self._busy = False
 
-    async def receive(self) -> p.Reply:
-        """The next reply, in the order commands were sent."""
+    async def receive(self, *, patience: float = 0.0) -> p.Reply:
+        """The next reply, in the order commands were sent.
+
+        ``patience``: seconds the server may legitimately stay silent before it starts
+        answering (a blocked reserve's timeout), on top of ``reply_timeout``.
+        """
         self._enter()
         if self._proto.pending == 0:
             raise LocalProtocolError("receive() with no command outstanding")
         self._busy = True
         try:
-            return await self._receive_reply()
+            return await self._receive_reply(patience)
         except BaseException as exc:
             await self._abandon(f"read interrupted by {type(exc).__name__}: {exc}")
             _raise_lost(exc)
@@ -188,14 +215,23 @@ class Client:
         finally:
             self._busy = False
 
-    async def _receive_reply(self) -> p.Reply:
+    async def _receive_reply(self, patience: float) -> p.Reply:
         proto = self._proto
+        allowance = self.reply_timeout + patience
         while True:
             event = proto.next_event()
             if event is not p.NEED_DATA:
                 assert isinstance(event, p.Reply)
                 return event
-            data = await self._stream.receive_some(_RECEIVE_SIZE)
+            data: bytes | bytearray = b""
+            with trio.move_on_after(allowance) as scope:
+                data = await self._stream.receive_some(_RECEIVE_SIZE)
+            if scope.cancelled_caught:
+                raise ConnectionLostError(
+                    f"no reply from beanstalkd for {allowance:g} s (the connection is dead "
+                    f"or the server is hung; {proto.pending} replies owed)"
+                )
+            allowance = self.reply_timeout  # bytes came: the server is alive, keep reading
             if not data:
                 raise ConnectionLostError(
                     f"server closed the connection with {proto.pending} replies owed"
@@ -351,12 +387,33 @@ def _raise_lost(exc: BaseException) -> None:
         raise ConnectionLostError(f"TLS error: {exc!r}") from exc
 
 
-async def _open_stream(address: Address, ssl_context: ssl.SSLContext | None) -> trio.abc.Stream:
+def set_keepalive(stream: trio.SocketStream, idle: float) -> None:
+    """Probe an idle connection after ``idle`` s, then every idle/3 s; 3 unanswered probes
+    (or data unacknowledged for as long) and the kernel resets it, waking any reader."""
+    idle_s = max(1, round(idle))
+    interval = max(1, idle_s // 3)
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; other systems keep their defaults
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        stream.setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, (idle_s + 3 * interval) * 1000
+        )
+
+
+async def _open_stream(
+    address: Address, ssl_context: ssl.SSLContext | None, keepalive: float
+) -> trio.abc.Stream:
     stream: trio.abc.Stream
     if address.unix_path is not None:
         stream = await trio.open_unix_socket(address.unix_path)
     else:
-        stream = await trio.open_tcp_stream(address.host, address.port)
+        tcp = await trio.open_tcp_stream(address.host, address.port)
+        if keepalive > 0:
+            set_keepalive(tcp, keepalive)
+        stream = tcp
     if ssl_context is not None:
         tls = trio.SSLStream(stream, ssl_context, server_hostname=address.host)
         try:
@@ -373,8 +430,12 @@ async def connect(
     *,
     connect_timeout: float = 5.0,
     ssl_context: ssl.SSLContext | None = None,
+    reply_timeout: float = math.inf,
+    keepalive: float = 0.0,
 ) -> Client:
     """Connect and take the server's ``stats``, both within ``connect_timeout`` seconds.
+
+    ``reply_timeout`` and ``keepalive`` (seconds; 0: off) are described in the module.
 
     The stats tell max-job-size (bodies over it are refused before sending) and the
     server's instance id. The caller owns the client and must ``aclose()`` it.
@@ -384,8 +445,8 @@ async def connect(
     stream: trio.abc.Stream | None = None
     try:
         with trio.fail_after(connect_timeout):
-            stream = await _open_stream(address, ssl_context)
-            client = Client(stream)
+            stream = await _open_stream(address, ssl_context, keepalive)
+            client = Client(stream, reply_timeout=reply_timeout)
             stats = await client.stats()
     except trio.TooSlowError:
         if stream is not None:
@@ -420,23 +481,35 @@ async def connect_with_backoff(
     *,
     connect_timeout: float = 5.0,
     ssl_context: ssl.SSLContext | None = None,
+    reply_timeout: float = math.inf,
+    keepalive: float = 0.0,
     base: float = 0.1,
     cap: float = 30.0,
     attempts: int | None = None,
     on_retry: Callable[[int, float, Exception], None] | None = None,
     rng: random.Random | None = None,
+    connector: Callable[[Address | str], Awaitable[Client]] | None = None,
 ) -> Client:
     """Connect, retrying with exponential backoff and full jitter.
 
     Retries forever unless ``attempts`` is given (then the last error is raised); bound it
     with a cancel scope. ``on_retry(attempt, delay, error)`` is called before each wait.
+    ``connector`` replaces :func:`connect` (tests connect to a scripted server with it).
     """
     limit = math.inf if attempts is None else attempts
     attempt = 0
     while True:
         attempt += 1
         try:
-            return await connect(address, connect_timeout=connect_timeout, ssl_context=ssl_context)
+            if connector is not None:
+                return await connector(address)
+            return await connect(
+                address,
+                connect_timeout=connect_timeout,
+                ssl_context=ssl_context,
+                reply_timeout=reply_timeout,
+                keepalive=keepalive,
+            )
         except (ConnectionLostError, RemoteProtocolError) as exc:
             if attempt >= limit:
                 raise

@@ -1,8 +1,7 @@
-"""``tubeworker dev`` and ``tubeworker demo``: the daemon with a private beanstalkd.
+"""``tubeworker demo``: a private beanstalkd, a mix of demo jobs, and the daemon.
 
-``dev`` runs until Ctrl-C, for trying handlers by hand. ``demo`` also enqueues a mix of
-jobs over several tubes (priorities, delays, slow ones, failing ones, malformed ones),
-shows progress, drains when every job has reached its end, and prints a summary.
+It enqueues jobs over several tubes (priorities, delays, slow ones, failing ones, malformed
+ones), shows progress, drains when every job has reached its end, and prints a summary.
 """
 
 from __future__ import annotations
@@ -10,73 +9,23 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import trio
+
 from tubeworker.beanstalk.client import open_client, parse_address
-from tubeworker.cli.devserver import BeanstalkdMissing, BeanstalkdProcess
-from tubeworker.config import Config, LoggingConfig, PoolConfig, RetrySettings, load_config
+from tubeworker.cli.devserver import open_private_beanstalkd
+from tubeworker.cli.startup import EX_OK, EX_UNAVAILABLE, build_registry, serve
+from tubeworker.config import Config, LoggingConfig, PoolConfig, RetrySettings
 from tubeworker.envelope import encode_envelope
-from tubeworker.errors import ConfigError
 from tubeworker.runtime.state import WorkerState
+from tubeworker.service.daemon import SIGNALS
 
 DEMO_TUBES = ("demo-emails", "demo-reports", "demo-images")
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
     print(f"[tubeworker] {text}", file=sys.stderr, flush=True)
-
-
-@asynccontextmanager
-async def _private_beanstalkd() -> AsyncIterator[BeanstalkdProcess | None]:
-    """A beanstalkd with a binlog in a temporary directory, stopped by PID on the way out;
-    None (said why) when beanstalkd is not installed."""
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            server = BeanstalkdProcess(binlog_dir=Path(tmp), fsync_ms=50)
-        except BeanstalkdMissing as exc:
-            _say(str(exc))
-            yield None
-            return
-        await trio.to_thread.run_sync(server.start)
-        try:
-            yield server
-        finally:
-            await trio.to_thread.run_sync(server.stop)
-
-
-async def run_dev(args: argparse.Namespace) -> int:
-    """A private beanstalkd plus the daemon on the tubes of the flags (default: default)."""
-    from tubeworker.cli import EX_CONFIG, EX_OK, EX_UNAVAILABLE, _overrides, build_registry
-    from tubeworker.observe.logs import configure_logging
-    from tubeworker.service.daemon import SIGNALS, run_daemon
-
-    with trio.open_signal_receiver(*SIGNALS) as signals:
-        async with _private_beanstalkd() as server:
-            if server is None:
-                return EX_UNAVAILABLE
-            overrides = replace(_overrides(args), servers=(server.address,))
-            if not overrides.tubes and not args.config:
-                overrides = replace(overrides, tubes=("default",))
-            try:
-                config = load_config(args.config, overrides=overrides)
-                registry = build_registry(config)
-            except ConfigError as exc:
-                print(f"tubeworker: bad config: {exc}", file=sys.stderr)
-                return EX_CONFIG
-            configure_logging(config.logging.format, config.logging.level)
-            _say(f"private beanstalkd at {server.address} (pid {server.pid}); Ctrl-C drains")
-            _say(
-                "put a job: python -c \"import greenstalk; greenstalk.Client(('127.0.0.1', "
-                f'{server.port})).put(\'{{\\"task\\": \\"demo.echo\\", \\"payload\\": 1}}\')"'
-            )
-            await run_daemon(config, registry, signals=signals)
-    return EX_OK
 
 
 def demo_jobs(count: int, rng: random.Random) -> list[tuple[str, bytes, int, int]]:
@@ -127,7 +76,7 @@ async def _watch_progress(address: str, state: WorkerState) -> None:
         await trio.sleep(1.0)
         counts = await _tube_counts(address)
         c = state.counters
-        _say(
+        say(
             f"done {c.deleted} | retried {c.released} | buried {c.buried} | running "
             f"{c.in_flight} | waiting {counts['ready'] + counts['delayed']}"
         )
@@ -136,12 +85,8 @@ async def _watch_progress(address: str, state: WorkerState) -> None:
 
 
 async def run_demo(args: argparse.Namespace) -> int:
-    from tubeworker.cli import EX_OK, EX_UNAVAILABLE, build_registry
-    from tubeworker.observe.logs import configure_logging
-    from tubeworker.service.daemon import SIGNALS, run_daemon
-
     with trio.open_signal_receiver(*SIGNALS) as signals:
-        async with _private_beanstalkd() as server:
+        async with open_private_beanstalkd(say) as server:
             if server is None:
                 return EX_UNAVAILABLE
             config = Config(
@@ -159,22 +104,21 @@ async def run_demo(args: argparse.Namespace) -> int:
                 logging=LoggingConfig(format=args.log_format),
                 source="demo",
             )
-            configure_logging(config.logging.format, config.logging.level)
             registry = build_registry(config)
             jobs = demo_jobs(max(5, args.jobs), random.Random())
             await _enqueue(server.address, jobs)
-            _say(
+            say(
                 f"private beanstalkd at {server.address}; {len(jobs)} jobs over "
                 f"{', '.join(DEMO_TUBES)}; the daemon drains when they are done (Ctrl-C: now)"
             )
             state = WorkerState()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_progress, server.address, state)
-                await run_daemon(config, registry, signals=signals, state=state)
+                await serve(config, registry, signals, state=state, batched=False)
                 nursery.cancel_scope.cancel()
             counts = await _tube_counts(server.address)
             c = state.counters
-            _say(
+            say(
                 f"summary: {len(jobs)} jobs: done {c.deleted}, retried {c.released} times, "
                 f"buried {counts['buried']} (see the 'job buried' lines for why), "
                 f"left over {counts['ready'] + counts['delayed'] + counts['reserved']}"

@@ -11,11 +11,21 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-__all__ = ["BeanstalkdMissing", "BeanstalkdProcess", "find_beanstalkd", "free_port"]
+import trio
+
+__all__ = [
+    "BeanstalkdMissing",
+    "BeanstalkdProcess",
+    "find_beanstalkd",
+    "free_port",
+    "open_private_beanstalkd",
+]
 
 _START_DEADLINE = 10.0
 
@@ -179,3 +189,23 @@ class BeanstalkdProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@asynccontextmanager
+async def open_private_beanstalkd(
+    say: Callable[[str], None],
+) -> AsyncIterator[BeanstalkdProcess | None]:
+    """A beanstalkd with a binlog in a temporary directory, stopped by PID on the way out;
+    None (said why) when beanstalkd is not installed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            server = BeanstalkdProcess(binlog_dir=Path(tmp), fsync_ms=50)
+        except BeanstalkdMissing as exc:
+            say(str(exc))
+            yield None
+            return
+        await trio.to_thread.run_sync(server.start)
+        try:
+            yield server
+        finally:
+            await trio.to_thread.run_sync(server.stop)

@@ -1,0 +1,2 @@
+"""Observability: logging and counters. Every layer may emit into it; it imports nothing
+else of tubeworker's."""

@@ -1,20 +1,16 @@
-"""Logging setup and the process's job counters. Imports nothing else of ours.
-
-Every layer may emit into this; the control plane and ``tubeworker demo`` read the counters.
-"""
+"""Logging setup: structlog, JSON or console, one write per event-loop turn."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import threading
-from dataclasses import dataclass
 from typing import Literal, TextIO
 
 import structlog
 import trio
 
-__all__ = ["JobCounters", "LineBuffer", "configure_logging"]
+__all__ = ["LineBuffer", "configure_logging", "line_buffer"]
 
 
 class LineBuffer:
@@ -112,15 +108,3 @@ def configure_logging(
         ),
         cache_logger_on_first_use=True,
     )
-
-
-@dataclass
-class JobCounters:
-    """What happened to jobs in this process, by outcome (plain ints: the hot path is cheap)."""
-
-    reserved: int = 0
-    deleted: int = 0
-    released: int = 0
-    buried: int = 0
-    returned: int = 0  # connection closed with the job: drain deadline, lost connection
-    in_flight: int = 0

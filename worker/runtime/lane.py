@@ -1,160 +1,65 @@
-"""Lanes and pools.
+"""A lane: one beanstalkd connection and the jobs reserved on it.
 
-A lane owns one beanstalkd connection and the jobs reserved on it (ownership of a reserved
-job belongs to the connection: BEANSTALKD.md §1), up to ``jobs_per_connection`` at once.
-Its pump batches what goes over the wire: outcomes, touches and reserves in one write,
-``stats-job`` for the new jobs in another. A pool is its concurrency split into lanes over
-a set of tubes and servers.
+A reserved job belongs to the connection that reserved it (docs/beanstalkd.md#ownership),
+so a lane never sends anything about a job on any other connection. One pump task owns the
+connection's I/O (docs/beanstalkd.md#one-task-per-connection): in one write it sends the
+outcomes handlers produced since the last write, due touches and one
+``reserve-with-timeout 0`` per free slot; then ``stats-job`` for every new job in one more
+write. The pump blocks in ``reserve`` only while the lane holds no job (a blocked reserve
+holds the connection); otherwise it waits on the idle socket, which turns readable only
+if the server went away.
+
+Never silently stop:
+- every wait for a reply is bounded by lack of progress (``reply_timeout``, in the client),
+  a blocked reserve by its timeout plus that; a lane that holds jobs sends a heartbeat
+  after ``reserve_timeout`` of silence, so a dead connection is found idle or busy;
+- a batch is bounded in bytes (``batch_bytes``) as well as in jobs;
+- a connection lost again and again before beanstalkd confirms our outcomes is logged as
+  an error, and the lane backs off and shrinks its batches instead of looping;
+- a job that is no longer ours when we ask about it is skipped; the lane goes on.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import math
 import time
-from collections.abc import Sequence
+from collections import deque
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-import structlog
 import trio
+
 from tubeworker.backoff import full_jitter_delay
 from tubeworker.beanstalk import protocol as p
-from tubeworker.beanstalk.client import Address, Client, connect, connect_with_backoff
-from tubeworker.envelope import BadEnvelope, decode_envelope
+from tubeworker.beanstalk.client import Address, Client, connect_with_backoff
 from tubeworker.errors import ConnectionLostError, ProtocolError
-from tubeworker.job import HandlerSpec, Job
-from tubeworker.runtime.outcome import BuryJob, DeleteJob, Outcome, ReleaseJob, ReturnJob
-from tubeworker.runtime.policy import Budget, RetryPolicy, attempt_number, job_budget
-from tubeworker.runtime.runner import run_job, timeout_outcome
-from tubeworker.runtime.services import Producer, SharedHttp
+from tubeworker.runtime.dispatch import plan_job
+from tubeworker.runtime.outcome import BuryJob, Cause, Outcome, ReturnJob
+from tubeworker.runtime.pool import Pool
+from tubeworker.runtime.record import Finished, OutcomeLog, command_for, unapplied
+from tubeworker.runtime.running import Run, Runs
+from tubeworker.runtime.slots import Slot
 
 if TYPE_CHECKING:
     import httpx
-    from tubeworker.config import Config, PoolConfig
-    from tubeworker.registry import Registry
-    from tubeworker.runtime.state import WorkerState
 
-__all__ = ["Lane", "Pool", "Services", "handler_timeout", "lane_sizes", "run_pool"]
+__all__ = ["Lane"]
 
-log = structlog.get_logger("tubeworker")
-
-# How long one exchange may take before the connection is given up (a server that stopped
-# answering must not hold a lane, or a drain: BEANSTALKD.md §10.5 rule 3).
-_OUTCOME_DEADLINE = 10.0
 # While a lane holds jobs it cannot block in reserve; with free slots it looks for new
 # jobs at least this often (and after every outcome).
 _POLL_INTERVAL = 0.02
+# Consecutive connections lost before any outcome was confirmed, before the lane says so
+# loudly and backs off harder.
+_LIVELOCK_STREAK = 3
+_BODY_ESTIMATE_WEIGHT = 0.2  # how fast the body-size estimate follows new jobs
 
 
-def handler_timeout(
-    spec: HandlerSpec, pool_timeout: float | None, ttr: int, margin: float
-) -> float | None:
-    """Our own deadline: never past TTR - margin, unless the handler is touched (long-running)."""
-    wanted = spec.timeout or pool_timeout
-    if spec.long_running:
-        return wanted  # None: no limit; the guardian touches the job
-    limit = ttr_allowance(ttr, margin)
-    return limit if wanted is None else min(wanted, limit)
+@dataclass(slots=True)
+class _Entry:
+    """A command in the outbox or on the wire, with what its reply finishes."""
 
-
-def ttr_allowance(ttr: int, margin: float) -> float:
-    """How long after a reserve or touch a job may run: TTR - margin (with a tiny TTR the
-    margin would eat it all, so at least half of it)."""
-    return max(ttr - margin, ttr / 2)
-
-
-def touch_interval(ttr: int, margin: float) -> float:
-    """Touch well inside the TTR: every half TTR, and at least ``margin`` before it expires."""
-    return max(0.25, min(ttr / 2, ttr - margin))
-
-
-@dataclass
-class Services:
-    """Process-wide things lanes share."""
-
-    config: Config
-    registry: Registry
-    state: WorkerState
-    producers: dict[Address, Producer]
-    http: SharedHttp
-    in_flight: trio.CapacityLimiter | None
-
-    def producer(self, address: Address) -> Producer:
-        producer = self.producers.get(address)
-        if producer is None:
-            producer = Producer(address, connect_timeout=self.config.connect_timeout)
-            self.producers[address] = producer
-        return producer
-
-
-class Pool:
-    """Tubes (names and patterns), concurrency and policy shared by its lanes."""
-
-    def __init__(self, config: PoolConfig, services: Services) -> None:
-        self.config = config
-        self.services = services
-        self.servers = config.servers or services.config.servers
-        self.policy = RetryPolicy(
-            config.retry.max_attempts,
-            config.retry.backoff_base,
-            config.retry.backoff_cap,
-            config.retry.redelivery_limit,
-        )
-        self.patterns = tuple(t for t in config.tubes if _is_glob(t))
-        self.tubes: frozenset[str] = frozenset(t for t in config.tubes if not _is_glob(t))
-        self.tubes_version = 0
-        self._tubes_changed = trio.Event()
-        self.bound: HandlerSpec | None = (
-            services.registry.get(config.handler) if config.handler else None
-        )
-        # Threads (io) or processes (compute) for sync handlers: at most one per lane.
-        self.limiter = trio.CapacityLimiter(config.concurrency)
-        self.log = log.bind(pool=config.name)
-
-    def set_tubes(self, tubes: frozenset[str]) -> None:
-        if tubes != self.tubes:
-            self.tubes = tubes
-            self.tubes_version += 1
-            self._tubes_changed.set()
-            self._tubes_changed = trio.Event()
-
-    async def wait_for_tubes(self) -> frozenset[str]:
-        while not self.tubes:
-            await self._tubes_changed.wait()
-        return self.tubes
-
-    async def discover_tubes(self) -> None:
-        """Poll ``list-tubes`` on every server for tubes matching the pool's patterns."""
-        literal = frozenset(t for t in self.config.tubes if not _is_glob(t))
-        interval = self.services.config.tube_poll_interval
-        found: dict[Address, frozenset[str]] = {}
-        while True:
-            for address in self.servers:
-                try:
-                    with trio.fail_after(self.services.config.connect_timeout * 2):
-                        client = await connect(
-                            address, connect_timeout=self.services.config.connect_timeout
-                        )
-                        try:
-                            names = await client.list_tubes()
-                        finally:
-                            await client.aclose()
-                except (ConnectionLostError, ProtocolError, trio.TooSlowError) as exc:
-                    self.log.debug("tube discovery failed", server=str(address), error=str(exc))
-                    continue
-                found[address] = frozenset(
-                    n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in self.patterns)
-                )
-            tubes = literal.union(*found.values())
-            if tubes != self.tubes:
-                self.log.info("tubes changed", tubes=sorted(tubes))
-            self.set_tubes(tubes)
-            await trio.sleep(interval)
-
-
-def _is_glob(tube: str) -> bool:
-    return any(c in tube for c in "*?[]")
+    command: p.Command
+    finishes: Finished | None = None  # an outcome: recorded when beanstalkd confirms it
+    slot: Slot | None = None  # a reserve: the in-flight slot its job will hold
 
 
 class _JobServices:
@@ -178,165 +83,138 @@ class _JobServices:
         return self._lane.services.http.client
 
 
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """A job ready to run: its handler and the retry policy that applies to it."""
-
-    job: Job
-    spec: HandlerSpec
-    handler: str
-    policy: RetryPolicy
-    budget: Budget
-
-
-@dataclass(frozen=True, slots=True)
-class _Finished:
-    """A job's outcome, waiting to be logged and counted."""
-
-    outcome: Outcome
-    job_id: int
-    stats: p.JobStats
-    handler: str | None
-    started: float
-
-
-class _Running:
-    """A reserved job whose handler runs, on its lane's connection."""
-
-    __slots__ = (
-        "limit",
-        "lost",
-        "next_touch",
-        "plan",
-        "returned",
-        "scope",
-        "started",
-        "stats",
-        "token",
-    )
-
-    def __init__(
-        self, plan: _Plan, stats: p.JobStats, scope: trio.CancelScope, token: object, started: float
-    ) -> None:
-        self.plan = plan
-        self.stats = stats
-        self.scope = scope
-        self.token = token  # the process-wide in-flight slot it holds
-        self.started = started
-        self.returned: str | None = None  # handler cancelled, job left to beanstalkd
-        self.lost = False
-        self.next_touch = math.inf
-        self.limit = math.inf  # the handler's own timeout (absolute); touches never pass it
-
-
-_IDLE: Final = object()  # the reserve reply when fetching was stopped while blocked
-
-
 class Lane:
-    """One beanstalkd connection holding up to ``slots`` reserved jobs.
-
-    A single pump task owns the connection's I/O (BEANSTALKD.md §10.5 rule 1): in one write
-    it sends the outcomes handlers produced since the last write, due touches, and one
-    ``reserve-with-timeout 0`` per free slot; then ``stats-job`` for every job it got, in
-    one more write. Handlers run in their own tasks, each under its own deadline. The pump
-    blocks in ``reserve`` only while the lane holds no job, since a blocked reserve holds
-    the connection; otherwise it waits on the idle socket, which only turns readable if
-    the server went away. Outcomes are only ever sent on the connection that reserved the job.
-    """
+    """One beanstalkd connection holding up to ``slots`` reserved jobs."""
 
     def __init__(self, pool: Pool, index: int, address: Address, slots: int) -> None:
         self.pool = pool
-        self.services = pool.services
-        self.state = pool.services.state
+        self.services = services = pool.services
+        self.state = services.state
+        self.config = services.config
         self.address = address
         self.index = index
         self.slots = slots
         self.log = pool.log.bind(lane=index, server=str(address))
+        self.outcomes = OutcomeLog(self.state.counters, self.log, self.config.logging.job_lines)
+        self.connected_once = trio.Event()
+        self.runs = Runs(
+            on_finished=self._finished,
+            counters=self.state.counters,
+            ttr_margin=self.config.ttr_margin,
+            pool_timeout=pool.config.timeout,
+            profile=pool.config.profile,
+            limiter=pool.limiter,
+            processes=pool.processes,
+        )
         self._watched: frozenset[str] = frozenset({"default"})
         self._watched_version = -1
-        self.connected_once = trio.Event()
-        self._running: dict[int, _Running] = {}
-        self._outbox: list[p.Command] = []
+        self._outbox: list[_Entry] = []
+        self._on_wire: deque[_Entry] = deque()  # sent, reply not read yet
         self._touch_waiters: dict[int, list[trio.Event]] = {}
-        # Outcome commands not yet confirmed by beanstalkd (keyed by the command's id()):
-        # their log line and counters wait for the reply, so they say what really happened.
-        self._unconfirmed: dict[int, _Finished] = {}
         self._wake: trio.CancelScope | None = None
         self._must_close = False  # a job was returned: close the connection when idle
+        self._confirmed = 0  # outcomes beanstalkd confirmed on this connection
+        self._last_io = 0.0  # trio time of the last exchange: heartbeats after silence
+        self._body_estimate = 0.0  # bytes per job body, from the jobs seen so far
+        self._batch_cap = slots  # shrinks while connections keep failing, grows back
 
-    # ---- RunningJob, for the state (drain deadline)
+    # ---- for the state (drain deadline) and for handlers
 
-    def return_job(self, reason: str, *, lost: bool = False) -> None:
-        for running in self._running.values():
-            if running.returned is None:
-                running.returned = reason
-            running.lost = running.lost or lost
-            running.scope.cancel()
-
-    # ---- for handlers
+    def return_job(self, cause: Cause, detail: str, *, lost: bool = False) -> None:
+        self.runs.give_back_all(cause, detail, lost=lost)
 
     async def touch(self, job_id: int) -> None:
         """``job.touch()``: queue a touch for the pump and wait for beanstalkd's answer."""
-        running = self._running.get(job_id)
-        if running is None or running.returned is not None:
+        run = self.runs.get(job_id)
+        if run is None or run.returned is not None:
             raise ConnectionLostError(f"job {job_id} is no longer running on this lane")
         done = trio.Event()
         self._touch_waiters.setdefault(job_id, []).append(done)
-        self._queue(p.Touch(job_id))
+        self._queue(_Entry(p.Touch(job_id)))
         await done.wait()
-        if running.returned is not None:
-            raise ConnectionLostError(f"cannot touch job {job_id}: {running.returned}")
+        if run.returned is not None:
+            raise ConnectionLostError(f"cannot touch job {job_id}: {run.returned.detail}")
 
-    def _queue(self, command: p.Command) -> None:
-        self._outbox.append(command)
+    def _queue(self, entry: _Entry) -> None:
+        self._outbox.append(entry)
         if self._wake is not None:
             self._wake.cancel()
 
     # ---- connection life
 
     async def run(self) -> None:
-        failures = 0
+        failures = 0  # consecutive lost connections
+        fruitless = 0  # consecutive lost connections that confirmed no outcome we owed
         while await self.state.wait_may_fetch():
             client = await self._connect()
             if client is None:
                 continue  # fetching stopped while connecting
             lost: str | None = None
+            self._confirmed = 0
             try:
                 async with trio.open_nursery() as handlers:
                     lost = await self._pump(client, handlers)
                     if lost is not None:
                         self.return_job(
-                            f"connection lost while the handler ran ({lost})", lost=True
+                            Cause.CONNECTION_LOST,
+                            f"connection lost while the handler ran ({lost})",
+                            lost=True,
                         )
             finally:
                 await client.aclose()
-                self._after_connection()
-            if lost is not None:
-                failures += 1
-                self.log.warning("connection lost", error=lost)
-                await self._pause_before_reconnect(failures)
-            else:
-                failures = 0
+                owed = self._after_connection()
+            if lost is None:
+                failures = fruitless = 0
+                continue
+            failures += 1
+            fruitless = fruitless + 1 if owed and not self._confirmed else 0
+            self._lost(lost, owed, fruitless)
+            await self._pause_before_reconnect(failures, fruitless)
 
-    def _after_connection(self) -> None:
-        for finished in self._unconfirmed.values():
-            verb = type(finished.outcome).__name__.removesuffix("Job").lower()
-            reason = f"connection lost before beanstalkd confirmed the {verb}"
-            self._record(replace(finished, outcome=ReturnJob(reason)))
-        self._unconfirmed.clear()
+    def _lost(self, error: str, owed: int, fruitless: int) -> None:
+        self.state.counters.connections_lost += 1
+        self.log.warning(
+            "connection lost", error=error, outcomes_unconfirmed=owed, batch_cap=self._batch_cap
+        )
+        if fruitless >= _LIVELOCK_STREAK:
+            self._batch_cap = max(1, self._batch_cap // 2)
+            self.log.error(
+                "connection keeps failing before beanstalkd confirms our outcomes",
+                times_in_a_row=fruitless,
+                batch_cap=self._batch_cap,
+                hint="a slow or lossy link, or a server that stops answering: "
+                "the lane backs off and reserves fewer jobs at a time",
+            )
+
+    def _after_connection(self) -> int:
+        """Forget the connection; returns how many outcomes it never confirmed."""
+        owed = 0
+        for entry in [*self._on_wire, *self._outbox]:  # sent unanswered, or never sent
+            if entry.slot is not None:
+                entry.slot.release()
+            if entry.finishes is not None:
+                owed += 1
+                verb = type(entry.command).__name__.lower()
+                detail = f"connection lost before beanstalkd confirmed the {verb}"
+                outcome = ReturnJob(Cause.UNCONFIRMED, detail)
+                self.outcomes.record(replace(entry.finishes, outcome=outcome))
+        # Nothing of a closed connection is ever sent on another one.
+        self._on_wire.clear()
+        self._outbox.clear()
         for waiters in self._touch_waiters.values():
             for done in waiters:
                 done.set()
         self._touch_waiters.clear()
-        self._outbox.clear()  # outcomes for jobs of a closed connection must never be sent
         self._must_close = False
+        return owed
 
-    async def _pause_before_reconnect(self, failures: int) -> None:
+    async def _pause_before_reconnect(self, failures: int, fruitless: int) -> None:
+        cap = 60.0 if fruitless >= _LIVELOCK_STREAK else 10.0
         with self.state.fetch_scope():
-            await trio.sleep(full_jitter_delay(failures, base=0.1, cap=10.0))
+            await trio.sleep(full_jitter_delay(max(failures, fruitless), base=0.1, cap=cap))
 
     async def _connect(self) -> Client | None:
-        config = self.services.config
+        config = self.config
 
         def on_retry(attempt: int, delay: float, error: Exception) -> None:
             self.connected_once.set()  # tried: readiness does not wait for a dead server
@@ -347,23 +225,30 @@ class Lane:
         client: Client | None = None
         with self.state.fetch_scope():
             client = await connect_with_backoff(
-                self.address, connect_timeout=config.connect_timeout, cap=30.0, on_retry=on_retry
+                self.address,
+                connect_timeout=config.connect_timeout,
+                reply_timeout=config.reply_timeout,
+                keepalive=config.keepalive,
+                cap=30.0,
+                on_retry=on_retry,
+                connector=self.services.connector,
             )
             self._watched = frozenset({"default"})
             self._watched_version = -1
+            self._last_io = trio.current_time()
             self.connected_once.set()
         return client
 
-    def _rewatch(self) -> list[p.Command]:
+    def _rewatch(self) -> list[_Entry]:
         """watch/ignore commands that bring the watch list to the pool's tubes."""
         wanted = self.pool.tubes
         self._watched_version = self.pool.tubes_version
         if not wanted:
             return []  # nothing matches any more: keep watching what we had (never ignore all)
-        commands: list[p.Command] = [p.Watch(t) for t in sorted(wanted - self._watched)]
-        commands += [p.Ignore(t) for t in sorted(self._watched - wanted)]
+        entries = [_Entry(p.Watch(t)) for t in sorted(wanted - self._watched)]
+        entries += [_Entry(p.Ignore(t)) for t in sorted(self._watched - wanted)]
         self._watched = wanted
-        return commands
+        return entries
 
     # ---- the pump
 
@@ -378,433 +263,240 @@ class Lane:
             while True:
                 fetching = self.state.may_fetch and not self._must_close
                 got_all = await self._exchange(client, handlers, fetching)
-                if not self._running and not self._outbox:
+                if not len(self.runs) and not self._outbox:
                     if not fetching:
                         return None  # drained, quiet, or a returned job: close the connection
                     if not got_all:
                         # Nothing ready and nothing held: block, cancellable by drain/quiet.
-                        if await self._reserve_blocking(client, handlers) is _IDLE:
+                        if not await self._reserve_blocking(client, handlers):
                             return None
                         continue
-                if got_all and fetching and len(self._running) < self.slots:
+                if got_all and fetching and len(self.runs) < self.slots:
                     continue  # every reserve got a job: there may be more
                 await self._wait(client, fetching)
         except (ConnectionLostError, ProtocolError) as exc:
             return str(exc)
 
+    def _reserves_wanted(self) -> int:
+        """Free slots, bounded by the batch cap and by ``batch_bytes`` of bodies."""
+        free = min(self.slots - len(self.runs), self._batch_cap)
+        if self._body_estimate > 0:
+            free = min(free, max(1, int(self.config.batch_bytes // self._body_estimate)))
+        return max(0, free)
+
     async def _exchange(self, client: Client, handlers: trio.Nursery, fetching: bool) -> bool:
         """One write of outcomes, touches and reserves; True if every reserve got a job."""
-        commands = self._outbox
-        self._outbox = []
+        entries, self._outbox = self._outbox, []
         if self._watched_version != self.pool.tubes_version:
-            commands += self._rewatch()
-        commands += self._due_touches()
-        tokens = self._take_slots(self.slots - len(self._running)) if fetching else []
+            entries += self._rewatch()
+        entries += [_Entry(touch) for touch in self.runs.due_touches()]
+        slots = self.services.in_flight.take(self._reserves_wanted()) if fetching else []
         reserve = p.ReserveWithTimeout(0)
-        commands += [reserve] * len(tokens)
-        if not commands:
+        entries += [_Entry(reserve, slot=slot) for slot in slots]
+        if not entries and self._heartbeat_due():
+            entries.append(_Entry(p.ListTubeUsed()))  # are you still there?
+        if not entries:
             return False
-        reserved: list[tuple[p.Reserved, object]] = []
-        unmatched = list(reversed(tokens))  # slots whose reserve reply has not come yet
+        self._on_wire = deque(entries)
+        await client.send(*[e.command for e in entries])
+        reserved: list[tuple[p.Reserved, Slot]] = []
         try:
-            with trio.CancelScope(deadline=trio.current_time() + _OUTCOME_DEADLINE) as scope:
-                await client.send(*commands)
-                await self._read_replies(client, commands, reserve, unmatched, reserved)
-                if reserved:
-                    started, reserved = reserved, []
-                    await self._start(client, handlers, started)
-        finally:
-            for token in unmatched:  # an exchange cut short must not leak in-flight slots
-                self._give_back(token)
-            for _, token in reserved:
-                self._give_back(token)
-        if scope.cancelled_caught:
-            raise ConnectionLostError(f"no reply within {_OUTCOME_DEADLINE} s")
-        return bool(tokens) and len(reserved) == len(tokens)
+            while self._on_wire:
+                reply = await client.receive()
+                got = self._apply(self._on_wire.popleft(), reply)
+                if got is not None:
+                    reserved.append(got)
+        except BaseException:
+            for _, slot in reserved:  # got a job, never started it: beanstalkd takes it back
+                slot.release()
+            raise
+        self._last_io = trio.current_time()
+        if reserved:
+            await self._start(client, handlers, reserved)
+        return bool(slots) and len(reserved) == len(slots)
 
-    async def _read_replies(
-        self,
-        client: Client,
-        commands: list[p.Command],
-        reserve: p.Command,
-        unmatched: list[object],
-        reserved: list[tuple[p.Reserved, object]],
-    ) -> None:
-        """Replies in command order; each reserve reply takes its slot from ``unmatched``."""
-        for command in commands:
-            reply = await client.receive()
-            if command is not reserve:
-                applied = self._check_reply(command, reply)
-                finished = self._unconfirmed.pop(id(command), None)
-                if finished is not None:
-                    self._record(finished if applied else _unapplied(finished, reply))
-                continue
-            token = unmatched.pop()
+    def _heartbeat_due(self) -> bool:
+        """A lane holding jobs sends nothing for long stretches: ask the server something
+        cheap after ``reserve_timeout`` of silence, so a dead connection is found (the
+        reply is bounded by ``reply_timeout``) and beanstalkd re-arms its TTR timers
+        (docs/beanstalkd.md#b1-ttr-expiry-lost)."""
+        silent = trio.current_time() - self._last_io
+        return len(self.runs) > 0 and silent >= self.config.reserve_timeout
+
+    def _apply(self, entry: _Entry, reply: p.Reply) -> tuple[p.Reserved, Slot] | None:
+        """What a reply means for the command it answers."""
+        command = entry.command
+        if entry.slot is not None:  # a reserve
+            slot, entry.slot = entry.slot, None
             if isinstance(reply, p.Reserved):
-                reserved.append((reply, token))
-                continue
-            self._give_back(token)  # TIMED_OUT: none ready; DEADLINE_SOON: one is due
+                return reply, slot
+            slot.release()  # TIMED_OUT: none ready; DEADLINE_SOON: one is due
             if isinstance(reply, p.ErrorReply):
                 raise ConnectionLostError(f"reserve failed: {type(reply).__name__}")
+            return None
+        if isinstance(command, p.Touch):
+            self.runs.touched(command.id, reply)
+            for done in self._touch_waiters.pop(command.id, []):
+                done.set()
+            return None
+        if entry.finishes is not None:
+            finished, entry.finishes = entry.finishes, None
+            if _applied(command, reply):
+                self._confirmed += 1
+                self.outcomes.record(finished)
+            else:
+                self._refused(command, reply)
+                self.outcomes.record(unapplied(finished, reply))
+            return None
+        if isinstance(command, p.Watch | p.Ignore) and not isinstance(reply, p.Watching):
+            raise ConnectionLostError(f"{command!r} answered {reply!r}")
+        if isinstance(command, p.ListTubeUsed) and not isinstance(reply, p.Using):
+            raise ConnectionLostError(f"heartbeat answered {reply!r}")
+        return None
 
-    async def _reserve_blocking(self, client: Client, handlers: trio.Nursery) -> object:
-        """Block in reserve while the lane holds nothing; _IDLE if fetching stopped."""
-        tokens = self._take_slots(1)
-        if not tokens:  # the process-wide cap is reached: wait for a slot, or for the drain
-            limiter = self.services.in_flight
-            assert limiter is not None
-            token = object()
+    def _refused(self, command: p.Command, reply: p.Reply) -> None:
+        job_id = getattr(command, "id", None)
+        verb = type(command).__name__.lower()
+        if isinstance(reply, p.NotFound):
+            # Not ours any more (TTR expired and another worker has it): nothing to do.
+            self.log.warning("outcome not applied: job no longer ours", job_id=job_id, command=verb)
+        elif isinstance(reply, p.Buried):
+            self.log.error("beanstalkd buried the job instead of releasing it", job_id=job_id)
+        else:
+            # OUT_OF_MEMORY / INTERNAL_ERROR on release/bury: the job may be orphaned on
+            # the server until it restarts (docs/beanstalkd.md#b3-orphaned-job). Never
+            # retry on that id.
+            self.log.error(
+                "outcome refused by beanstalkd",
+                job_id=job_id,
+                command=verb,
+                reply=type(reply).__name__,
+            )
+
+    async def _reserve_blocking(self, client: Client, handlers: trio.Nursery) -> bool:
+        """Block in reserve while the lane holds nothing; False if fetching stopped."""
+        slots = self.services.in_flight.take(1)
+        if not slots:  # the process-wide cap is reached: wait for a slot, or for the drain
             with self.state.fetch_scope() as scope:
-                await limiter.acquire_on_behalf_of(token)
+                slots = [await self.services.in_flight.take_one()]
             if scope.cancelled_caught:
-                return _IDLE
-            tokens = [token]
-        reply: p.Reply | None = None
+                return False
+        slot = slots[0]
         try:
-            await client.send(p.ReserveWithTimeout(self.services.config.reserve_timeout))
+            timeout = self.config.reserve_timeout
+            await client.send(p.ReserveWithTimeout(timeout))
+            reply: p.Reply | None = None
             with self.state.fetch_scope():
-                reply = await client.receive()  # cancelled: the client closes the connection
+                # cancelled: the client closes the connection (the reserve still runs there)
+                reply = await client.receive(patience=timeout)
+            self._last_io = trio.current_time()
             if reply is None:
-                return _IDLE
+                return False
             if isinstance(reply, p.ErrorReply):
                 raise ConnectionLostError(f"reserve failed: {type(reply).__name__}")
             if isinstance(reply, p.Reserved):
-                token = tokens.pop()
-                await self._start(client, handlers, [(reply, token)])
-            return reply
+                await self._start(client, handlers, [(reply, slot)])
+            elif isinstance(reply, p.DeadlineSoon):
+                await trio.sleep(_POLL_INTERVAL)  # a job of ours is due: never spin on it
+            return True
         finally:
-            for token in tokens:
-                self._give_back(token)
+            slot.release()  # no-op once a job holds it
 
     async def _wait(self, client: Client, fetching: bool) -> None:
-        """Until a handler queues a command, a touch is due, it is time to look for new
-        jobs again, or the connection dies (raises)."""
+        """Until a handler queues a command, a touch or heartbeat is due, it is time to
+        look for new jobs again, or the connection dies (raises)."""
         if self._outbox:
             return
-        looking = fetching and len(self._running) < self.slots
-        timeout = min(self._next_touch_in(), _POLL_INTERVAL if looking else math.inf)
-        with trio.move_on_after(timeout) as scope:
+        looking = fetching and self._reserves_wanted() > 0
+        heartbeat = self._last_io + self.config.reserve_timeout - trio.current_time()
+        timeout = min(self.runs.next_touch_in(), _POLL_INTERVAL if looking else heartbeat)
+        with trio.move_on_after(max(0.0, timeout)) as scope:
             self._wake = scope
             reason = await client.wait_lost()
             raise ConnectionLostError(reason)
         self._wake = None
 
-    # ---- in-flight slots (process-wide cap)
-
-    def _take_slots(self, wanted: int) -> list[object]:
-        limiter = self.services.in_flight
-        if limiter is None:
-            return [object() for _ in range(max(0, wanted))]
-        tokens = []
-        for _ in range(max(0, wanted)):
-            token = object()
-            try:
-                limiter.acquire_on_behalf_of_nowait(token)
-            except trio.WouldBlock:
-                break
-            tokens.append(token)
-        return tokens
-
-    def _give_back(self, token: object) -> None:
-        if self.services.in_flight is not None:
-            self.services.in_flight.release_on_behalf_of(token)
-
     # ---- jobs
 
     async def _start(
-        self, client: Client, handlers: trio.Nursery, reserved: list[tuple[p.Reserved, object]]
+        self, client: Client, handlers: trio.Nursery, reserved: list[tuple[p.Reserved, Slot]]
     ) -> None:
         """stats-job for every new job in one write, then start their handlers."""
+        for job, _ in reserved:
+            self._learn_body_size(len(job.body))
         waiting = list(reversed(reserved))  # jobs whose handler has not started yet
         try:
-            await client.send(*[p.StatsJob(r.id) for r, _ in reserved])
+            await client.send(*[p.StatsJob(job.id) for job, _ in reserved])
             while waiting:
-                job_reply, token = waiting[-1]
+                job, slot = waiting[-1]
                 stats = await client.receive()
                 waiting.pop()
-                self._begin(handlers, job_reply, token, stats)
+                self._begin(handlers, job, slot, stats)
         finally:
-            for _, token in waiting:  # connection lost before they started: free their slots
-                self._give_back(token)
-        if self._running:
-            self.state.running.add(self)
+            for _, slot in waiting:  # connection lost before they started: free their slots
+                slot.release()
+        self._last_io = trio.current_time()
+        if len(self.runs):
+            self.state.busy_lanes.add(self)
 
-    def _begin(
-        self, handlers: trio.Nursery, job_reply: p.Reserved, token: object, stats: p.Reply
-    ) -> None:
-        """Start a job's handler, or queue its burial when it must not run."""
+    def _learn_body_size(self, size: int) -> None:
+        if self._body_estimate == 0:
+            self._body_estimate = float(max(size, 1))
+        else:
+            w = _BODY_ESTIMATE_WEIGHT
+            self._body_estimate = (1 - w) * self._body_estimate + w * max(size, 1)
+
+    def _begin(self, handlers: trio.Nursery, job: p.Reserved, slot: Slot, stats: p.Reply) -> None:
+        """Start a job's handler, skip a job that is not ours, or queue its burial."""
         now = time.monotonic()
         self.state.counters.reserved += 1
+        if isinstance(stats, p.NotFound):
+            # Reserved, then gone before we asked: its TTR ran out (we were stopped or the
+            # link was slow) and another worker finished it. Not ours; the lane goes on.
+            slot.release()
+            self.state.counters.skipped += 1
+            self.log.warning(
+                "job skipped: no longer ours",
+                job_id=job.id,
+                reason="stats-job answered NOT_FOUND (its TTR ran out before we started it)",
+            )
+            return
         if not isinstance(stats, p.JobStats):
-            self._give_back(token)
-            raise ConnectionLostError(f"stats-job {job_reply.id} answered {stats!r}")
-        plan = self._prepare(job_reply, stats)
+            slot.release()
+            raise ConnectionLostError(f"stats-job {job.id} answered {stats!r}")
+        plan = plan_job(job.id, job.body, stats, self.pool.rules, log=self.log)
         if isinstance(plan, BuryJob):
-            self._give_back(token)
-            self._send_outcome(_Finished(plan, job_reply.id, stats, self.pool.config.handler, now))
+            slot.release()
+            self._send(Finished(plan, job.id, stats, self.pool.config.handler, now))
             self.state.job_finished()
             return
-        margin = self.services.config.ttr_margin
-        timeout = handler_timeout(plan.spec, self.pool.config.timeout, stats.ttr, margin)
-        scope = trio.CancelScope(
-            deadline=trio.current_time() + timeout if timeout is not None else math.inf
-        )
-        running = _Running(plan, stats, scope, token, now)
-        wanted = plan.spec.timeout or self.pool.config.timeout
-        if wanted:
-            running.limit = trio.current_time() + wanted
-        if plan.spec.long_running:
-            running.next_touch = trio.current_time() + touch_interval(stats.ttr, margin)
-        plan.job._services = _JobServices(self, job_reply.id)
-        self._running[job_reply.id] = running
-        handlers.start_soon(self._run_handler, running, timeout)
+        plan.job._services = _JobServices(self, job.id)
+        self.runs.begin(handlers, plan, stats, slot, now)
 
-    async def _run_handler(self, running: _Running, timeout: float | None) -> None:
-        plan = running.plan
-        counters = self.state.counters
-        counters.in_flight += 1
-        outcome: Outcome | None = None
-        try:
-            with running.scope:
-                outcome = await run_job(
-                    plan.job,
-                    plan.spec,
-                    plan.budget,
-                    plan.policy,
-                    timeout=None,  # the job's scope carries the deadline
-                    profile=self.pool.config.profile,
-                    limiter=self.pool.limiter,
-                )
-        finally:
-            counters.in_flight -= 1
-            del self._running[plan.job.id]
-            if not self._running:
-                self.state.running.discard(self)
-            self._give_back(running.token)
-        if running.lost or (outcome is None and running.returned is not None):
-            outcome = ReturnJob(running.returned or "connection lost")
-        elif outcome is None:
-            outcome = timeout_outcome(plan.job, plan.budget, plan.policy, timeout)
-        finished = _Finished(outcome, plan.job.id, running.stats, plan.handler, running.started)
+    def _finished(self, run: Run, outcome: Outcome) -> None:
+        """A handler ended (Runs calls this once per job)."""
+        if not len(self.runs):
+            self.state.busy_lanes.discard(self)
+        finished = Finished(outcome, run.plan.job.id, run.stats, run.plan.handler, run.started)
         self.state.job_finished()
         if isinstance(outcome, ReturnJob):
-            self._record(finished)
+            self.outcomes.record(finished)
             self._must_close = True  # the only way to hand a job back without an outcome
             if self._wake is not None:
                 self._wake.cancel()
         else:
-            self._send_outcome(finished)
+            self._send(finished)
 
-    def _send_outcome(self, finished: _Finished) -> None:
-        assert not isinstance(finished.outcome, ReturnJob)
-        command = _command_for(finished.outcome, finished.job_id)
-        self._unconfirmed[id(command)] = finished  # the outbox keeps the command alive
-        self._queue(command)
-
-    def _due_touches(self) -> list[p.Command]:
-        now = trio.current_time()
-        touches: list[p.Command] = []
-        margin = self.services.config.ttr_margin
-        for job_id, running in self._running.items():
-            if running.next_touch <= now:
-                running.next_touch = now + touch_interval(running.stats.ttr, margin)
-                touches.append(p.Touch(job_id))
-        return touches
-
-    def _next_touch_in(self) -> float:
-        soonest = min((r.next_touch for r in self._running.values()), default=math.inf)
-        return max(0.0, soonest - trio.current_time())
-
-    def _check_reply(self, command: p.Command, reply: p.Reply) -> bool:
-        """True if beanstalkd did what the command asked."""
-        if isinstance(command, p.Watch | p.Ignore):
-            if not isinstance(reply, p.Watching):
-                raise ConnectionLostError(f"{command!r} answered {reply!r}")
-            return True
-        if isinstance(command, p.Touch):
-            self._touched(command.id, reply)
-            return isinstance(reply, p.Touched)
-        ok = (
-            (isinstance(command, p.Delete) and isinstance(reply, p.Deleted))
-            or (isinstance(command, p.Release) and isinstance(reply, p.Released))
-            or (isinstance(command, p.Bury) and isinstance(reply, p.Buried))
-        )
-        if ok:
-            return True
-        job_id = getattr(command, "id", None)
-        if isinstance(reply, p.NotFound):
-            # Not ours any more (TTR expired and another worker has it): nothing to do.
-            self.log.warning(
-                "outcome not applied: job no longer reserved by us",
-                job_id=job_id,
-                command=type(command).__name__,
-            )
-        elif isinstance(reply, p.Buried):
-            self.log.error(
-                "server buried the job instead of releasing it (out of memory)", job_id=job_id
-            )
-        else:
-            # OUT_OF_MEMORY / INTERNAL_ERROR on release/bury: the job may be orphaned on the
-            # server until it restarts (B3). Never retry on that id.
-            self.log.error(
-                "outcome failed on the server",
-                job_id=job_id,
-                command=type(command).__name__,
-                reply=type(reply).__name__,
-            )
-        return False
-
-    def _touched(self, job_id: int, reply: p.Reply) -> None:
-        running = self._running.get(job_id)
-        if isinstance(reply, p.Touched) and running is not None:
-            if not running.plan.spec.long_running:
-                # The TTR starts again: so does the part of our deadline that guards it.
-                allowance = ttr_allowance(running.stats.ttr, self.services.config.ttr_margin)
-                running.scope.deadline = min(running.limit, trio.current_time() + allowance)
-        elif running is not None:
-            # The job is no longer ours (its TTR expired): stop its handler, send nothing.
-            running.returned = "touch: NOT_FOUND, the job is no longer reserved by us"
-            running.lost = True
-            running.scope.cancel()
-        for done in self._touch_waiters.pop(job_id, []):
-            done.set()
-
-    def _prepare(self, reserved: p.Reserved, stats: p.JobStats) -> _Plan | BuryJob:
-        """What to run, or a burial without running (poison, exhausted, bad body)."""
-        pool = self.pool
-        policy = pool.policy
-        budget = job_budget(stats, policy)
-        if budget.poison:
-            return BuryJob(
-                stats.pri,
-                f"delivered {budget.redeliveries + 1} times without an outcome "
-                f"(limit {budget.max_redeliveries}): did it crash or hang the worker?",
-            )
-        if budget.attempts_exhausted:
-            return BuryJob(
-                stats.pri, f"attempt {budget.attempt} exceeds max_attempts {budget.max_attempts}"
-            )
-        task: str | None = None
-        payload = None
-        if pool.bound is not None:
-            spec, handler = pool.bound, pool.config.handler or "?"
-        else:
-            try:
-                task, payload = decode_envelope(reserved.body)
-            except BadEnvelope as exc:
-                return BuryJob(stats.pri, str(exc))
-            found = self.services.registry.get(task)
-            if found is None:
-                return BuryJob(stats.pri, f"no handler registered for task {task!r}")
-            spec, handler = found, task
-        if spec.max_attempts is not None or spec.backoff_base is not None:
-            policy = RetryPolicy(
-                spec.max_attempts or policy.max_attempts,
-                spec.backoff_base if spec.backoff_base is not None else policy.backoff_base,
-                spec.backoff_cap if spec.backoff_cap is not None else policy.backoff_cap,
-                policy.redelivery_limit,
-            )
-            budget = job_budget(stats, policy)
-        job = Job(
-            id=reserved.id,
-            tube=stats.tube,
-            body=reserved.body,
-            priority=stats.pri,
-            ttr=stats.ttr,
-            attempt=budget.attempt,
-            max_attempts=budget.max_attempts,
-            task=task,
-            payload=payload,
-            log=self.log,  # bound to the job on first use
-        )
-        return _Plan(job, spec, handler, policy, budget)
-
-    def _record(self, finished: _Finished) -> None:
-        """The job's one log line and the counters, once its outcome is known for sure."""
-        outcome, job_id, stats = finished.outcome, finished.job_id, finished.stats
-        counters = self.state.counters
-        name: str
-        if isinstance(outcome, DeleteJob):
-            counters.deleted += 1
-            name = "deleted"
-        elif isinstance(outcome, ReleaseJob):
-            counters.released += 1
-            name = "released"
-        elif isinstance(outcome, BuryJob):
-            counters.buried += 1
-            name = "buried"
-        else:
-            counters.returned += 1
-            name = "returned"
-        if self.services.config.logging.job_lines:
-            fields: dict[str, object] = {
-                "job_id": job_id,
-                "tube": stats.tube,
-                "handler": finished.handler,
-                "attempt": attempt_number(stats),
-                "duration": round(time.monotonic() - finished.started, 4),
-                "outcome": name,
-            }
-            if isinstance(outcome, ReleaseJob):
-                fields["delay"] = outcome.delay
-            reason = getattr(outcome, "reason", None)
-            if reason:
-                fields["reason"] = reason
-            if isinstance(outcome, DeleteJob):
-                self.log.info("job done", **fields)
-            else:
-                self.log.warning("job " + name, **fields)
+    def _send(self, finished: Finished) -> None:
+        outcome = finished.outcome
+        assert not isinstance(outcome, ReturnJob)
+        self._queue(_Entry(command_for(outcome, finished.job_id), finishes=finished))
 
 
-def _unapplied(finished: _Finished, reply: p.Reply) -> _Finished:
-    """What became of a job whose outcome beanstalkd did not apply as asked."""
-    if isinstance(reply, p.Buried):  # a release the server could only do as a bury (OOM)
-        reason = "beanstalkd buried it instead of releasing it (out of memory)"
-        return replace(finished, outcome=BuryJob(finished.stats.pri, reason))
-    reason = f"not applied: beanstalkd answered {type(reply).__name__}"
-    return replace(finished, outcome=ReturnJob(reason))
-
-
-def _command_for(outcome: DeleteJob | ReleaseJob | BuryJob, job_id: int) -> p.Command:
-    if isinstance(outcome, DeleteJob):
-        return p.Delete(job_id)
-    if isinstance(outcome, ReleaseJob):
-        return p.Release(job_id, outcome.priority, outcome.delay)
-    return p.Bury(job_id, outcome.priority)
-
-
-def lane_sizes(concurrency: int, jobs_per_connection: int, servers: int) -> list[int]:
-    """Slots per lane: ``concurrency`` split as evenly as possible over
-    ceil(concurrency / jobs_per_connection) lanes, and at least one lane per server."""
-    count = max(math.ceil(concurrency / jobs_per_connection), min(concurrency, servers))
-    return [concurrency // count + (1 if i < concurrency % count else 0) for i in range(count)]
-
-
-async def run_pool(
-    pool: Pool, *, task_status: trio.TaskStatus[Sequence[Lane]] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Run the pool's lanes and its tube discovery.
-
-    ``concurrency`` slots are split into lanes of at most ``jobs_per_connection`` jobs,
-    with at least one lane per server, spread over the servers in turn.
-    """
-    servers = pool.servers
-    sizes = lane_sizes(pool.config.concurrency, pool.config.jobs_per_connection, len(servers))
-    lanes = [Lane(pool, i, servers[i % len(servers)], size) for i, size in enumerate(sizes)]
-    async with trio.open_nursery() as nursery:
-        discovery: trio.CancelScope | None = None
-        if pool.patterns:
-            discovery = trio.CancelScope()
-
-            async def discover() -> None:
-                assert discovery is not None
-                with discovery:
-                    await pool.discover_tubes()
-
-            nursery.start_soon(discover)
-        async with trio.open_nursery() as lane_nursery:
-            for lane in lanes:
-                lane_nursery.start_soon(lane.run)
-            task_status.started(lanes)
-        if discovery is not None:
-            discovery.cancel()
+def _applied(command: p.Command, reply: p.Reply) -> bool:
+    """True if beanstalkd did what the outcome command asked."""
+    return (
+        (isinstance(command, p.Delete) and isinstance(reply, p.Deleted))
+        or (isinstance(command, p.Release) and isinstance(reply, p.Released))
+        or (isinstance(command, p.Bury) and isinstance(reply, p.Buried))
+    )

@@ -1,17 +1,58 @@
-"""What the runner decides for a job, and the lane then tells beanstalkd (or not)."""
+"""What becomes of a job, decided before the lane tells beanstalkd (or closes the connection).
+
+Each outcome carries a :class:`Cause` (an enum: what kind of thing happened, for counters,
+filters and the ``cause`` log field) and a ``detail`` (the human words: the exception, the
+limit that was reached). ``reason`` joins the two for the log line.
+
+The words, one per concept: a handler *raises* ``Retry`` or ``Bury`` (requests); the runner
+or dispatch *decides* an outcome (these classes); the lane *sends* a command (``delete``,
+``release``, ``bury``) or closes the connection; the log then says ``deleted``,
+``released``, ``buried`` or ``returned``.
+"""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
-__all__ = ["BuryJob", "DeleteJob", "Outcome", "ReleaseJob", "ReturnJob"]
+__all__ = ["BuryJob", "Cause", "DeleteJob", "Outcome", "ReleaseJob", "ReturnJob"]
+
+
+class Cause(enum.Enum):
+    """Why a job ended the way it did. The value is the ``cause`` field of the log line."""
+
+    # deleted
+    COMPLETED = "completed"
+    # released, or buried when no attempt is left
+    HANDLER_ERROR = "handler_error"  # the handler raised an exception
+    HANDLER_RETRY = "handler_retry"  # the handler raised Retry
+    TIMEOUT = "timeout"  # the handler overran its own deadline
+    # buried without running again
+    HANDLER_BURY = "handler_bury"  # the handler raised Bury
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # more failed runs than max_attempts
+    POISON = "poison"  # delivered again and again with no outcome: it kills or hangs workers
+    BAD_BODY = "bad_body"  # not a JSON envelope this pool can dispatch
+    NO_TASK = "no_task"  # valid JSON, but no "task" and no handler bound to the pool
+    UNKNOWN_TASK = "unknown_task"  # no handler registered under the envelope's task
+    SERVER_BURIED = "server_buried"  # beanstalkd buried a release (out of memory)
+    # returned: the connection was closed with the job, beanstalkd has it back
+    DRAIN_DEADLINE = "drain_deadline"
+    CONNECTION_LOST = "connection_lost"
+    NOT_OURS = "not_ours"  # beanstalkd answered NOT_FOUND: its TTR expired, someone else has it
+    UNCONFIRMED = "unconfirmed"  # the connection was lost before beanstalkd confirmed
+    SERVER_REFUSED = "server_refused"  # beanstalkd answered an error (out of memory, …)
 
 
 @dataclass(frozen=True, slots=True)
 class DeleteJob:
     """The handler finished: ``delete``."""
 
-    reason: str | None = None
+    cause: Cause = Cause.COMPLETED
+    detail: str = ""
+
+    @property
+    def reason(self) -> str:
+        return self.detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,15 +61,25 @@ class ReleaseJob:
 
     delay: int
     priority: int
-    reason: str
+    cause: Cause
+    detail: str
+
+    @property
+    def reason(self) -> str:
+        return self.detail
 
 
 @dataclass(frozen=True, slots=True)
 class BuryJob:
-    """Stop trying: ``bury`` at the job's priority; ``reason`` goes to the log."""
+    """Stop trying: ``bury`` at the job's priority; the reason goes to the log."""
 
     priority: int
-    reason: str
+    cause: Cause
+    detail: str
+
+    @property
+    def reason(self) -> str:
+        return self.detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +90,12 @@ class ReturnJob:
     toward the redelivery limit, not toward max_attempts.
     """
 
-    reason: str
+    cause: Cause
+    detail: str
+
+    @property
+    def reason(self) -> str:
+        return self.detail
 
 
 Outcome = DeleteJob | ReleaseJob | BuryJob | ReturnJob

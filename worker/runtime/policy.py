@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from tubeworker.backoff import full_jitter_delay
 from tubeworker.beanstalk.protocol import MAX_INT, JobStats
-from tubeworker.runtime.outcome import BuryJob, ReleaseJob
+from tubeworker.runtime.outcome import BuryJob, Cause, ReleaseJob
 
 __all__ = ["Budget", "RetryPolicy", "attempt_number", "failure_outcome", "job_budget"]
 
@@ -85,17 +85,18 @@ def failure_outcome(
     policy: RetryPolicy,
     *,
     priority: int,
-    reason: str,
+    cause: Cause,
+    detail: str,
     delay: float | None = None,
     rng: random.Random | None = None,
 ) -> ReleaseJob | BuryJob:
-    """After a failed run: release with backoff (or ``delay``), or bury when out of attempts."""
+    """After a failed run: release with backoff (or ``delay``), or bury when out of attempts
+    (keeping the cause of the last failure: it is what an operator fixes)."""
     if budget.last_attempt:
-        return BuryJob(
-            priority, f"{reason} (attempt {budget.attempt} of {budget.max_attempts}: giving up)"
-        )
+        giving_up = f"{detail} (attempt {budget.attempt} of {budget.max_attempts}: giving up)"
+        return BuryJob(priority, cause, giving_up)
     if delay is None:
         delay = full_jitter_delay(
             budget.attempt, base=policy.backoff_base, cap=policy.backoff_cap, rng=rng
         )
-    return ReleaseJob(whole_seconds(delay), priority, reason)
+    return ReleaseJob(whole_seconds(delay), priority, cause, detail)

@@ -9,14 +9,29 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import trio
-from tubeworker.job import Bury, HandlerSpec, Job, Retry
-from tubeworker.runtime.outcome import BuryJob, DeleteJob, Outcome, ReleaseJob
+
+from tubeworker.job import Bury, HandlerSpec, Job, JobRecord, Retry
+from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob
 from tubeworker.runtime.policy import Budget, RetryPolicy, failure_outcome
 
-__all__ = ["run_job", "timeout_outcome"]
+__all__ = ["ProcessPool", "run_in_process", "run_job", "timeout_outcome"]
+
+
+class ProcessPool(Protocol):
+    """Worker processes for compute-profile handlers (see ``tubeworker.runtime.processes``)."""
+
+    async def run(
+        self, func: Callable[..., Any], *args: Any, limiter: trio.CapacityLimiter | None
+    ) -> Any: ...
+
+
+def run_in_process(func: Callable[[Job], Any], record: JobRecord) -> None:
+    """In a worker process: the handler gets a Job rebuilt from plain data."""
+    func(Job.from_record(record))
+
 
 _DELETE = DeleteJob()
 
@@ -49,14 +64,16 @@ async def _call(
     job: Job,
     profile: Literal["io", "compute"],
     limiter: trio.CapacityLimiter | None,
+    processes: ProcessPool | None,
 ) -> None:
     func: Callable[..., Any] = spec.func
     if spec.is_async:
         await func(job)
     elif profile == "compute":
-        import trio_parallel  # imported here: only compute pools pay for the process pool
-
-        await trio_parallel.run_sync(func, job, kill_on_cancel=True, limiter=limiter)
+        if processes is None:
+            raise RuntimeError("a compute-profile pool runs sync handlers in its process pool")
+        # Only plain data crosses: the job's record (never its connection or logger).
+        await processes.run(run_in_process, func, job.record, limiter=limiter)
     else:
         # A thread cannot be killed: on timeout we stop waiting and it runs on unobserved.
         await trio.to_thread.run_sync(func, job, abandon_on_cancel=True, limiter=limiter)
@@ -71,15 +88,16 @@ async def run_job(
     timeout: float | None,
     profile: Literal["io", "compute"] = "io",
     limiter: trio.CapacityLimiter | None = None,
+    processes: ProcessPool | None = None,
     rng: random.Random | None = None,
 ) -> Outcome:
     """Run the handler (under ``timeout`` seconds if given) and return the outcome."""
     try:
         if timeout is None:
-            await _call(spec, job, profile, limiter)
+            await _call(spec, job, profile, limiter, processes)
         else:
             with trio.move_on_after(timeout) as scope:
-                await _call(spec, job, profile, limiter)
+                await _call(spec, job, profile, limiter, processes)
             if scope.cancelled_caught:
                 return timeout_outcome(job, budget, policy, timeout, rng)
     except (Exception, SystemExit) as exc:  # user code: anything it raises is a verdict
@@ -101,8 +119,10 @@ def timeout_outcome(
     rng: random.Random | None = None,
 ) -> ReleaseJob | BuryJob:
     """The handler overran its deadline: a failed attempt."""
-    reason = f"timed out after {timeout:g} s" if timeout is not None else "timed out"
-    return failure_outcome(budget, policy, priority=job.priority, reason=reason, rng=rng)
+    detail = f"timed out after {timeout:g} s" if timeout is not None else "timed out"
+    return failure_outcome(
+        budget, policy, priority=job.priority, cause=Cause.TIMEOUT, detail=detail, rng=rng
+    )
 
 
 def _must_propagate(exc: BaseException) -> bool:
@@ -115,11 +135,23 @@ def _outcome_for(
 ) -> ReleaseJob | BuryJob:
     bury = _find(exc, Bury)
     if isinstance(bury, Bury):
-        return BuryJob(job.priority, _short(f"handler buried it: {bury.reason}"))
+        return BuryJob(job.priority, Cause.HANDLER_BURY, _short(bury.reason))
     retry = _find(exc, Retry)
     if isinstance(retry, Retry):
-        reason = _short(f"handler asked to retry: {retry.reason or 'no reason given'}")
         return failure_outcome(
-            budget, policy, priority=job.priority, reason=reason, delay=retry.delay, rng=rng
+            budget,
+            policy,
+            priority=job.priority,
+            cause=Cause.HANDLER_RETRY,
+            detail=_short(retry.reason or "no reason given"),
+            delay=retry.delay,
+            rng=rng,
         )
-    return failure_outcome(budget, policy, priority=job.priority, reason=_describe(exc), rng=rng)
+    return failure_outcome(
+        budget,
+        policy,
+        priority=job.priority,
+        cause=Cause.HANDLER_ERROR,
+        detail=_describe(exc),
+        rng=rng,
+    )

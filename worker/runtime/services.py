@@ -1,17 +1,26 @@
-"""Process-wide services handlers reach through their Job: follow-up puts and shared HTTP."""
+"""Process-wide things lanes share, and the services handlers reach through their Job:
+follow-up puts and shared HTTP."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
+
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect, raise_for_reply
 
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["Producer", "SharedHttp"]
+    from tubeworker.config import Config
+    from tubeworker.registry import Registry
+    from tubeworker.runtime.slots import InFlight
+    from tubeworker.runtime.state import WorkerState
+
+__all__ = ["Producer", "Services", "SharedHttp"]
 
 
 class Producer:
@@ -60,3 +69,31 @@ class SharedHttp:
         if self._client is not None:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._client.aclose()
+
+
+@dataclass
+class Services:
+    """Process-wide things lanes share."""
+
+    config: Config
+    registry: Registry
+    state: WorkerState
+    in_flight: InFlight
+    http: SharedHttp = field(default_factory=SharedHttp)
+    producers: dict[Address, Producer] = field(default_factory=dict)
+    # How lanes connect; None: TCP/unix with the config's timeouts. Tests pass a scripted
+    # server's.
+    connector: Callable[[Address | str], Awaitable[Client]] | None = None
+
+    def producer(self, address: Address) -> Producer:
+        producer = self.producers.get(address)
+        if producer is None:
+            producer = Producer(address, connect_timeout=self.config.connect_timeout)
+            self.producers[address] = producer
+        return producer
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            for producer in self.producers.values():
+                await producer.aclose()
+            await self.http.aclose()

@@ -12,16 +12,18 @@ from types import TracebackType
 from typing import Protocol
 
 import trio
-from tubeworker.observe.logs import JobCounters
 
-__all__ = ["RunningJob", "WorkerState"]
+from tubeworker.observe.counters import JobCounters
+from tubeworker.runtime.outcome import Cause
+
+__all__ = ["BusyLane", "WorkerState"]
 
 
-class RunningJob(Protocol):
-    """What the state knows of a job whose handler is running (a lane, in practice)."""
+class BusyLane(Protocol):
+    """What the state knows of a lane whose handlers are running."""
 
-    def return_job(self, reason: str, *, lost: bool = False) -> None:
-        """Cancel the handler; the job goes back to beanstalkd with no outcome.
+    def return_job(self, cause: Cause, detail: str, *, lost: bool = False) -> None:
+        """Cancel its handlers; their jobs go back to beanstalkd with no outcome.
 
         ``lost``: the connection is gone, so no outcome can be sent even if one is ready.
         """
@@ -60,7 +62,7 @@ class WorkerState:
         self._jobs_finished = 0
         self._fetch_scopes: set[trio.CancelScope] = set()
         #: Lanes with handlers running now: the drain deadline returns their jobs.
-        self.running: set[RunningJob] = set()
+        self.busy_lanes: set[BusyLane] = set()
         self._changed = trio.Event()  # replaced on every change; lanes wait on it
         self.drain_started = trio.Event()
 
@@ -101,8 +103,10 @@ class WorkerState:
 
     def return_running_jobs(self) -> None:
         """Cancel every running handler; lanes close their connections (jobs go back)."""
-        for job in list(self.running):
-            job.return_job("drain deadline passed: handler cancelled, job returned")
+        for lane in list(self.busy_lanes):
+            lane.return_job(
+                Cause.DRAIN_DEADLINE, "drain deadline passed: handler cancelled, job returned"
+            )
 
     def set_quiet(self, quiet: bool) -> None:
         if quiet == self.quiet:
@@ -114,7 +118,8 @@ class WorkerState:
 
     @property
     def running_jobs(self) -> int:
-        return len(self.running)
+        """Handlers running now (jobs, not connections)."""
+        return self.counters.in_flight
 
     def job_finished(self) -> None:
         """A job's outcome is decided: count it toward ``max_jobs`` (before it is sent, so

@@ -15,11 +15,14 @@ from collections.abc import AsyncIterator, Sequence
 
 import structlog
 import trio
+
 from tubeworker.config import Config
 from tubeworker.observe.logs import line_buffer
 from tubeworker.registry import Registry
-from tubeworker.runtime.lane import Lane, Pool, Services, run_pool
-from tubeworker.runtime.services import SharedHttp
+from tubeworker.runtime.lane import Lane
+from tubeworker.runtime.serve import run_pool
+from tubeworker.runtime.services import Services
+from tubeworker.runtime.slots import InFlight
 from tubeworker.runtime.state import WorkerState
 from tubeworker.service.notify import Notifier
 from tubeworker.service.stall import run_stall_detector
@@ -51,7 +54,7 @@ async def _handle_signals(signals: AsyncIterator[int], state: WorkerState) -> No
             log.warning("second signal: returning running jobs now", signal=name)
             state.return_running_jobs()
         else:
-            log.info("draining", signal=name, running=state.running_jobs)
+            log.info("draining", signal=name, jobs_running=state.running_jobs)
             state.begin_drain(name)
 
 
@@ -63,7 +66,7 @@ async def _drain_deadline(state: WorkerState, config: Config, notifier: Notifier
         log.warning(
             "drain deadline passed: returning running jobs",
             drain_timeout=config.drain_timeout,
-            running=state.running_jobs,
+            jobs_running=state.running_jobs,
         )
     state.return_running_jobs()
 
@@ -91,7 +94,7 @@ async def _announce_ready(
     with trio.move_on_after(_READY_WAIT):
         for lane in lanes:
             await lane.connected_once.wait()
-    pools = ", ".join(f"{p.name} ({p.concurrency} lanes)" for p in config.pools)
+    pools = ", ".join(f"{p.name} ({p.concurrency} jobs at once)" for p in config.pools)
     notifier.ready(f"running pools {pools}")
     log.info(
         "ready",
@@ -140,9 +143,7 @@ async def _run_daemon(
         config=config,
         registry=registry,
         state=state,
-        producers={},
-        http=SharedHttp(),
-        in_flight=trio.CapacityLimiter(config.max_in_flight) if config.max_in_flight else None,
+        in_flight=InFlight(config.max_in_flight or None),
     )
     try:
         async with trio.open_nursery() as helpers:
@@ -158,16 +159,13 @@ async def _run_daemon(
             async with trio.open_nursery() as pools:
                 lanes: list[Lane] = []
                 for pool_config in config.pools:
-                    lanes += await pools.start(run_pool, Pool(pool_config, services))
+                    lanes += await pools.start(run_pool, pool_config, services)
                 helpers.start_soon(_announce_ready, lanes, state, notifier, config)
                 task_status.started(state)
             # every lane has returned: the drain is complete
             helpers.cancel_scope.cancel()
     finally:
-        with trio.CancelScope(shield=True):
-            for producer in services.producers.values():
-                await producer.aclose()
-            await services.http.aclose()
+        await services.aclose()
     log.info(
         "stopped",
         reason=state.drain_reason,

@@ -1,0 +1,66 @@
+"""``tubeworker check``: validate a config and show what would run, with the values that
+apply (a handler's own options over its pool's)."""
+
+from __future__ import annotations
+
+import argparse
+
+from tubeworker.cli.startup import EX_CONFIG, EX_OK, ConfigExit, load_or_exit
+from tubeworker.config import Config, PoolConfig
+from tubeworker.registry import Registry
+from tubeworker.runtime.dispatch import effective_policy
+from tubeworker.runtime.policy import RetryPolicy
+from tubeworker.runtime.pool import lane_sizes
+
+__all__ = ["check"]
+
+
+def check(args: argparse.Namespace) -> int:
+    try:
+        config, registry = load_or_exit(args)
+    except ConfigExit:
+        return EX_CONFIG
+    print(f"config: {config.source}")
+    print(f"servers: {', '.join(str(s) for s in config.servers)}")
+    print(
+        f"drain_timeout: {config.drain_timeout:g} s; "
+        f"max_in_flight: {config.max_in_flight or config.total_concurrency}; "
+        f"reply_timeout: {config.reply_timeout:g} s; keepalive: {config.keepalive:g} s"
+    )
+    for pool in config.pools:
+        _show_pool(pool, config, registry)
+    for broken in registry.broken.values():
+        print(f"warning: handler {broken.name!r} failed to load: {broken.error}")
+    print("ok")
+    return EX_OK
+
+
+def _show_pool(pool: PoolConfig, config: Config, registry: Registry) -> None:
+    print(f"pool {pool.name}:")
+    patterns = "  (patterns: polled)" if pool.has_globs else ""
+    print(f"  tubes: {', '.join(pool.tubes)}{patterns}")
+    servers = len(pool.servers or config.servers)
+    connections = len(lane_sizes(pool.concurrency, pool.jobs_per_connection, servers))
+    print(
+        f"  concurrency: {pool.concurrency} jobs at once ({pool.profile} profile) on "
+        f"{connections} connection(s) of up to {pool.jobs_per_connection} jobs"
+    )
+    r = pool.retry
+    policy = RetryPolicy(r.max_attempts, r.backoff_base, r.backoff_cap, r.redelivery_limit)
+    spec = registry.get(pool.handler) if pool.handler else None
+    if pool.handler:
+        print(f"  handler: {pool.handler} (bound: raw bodies)")
+        if spec is not None:
+            policy = effective_policy(spec, policy)
+    else:
+        print(f"  handler: by JSON envelope task; known: {', '.join(sorted(registry.handlers))}")
+    limit = f"TTR - {config.ttr_margin:g} s"
+    timeout = (spec.timeout if spec else None) or pool.timeout
+    shown = f"{timeout:g} s, capped at {limit}" if timeout else limit
+    print(f"  handler timeout: {shown} (long-running handlers are touched instead)")
+    source = " (the handler's own)" if spec and spec.max_attempts else ""
+    print(
+        f"  retries: max_attempts {policy.max_attempts}{source}, backoff "
+        f"{policy.backoff_base:g} s doubling to {policy.backoff_cap:g} s with full jitter, "
+        f"redelivery_limit {policy.redelivery_limit}"
+    )

@@ -1,0 +1,116 @@
+"""Dispatch, pure: a reserved job and its ``stats-job`` → a plan to run it, or a burial.
+
+No Trio and no I/O here: the lane calls :func:`plan_job` and then starts the plan's handler
+or queues the burial. Everything a burial says to the operator is decided here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from tubeworker.beanstalk.protocol import JobStats
+from tubeworker.envelope import BadEnvelope, MissingTask, decode_envelope
+from tubeworker.job import HandlerSpec, Job
+from tubeworker.runtime.outcome import BuryJob, Cause
+from tubeworker.runtime.policy import Budget, RetryPolicy, job_budget
+
+__all__ = ["DispatchRules", "Plan", "plan_job"]
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchRules:
+    """What a pool decides jobs by."""
+
+    policy: RetryPolicy
+    lookup: Callable[[str], HandlerSpec | None]  # the registry: task name → handler
+    bound: HandlerSpec | None = None  # every job goes to this handler, body as it is
+    bound_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A job ready to run: its handler and the retry policy that applies to it."""
+
+    job: Job
+    spec: HandlerSpec
+    handler: str
+    policy: RetryPolicy
+    budget: Budget
+
+
+def plan_job(
+    job_id: int,
+    body: bytes,
+    stats: JobStats,
+    rules: DispatchRules,
+    *,
+    log: structlog.typing.FilteringBoundLogger | None = None,
+) -> Plan | BuryJob:
+    """What to run, or a burial without running (bad body, poison, out of attempts)."""
+    task: str | None = None
+    payload: Any = None
+    if rules.bound is not None:
+        spec, handler = rules.bound, rules.bound_name or "?"
+    else:
+        try:
+            task, payload = decode_envelope(body)
+        except MissingTask as exc:
+            return BuryJob(
+                stats.pri,
+                Cause.NO_TASK,
+                f"{exc}: this pool dispatches JSON envelopes by their task; to run raw bodies, "
+                'bind the pool to a handler (handler = "NAME" in its [[pool]], or --handler)',
+            )
+        except BadEnvelope as exc:
+            return BuryJob(stats.pri, Cause.BAD_BODY, str(exc))
+        found = rules.lookup(task)
+        if found is None:
+            return BuryJob(
+                stats.pri, Cause.UNKNOWN_TASK, f"no handler registered for task {task!r}"
+            )
+        spec, handler = found, task
+    # The handler's own options (@handler(max_attempts=...)) before any budget is judged.
+    policy = effective_policy(spec, rules.policy)
+    budget = job_budget(stats, policy)
+    if budget.poison:
+        return BuryJob(
+            stats.pri,
+            Cause.POISON,
+            f"delivered {budget.redeliveries + 1} times without an outcome "
+            f"(limit {budget.max_redeliveries}): did it crash or hang the worker?",
+        )
+    if budget.attempts_exhausted:
+        return BuryJob(
+            stats.pri,
+            Cause.ATTEMPTS_EXHAUSTED,
+            f"attempt {budget.attempt} exceeds max_attempts {budget.max_attempts}",
+        )
+    job = Job(
+        id=job_id,
+        tube=stats.tube,
+        body=body,
+        priority=stats.pri,
+        ttr=stats.ttr,
+        attempt=budget.attempt,
+        max_attempts=budget.max_attempts,
+        task=task,
+        payload=payload,
+        log=log,  # bound to the job on first use
+    )
+    return Plan(job, spec, handler, policy, budget)
+
+
+def effective_policy(spec: HandlerSpec, policy: RetryPolicy) -> RetryPolicy:
+    """The pool's retry policy with the handler's own options (``@handler``) applied."""
+    if spec.max_attempts is None and spec.backoff_base is None:
+        return policy
+    return RetryPolicy(
+        spec.max_attempts or policy.max_attempts,
+        spec.backoff_base if spec.backoff_base is not None else policy.backoff_base,
+        spec.backoff_cap if spec.backoff_cap is not None else policy.backoff_cap,
+        policy.redelivery_limit,
+    )

@@ -1,0 +1,111 @@
+"""A pool: tubes (names and glob patterns), concurrency, profile and retry policy, shared by
+its lanes; tube discovery for patterns; how its concurrency is split into lanes."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+
+import structlog
+import trio
+
+from tubeworker.beanstalk.client import Address, connect
+from tubeworker.config import PoolConfig
+from tubeworker.errors import ConnectionLostError, ProtocolError
+from tubeworker.runtime.dispatch import DispatchRules
+from tubeworker.runtime.policy import RetryPolicy
+from tubeworker.runtime.runner import ProcessPool
+from tubeworker.runtime.services import Services
+
+__all__ = ["Pool", "lane_sizes"]
+
+log = structlog.get_logger("tubeworker")
+
+
+def lane_sizes(concurrency: int, jobs_per_connection: int, servers: int) -> list[int]:
+    """Jobs per lane: ``concurrency`` split as evenly as possible over
+    ceil(concurrency / jobs_per_connection) lanes, and at least one lane per server."""
+    count = max(math.ceil(concurrency / jobs_per_connection), min(concurrency, servers))
+    return [concurrency // count + (1 if i < concurrency % count else 0) for i in range(count)]
+
+
+def is_glob(tube: str) -> bool:
+    return any(c in tube for c in "*?[]")
+
+
+class Pool:
+    """Tubes, concurrency and policy shared by its lanes."""
+
+    def __init__(
+        self, config: PoolConfig, services: Services, processes: ProcessPool | None = None
+    ) -> None:
+        self.config = config
+        self.services = services
+        self.servers = config.servers or services.config.servers
+        policy = RetryPolicy(
+            config.retry.max_attempts,
+            config.retry.backoff_base,
+            config.retry.backoff_cap,
+            config.retry.redelivery_limit,
+        )
+        self.rules = DispatchRules(
+            policy=policy,
+            lookup=services.registry.get,
+            bound=services.registry.get(config.handler) if config.handler else None,
+            bound_name=config.handler,
+        )
+        self.patterns = tuple(t for t in config.tubes if is_glob(t))
+        self.tubes: frozenset[str] = frozenset(t for t in config.tubes if not is_glob(t))
+        self.tubes_version = 0
+        self._tubes_changed = trio.Event()
+        # Threads (io) or processes (compute) for sync handlers: at most one per job slot.
+        self.limiter = trio.CapacityLimiter(config.concurrency)
+        self.processes = processes
+        self.log = log.bind(pool=config.name)
+
+    def lane_sizes(self) -> list[int]:
+        return lane_sizes(
+            self.config.concurrency, self.config.jobs_per_connection, len(self.servers)
+        )
+
+    def set_tubes(self, tubes: frozenset[str]) -> None:
+        if tubes != self.tubes:
+            self.tubes = tubes
+            self.tubes_version += 1
+            self._tubes_changed.set()
+            self._tubes_changed = trio.Event()
+
+    async def wait_for_tubes(self) -> frozenset[str]:
+        while not self.tubes:
+            await self._tubes_changed.wait()
+        return self.tubes
+
+    async def discover_tubes(self) -> None:
+        """Poll ``list-tubes`` on every server for tubes matching the pool's patterns."""
+        literal = frozenset(t for t in self.config.tubes if not is_glob(t))
+        config = self.services.config
+        found: dict[Address, frozenset[str]] = {}
+        while True:
+            for address in self.servers:
+                try:
+                    with trio.fail_after(config.connect_timeout * 2):
+                        client = await connect(
+                            address,
+                            connect_timeout=config.connect_timeout,
+                            reply_timeout=config.reply_timeout,
+                        )
+                        try:
+                            names = await client.list_tubes()
+                        finally:
+                            await client.aclose()
+                except (ConnectionLostError, ProtocolError, trio.TooSlowError) as exc:
+                    self.log.debug("tube discovery failed", server=str(address), error=str(exc))
+                    continue
+                found[address] = frozenset(
+                    n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in self.patterns)
+                )
+            tubes = literal.union(*found.values())
+            if tubes != self.tubes:
+                self.log.info("tubes changed", tubes=sorted(tubes))
+            self.set_tubes(tubes)
+            await trio.sleep(config.tube_poll_interval)

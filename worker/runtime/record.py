@@ -1,0 +1,107 @@
+"""The one place an outcome is recorded: its log line and its counters.
+
+A lane records an outcome once it is known for sure: when beanstalkd confirmed the
+command, or when the job went back to beanstalkd with the connection. So the line says
+what really happened, never what we only meant to do.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import structlog
+
+from tubeworker.beanstalk import protocol as p
+from tubeworker.observe.counters import JobCounters
+from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob, ReturnJob
+from tubeworker.runtime.policy import attempt_number
+
+__all__ = ["Finished", "OutcomeLog", "command_for", "unapplied"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A job's outcome, with what its log line needs."""
+
+    outcome: Outcome
+    job_id: int
+    stats: p.JobStats
+    handler: str | None
+    started: float  # time.monotonic() when the job was reserved
+
+
+class OutcomeLog:
+    """Counts outcomes and writes one line per job (``job_lines``)."""
+
+    __slots__ = ("counters", "job_lines", "log")
+
+    def __init__(
+        self, counters: JobCounters, log: structlog.typing.FilteringBoundLogger, job_lines: bool
+    ) -> None:
+        self.counters = counters
+        self.log = log
+        self.job_lines = job_lines
+
+    def record(self, finished: Finished) -> None:
+        outcome = finished.outcome
+        counters = self.counters
+        name: str
+        if isinstance(outcome, DeleteJob):
+            counters.deleted += 1
+            name = "deleted"
+        elif isinstance(outcome, ReleaseJob):
+            counters.released += 1
+            name = "released"
+        elif isinstance(outcome, BuryJob):
+            counters.buried += 1
+            name = "buried"
+        else:
+            counters.returned += 1
+            name = "returned"
+        if not self.job_lines:
+            return
+        stats = finished.stats
+        fields: dict[str, object] = {
+            "job_id": finished.job_id,
+            "tube": stats.tube,
+            "handler": finished.handler,
+            "attempt": attempt_number(stats),
+            "duration": round(time.monotonic() - finished.started, 4),
+            "outcome": name,
+        }
+        if isinstance(outcome, DeleteJob):
+            self.log.info("job done", **fields)
+            return
+        if isinstance(outcome, ReleaseJob):
+            fields["delay"] = outcome.delay
+        fields["cause"] = outcome.cause.value
+        fields["reason"] = outcome.detail
+        self.log.warning("job " + name, **fields)
+
+
+def unapplied(finished: Finished, reply: p.Reply) -> Finished:
+    """What became of a job whose outcome beanstalkd did not apply as asked."""
+    if isinstance(reply, p.Buried):  # a release the server could only do as a bury (OOM)
+        outcome: Outcome = BuryJob(
+            finished.stats.pri,
+            Cause.SERVER_BURIED,
+            "beanstalkd buried it instead of releasing it (out of memory)",
+        )
+    elif isinstance(reply, p.NotFound):
+        outcome = ReturnJob(
+            Cause.NOT_OURS, "beanstalkd answered NOT_FOUND: the job is no longer reserved by us"
+        )
+    else:
+        outcome = ReturnJob(
+            Cause.SERVER_REFUSED, f"not applied: beanstalkd answered {type(reply).__name__}"
+        )
+    return replace(finished, outcome=outcome)
+
+
+def command_for(outcome: DeleteJob | ReleaseJob | BuryJob, job_id: int) -> p.Command:
+    if isinstance(outcome, DeleteJob):
+        return p.Delete(job_id)
+    if isinstance(outcome, ReleaseJob):
+        return p.Release(job_id, outcome.priority, outcome.delay)
+    return p.Bury(job_id, outcome.priority)

@@ -11,6 +11,7 @@ import random
 from typing import Any
 
 import trio
+
 from tubeworker import Bury, Job, handler
 
 

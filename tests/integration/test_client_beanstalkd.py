@@ -5,12 +5,12 @@ from __future__ import annotations
 import greenstalk
 import pytest
 import trio
-from tubeworker.beanstalk import protocol as p
-from tubeworker.beanstalk.client import Client, connect, open_client
-from tubeworker.errors import ConnectionLostError, LocalProtocolError
 
 from tests.support.beanstalkd import BeanstalkdProcess
 from tests.support.waiting import wait_until
+from tubeworker.beanstalk import protocol as p
+from tubeworker.beanstalk.client import Client, connect, open_client
+from tubeworker.errors import ConnectionLostError, LocalProtocolError
 
 
 async def job_state(server: BeanstalkdProcess, job_id: int) -> str:

@@ -1,6 +1,6 @@
 """A thin Trio client over the sans-I/O protocol, on any ``trio.abc.Stream``.
 
-Rules it keeps (BEANSTALKD.md §2, §10.5):
+Rules it keeps (docs/beanstalkd.md#pipelining and #trio-cancellation; bug codes as there):
 
 - One task at a time owns the request/response sequence; a second one gets
   ``trio.BusyResourceError``.

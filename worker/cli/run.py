@@ -14,7 +14,7 @@ __all__ = ["run"]
 
 async def run(args: argparse.Namespace) -> int:
     # First thing: without a handler SIGTERM kills us with no cleanup, and as PID 1 it is
-    # ignored (docs/beanstalkd.md#signals).
+    # ignored (docs/beanstalkd.md#trio-signals).
     with trio.open_signal_receiver(*SIGNALS) as signals:
         try:
             config, registry = load_or_exit(args)

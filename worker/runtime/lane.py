@@ -1,8 +1,9 @@
 """A lane: one beanstalkd connection and the jobs reserved on it.
 
-A reserved job belongs to the connection that reserved it (docs/beanstalkd.md#ownership),
-so a lane never sends anything about a job on any other connection. One pump task owns the
-connection's I/O (docs/beanstalkd.md#one-task-per-connection): in one write it sends the
+A reserved job belongs to the connection that reserved it
+(docs/beanstalkd.md#ownership-by-connection), so a lane never sends anything about a job on
+any other connection. One pump task owns the
+connection's I/O (docs/beanstalkd.md#trio-cancellation, rule 1): in one write it sends the
 outcomes handlers produced since the last write, due touches and one
 ``reserve-with-timeout 0`` per free slot; then ``stats-job`` for every new job in one more
 write. The pump blocks in ``reserve`` only while the lane holds no job (a blocked reserve
@@ -319,7 +320,7 @@ class Lane:
         """A lane holding jobs sends nothing for long stretches: ask the server something
         cheap after ``reserve_timeout`` of silence, so a dead connection is found (the
         reply is bounded by ``reply_timeout``) and beanstalkd re-arms its TTR timers
-        (docs/beanstalkd.md#b1-ttr-expiry-lost)."""
+        (docs/beanstalkd.md#b1)."""
         silent = trio.current_time() - self._last_io
         return len(self.runs) > 0 and silent >= self.config.reserve_timeout
 
@@ -364,7 +365,7 @@ class Lane:
             self.log.error("beanstalkd buried the job instead of releasing it", job_id=job_id)
         else:
             # OUT_OF_MEMORY / INTERNAL_ERROR on release/bury: the job may be orphaned on
-            # the server until it restarts (docs/beanstalkd.md#b3-orphaned-job). Never
+            # the server until it restarts (docs/beanstalkd.md#b3). Never
             # retry on that id.
             self.log.error(
                 "outcome refused by beanstalkd",

@@ -1,6 +1,6 @@
 """Retry policy, pure: attempt counting from beanstalkd's counters, and backoff.
 
-Counting (BEANSTALKD.md §0.6, §10):
+Counting (docs/beanstalkd.md#counting-attempts-from-the-counters; bug codes as there):
 
 - attempt = releases + timeouts + buries + 1: every run that ended in a failure release, a
   TTR expiry or a burial. Our failure releases always have a delay >= 1 s, so they are

@@ -39,3 +39,13 @@ def write_pid(job: Job) -> None:
     """Sync: appends "<pid> <n>" to payload["path"], to show which process ran it."""
     with open(job.payload["path"], "a") as f:
         f.write(f"{os.getpid()} {job.payload['n']}\n")
+
+
+def crunch(job: Job) -> None:
+    """Sync and CPU-bound, for compute pools: logs start/end with the job id, and the pid."""
+    _log("start", job)
+    total = 0
+    for i in range(200_000):
+        total += i * i
+    job.log.info("crunched", total=total, pid=os.getpid())
+    _log("end", job)

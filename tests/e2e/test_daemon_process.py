@@ -283,3 +283,47 @@ def test_sd_notify_ready_status_and_stopping(
         stopping = sock.recv(4096).decode()
         assert "STOPPING=1" in stopping
         assert daemon.wait(timeout=15) == 0
+
+
+def test_given_jobs_on_one_connection_when_draining_then_the_log_and_status_count_jobs(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    import socket
+
+    put_jobs(beanstalkd, "sleepy", [{"n": n, "seconds": 2} for n in range(5)])
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(20)
+        # 5 jobs at once on one connection (jobs_per_connection is 50).
+        config = write_config(tmp_path / "w.toml", beanstalkd, concurrency=5)
+        daemon = DaemonProcess(config, tmp_path, env={"NOTIFY_SOCKET": str(path)})
+        daemons.append(daemon.start())
+        assert "READY=1" in sock.recv(4096).decode()
+        wait_until_sync(lambda: len(daemon.runs("start")) == 5, what="5 running jobs")
+        daemon.signal(signal.SIGTERM)
+        stopping = sock.recv(4096).decode()
+        assert "5 jobs running" in stopping
+        assert daemon.wait(timeout=15) == 0
+    (draining,) = [e for e in daemon.events() if e.get("event") == "draining"]
+    assert draining["jobs_running"] == 5
+
+
+def test_given_the_process_stopped_and_continued_then_no_handler_is_blamed(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    config = write_config(tmp_path / "w.toml", beanstalkd, concurrency=2)
+    daemon = start(daemons, config, tmp_path)
+    daemon.wait_ready()
+    daemon.signal(signal.SIGSTOP)
+    time.sleep(2.5)  # the point of the test: time passes while the process is stopped
+    daemon.signal(signal.SIGCONT)
+    wait_until_sync(
+        lambda: any(
+            e.get("event", "").startswith("process was suspended") for e in daemon.events()
+        ),
+        what="the suspension warning",
+    )
+    (suspended,) = [e for e in daemon.events() if e["event"].startswith("process was suspended")]
+    assert suspended["suspended_for"] >= 2
+    assert not [e for e in daemon.events() if e["event"].startswith("event loop blocked")]

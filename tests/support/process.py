@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,7 +35,9 @@ class DaemonProcess:
             self.env.pop("NOTIFY_SOCKET", None)  # never talk to a systemd running the tests
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *args: str) -> DaemonProcess:
+    def start(self, *args: str, new_session: bool = False) -> DaemonProcess:
+        """``new_session``: its own process group, as under systemd or supervisor, so a
+        test can signal the whole group (``signal_group``)."""
         with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tubeworker", "run", "-c", str(self.config), *args],
@@ -43,8 +46,12 @@ class DaemonProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
+                start_new_session=new_session,
             )
         return self
+
+    def signal_group(self, signum: int) -> None:
+        os.killpg(self.pid, signum)
 
     @property
     def pid(self) -> int:
@@ -78,15 +85,36 @@ class DaemonProcess:
         return self.proc.wait(timeout=timeout)
 
     def stop(self) -> None:
-        """Teardown: make sure it is gone (SIGKILL if it does not drain in 10 s)."""
-        if self.proc is None or self.proc.poll() is not None:
+        """Teardown: make sure it is gone (SIGKILL if it does not drain in 10 s), and with
+        it every process it started (compute workers)."""
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+        children = self.children  # before it exits: then they are re-parented
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a test may have stopped it
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+
+    @property
+    def children(self) -> list[int]:
+        """PIDs whose parent is the daemon (read from /proc; empty once it has exited and
+        they were reaped or re-parented)."""
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if self.proc is not None and int(fields[1]) == self.proc.pid:
+                found.append(int(stat.parent.name))
+        return found
 
     def runs(self, event: str) -> Counter[int]:
         if not self.runlog.exists():

@@ -4,6 +4,10 @@ A blocked loop stops every lane: no reserves, no touches, no deadlines, no signa
 watcher thread checks a heartbeat the loop updates; when it is older than the threshold,
 the thread reads the main thread's stack and reports the handler on it. Nothing is added
 to the per-job path.
+
+A stopped process (SIGSTOP, a paused VM or container, a laptop asleep) also leaves the
+heartbeat old, but then the watcher was stopped too: its own wait overslept by about as
+long. That is reported as a suspension, not blamed on a handler.
 """
 
 from __future__ import annotations
@@ -55,12 +59,28 @@ async def run_stall_detector(
     beat = [time.monotonic()]
     stop = threading.Event()
 
+    tick = threshold / 4
+
     def watch() -> None:
         reported_for = 0.0
-        while not stop.wait(threshold / 4):
+        woke = time.monotonic()
+        while not stop.wait(tick):
+            now = time.monotonic()
+            overslept = now - woke - tick
+            woke = now
             last = beat[0]
-            stalled = time.monotonic() - last
-            if stalled > threshold and reported_for != last:
+            stalled = now - last
+            if overslept > threshold / 2 and reported_for != last:
+                # The watcher itself did not run: the whole process was stopped (or, what
+                # it cannot tell apart, a C extension held the GIL all along).
+                reported_for = last
+                log.warning(
+                    "process was suspended: the stall watcher stopped too",
+                    suspended_for=round(overslept, 2),
+                    hint="SIGSTOP, a paused VM or container, or a C extension holding "
+                    "the GIL; no async handler is to blame",
+                )
+            elif stalled > threshold and reported_for != last:
                 reported_for = last
                 handler, where = _blocking_site(loop_thread, codes)
                 log.warning(
@@ -77,6 +97,6 @@ async def run_stall_detector(
     try:
         while True:
             beat[0] = time.monotonic()
-            await trio.sleep(threshold / 4)
+            await trio.sleep(tick)
     finally:
         stop.set()

@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit demo bench beanstalkd clean
+.PHONY: test lint typecheck unit reliability demo bench beanstalkd clean
 
 test: $(STAMP) beanstalkd lint typecheck
 	$(BIN)/pytest
@@ -26,6 +26,10 @@ typecheck: $(STAMP)
 # Fast: no server needed.
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
+
+# The reliability suite's long run (a short run is part of `make test`).
+reliability: $(STAMP) beanstalkd
+	TUBEWORKER_RELIABILITY=long $(BIN)/pytest tests/reliability -p no:cacheprovider
 
 demo: $(STAMP) beanstalkd
 	$(BIN)/tubeworker demo

@@ -310,3 +310,24 @@ def test_given_kicked_job_when_failed_past_old_limit_then_released_not_buried() 
         budget, policy, priority=1, cause=Cause.HANDLER_ERROR, detail="r", rng=random.Random(0)
     )
     assert isinstance(outcome, ReleaseJob)
+
+
+def test_given_excused_deliveries_then_they_do_not_count_toward_poison() -> None:
+    from tubeworker.beanstalk.protocol import JobStats
+    from tubeworker.runtime.excuses import Excuses
+    from tubeworker.runtime.policy import job_budget
+
+    # Delivered 4 times, never an outcome: poison with a limit of 3 ...
+    stats = JobStats(1, "t", "reserved", 0, 0, 0, 60, 59, 0, 4, 0, 0, 0, 0)
+    assert job_budget(stats, RetryPolicy(redelivery_limit=3)).poison
+    # ... unless this process saw two of those end with its own lost connection.
+    assert not job_budget(stats, RetryPolicy(redelivery_limit=3), excused=2).poison
+    excuses = Excuses(limit=2)
+    excuses.add("s", 1)
+    excuses.add("s", 1)
+    excuses.add("s", 2)
+    excuses.add("s", 3)  # over the limit: the oldest (job 1) is forgotten
+    assert (excuses.of("s", 1), excuses.of("s", 2), excuses.of("s", 3)) == (0, 1, 1)
+    excuses.forget("s", 2)
+    assert excuses.of("s", 2) == 0
+    assert excuses.of("other-server", 3) == 0

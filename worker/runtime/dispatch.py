@@ -49,6 +49,7 @@ def plan_job(
     rules: DispatchRules,
     *,
     log: structlog.typing.FilteringBoundLogger | None = None,
+    excused: int = 0,
 ) -> Plan | BuryJob:
     """What to run, or a burial without running (bad body, poison, out of attempts)."""
     task: str | None = None
@@ -75,7 +76,7 @@ def plan_job(
         spec, handler = found, task
     # The handler's own options (@handler(max_attempts=...)) before any budget is judged.
     policy = effective_policy(spec, rules.policy)
-    budget = job_budget(stats, policy)
+    budget = job_budget(stats, policy, excused=excused)
     if budget.poison:
         return BuryJob(
             stats.pri,

@@ -118,6 +118,7 @@ class Lane:
         self._last_io = 0.0  # trio time of the last exchange: heartbeats after silence
         self._body_estimate = 0.0  # bytes per job body, from the jobs seen so far
         self._batch_cap = slots  # shrinks while connections keep failing, grows back
+        self._server_id = str(address)  # the server's instance id once connected
 
     # ---- for the state (drain deadline) and for handlers
 
@@ -199,6 +200,7 @@ class Lane:
                 detail = f"connection lost before beanstalkd confirmed the {verb}"
                 outcome = ReturnJob(Cause.UNCONFIRMED, detail)
                 self.outcomes.record(replace(entry.finishes, outcome=outcome))
+                self.services.excuses.add(self._server_id, entry.finishes.job_id)
         # Nothing of a closed connection is ever sent on another one.
         self._on_wire.clear()
         self._outbox.clear()
@@ -237,6 +239,8 @@ class Lane:
             self._watched = frozenset({"default"})
             self._watched_version = -1
             self._last_io = trio.current_time()
+            if client.server is not None and client.server.id:
+                self._server_id = client.server.id
             self.connected_once.set()
         return client
 
@@ -342,18 +346,24 @@ class Lane:
             return None
         if entry.finishes is not None:
             finished, entry.finishes = entry.finishes, None
-            if _applied(command, reply):
-                self._confirmed += 1
-                self.outcomes.record(finished)
-            else:
-                self._refused(command, reply)
-                self.outcomes.record(unapplied(finished, reply))
+            self._confirm(command, reply, finished)
             return None
         if isinstance(command, p.Watch | p.Ignore) and not isinstance(reply, p.Watching):
             raise ConnectionLostError(f"{command!r} answered {reply!r}")
         if isinstance(command, p.ListTubeUsed) and not isinstance(reply, p.Using):
             raise ConnectionLostError(f"heartbeat answered {reply!r}")
         return None
+
+    def _confirm(self, command: p.Command, reply: p.Reply, finished: Finished) -> None:
+        """beanstalkd answered an outcome: record what really happened to the job."""
+        if not _applied(command, reply):
+            self._refused(command, reply)
+            self.outcomes.record(unapplied(finished, reply))
+            return
+        self._confirmed += 1
+        self.outcomes.record(finished)
+        if self.services.excuses and not isinstance(command, p.Release):
+            self.services.excuses.forget(self._server_id, finished.job_id)
 
     def _refused(self, command: p.Command, reply: p.Reply) -> None:
         job_id = getattr(command, "id", None)
@@ -465,7 +475,8 @@ class Lane:
         if not isinstance(stats, p.JobStats):
             slot.release()
             raise ConnectionLostError(f"stats-job {job.id} answered {stats!r}")
-        plan = plan_job(job.id, job.body, stats, self.pool.rules, log=self.log)
+        excused = self.services.excuses.of(self._server_id, job.id)
+        plan = plan_job(job.id, job.body, stats, self.pool.rules, log=self.log, excused=excused)
         if isinstance(plan, BuryJob):
             slot.release()
             self._send(Finished(plan, job.id, stats, self.pool.config.handler, now))
@@ -482,6 +493,8 @@ class Lane:
         self.state.job_finished()
         if isinstance(outcome, ReturnJob):
             self.outcomes.record(finished)
+            if outcome.cause is Cause.CONNECTION_LOST:  # the link's fault, not the job's
+                self.services.excuses.add(self._server_id, finished.job_id)
             self._must_close = True  # the only way to hand a job back without an outcome
             if self._wake is not None:
                 self._wake.cancel()

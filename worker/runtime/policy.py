@@ -9,6 +9,8 @@ Counting (docs/beanstalkd.md#counting-attempts-from-the-counters; bug codes as t
 - redeliveries = reserves - attempt: deliveries that ended
   with no outcome from anyone (worker crash, lost connection, drain return). Clamped at 0:
   after a restart ``reserves`` may be behind (not persisted) and ``buries`` ahead (B5).
+  Deliveries the process itself saw end by a lost connection are excused (a network blip
+  is not the job's fault); one that crashed the process cannot be, so poison still ends.
 - each kick grants a fresh budget: limits are multiplied by kicks + 1.
 """
 
@@ -60,13 +62,15 @@ def attempt_number(stats: JobStats) -> int:
     return stats.releases + stats.timeouts + stats.buries + 1
 
 
-def job_budget(stats: JobStats, policy: RetryPolicy) -> Budget:
+def job_budget(stats: JobStats, policy: RetryPolicy, *, excused: int = 0) -> Budget:
+    """``excused``: deliveries this process knows ended by its own connection loss (a
+    network fault, not the job's): they do not count toward the redelivery limit."""
     attempt = attempt_number(stats)
     grants = stats.kicks + 1
     return Budget(
         attempt=attempt,
         max_attempts=policy.max_attempts * grants,
-        redeliveries=max(0, stats.reserves - attempt),
+        redeliveries=max(0, stats.reserves - attempt - excused),
         max_redeliveries=policy.redelivery_limit * grants,
     )
 

@@ -11,6 +11,7 @@ import trio
 
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect, raise_for_reply
+from tubeworker.runtime.excuses import Excuses
 
 if TYPE_CHECKING:
     import httpx
@@ -81,6 +82,7 @@ class Services:
     in_flight: InFlight
     http: SharedHttp = field(default_factory=SharedHttp)
     producers: dict[Address, Producer] = field(default_factory=dict)
+    excuses: Excuses = field(default_factory=Excuses)
     # How lanes connect; None: TCP/unix with the config's timeouts. Tests pass a scripted
     # server's.
     connector: Callable[[Address | str], Awaitable[Client]] | None = None

@@ -5,16 +5,21 @@
     Exception
     ├── TubeworkerError
     │   ├── ConfigError                 a config file, flag or variable is wrong (exit 78)
-    │   └── ConnectionLostError         the transport failed, was closed, or a command was
-    │       │                           interrupted mid-exchange; the connection is closed and
-    │       │                           any job it had reserved is beanstalkd's again
-    │       └── ServerUnresponsiveError connect or the first reply missed its deadline
+    │   ├── ConnectionLostError         the transport failed, was closed, or a command was
+    │   │   │                           interrupted mid-exchange; the connection is closed and
+    │   │   │                           any job it had reserved is beanstalkd's again
+    │   │   └── ServerUnresponsiveError connect or the first reply missed its deadline
+    │   └── JobLostError                a handler asked for its job (``job.touch()``) after
+    │                                   it stopped being this worker's: its connection was
+    │                                   lost, or beanstalkd gave it to someone else
     └── greenstalk.Error                one family for everything beanstalkd itself says
         ├── ProtocolError               (also TubeworkerError)
         │   ├── LocalProtocolError      we were about to send something illegal; nothing was
         │   │                           sent and the connection is still usable (also ValueError)
         │   └── RemoteProtocolError     the server sent bytes we cannot parse, or a reply the
-        │                               command cannot have; the connection is poisoned
+        │       │                       command cannot have; the connection is poisoned
+        │       └── UnexpectedReplyError a well-formed reply a lane cannot go on from (an
+        │                               error to ``watch`` or ``reserve``): it reconnects
         └── greenstalk.BeanstalkdError  a well-formed error reply: NotFoundError,
                                         TimedOutError, DeadlineSoonError, BuriedError,
                                         JobTooBigError, DrainingError, OutOfMemoryError, …
@@ -31,11 +36,13 @@ import greenstalk
 __all__ = [
     "ConfigError",
     "ConnectionLostError",
+    "JobLostError",
     "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",
     "ServerUnresponsiveError",
     "TubeworkerError",
+    "UnexpectedReplyError",
 ]
 
 
@@ -75,3 +82,13 @@ class LocalProtocolError(ProtocolError, ValueError):
 
 class RemoteProtocolError(ProtocolError):
     """The server's bytes make no sense for what we sent. The connection is unusable."""
+
+
+class UnexpectedReplyError(RemoteProtocolError):
+    """A well-formed reply a lane cannot go on from (say, an error to ``watch``); the lane
+    closes the connection and reconnects."""
+
+
+class JobLostError(TubeworkerError):
+    """The job is no longer this worker's: its connection was lost, or its TTR ran out and
+    beanstalkd gave it to someone else. Nothing more can be done for it here."""

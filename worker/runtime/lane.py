@@ -2,13 +2,12 @@
 
 A reserved job belongs to the connection that reserved it
 (docs/beanstalkd.md#ownership-by-connection), so a lane never sends anything about a job on
-any other connection. One pump task owns the
-connection's I/O (docs/beanstalkd.md#trio-cancellation, rule 1): in one write it sends the
-outcomes handlers produced since the last write, due touches and one
-``reserve-with-timeout 0`` per free slot; then ``stats-job`` for every new job in one more
-write. The pump blocks in ``reserve`` only while the lane holds no job (a blocked reserve
+any other connection. One pump task owns the connection's I/O
+(docs/beanstalkd.md#trio-cancellation, rule 1): in one write it sends the outcomes handlers
+produced since the last write, due touches and one ``reserve-with-timeout 0`` per free
+slot; then ``stats-job`` for every new job in one more write. The pump blocks in ``reserve`` only while the lane holds no job (a blocked reserve
 holds the connection); otherwise it waits on the idle socket, which turns readable only
-if the server went away.
+if the server went away. What happens to the jobs themselves is ``LaneJobs``'s.
 
 Never silently stop:
 - every wait for a reply is bounded by lack of progress (``reply_timeout``, in the client),
@@ -22,66 +21,24 @@ Never silently stop:
 
 from __future__ import annotations
 
-import time
-from collections import deque
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
-
 import trio
 
 from tubeworker.backoff import full_jitter_delay
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect_with_backoff
-from tubeworker.errors import ConnectionLostError, ProtocolError
-from tubeworker.runtime.dispatch import plan_job
-from tubeworker.runtime.outcome import BuryJob, Cause, Outcome, ReturnJob
+from tubeworker.errors import ConnectionLostError, ProtocolError, UnexpectedReplyError
+from tubeworker.runtime.batching import LIVELOCK_STREAK, BatchLimits
+from tubeworker.runtime.lanejobs import LaneJobs
+from tubeworker.runtime.outbox import Entry, Outbox
+from tubeworker.runtime.outcome import Cause
 from tubeworker.runtime.pool import Pool
-from tubeworker.runtime.record import Finished, OutcomeLog, command_for, unapplied
-from tubeworker.runtime.running import Run, Runs
 from tubeworker.runtime.slots import Slot
-
-if TYPE_CHECKING:
-    import httpx
 
 __all__ = ["Lane"]
 
 # While a lane holds jobs it cannot block in reserve; with free slots it looks for new
 # jobs at least this often (and after every outcome).
 _POLL_INTERVAL = 0.02
-# Consecutive connections lost before any outcome was confirmed, before the lane says so
-# loudly and backs off harder.
-_LIVELOCK_STREAK = 3
-_BODY_ESTIMATE_WEIGHT = 0.2  # how fast the body-size estimate follows new jobs
-
-
-@dataclass(slots=True)
-class _Entry:
-    """A command in the outbox or on the wire, with what its reply finishes."""
-
-    command: p.Command
-    finishes: Finished | None = None  # an outcome: recorded when beanstalkd confirms it
-    slot: Slot | None = None  # a reserve: the in-flight slot its job will hold
-
-
-class _JobServices:
-    """What ``Job.touch/put/http`` reach: the lane that owns the job, and process services."""
-
-    __slots__ = ("_job_id", "_lane")
-
-    def __init__(self, lane: Lane, job_id: int) -> None:
-        self._lane = lane
-        self._job_id = job_id
-
-    async def touch(self) -> None:
-        await self._lane.touch(self._job_id)
-
-    async def put(self, body: bytes, *, tube: str, priority: int, delay: int, ttr: int) -> int:
-        producer = self._lane.services.producer(self._lane.address)
-        return await producer.put(body, tube=tube, priority=priority, delay=delay, ttr=ttr)
-
-    @property
-    def http(self) -> httpx.AsyncClient:
-        return self._lane.services.http.client
 
 
 class Lane:
@@ -96,125 +53,62 @@ class Lane:
         self.index = index
         self.slots = slots
         self.log = pool.log.bind(lane=index, server=str(address))
-        self.outcomes = OutcomeLog(self.state.counters, self.log, self.config.logging.job_lines)
         self.connected_once = trio.Event()
-        self.runs = Runs(
-            on_finished=self._finished,
-            counters=self.state.counters,
-            ttr_margin=self.config.ttr_margin,
-            pool_timeout=pool.config.timeout,
-            profile=pool.config.profile,
-            limiter=pool.limiter,
-            processes=pool.processes,
-        )
+        self._outbox = Outbox()
+        self.jobs = LaneJobs(pool, address, self._outbox, self.log)
+        self.runs = self.jobs.runs
+        self._batch = BatchLimits(slots, self.config.batch_bytes)
+        self.jobs.on_confirmed = self._batch.confirmed
         self._watched: frozenset[str] = frozenset({"default"})
         self._watched_version = -1
-        self._outbox: list[_Entry] = []
-        self._on_wire: deque[_Entry] = deque()  # sent, reply not read yet
-        self._touch_waiters: dict[int, list[trio.Event]] = {}
-        self._wake: trio.CancelScope | None = None
-        self._must_close = False  # a job was returned: close the connection when idle
-        self._confirmed = 0  # outcomes beanstalkd confirmed on this connection
         self._last_io = 0.0  # trio time of the last exchange: heartbeats after silence
-        self._body_estimate = 0.0  # bytes per job body, from the jobs seen so far
-        self._batch_cap = slots  # shrinks while connections keep failing, grows back
-        self._server_id = str(address)  # the server's instance id once connected
-
-    # ---- for the state (drain deadline) and for handlers
-
-    def return_job(self, cause: Cause, detail: str, *, lost: bool = False) -> None:
-        self.runs.give_back_all(cause, detail, lost=lost)
-
-    async def touch(self, job_id: int) -> None:
-        """``job.touch()``: queue a touch for the pump and wait for beanstalkd's answer."""
-        run = self.runs.get(job_id)
-        if run is None or run.returned is not None:
-            raise ConnectionLostError(f"job {job_id} is no longer running on this lane")
-        done = trio.Event()
-        self._touch_waiters.setdefault(job_id, []).append(done)
-        self._queue(_Entry(p.Touch(job_id)))
-        await done.wait()
-        if run.returned is not None:
-            raise ConnectionLostError(f"cannot touch job {job_id}: {run.returned.detail}")
-
-    def _queue(self, entry: _Entry) -> None:
-        self._outbox.append(entry)
-        if self._wake is not None:
-            self._wake.cancel()
 
     # ---- connection life
 
     async def run(self) -> None:
         failures = 0  # consecutive lost connections
-        fruitless = 0  # consecutive lost connections that confirmed no outcome we owed
         while await self.state.wait_may_fetch():
             client = await self._connect()
             if client is None:
                 continue  # fetching stopped while connecting
             lost: str | None = None
-            self._confirmed = 0
+            self.jobs.confirmed = 0
             try:
                 async with trio.open_nursery() as handlers:
                     lost = await self._pump(client, handlers)
                     if lost is not None:
-                        self.return_job(
+                        self.jobs.return_job(
                             Cause.CONNECTION_LOST,
                             f"connection lost while the handler ran ({lost})",
                             lost=True,
                         )
             finally:
                 await client.aclose()
-                owed = self._after_connection()
+                owed = self.jobs.connection_ended()
             if lost is None:
-                failures = fruitless = 0
+                failures = 0
                 continue
             failures += 1
-            fruitless = fruitless + 1 if owed and not self._confirmed else 0
-            self._lost(lost, owed, fruitless)
-            await self._pause_before_reconnect(failures, fruitless)
+            self._lost(lost, owed)
+            await self._pause_before_reconnect(failures)
 
-    def _lost(self, error: str, owed: int, fruitless: int) -> None:
+    def _lost(self, error: str, owed: int) -> None:
         self.state.counters.connections_lost += 1
-        self.log.warning(
-            "connection lost", error=error, outcomes_unconfirmed=owed, batch_cap=self._batch_cap
-        )
-        if fruitless >= _LIVELOCK_STREAK:
-            self._batch_cap = max(1, self._batch_cap // 2)
+        self.log.warning("connection lost", error=error, outcomes_unconfirmed=owed)
+        if self._batch.connection_lost(owed=owed, confirmed=self.jobs.confirmed):
             self.log.error(
                 "connection keeps failing before beanstalkd confirms our outcomes",
-                times_in_a_row=fruitless,
-                batch_cap=self._batch_cap,
+                times_in_a_row=self._batch.fruitless,
+                batch_cap=self._batch.cap,
                 hint="a slow or lossy link, or a server that stops answering: "
                 "the lane backs off and reserves fewer jobs at a time",
             )
 
-    def _after_connection(self) -> int:
-        """Forget the connection; returns how many outcomes it never confirmed."""
-        owed = 0
-        for entry in [*self._on_wire, *self._outbox]:  # sent unanswered, or never sent
-            if entry.slot is not None:
-                entry.slot.release()
-            if entry.finishes is not None:
-                owed += 1
-                verb = type(entry.command).__name__.lower()
-                detail = f"connection lost before beanstalkd confirmed the {verb}"
-                outcome = ReturnJob(Cause.UNCONFIRMED, detail)
-                self.outcomes.record(replace(entry.finishes, outcome=outcome))
-                self.services.excuses.add(self._server_id, entry.finishes.job_id)
-        # Nothing of a closed connection is ever sent on another one.
-        self._on_wire.clear()
-        self._outbox.clear()
-        for waiters in self._touch_waiters.values():
-            for done in waiters:
-                done.set()
-        self._touch_waiters.clear()
-        self._must_close = False
-        return owed
-
-    async def _pause_before_reconnect(self, failures: int, fruitless: int) -> None:
-        cap = 60.0 if fruitless >= _LIVELOCK_STREAK else 10.0
+    async def _pause_before_reconnect(self, failures: int) -> None:
+        livelock = self._batch.fruitless >= LIVELOCK_STREAK
+        delay = full_jitter_delay(failures, base=0.1, cap=60.0 if livelock else 10.0)
         with self.state.fetch_scope():
-            await trio.sleep(full_jitter_delay(max(failures, fruitless), base=0.1, cap=cap))
+            await trio.sleep(delay)
 
     async def _connect(self) -> Client | None:
         config = self.config
@@ -240,18 +134,18 @@ class Lane:
             self._watched_version = -1
             self._last_io = trio.current_time()
             if client.server is not None and client.server.id:
-                self._server_id = client.server.id
+                self.jobs.server_id = client.server.id
             self.connected_once.set()
         return client
 
-    def _rewatch(self) -> list[_Entry]:
+    def _rewatch(self) -> list[Entry]:
         """watch/ignore commands that bring the watch list to the pool's tubes."""
         wanted = self.pool.tubes
         self._watched_version = self.pool.tubes_version
         if not wanted:
             return []  # nothing matches any more: keep watching what we had (never ignore all)
-        entries = [_Entry(p.Watch(t)) for t in sorted(wanted - self._watched)]
-        entries += [_Entry(p.Ignore(t)) for t in sorted(self._watched - wanted)]
+        entries = [Entry(p.Watch(t)) for t in sorted(wanted - self._watched)]
+        entries += [Entry(p.Ignore(t)) for t in sorted(self._watched - wanted)]
         self._watched = wanted
         return entries
 
@@ -266,7 +160,7 @@ class Lane:
             if scope.cancelled_caught:
                 return None
             while True:
-                fetching = self.state.may_fetch and not self._must_close
+                fetching = self.state.may_fetch and not self.jobs.must_close
                 got_all = await self._exchange(client, handlers, fetching)
                 if not len(self.runs) and not self._outbox:
                     if not fetching:
@@ -282,33 +176,26 @@ class Lane:
         except (ConnectionLostError, ProtocolError) as exc:
             return str(exc)
 
-    def _reserves_wanted(self) -> int:
-        """Free slots, bounded by the batch cap and by ``batch_bytes`` of bodies."""
-        free = min(self.slots - len(self.runs), self._batch_cap)
-        if self._body_estimate > 0:
-            free = min(free, max(1, int(self.config.batch_bytes // self._body_estimate)))
-        return max(0, free)
-
     async def _exchange(self, client: Client, handlers: trio.Nursery, fetching: bool) -> bool:
         """One write of outcomes, touches and reserves; True if every reserve got a job."""
-        entries, self._outbox = self._outbox, []
+        entries = self._outbox.take()
         if self._watched_version != self.pool.tubes_version:
             entries += self._rewatch()
-        entries += [_Entry(touch) for touch in self.runs.due_touches()]
-        slots = self.services.in_flight.take(self._reserves_wanted()) if fetching else []
+        entries += [Entry(touch) for touch in self.runs.due_touches()]
+        slots = self.services.in_flight.take(self._batch.wanted(len(self.runs))) if fetching else []
         reserve = p.ReserveWithTimeout(0)
-        entries += [_Entry(reserve, slot=slot) for slot in slots]
+        entries += [Entry(reserve, slot=slot) for slot in slots]
         if not entries and self._heartbeat_due():
-            entries.append(_Entry(p.ListTubeUsed()))  # are you still there?
+            entries.append(Entry(p.ListTubeUsed()))  # are you still there?
         if not entries:
             return False
-        self._on_wire = deque(entries)
+        self._outbox.sent(entries)
         await client.send(*[e.command for e in entries])
         reserved: list[tuple[p.Reserved, Slot]] = []
         try:
-            while self._on_wire:
+            while self._outbox.awaiting:
                 reply = await client.receive()
-                got = self._apply(self._on_wire.popleft(), reply)
+                got = self._apply(self._outbox.answered(), reply)
                 if got is not None:
                     reserved.append(got)
         except BaseException:
@@ -328,7 +215,7 @@ class Lane:
         silent = trio.current_time() - self._last_io
         return len(self.runs) > 0 and silent >= self.config.reserve_timeout
 
-    def _apply(self, entry: _Entry, reply: p.Reply) -> tuple[p.Reserved, Slot] | None:
+    def _apply(self, entry: Entry, reply: p.Reply) -> tuple[p.Reserved, Slot] | None:
         """What a reply means for the command it answers."""
         command = entry.command
         if entry.slot is not None:  # a reserve
@@ -337,52 +224,21 @@ class Lane:
                 return reply, slot
             slot.release()  # TIMED_OUT: none ready; DEADLINE_SOON: one is due
             if isinstance(reply, p.ErrorReply):
-                raise ConnectionLostError(f"reserve failed: {type(reply).__name__}")
+                raise UnexpectedReplyError(f"reserve answered {type(reply).__name__}")
             return None
         if isinstance(command, p.Touch):
             self.runs.touched(command.id, reply)
-            for done in self._touch_waiters.pop(command.id, []):
-                done.set()
+            self._outbox.touch_answered(command.id)
             return None
         if entry.finishes is not None:
             finished, entry.finishes = entry.finishes, None
-            self._confirm(command, reply, finished)
+            self.jobs.confirm(command, reply, finished)
             return None
         if isinstance(command, p.Watch | p.Ignore) and not isinstance(reply, p.Watching):
-            raise ConnectionLostError(f"{command!r} answered {reply!r}")
+            raise UnexpectedReplyError(f"{command!r} answered {reply!r}")
         if isinstance(command, p.ListTubeUsed) and not isinstance(reply, p.Using):
-            raise ConnectionLostError(f"heartbeat answered {reply!r}")
+            raise UnexpectedReplyError(f"heartbeat answered {reply!r}")
         return None
-
-    def _confirm(self, command: p.Command, reply: p.Reply, finished: Finished) -> None:
-        """beanstalkd answered an outcome: record what really happened to the job."""
-        if not _applied(command, reply):
-            self._refused(command, reply)
-            self.outcomes.record(unapplied(finished, reply))
-            return
-        self._confirmed += 1
-        self.outcomes.record(finished)
-        if self.services.excuses and not isinstance(command, p.Release):
-            self.services.excuses.forget(self._server_id, finished.job_id)
-
-    def _refused(self, command: p.Command, reply: p.Reply) -> None:
-        job_id = getattr(command, "id", None)
-        verb = type(command).__name__.lower()
-        if isinstance(reply, p.NotFound):
-            # Not ours any more (TTR expired and another worker has it): nothing to do.
-            self.log.warning("outcome not applied: job no longer ours", job_id=job_id, command=verb)
-        elif isinstance(reply, p.Buried):
-            self.log.error("beanstalkd buried the job instead of releasing it", job_id=job_id)
-        else:
-            # OUT_OF_MEMORY / INTERNAL_ERROR on release/bury: the job may be orphaned on
-            # the server until it restarts (docs/beanstalkd.md#b3). Never
-            # retry on that id.
-            self.log.error(
-                "outcome refused by beanstalkd",
-                job_id=job_id,
-                command=verb,
-                reply=type(reply).__name__,
-            )
 
     async def _reserve_blocking(self, client: Client, handlers: trio.Nursery) -> bool:
         """Block in reserve while the lane holds nothing; False if fetching stopped."""
@@ -404,7 +260,7 @@ class Lane:
             if reply is None:
                 return False
             if isinstance(reply, p.ErrorReply):
-                raise ConnectionLostError(f"reserve failed: {type(reply).__name__}")
+                raise UnexpectedReplyError(f"reserve answered {type(reply).__name__}")
             if isinstance(reply, p.Reserved):
                 await self._start(client, handlers, [(reply, slot)])
             elif isinstance(reply, p.DeadlineSoon):
@@ -418,14 +274,14 @@ class Lane:
         look for new jobs again, or the connection dies (raises)."""
         if self._outbox:
             return
-        looking = fetching and self._reserves_wanted() > 0
+        looking = fetching and self._batch.wanted(len(self.runs)) > 0
         heartbeat = self._last_io + self.config.reserve_timeout - trio.current_time()
         timeout = min(self.runs.next_touch_in(), _POLL_INTERVAL if looking else heartbeat)
         with trio.move_on_after(max(0.0, timeout)) as scope:
-            self._wake = scope
+            self._outbox.wake = scope
             reason = await client.wait_lost()
             raise ConnectionLostError(reason)
-        self._wake = None
+        self._outbox.wake = None
 
     # ---- jobs
 
@@ -434,7 +290,7 @@ class Lane:
     ) -> None:
         """stats-job for every new job in one write, then start their handlers."""
         for job, _ in reserved:
-            self._learn_body_size(len(job.body))
+            self._batch.saw_body(len(job.body))
         waiting = list(reversed(reserved))  # jobs whose handler has not started yet
         try:
             await client.send(*[p.StatsJob(job.id) for job, _ in reserved])
@@ -442,75 +298,8 @@ class Lane:
                 job, slot = waiting[-1]
                 stats = await client.receive()
                 waiting.pop()
-                self._begin(handlers, job, slot, stats)
+                self.jobs.begin(handlers, job, slot, stats)
         finally:
             for _, slot in waiting:  # connection lost before they started: free their slots
                 slot.release()
         self._last_io = trio.current_time()
-        if len(self.runs):
-            self.state.busy_lanes.add(self)
-
-    def _learn_body_size(self, size: int) -> None:
-        if self._body_estimate == 0:
-            self._body_estimate = float(max(size, 1))
-        else:
-            w = _BODY_ESTIMATE_WEIGHT
-            self._body_estimate = (1 - w) * self._body_estimate + w * max(size, 1)
-
-    def _begin(self, handlers: trio.Nursery, job: p.Reserved, slot: Slot, stats: p.Reply) -> None:
-        """Start a job's handler, skip a job that is not ours, or queue its burial."""
-        now = time.monotonic()
-        self.state.counters.reserved += 1
-        if isinstance(stats, p.NotFound):
-            # Reserved, then gone before we asked: its TTR ran out (we were stopped or the
-            # link was slow) and another worker finished it. Not ours; the lane goes on.
-            slot.release()
-            self.state.counters.skipped += 1
-            self.log.warning(
-                "job skipped: no longer ours",
-                job_id=job.id,
-                reason="stats-job answered NOT_FOUND (its TTR ran out before we started it)",
-            )
-            return
-        if not isinstance(stats, p.JobStats):
-            slot.release()
-            raise ConnectionLostError(f"stats-job {job.id} answered {stats!r}")
-        excused = self.services.excuses.of(self._server_id, job.id)
-        plan = plan_job(job.id, job.body, stats, self.pool.rules, log=self.log, excused=excused)
-        if isinstance(plan, BuryJob):
-            slot.release()
-            self._send(Finished(plan, job.id, stats, self.pool.config.handler, now))
-            self.state.job_finished()
-            return
-        plan.job._services = _JobServices(self, job.id)
-        self.runs.begin(handlers, plan, stats, slot, now)
-
-    def _finished(self, run: Run, outcome: Outcome) -> None:
-        """A handler ended (Runs calls this once per job)."""
-        if not len(self.runs):
-            self.state.busy_lanes.discard(self)
-        finished = Finished(outcome, run.plan.job.id, run.stats, run.plan.handler, run.started)
-        self.state.job_finished()
-        if isinstance(outcome, ReturnJob):
-            self.outcomes.record(finished)
-            if outcome.cause is Cause.CONNECTION_LOST:  # the link's fault, not the job's
-                self.services.excuses.add(self._server_id, finished.job_id)
-            self._must_close = True  # the only way to hand a job back without an outcome
-            if self._wake is not None:
-                self._wake.cancel()
-        else:
-            self._send(finished)
-
-    def _send(self, finished: Finished) -> None:
-        outcome = finished.outcome
-        assert not isinstance(outcome, ReturnJob)
-        self._queue(_Entry(command_for(outcome, finished.job_id), finishes=finished))
-
-
-def _applied(command: p.Command, reply: p.Reply) -> bool:
-    """True if beanstalkd did what the outcome command asked."""
-    return (
-        (isinstance(command, p.Delete) and isinstance(reply, p.Deleted))
-        or (isinstance(command, p.Release) and isinstance(reply, p.Released))
-        or (isinstance(command, p.Bury) and isinstance(reply, p.Buried))
-    )

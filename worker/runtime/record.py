@@ -17,7 +17,7 @@ from tubeworker.observe.counters import JobCounters
 from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob, ReturnJob
 from tubeworker.runtime.policy import attempt_number
 
-__all__ = ["Finished", "OutcomeLog", "command_for", "unapplied"]
+__all__ = ["Finished", "OutcomeLog", "command_for", "refused", "unapplied"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +105,20 @@ def command_for(outcome: DeleteJob | ReleaseJob | BuryJob, job_id: int) -> p.Com
     if isinstance(outcome, ReleaseJob):
         return p.Release(job_id, outcome.priority, outcome.delay)
     return p.Bury(job_id, outcome.priority)
+
+
+def refused(log: structlog.typing.FilteringBoundLogger, command: p.Command, reply: p.Reply) -> None:
+    """Say why beanstalkd did not apply an outcome command."""
+    job_id = getattr(command, "id", None)
+    verb = type(command).__name__.lower()
+    if isinstance(reply, p.NotFound):
+        # Not ours any more (TTR expired and another worker has it): nothing to do.
+        log.warning("outcome not applied: job no longer ours", job_id=job_id, command=verb)
+    elif isinstance(reply, p.Buried):
+        log.error("beanstalkd buried the job instead of releasing it", job_id=job_id)
+    else:
+        # OUT_OF_MEMORY / INTERNAL_ERROR on release/bury: the job may be orphaned on the
+        # server until it restarts (docs/beanstalkd.md#b3). Never retry on that id.
+        log.error(
+            "outcome refused by beanstalkd", job_id=job_id, command=verb, reply=type(reply).__name__
+        )

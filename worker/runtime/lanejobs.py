@@ -1,0 +1,197 @@
+"""The jobs side of a lane: each reserved job dispatched on arrival, its outcome queued
+when its handler ends, recorded when beanstalkd confirms it, and accounted for when the
+connection is lost first."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+
+from tubeworker.beanstalk import protocol as p
+from tubeworker.beanstalk.client import Address
+from tubeworker.errors import JobLostError, UnexpectedReplyError
+from tubeworker.runtime.dispatch import plan_job
+from tubeworker.runtime.outbox import Entry, Outbox
+from tubeworker.runtime.outcome import BuryJob, Cause, Outcome, ReturnJob
+from tubeworker.runtime.pool import Pool
+from tubeworker.runtime.record import Finished, OutcomeLog, command_for, refused, unapplied
+from tubeworker.runtime.running import Run, Runs
+from tubeworker.runtime.slots import Slot
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["LaneJobs"]
+
+
+class _JobServices:
+    """What ``Job.touch/put/http`` reach: the lane that holds the job, and process services."""
+
+    __slots__ = ("_address", "_job_id", "_jobs")
+
+    def __init__(self, jobs: LaneJobs, address: Address, job_id: int) -> None:
+        self._jobs = jobs
+        self._address = address
+        self._job_id = job_id
+
+    async def touch(self) -> None:
+        await self._jobs.touch(self._job_id)
+
+    async def put(self, body: bytes, *, tube: str, priority: int, delay: int, ttr: int) -> int:
+        producer = self._jobs.pool.services.producer(self._address)
+        return await producer.put(body, tube=tube, priority=priority, delay=delay, ttr=ttr)
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        return self._jobs.pool.services.http.client
+
+
+class LaneJobs:
+    """The jobs one lane holds, across its connections."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        address: Address,
+        outbox: Outbox,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        services = pool.services
+        self.pool = pool
+        self.address = address
+        self.state = services.state
+        self.excuses = services.excuses
+        self.log = log
+        self.outbox = outbox
+        self.outcomes = OutcomeLog(self.state.counters, log, services.config.logging.job_lines)
+        self.runs = Runs(
+            on_finished=self._finished,
+            counters=self.state.counters,
+            ttr_margin=services.config.ttr_margin,
+            pool_timeout=pool.config.timeout,
+            profile=pool.config.profile,
+            limiter=pool.limiter,
+            processes=pool.processes,
+        )
+        self.server_id = str(address)  # the server's instance id once connected
+        self.must_close = False  # a job was returned: close the connection when idle
+        self.confirmed = 0  # outcomes beanstalkd confirmed on this connection
+        self.on_confirmed: Callable[[], None] = _nothing  # the lane's batch limits listen
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    # ---- for the state (drain deadline) and for handlers
+
+    def return_job(self, cause: Cause, detail: str, *, lost: bool = False) -> None:
+        self.runs.give_back_all(cause, detail, lost=lost)
+
+    async def touch(self, job_id: int) -> None:
+        """``job.touch()``: queue a touch for the pump and wait for beanstalkd's answer."""
+        run = self.runs.get(job_id)
+        if run is None or run.returned is not None:
+            raise JobLostError(f"job {job_id} is no longer running on this lane")
+        self.outbox.queue(Entry(p.Touch(job_id)))
+        await self.outbox.touched(job_id)
+        if run.returned is not None:
+            raise JobLostError(f"cannot touch job {job_id}: {run.returned.detail}")
+
+    # ---- arrivals
+
+    def begin(self, handlers: trio.Nursery, job: p.Reserved, slot: Slot, stats: p.Reply) -> None:
+        """Start a job's handler, skip a job that is not ours, or queue its burial."""
+        now = time.monotonic()
+        self.state.counters.reserved += 1
+        if isinstance(stats, p.NotFound):
+            # Reserved, then gone before we asked: its TTR ran out (we were stopped or the
+            # link was slow) and another worker finished it. Not ours; the lane goes on.
+            slot.release()
+            self.state.counters.skipped += 1
+            self.log.warning(
+                "job skipped: no longer ours",
+                job_id=job.id,
+                reason="stats-job answered NOT_FOUND (its TTR ran out before we started it)",
+            )
+            return
+        if not isinstance(stats, p.JobStats):
+            slot.release()
+            raise UnexpectedReplyError(f"stats-job {job.id} answered {stats!r}")
+        excused = self.excuses.of(self.server_id, job.id)
+        plan = plan_job(job.id, job.body, stats, self.pool.rules, log=self.log, excused=excused)
+        if isinstance(plan, BuryJob):
+            slot.release()
+            self._send(Finished(plan, job.id, stats, self.pool.config.handler, now))
+            self.state.job_finished()
+            return
+        plan.job._services = _JobServices(self, self.address, job.id)
+        self.runs.begin(handlers, plan, stats, slot, now)
+        self.state.busy_lanes.add(self)
+
+    # ---- outcomes
+
+    def _finished(self, run: Run, outcome: Outcome) -> None:
+        """A handler ended (Runs calls this once per job)."""
+        if not len(self.runs):
+            self.state.busy_lanes.discard(self)
+        finished = Finished(outcome, run.plan.job.id, run.stats, run.plan.handler, run.started)
+        self.state.job_finished()
+        if isinstance(outcome, ReturnJob):
+            self.outcomes.record(finished)
+            if outcome.cause is Cause.CONNECTION_LOST:  # the link's fault, not the job's
+                self.excuses.add(self.server_id, finished.job_id)
+            self.must_close = True  # the only way to hand a job back without an outcome
+            self.outbox.poke()
+        else:
+            self._send(finished)
+
+    def _send(self, finished: Finished) -> None:
+        outcome = finished.outcome
+        assert not isinstance(outcome, ReturnJob)
+        self.outbox.queue(Entry(command_for(outcome, finished.job_id), finishes=finished))
+
+    def confirm(self, command: p.Command, reply: p.Reply, finished: Finished) -> None:
+        """beanstalkd answered an outcome: record what really happened to the job."""
+        if not _applied(command, reply):
+            refused(self.log, command, reply)
+            self.outcomes.record(unapplied(finished, reply))
+            return
+        self.confirmed += 1
+        self.on_confirmed()
+        self.outcomes.record(finished)
+        if self.excuses and not isinstance(command, p.Release):
+            self.excuses.forget(self.server_id, finished.job_id)
+
+    def connection_ended(self) -> int:
+        """Account for what the connection took with it; returns how many outcomes it
+        never confirmed (their jobs are beanstalkd's again)."""
+        owed = 0
+        for entry in self.outbox.lost():  # sent unanswered, or never sent
+            if entry.slot is not None:
+                entry.slot.release()
+            if entry.finishes is not None:
+                owed += 1
+                verb = type(entry.command).__name__.lower()
+                detail = f"connection lost before beanstalkd confirmed the {verb}"
+                outcome = ReturnJob(Cause.UNCONFIRMED, detail)
+                self.outcomes.record(replace(entry.finishes, outcome=outcome))
+                self.excuses.add(self.server_id, entry.finishes.job_id)
+        self.must_close = False
+        return owed
+
+
+def _nothing() -> None:
+    pass
+
+
+def _applied(command: p.Command, reply: p.Reply) -> bool:
+    """True if beanstalkd did what the outcome command asked."""
+    return (
+        (isinstance(command, p.Delete) and isinstance(reply, p.Deleted))
+        or (isinstance(command, p.Release) and isinstance(reply, p.Released))
+        or (isinstance(command, p.Bury) and isinstance(reply, p.Buried))
+    )

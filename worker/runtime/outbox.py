@@ -1,0 +1,86 @@
+"""What a lane's pump sends next, and what it has sent and awaits a reply for.
+
+Each command travels with what its reply finishes: an outcome (recorded once beanstalkd
+confirms it), or the in-flight slot a reserve's job will hold. When the connection is lost,
+everything unanswered comes back in one list, so nothing of it is ever sent on another
+connection and every slot and outcome is accounted for.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import trio
+
+from tubeworker.beanstalk import protocol as p
+from tubeworker.runtime.record import Finished
+from tubeworker.runtime.slots import Slot
+
+__all__ = ["Entry", "Outbox"]
+
+
+@dataclass(slots=True)
+class Entry:
+    """A command with what its reply finishes."""
+
+    command: p.Command
+    finishes: Finished | None = None  # an outcome: recorded when beanstalkd confirms it
+    slot: Slot | None = None  # a reserve: the in-flight slot its job will hold
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self._queued: list[Entry] = []
+        self._on_wire: deque[Entry] = deque()  # sent, reply not read yet
+        self._touch_waiters: dict[int, list[trio.Event]] = {}
+        self.wake: trio.CancelScope | None = None  # the pump's idle wait, if it waits
+
+    def __bool__(self) -> bool:
+        return bool(self._queued)
+
+    def queue(self, entry: Entry) -> None:
+        """Queue a command and wake the pump if it is idle."""
+        self._queued.append(entry)
+        self.poke()
+
+    def poke(self) -> None:
+        if self.wake is not None:
+            self.wake.cancel()
+
+    def take(self) -> list[Entry]:
+        entries, self._queued = self._queued, []
+        return entries
+
+    def sent(self, entries: list[Entry]) -> None:
+        self._on_wire = deque(entries)
+
+    @property
+    def awaiting(self) -> bool:
+        return bool(self._on_wire)
+
+    def answered(self) -> Entry:
+        """The entry the next reply belongs to (replies come in command order)."""
+        return self._on_wire.popleft()
+
+    async def touched(self, job_id: int) -> None:
+        """Wait for the reply to a queued touch of ``job_id`` (or for the connection's end)."""
+        done = trio.Event()
+        self._touch_waiters.setdefault(job_id, []).append(done)
+        await done.wait()
+
+    def touch_answered(self, job_id: int) -> None:
+        for done in self._touch_waiters.pop(job_id, []):
+            done.set()
+
+    def lost(self) -> list[Entry]:
+        """The connection is gone: everything sent unanswered or never sent, and no waiter
+        left waiting."""
+        unanswered = [*self._on_wire, *self._queued]
+        self._on_wire.clear()
+        self._queued.clear()
+        for waiters in self._touch_waiters.values():
+            for done in waiters:
+                done.set()
+        self._touch_waiters.clear()
+        return unanswered

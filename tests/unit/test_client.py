@@ -249,3 +249,38 @@ def test_parse_address(text: str, address: Address) -> None:
 def test_parse_address_refuses(text: str) -> None:
     with pytest.raises(ValueError, match=repr(text).replace("[", r"\[")):
         parse_address(text)
+
+
+async def test_given_a_watchdog_when_a_reply_makes_no_progress_then_the_connection_is_given_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ours, _silent_server = trio.testing.memory_stream_pair()
+    client = Client(ours, reply_timeout=10.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run_watchdog)
+        await client.send(p.ReserveWithTimeout(5))
+        started = trio.current_time()
+        # The server says nothing: a blocked reserve may take 5 s, then 10 s more at most.
+        with pytest.raises(ConnectionLostError, match="no reply from beanstalkd for 15 s"):
+            await client.receive(patience=5)
+        assert trio.current_time() - started == pytest.approx(15, abs=0.01)
+        assert not client.is_usable
+
+
+async def test_given_a_watchdog_when_bytes_trickle_in_then_a_slow_reply_is_not_given_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ours, theirs = trio.testing.memory_stream_pair()
+    client = Client(ours, reply_timeout=1.0)
+
+    async def drip() -> None:
+        await read_line(theirs)
+        for byte in b"DELETED\r\n":  # 9 bytes, one every 0.9 s: 8 s for a 1 s timeout
+            await trio.sleep(0.9)
+            await theirs.send_all(bytes([byte]))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run_watchdog)
+        nursery.start_soon(drip)
+        assert await client.request(p.Delete(1)) == p.Deleted()
+        nursery.cancel_scope.cancel()

@@ -16,6 +16,9 @@ Rules it keeps (docs/beanstalkd.md#pipelining and #trio-cancellation; bug codes 
   connection up. The deadline measures lack of progress, not the size of what is owed,
   so a slow link that still delivers is never mistaken for a dead one. A blocked
   ``reserve-with-timeout T`` is allowed T more seconds (``receive(patience=T)``).
+  By default each wait gets its own cancel scope; a hot path runs :meth:`Client.run_watchdog` in
+  a task beside it instead, which enforces the same bound without a scope per read
+  (about 7 µs each in Trio).
 - TCP keepalive (``keepalive`` seconds) is the second line against a peer that vanished
   without a FIN or RST.
 """
@@ -138,6 +141,12 @@ class Client:
         #: Seconds a reply may make no progress (or a write take) before the connection
         #: is given up; inf: wait forever.
         self.reply_timeout = reply_timeout
+        # For run_watchdog(): when the current wait for bytes (or for a write) began or last made
+        # progress, None when nothing is awaited; and extra allowance for this wait.
+        self._waiting_since: float | None = None
+        self._patience = 0.0
+        self._watched = False
+        self._gave_up: str | None = None  # why run_watchdog() closed the connection
         self._proto = p.Connection(max_job_size=max_job_size)
         self._busy = False
         self._lost: str | None = None
@@ -182,16 +191,21 @@ class Client:
         data = self._proto.send_many(commands)  # LocalProtocolError: nothing sent, still usable
         self._busy = True
         try:
-            with trio.move_on_after(self.reply_timeout) as scope:
+            if self._watched:
+                self._waiting_since = trio.current_time()
                 await self._stream.send_all(data)
-            if scope.cancelled_caught:
-                raise ConnectionLostError(
-                    f"beanstalkd took no data for {self.reply_timeout:g} s (write stalled)"
-                )
+                self._waiting_since = None
+            else:
+                with trio.move_on_after(self.reply_timeout) as scope:
+                    await self._stream.send_all(data)
+                if scope.cancelled_caught:
+                    raise ConnectionLostError(
+                        f"beanstalkd took no data for {self.reply_timeout:g} s (write stalled)"
+                    )
         except BaseException as exc:
             # Some, all or none of the bytes went out: the stream's position is unknown.
             await self._abandon(f"write interrupted by {type(exc).__name__}")
-            _raise_lost(exc)
+            _raise_lost(exc, self._gave_up)
             raise
         finally:
             self._busy = False
@@ -210,7 +224,7 @@ class Client:
             return await self._receive_reply(patience)
         except BaseException as exc:
             await self._abandon(f"read interrupted by {type(exc).__name__}: {exc}")
-            _raise_lost(exc)
+            _raise_lost(exc, self._gave_up)
             raise
         finally:
             self._busy = False
@@ -224,19 +238,51 @@ class Client:
                 assert isinstance(event, p.Reply)
                 return event
             data: bytes | bytearray = b""
-            with trio.move_on_after(allowance) as scope:
+            if self._watched:
+                self._patience = allowance - self.reply_timeout
+                self._waiting_since = trio.current_time()
                 data = await self._stream.receive_some(_RECEIVE_SIZE)
-            if scope.cancelled_caught:
-                raise ConnectionLostError(
-                    f"no reply from beanstalkd for {allowance:g} s (the connection is dead "
-                    f"or the server is hung; {proto.pending} replies owed)"
-                )
+                self._waiting_since = None
+            else:
+                with trio.move_on_after(allowance) as scope:
+                    data = await self._stream.receive_some(_RECEIVE_SIZE)
+                if scope.cancelled_caught:
+                    raise ConnectionLostError(_no_reply(allowance, proto.pending))
             allowance = self.reply_timeout  # bytes came: the server is alive, keep reading
             if not data:
                 raise ConnectionLostError(
                     f"server closed the connection with {proto.pending} replies owed"
                 )
             proto.receive_data(data)
+
+    async def run_watchdog(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Enforce ``reply_timeout`` from this task while others use the connection: when a
+        wait for bytes (or a write) has made no progress for that long (plus the wait's
+        patience), close the connection; the waiting task then raises
+        :class:`ConnectionLostError` saying why. Runs until the connection is closed or the
+        task is cancelled."""
+        self._watched = True
+        task_status.started()
+        try:
+            # Not waiting: look again after this long (precision does not depend on it:
+            # once a wait is seen, the watcher sleeps until exactly its deadline).
+            tick = min(1.0, self.reply_timeout / 4)
+            while self._lost is None:
+                since = self._waiting_since
+                if since is None:
+                    await trio.sleep(tick)
+                    continue
+                allowance = self.reply_timeout + self._patience
+                if trio.current_time() < since + allowance:
+                    await trio.sleep_until(since + allowance)
+                    continue
+                self._gave_up = _no_reply(allowance, self._proto.pending)
+                await self._abandon(self._gave_up)
+                return
+        finally:
+            self._watched = False
 
     async def wait_lost(self) -> str:
         """Return (with the reason) when this idle connection dies; the connection is then
@@ -377,12 +423,20 @@ class Client:
         await self.aclose()
 
 
-def _raise_lost(exc: BaseException) -> None:
-    """Translate transport errors (the one place that knows Trio's and the OS's)."""
+def _no_reply(allowance: float, pending: int) -> str:
+    return (
+        f"no reply from beanstalkd for {allowance:g} s (the connection is dead or the "
+        f"server is hung; {pending} replies owed)"
+    )
+
+
+def _raise_lost(exc: BaseException, gave_up: str | None = None) -> None:
+    """Translate transport errors (the one place that knows Trio's and the OS's).
+    ``gave_up``: the watcher closed the connection, for this reason."""
     if isinstance(exc, ConnectionLostError):
         raise exc
     if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError | OSError):
-        raise ConnectionLostError(f"connection lost: {exc!r}") from exc
+        raise ConnectionLostError(gave_up or f"connection lost: {exc!r}") from exc
     if isinstance(exc, ssl.SSLError):  # pragma: no cover - only behind a TLS proxy
         raise ConnectionLostError(f"TLS error: {exc!r}") from exc
 

@@ -46,10 +46,10 @@ class BatchLimits:
             w = _BODY_ESTIMATE_WEIGHT
             self.body_estimate = (1 - w) * self.body_estimate + w * size
 
-    def confirmed(self) -> None:
-        """beanstalkd confirmed an outcome: the link works; the cap grows back."""
+    def confirmed(self, count: int = 1) -> None:
+        """beanstalkd confirmed outcomes: the link works; the cap grows back."""
         self.fruitless = 0
-        self._confirmed += 1
+        self._confirmed += count
         if self.cap < self.slots and self._confirmed >= self.cap:
             self.cap = min(self.slots, self.cap * 2)
             self._confirmed = 0

@@ -75,7 +75,9 @@ def plan_job(
             )
         spec, handler = found, task
     # The handler's own options (@handler(max_attempts=...)) before any budget is judged.
-    policy = effective_policy(spec, rules.policy)
+    policy = rules.policy
+    if spec.max_attempts is not None or spec.backoff_base is not None:
+        policy = effective_policy(spec, policy)
     budget = job_budget(stats, policy, excused=excused)
     if budget.poison:
         return BuryJob(

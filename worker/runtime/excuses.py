@@ -37,3 +37,6 @@ class Excuses:
 
     def __len__(self) -> int:
         return len(self._counts)
+
+    def __bool__(self) -> bool:
+        return bool(self._counts)

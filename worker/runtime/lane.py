@@ -5,9 +5,10 @@ A reserved job belongs to the connection that reserved it
 any other connection. One pump task owns the connection's I/O
 (docs/beanstalkd.md#trio-cancellation, rule 1): in one write it sends the outcomes handlers
 produced since the last write, due touches and one ``reserve-with-timeout 0`` per free
-slot; then ``stats-job`` for every new job in one more write. The pump blocks in ``reserve`` only while the lane holds no job (a blocked reserve
-holds the connection); otherwise it waits on the idle socket, which turns readable only
-if the server went away. What happens to the jobs themselves is ``LaneJobs``'s.
+slot; then ``stats-job`` for every new job in one more write. The pump blocks in
+``reserve`` only while the lane holds no job (a blocked reserve holds the connection);
+otherwise it waits on the idle socket, which turns readable only if the server went away.
+What happens to the jobs themselves is ``LaneJobs``'s.
 
 Never silently stop:
 - every wait for a reply is bounded by lack of progress (``reply_timeout``, in the client),
@@ -58,7 +59,6 @@ class Lane:
         self.jobs = LaneJobs(pool, address, self._outbox, self.log)
         self.runs = self.jobs.runs
         self._batch = BatchLimits(slots, self.config.batch_bytes)
-        self.jobs.on_confirmed = self._batch.confirmed
         self._watched: frozenset[str] = frozenset({"default"})
         self._watched_version = -1
         self._last_io = 0.0  # trio time of the last exchange: heartbeats after silence
@@ -74,14 +74,19 @@ class Lane:
             lost: str | None = None
             self.jobs.confirmed = 0
             try:
-                async with trio.open_nursery() as handlers:
-                    lost = await self._pump(client, handlers)
-                    if lost is not None:
-                        self.jobs.return_job(
-                            Cause.CONNECTION_LOST,
-                            f"connection lost while the handler ran ({lost})",
-                            lost=True,
-                        )
+                async with trio.open_nursery() as connection:
+                    # One watcher bounds every wait for a reply (cheaper than a deadline
+                    # per read on this path).
+                    await connection.start(client.run_watchdog)
+                    async with trio.open_nursery() as handlers:
+                        lost = await self._pump(client, handlers)
+                        if lost is not None:
+                            self.jobs.return_job(
+                                Cause.CONNECTION_LOST,
+                                f"connection lost while the handler ran ({lost})",
+                                lost=True,
+                            )
+                    connection.cancel_scope.cancel()
             finally:
                 await client.aclose()
                 owed = self.jobs.connection_ended()
@@ -189,13 +194,14 @@ class Lane:
             entries.append(Entry(p.ListTubeUsed()))  # are you still there?
         if not entries:
             return False
-        self._outbox.sent(entries)
+        wire = self._outbox.sent(entries)
         await client.send(*[e.command for e in entries])
         reserved: list[tuple[p.Reserved, Slot]] = []
+        confirmed = self.jobs.confirmed
         try:
-            while self._outbox.awaiting:
+            while wire:
                 reply = await client.receive()
-                got = self._apply(self._outbox.answered(), reply)
+                got = self._apply(wire.popleft(), reply)
                 if got is not None:
                     reserved.append(got)
         except BaseException:
@@ -203,6 +209,8 @@ class Lane:
                 slot.release()
             raise
         self._last_io = trio.current_time()
+        if self.jobs.confirmed > confirmed:
+            self._batch.confirmed(self.jobs.confirmed - confirmed)
         if reserved:
             await self._start(client, handlers, reserved)
         return bool(slots) and len(reserved) == len(slots)

@@ -5,7 +5,6 @@ connection is lost first."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -81,7 +80,6 @@ class LaneJobs:
         self.server_id = str(address)  # the server's instance id once connected
         self.must_close = False  # a job was returned: close the connection when idle
         self.confirmed = 0  # outcomes beanstalkd confirmed on this connection
-        self.on_confirmed: Callable[[], None] = _nothing  # the lane's batch limits listen
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -121,7 +119,8 @@ class LaneJobs:
         if not isinstance(stats, p.JobStats):
             slot.release()
             raise UnexpectedReplyError(f"stats-job {job.id} answered {stats!r}")
-        excused = self.excuses.of(self.server_id, job.id)
+        # Most processes have no excuses at all: skip the lookup (the per-job path).
+        excused = self.excuses.of(self.server_id, job.id) if self.excuses._counts else 0
         plan = plan_job(job.id, job.body, stats, self.pool.rules, log=self.log, excused=excused)
         if isinstance(plan, BuryJob):
             slot.release()
@@ -161,9 +160,8 @@ class LaneJobs:
             self.outcomes.record(unapplied(finished, reply))
             return
         self.confirmed += 1
-        self.on_confirmed()
         self.outcomes.record(finished)
-        if self.excuses and not isinstance(command, p.Release):
+        if self.excuses._counts and not isinstance(command, p.Release):
             self.excuses.forget(self.server_id, finished.job_id)
 
     def connection_ended(self) -> int:
@@ -182,10 +180,6 @@ class LaneJobs:
                 self.excuses.add(self.server_id, entry.finishes.job_id)
         self.must_close = False
         return owed
-
-
-def _nothing() -> None:
-    pass
 
 
 def _applied(command: p.Command, reply: p.Reply) -> bool:

@@ -52,16 +52,12 @@ class Outbox:
         entries, self._queued = self._queued, []
         return entries
 
-    def sent(self, entries: list[Entry]) -> None:
+    def sent(self, entries: list[Entry]) -> deque[Entry]:
+        """These were written: the pump takes each reply's entry from the left of the
+        returned queue (replies come in command order); what is left there at a lost
+        connection is unanswered."""
         self._on_wire = deque(entries)
-
-    @property
-    def awaiting(self) -> bool:
-        return bool(self._on_wire)
-
-    def answered(self) -> Entry:
-        """The entry the next reply belongs to (replies come in command order)."""
-        return self._on_wire.popleft()
+        return self._on_wire
 
     async def touched(self, job_id: int) -> None:
         """Wait for the reply to a queued touch of ``job_id`` (or for the connection's end)."""

@@ -22,6 +22,7 @@ from tubeworker.errors import ConfigError, LocalProtocolError
 
 __all__ = [
     "Config",
+    "ControlConfig",
     "LoggingConfig",
     "Overrides",
     "PoolConfig",
@@ -82,6 +83,16 @@ class RecycleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """The control plane: HTTP metrics, health, status and actions, WebSocket events."""
+
+    listen: Address | None = None  # None: no control plane
+    token_file: Path | None = None  # state-changing calls need this bearer token
+    metrics_interval: float = 5.0  # how often tube depths are read with stats-tube
+    events_per_second: int = 100  # job events per second to live viewers; more are summed
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     pools: tuple[PoolConfig, ...]
     servers: tuple[Address, ...] = (Address(),)
@@ -101,6 +112,7 @@ class Config:
     batch_bytes: int = 256 * 1024
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     recycle: RecycleConfig = field(default_factory=RecycleConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     # Handlers not (yet) packaged with an entry point: task name → "module:function".
     handlers: tuple[tuple[str, str], ...] = ()
     source: str = "defaults"
@@ -125,6 +137,7 @@ class Overrides:
     max_attempts: int | None = None
     log_format: str | None = None
     log_level: str | None = None
+    control: str | None = None
 
 
 # --------------------------------------------------------------------------- reading
@@ -331,6 +344,29 @@ def _recycle(reader: _Reader) -> RecycleConfig:
     )
 
 
+def _control(reader: _Reader) -> ControlConfig:
+    reader.check_unknown(("listen", "token_file", "metrics_interval", "events_per_second"))
+    listen = reader.text("listen")
+    address: Address | None = None
+    if listen:
+        try:
+            address = parse_address(listen)
+        except ValueError as exc:
+            raise reader.fail("listen", f"must be HOST:PORT: {exc}") from None
+        if address.unix_path is not None or ":" not in listen:
+            raise reader.fail("listen", f"must be HOST:PORT, got {listen!r}")
+    token = reader.text("token_file")
+    token_file = Path(token) if token else None
+    if token_file is not None and not token_file.is_file():
+        raise reader.fail("token_file", f"no such file: {token_file}")
+    return ControlConfig(
+        listen=address,
+        token_file=token_file,
+        metrics_interval=reader.seconds("metrics_interval", 5.0, low=0.1, high=3600),
+        events_per_second=reader.integer("events_per_second", 100, low=1, high=100_000),
+    )
+
+
 _WORKER_KEYS: Final = (
     "servers",
     "drain_timeout",
@@ -344,7 +380,7 @@ _WORKER_KEYS: Final = (
     "keepalive",
     "batch_bytes",
 )
-_TOP_KEYS: Final = ("worker", "retry", "logging", "recycle", "pool", "handlers")
+_TOP_KEYS: Final = ("worker", "retry", "logging", "recycle", "pool", "handlers", "control")
 _TARGET: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -388,6 +424,7 @@ def _build(raw: dict[str, Any], origins: dict[str, str]) -> Config:
         batch_bytes=worker.integer("batch_bytes", 256 * 1024, low=1024, high=2**31),
         logging=_logging(top.table_at("logging")),
         recycle=_recycle(top.table_at("recycle")),
+        control=_control(top.table_at("control")),
         handlers=_handlers(top.table_at("handlers")),
         source=origins[""],
     )
@@ -412,6 +449,14 @@ def _set_logging(key: str) -> _Setter:
     def setter(raw: dict[str, Any], origins: dict[str, str], value: Any, origin: str) -> None:
         raw.setdefault("logging", {})[key] = value
         origins[f"logging.{key}"] = origin
+
+    return setter
+
+
+def _set_control(key: str) -> _Setter:
+    def setter(raw: dict[str, Any], origins: dict[str, str], value: Any, origin: str) -> None:
+        raw.setdefault("control", {})[key] = value
+        origins[f"control.{key}"] = origin
 
     return setter
 
@@ -450,6 +495,7 @@ _LAYERS: Final[tuple[tuple[str, str, str, _Setter], ...]] = (
     ("MAX_ATTEMPTS", "max_attempts", "--max-attempts", _set_every_pool("max_attempts", retry=True)),
     ("LOG_FORMAT", "log_format", "--log-format", _set_logging("format")),
     ("LOG_LEVEL", "log_level", "--log-level", _set_logging("level")),
+    ("CONTROL", "control", "--control", _set_control("listen")),
 )
 ENV_PREFIX: Final = "TUBEWORKER_"
 

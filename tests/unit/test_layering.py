@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("runtime", ("tubeworker.runtime",)),
     ("service", ("tubeworker.service",)),
+    ("control", ("tubeworker.control",)),
     ("cli", ("tubeworker.cli", "tubeworker.__main__")),
 ]
 # The public API (tubeworker/__init__) sits beside the model: handler authors' import.

@@ -9,6 +9,8 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Final
 
+import trio
+
 from tubeworker.config import Config, Overrides, load_config
 from tubeworker.errors import ConfigError
 from tubeworker.observe.logs import configure_logging
@@ -62,6 +64,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-attempts", type=int)
     parser.add_argument("--log-format", choices=("auto", "json", "console"))
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error", "critical"))
+    parser.add_argument(
+        "--control",
+        metavar="HOST:PORT",
+        help="serve the control plane (metrics, health, status, events) here; "
+        "127.0.0.1 keeps it local",
+    )
 
 
 def overrides_from(args: argparse.Namespace) -> Overrides:
@@ -75,6 +83,7 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
         max_attempts=args.max_attempts,
         log_format=args.log_format,
         log_level=args.log_level,
+        control=args.control,
     )
 
 
@@ -116,10 +125,20 @@ async def serve(
     state: WorkerState | None = None,
     batched: bool = True,
 ) -> WorkerState:
-    """Logging as configured, then the daemon until it has drained."""
+    """Logging as configured, then the daemon until it has drained, with the control plane
+    beside it when one is configured."""
     configure_logging(config.logging.format, config.logging.level, batched=batched)
     # Many small objects per job: the collector's default thresholds make it run every
     # few hundred jobs; raising them took back about 10% of throughput.
     gc.set_threshold(50_000, 20, 20)
     warn_broken(registry)
-    return await run_daemon(config, registry, signals=signals, state=state)
+    state = state or WorkerState(max_jobs=config.recycle.max_jobs)
+    if config.control.listen is None:
+        return await run_daemon(config, registry, signals=signals, state=state)
+    from tubeworker.control.server import run_control_plane
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_control_plane, config, state)
+        await run_daemon(config, registry, signals=signals, state=state)
+        nursery.cancel_scope.cancel()  # the daemon has drained: so does the control plane
+    return state

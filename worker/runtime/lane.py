@@ -34,6 +34,7 @@ from tubeworker.runtime.outbox import Entry, Outbox
 from tubeworker.runtime.outcome import Cause
 from tubeworker.runtime.pool import Pool
 from tubeworker.runtime.slots import Slot
+from tubeworker.runtime.state import LaneStatistics
 
 __all__ = ["Lane"]
 
@@ -62,6 +63,7 @@ class Lane:
         self._watched: frozenset[str] = frozenset({"default"})
         self._watched_version = -1
         self._last_io = 0.0  # trio time of the last exchange: heartbeats after silence
+        self._connected = False
 
     # ---- connection life
 
@@ -73,6 +75,7 @@ class Lane:
                 continue  # fetching stopped while connecting
             lost: str | None = None
             self.jobs.confirmed = 0
+            self._connected = True
             try:
                 async with trio.open_nursery() as connection:
                     # One watcher bounds every wait for a reply (cheaper than a deadline
@@ -88,6 +91,7 @@ class Lane:
                             )
                     connection.cancel_scope.cancel()
             finally:
+                self._connected = False
                 await client.aclose()
                 owed = self.jobs.connection_ended()
             if lost is None:
@@ -97,8 +101,23 @@ class Lane:
             self._lost(lost, owed)
             await self._pause_before_reconnect(failures)
 
+    def statistics(self) -> LaneStatistics:
+        return LaneStatistics(
+            pool=self.pool.config.name,
+            index=self.index,
+            address=self.address,
+            slots=self.slots,
+            jobs=len(self.runs),
+            connected=self._connected,
+            batch_cap=self._batch.cap,
+            tubes=tuple(sorted(self.pool.tubes)),
+        )
+
     def _lost(self, error: str, owed: int) -> None:
         self.state.counters.connections_lost += 1
+        self.state.events.publish(
+            "connection_lost", pool=self.pool.config.name, lane=self.index, error=error
+        )
         self.log.warning("connection lost", error=error, outcomes_unconfirmed=owed)
         if self._batch.connection_lost(owed=owed, confirmed=self.jobs.confirmed):
             self.log.error(

@@ -67,7 +67,9 @@ class LaneJobs:
         self.excuses = services.excuses
         self.log = log
         self.outbox = outbox
-        self.outcomes = OutcomeLog(self.state.counters, log, services.config.logging.job_lines)
+        self.outcomes = OutcomeLog(
+            self.state.counters, log, services.config.logging.job_lines, self.state.events
+        )
         self.runs = Runs(
             on_finished=self._finished,
             counters=self.state.counters,
@@ -122,11 +124,15 @@ class LaneJobs:
         # Most processes have no excuses at all: skip the lookup (the per-job path).
         excused = self.excuses.of(self.server_id, job.id) if self.excuses._counts else 0
         plan = plan_job(job.id, job.body, stats, self.pool.rules, log=self.log, excused=excused)
+        counters = self.state.counters
+        counters.latency[stats.tube].observe(stats.age)  # put → this reserve, whole seconds
         if isinstance(plan, BuryJob):
             slot.release()
             self._send(Finished(plan, job.id, stats, self.pool.config.handler, now))
             self.state.job_finished()
             return
+        if plan.budget.redeliveries:
+            counters.redeliveries += 1
         plan.job._services = _JobServices(self, self.address, job.id)
         self.runs.begin(handlers, plan, stats, slot, now)
         self.state.busy_lanes.add(self)

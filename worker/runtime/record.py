@@ -14,6 +14,7 @@ import structlog
 
 from tubeworker.beanstalk import protocol as p
 from tubeworker.observe.counters import JobCounters
+from tubeworker.observe.events import EventBus
 from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob, ReturnJob
 from tubeworker.runtime.policy import attempt_number
 
@@ -32,16 +33,22 @@ class Finished:
 
 
 class OutcomeLog:
-    """Counts outcomes and writes one line per job (``job_lines``)."""
+    """Counts outcomes (by tube, handler, outcome and cause; durations by handler), tells
+    live viewers, and writes one line per job (``job_lines``)."""
 
-    __slots__ = ("counters", "job_lines", "log")
+    __slots__ = ("counters", "events", "job_lines", "log")
 
     def __init__(
-        self, counters: JobCounters, log: structlog.typing.FilteringBoundLogger, job_lines: bool
+        self,
+        counters: JobCounters,
+        log: structlog.typing.FilteringBoundLogger,
+        job_lines: bool,
+        events: EventBus | None = None,
     ) -> None:
         self.counters = counters
         self.log = log
         self.job_lines = job_lines
+        self.events = events
 
     def record(self, finished: Finished) -> None:
         outcome = finished.outcome
@@ -59,15 +66,29 @@ class OutcomeLog:
         else:
             counters.returned += 1
             name = "returned"
+        stats = finished.stats
+        handler = finished.handler or ""
+        duration = time.monotonic() - finished.started
+        counters.outcomes[stats.tube, handler, name, outcome.cause.value] += 1
+        counters.durations[handler].observe(duration)
+        events = self.events
+        if events is not None and events.listening:
+            events.job(
+                job_id=finished.job_id,
+                tube=stats.tube,
+                handler=handler,
+                outcome=name,
+                cause=outcome.cause.value,
+                duration=round(duration, 4),
+            )
         if not self.job_lines:
             return
-        stats = finished.stats
         fields: dict[str, object] = {
             "job_id": finished.job_id,
             "tube": stats.tube,
             "handler": finished.handler,
             "attempt": attempt_number(stats),
-            "duration": round(time.monotonic() - finished.started, 4),
+            "duration": round(duration, 4),
             "outcome": name,
         }
         if isinstance(outcome, DeleteJob):

@@ -8,15 +8,18 @@ The scopes are small classes, not generator context managers: they are on the pe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
 import trio
 
+from tubeworker.beanstalk.client import Address
 from tubeworker.observe.counters import JobCounters
+from tubeworker.observe.events import EventBus
 from tubeworker.runtime.outcome import Cause
 
-__all__ = ["BusyLane", "WorkerState"]
+__all__ = ["BusyLane", "LaneStatistics", "LaneView", "WorkerState"]
 
 
 class BusyLane(Protocol):
@@ -52,12 +55,31 @@ class _FetchScope:
         return self.scope.__exit__(exc_type, exc, tb)
 
 
+@dataclass(frozen=True, slots=True)
+class LaneStatistics:
+    """One lane, as ``/status`` and ``tubeworker top`` show it."""
+
+    pool: str
+    index: int
+    address: Address
+    slots: int
+    jobs: int  # held now
+    connected: bool
+    batch_cap: int  # lower than slots while its link keeps failing
+    tubes: tuple[str, ...]
+
+
+class LaneView(Protocol):
+    def statistics(self) -> LaneStatistics: ...
+
+
 class WorkerState:
     def __init__(self, *, max_jobs: int = 0) -> None:
         self.draining = False
         self.quiet = False
         self.drain_reason: str | None = None
         self.counters = JobCounters()
+        self.events = EventBus()  # what live viewers see (free while nobody listens)
         self.max_jobs = max_jobs
         self._jobs_finished = 0
         self._fetch_scopes: set[trio.CancelScope] = set()
@@ -65,6 +87,8 @@ class WorkerState:
         self.busy_lanes: set[BusyLane] = set()
         self._changed = trio.Event()  # replaced on every change; lanes wait on it
         self.drain_started = trio.Event()
+        #: Every lane, for reports (set by the daemon once its pools run).
+        self.lanes: list[LaneView] = []
 
     @property
     def may_fetch(self) -> bool:
@@ -97,6 +121,7 @@ class WorkerState:
             return
         self.draining = True
         self.drain_reason = reason
+        self.events.publish("drain", reason=reason, jobs_running=self.running_jobs)
         self._stop_fetching()
         self.drain_started.set()
         self._notify()
@@ -112,6 +137,7 @@ class WorkerState:
         if quiet == self.quiet:
             return
         self.quiet = quiet
+        self.events.publish("quiet" if quiet else "resume")
         if quiet:
             self._stop_fetching()
         self._notify()

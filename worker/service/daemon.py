@@ -160,6 +160,7 @@ async def _run_daemon(
                 lanes: list[Lane] = []
                 for pool_config in config.pools:
                     lanes += await pools.start(run_pool, pool_config, services)
+                state.lanes = list(lanes)
                 helpers.start_soon(_announce_ready, lanes, state, notifier, config)
                 task_status.started(state)
             # every lane has returned: the drain is complete
@@ -169,7 +170,7 @@ async def _run_daemon(
     log.info(
         "stopped",
         reason=state.drain_reason,
-        **{k: v for k, v in vars(state.counters).items() if isinstance(v, int)},
+        **state.counters.totals(),
     )
     notifier.close()
     return state

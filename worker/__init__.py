@@ -6,8 +6,8 @@ submodules and are not part of it.
 
 from __future__ import annotations
 
-from tubeworker.job import Bury, Job, Retry, handler
+from tubeworker.job import Bury, Job, Middleware, Retry, Verdict, handler
 
 __version__ = "0.1.0"
 
-__all__ = ["Bury", "Job", "Retry", "__version__", "handler"]
+__all__ = ["Bury", "Job", "Middleware", "Retry", "Verdict", "__version__", "handler"]

@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from tubeworker.beanstalk.client import Address, parse_address
@@ -24,6 +25,7 @@ __all__ = [
     "Config",
     "ControlConfig",
     "LoggingConfig",
+    "MiddlewareConfig",
     "Overrides",
     "PoolConfig",
     "RecycleConfig",
@@ -83,6 +85,16 @@ class RecycleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MiddlewareConfig:
+    """Middleware enabled by name (entry-point group ``tubeworker.middleware``), outermost
+    first, each with the options of its ``[middleware.NAME]`` table (given to its factory
+    as keywords)."""
+
+    enabled: tuple[str, ...] = ()
+    options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class ControlConfig:
     """The control plane: HTTP metrics, health, status and actions, WebSocket events."""
 
@@ -113,6 +125,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     recycle: RecycleConfig = field(default_factory=RecycleConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    middleware: MiddlewareConfig = field(default_factory=MiddlewareConfig)
     # Handlers not (yet) packaged with an entry point: task name → "module:function".
     handlers: tuple[tuple[str, str], ...] = ()
     source: str = "defaults"
@@ -367,6 +380,21 @@ def _control(reader: _Reader) -> ControlConfig:
     )
 
 
+def _middleware(reader: _Reader) -> MiddlewareConfig:
+    enabled = reader.strings("enabled") or ()
+    options: dict[str, Mapping[str, object]] = {}
+    for name, value in reader.table.items():
+        if name == "enabled":
+            continue
+        if name not in enabled:
+            raise reader.fail(name, f"options for middleware {name!r}, which is not enabled")
+        if not isinstance(value, dict):
+            raise reader.fail(name, "must be a table of options ([middleware.NAME])")
+        reader.used.add(name)
+        options[name] = MappingProxyType(dict(value))
+    return MiddlewareConfig(enabled=tuple(enabled), options=MappingProxyType(options))
+
+
 _WORKER_KEYS: Final = (
     "servers",
     "drain_timeout",
@@ -380,7 +408,16 @@ _WORKER_KEYS: Final = (
     "keepalive",
     "batch_bytes",
 )
-_TOP_KEYS: Final = ("worker", "retry", "logging", "recycle", "pool", "handlers", "control")
+_TOP_KEYS: Final = (
+    "worker",
+    "retry",
+    "logging",
+    "recycle",
+    "pool",
+    "handlers",
+    "control",
+    "middleware",
+)
 _TARGET: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -425,6 +462,7 @@ def _build(raw: dict[str, Any], origins: dict[str, str]) -> Config:
         logging=_logging(top.table_at("logging")),
         recycle=_recycle(top.table_at("recycle")),
         control=_control(top.table_at("control")),
+        middleware=_middleware(top.table_at("middleware")),
         handlers=_handlers(top.table_at("handlers")),
         source=origins[""],
     )

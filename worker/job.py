@@ -7,7 +7,7 @@ import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar
 
 import structlog
 
@@ -20,7 +20,9 @@ __all__ = [
     "HandlerSpec",
     "Job",
     "JobRecord",
+    "Middleware",
     "Retry",
+    "Verdict",
     "handler",
     "spec_of",
 ]
@@ -213,6 +215,34 @@ class JobRecord:
     max_attempts: int
     task: str | None = None
     payload: Any = None
+
+
+Verdict = Literal["done", "retry", "bury", "return"]
+
+
+class Middleware:
+    """Hooks around every handler run, for error trackers, tracing and per-handler metrics.
+
+    Subclass it, override what you need, and register a factory (the class, or a function
+    taking the config's options as keywords) in entry-point group
+    ``tubeworker.middleware``; enable it by name in ``[middleware] enabled``. Hooks run in
+    the daemon's event loop (also for compute-profile handlers), in the order enabled for
+    ``before`` and the reverse for ``on_error`` and ``after``. An exception from a hook is
+    logged and ignored: middleware never decides a job's fate.
+
+    ``verdict``: ``"done"`` (deleted), ``"retry"`` (released), ``"bury"`` or ``"return"``
+    (handed back to beanstalkd with no outcome: drain deadline, lost connection).
+    """
+
+    async def before(self, job: Job) -> None:
+        """The handler is about to run."""
+
+    async def on_error(self, job: Job, error: BaseException, verdict: Verdict, reason: str) -> None:
+        """The handler raised (``Retry`` and ``Bury`` included) or overran its deadline
+        (``error`` is a ``TimeoutError`` then)."""
+
+    async def after(self, job: Job, verdict: Verdict, reason: str | None) -> None:
+        """The run is over and its verdict decided (before beanstalkd confirms it)."""
 
 
 HandlerFunc: TypeAlias = Callable[[Job], Awaitable[None]] | Callable[[Job], None]

@@ -10,17 +10,27 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from tubeworker.errors import ConfigError
-from tubeworker.job import HandlerSpec, spec_of
+from tubeworker.job import HandlerSpec, Middleware, spec_of
 
-__all__ = ["GROUP", "BrokenHandler", "RegisteredHandler", "Registry", "discover", "load_targets"]
+__all__ = [
+    "GROUP",
+    "MIDDLEWARE_GROUP",
+    "BrokenHandler",
+    "RegisteredHandler",
+    "Registry",
+    "discover",
+    "load_middleware",
+    "load_targets",
+]
 
 GROUP: Final = "tubeworker.handlers"
+MIDDLEWARE_GROUP: Final = "tubeworker.middleware"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +59,8 @@ class Registry:
     ) -> None:
         self.handlers = dict(handlers)
         self.broken = dict(broken or {})
+        #: Middleware instances enabled in the config, outermost first.
+        self.middleware: tuple[Middleware, ...] = ()
 
     @classmethod
     def from_functions(
@@ -167,3 +179,41 @@ def discover(group: str = GROUP) -> Registry:
             continue
         handlers[ep.name] = RegisteredHandler(ep.name, spec, dist, ep.value)
     return Registry(handlers, broken)
+
+
+def load_middleware(
+    enabled: Sequence[str],
+    options: Mapping[str, Mapping[str, object]],
+    *,
+    source: str,
+    group: str = MIDDLEWARE_GROUP,
+) -> tuple[Middleware, ...]:
+    """Build the enabled middleware from their entry points, in order; a name that is not
+    registered, fails to load, or refuses its options is a ConfigError."""
+    found = {ep.name: ep for ep in importlib.metadata.entry_points(group=group)}
+    built: list[Middleware] = []
+    for name in enabled:
+        key = f"middleware.{name}"
+        entry = found.get(name)
+        if entry is None:
+            known = ", ".join(sorted(found)) or "none"
+            raise ConfigError(
+                f"no middleware {name!r} in entry-point group {group!r} (known: {known})",
+                key=key,
+                source=source,
+            )
+        try:
+            factory = entry.load()
+            instance = factory(**dict(options.get(name, {})))
+        except Exception as exc:  # a plugin's import or constructor: report, refuse to start
+            raise ConfigError(
+                f"cannot set up middleware {name!r}: {type(exc).__name__}: {exc}",
+                key=key,
+                source=source,
+            ) from None
+        if not isinstance(instance, Middleware):
+            raise ConfigError(
+                f"{entry.value} did not build a tubeworker.Middleware", key=key, source=source
+            )
+        built.append(instance)
+    return tuple(built)

@@ -15,6 +15,7 @@ from tests.support.waiting import wait_until
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import open_client, parse_address
 from tubeworker.config import Config, LoggingConfig, PoolConfig, RetrySettings
+from tubeworker.job import Middleware
 from tubeworker.registry import Registry
 from tubeworker.runtime.state import WorkerState
 from tubeworker.service.daemon import run_daemon
@@ -58,10 +59,14 @@ def make_config(
 
 @asynccontextmanager
 async def running_daemon(
-    config: Config, functions: dict[str, Callable[..., Any]]
+    config: Config,
+    functions: dict[str, Callable[..., Any]],
+    *,
+    middleware: Sequence[Middleware] = (),
 ) -> AsyncIterator[WorkerState]:
     """Run the daemon in a nursery; on exit, drain it and wait until it has stopped."""
     registry = Registry.from_functions(functions)
+    registry.middleware = tuple(middleware)
     async with trio.open_nursery() as nursery:
         state: WorkerState = await nursery.start(partial(run_daemon, config, registry))
         try:
@@ -117,14 +122,20 @@ async def tube_totals(address: str, tubes: Iterable[str]) -> dict[str, int]:
 
 
 async def wait_tubes_empty(
-    address: str, tubes: Iterable[str], *, timeout: float = 30.0, buried: int | None = None
+    address: str,
+    tubes: Iterable[str],
+    *,
+    timeout: float = 30.0,
+    buried: int | None = None,
+    delayed_ok: bool = False,
 ) -> None:
-    """Until no job is ready, reserved or delayed (and, if given, ``buried`` are buried)."""
+    """Until no job is ready, reserved or delayed (and, if given, ``buried`` are buried);
+    ``delayed_ok``: jobs released for later count as handled."""
     names = list(tubes)
 
     async def empty() -> bool:
         t = await tube_totals(address, names)
-        done = t["ready"] + t["reserved"] + t["delayed"] == 0
+        done = t["ready"] + t["reserved"] + (0 if delayed_ok else t["delayed"]) == 0
         return done and (buried is None or t["buried"] == buried)
 
     await wait_until(empty, timeout=timeout, what=f"tubes {names} to empty")

@@ -92,9 +92,13 @@ def layer_of(module: str) -> int:
 
 
 DAEMON_MODULES = sorted(
-    m for m in MODULES if m != PUBLIC and not m.startswith("tubeworker.handlers")
+    m
+    for m in MODULES
+    if m != PUBLIC and not m.startswith(("tubeworker.handlers", "tubeworker.integrations"))
 )
-HANDLER_MODULES = sorted(m for m in MODULES if m.startswith("tubeworker.handlers"))
+HANDLER_MODULES = sorted(
+    m for m in MODULES if m.startswith(("tubeworker.handlers", "tubeworker.integrations."))
+)
 
 
 # --------------------------------------------------------------------------- the reader itself

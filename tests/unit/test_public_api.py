@@ -1,4 +1,4 @@
-"""The handler authors' API: what ``worker`` exports, and how Job, handler and Retry behave."""
+"""The handler authors' API: what ``tubeworker`` exports, and how Job, handler and Retry behave."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pickle
 import pytest
 import structlog.testing
 
-import worker
+import tubeworker
 from tubeworker import Bury, Job, Retry, handler
 from tubeworker.job import HandlerSpec, spec_of
 
@@ -53,18 +53,28 @@ class FakeServices:
 
 
 def test_given_package_when_inspected_then_all_is_exactly_the_public_api() -> None:
-    assert sorted(worker.__all__) == ["Bury", "Job", "Retry", "__version__", "handler"]
+    assert sorted(tubeworker.__all__) == [
+        "Bury",
+        "Job",
+        "Middleware",
+        "Retry",
+        "Verdict",
+        "__version__",
+        "handler",
+    ]
 
 
-@pytest.mark.parametrize("name", ["Bury", "Job", "Retry", "__version__", "handler"])
+@pytest.mark.parametrize(
+    "name", ["Bury", "Job", "Middleware", "Retry", "Verdict", "__version__", "handler"]
+)
 def test_given_public_name_when_imported_from_the_root_then_available(name: str) -> None:
-    module = importlib.import_module("worker")
+    module = importlib.import_module("tubeworker")
     assert getattr(module, name) is not None
 
 
 def test_given_version_when_read_then_matches_the_distribution() -> None:
-    assert isinstance(worker.__version__, str)
-    assert worker.__version__ == importlib.metadata.version("tubeworker")
+    assert isinstance(tubeworker.__version__, str)
+    assert tubeworker.__version__ == importlib.metadata.version("tubeworker")
 
 
 def test_given_outcomes_when_inspected_then_they_are_exceptions_for_raising() -> None:

@@ -14,7 +14,7 @@ import trio
 from tubeworker.config import Config, Overrides, load_config
 from tubeworker.errors import ConfigError
 from tubeworker.observe.logs import configure_logging
-from tubeworker.registry import Registry, discover, load_targets
+from tubeworker.registry import Registry, discover, load_middleware, load_targets
 from tubeworker.runtime.state import WorkerState
 from tubeworker.service.daemon import run_daemon
 
@@ -93,6 +93,9 @@ def build_registry(config: Config) -> Registry:
     registry = discover()
     load_targets(registry, config.handlers, source=config.source, search=config.config_dir)
     registry.require((pool.handler for pool in config.pools if pool.handler), source=config.source)
+    registry.middleware = load_middleware(
+        config.middleware.enabled, config.middleware.options, source=config.source
+    )
     return registry
 
 

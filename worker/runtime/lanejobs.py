@@ -78,6 +78,7 @@ class LaneJobs:
             profile=pool.config.profile,
             limiter=pool.limiter,
             processes=pool.processes,
+            middleware=services.middleware,
         )
         self.server_id = str(address)  # the server's instance id once connected
         self.must_close = False  # a job was returned: close the connection when idle

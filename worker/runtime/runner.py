@@ -8,16 +8,26 @@ lane, which returns the job by closing its connection.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, Protocol
 
+import structlog
 import trio
 
-from tubeworker.job import Bury, HandlerSpec, Job, JobRecord, Retry
+from tubeworker.job import Bury, HandlerSpec, Job, JobRecord, Middleware, Retry, Verdict
 from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob
 from tubeworker.runtime.policy import Budget, RetryPolicy, failure_outcome
 
-__all__ = ["ProcessPool", "run_in_process", "run_job", "timeout_outcome"]
+__all__ = [
+    "ProcessPool",
+    "report_timeout",
+    "run_in_process",
+    "run_job",
+    "timeout_outcome",
+    "verdict_of",
+]
+
+log = structlog.get_logger("tubeworker")
 
 
 class ProcessPool(Protocol):
@@ -89,9 +99,34 @@ async def run_job(
     profile: Literal["io", "compute"] = "io",
     limiter: trio.CapacityLimiter | None = None,
     processes: ProcessPool | None = None,
+    middleware: Sequence[Middleware] = (),
     rng: random.Random | None = None,
 ) -> Outcome:
-    """Run the handler (under ``timeout`` seconds if given) and return the outcome."""
+    """Run the handler (under ``timeout`` seconds if given) and return the outcome.
+
+    ``middleware`` hooks run around it (``before``; ``on_error`` when it raised; ``after``
+    once the outcome is decided). A timeout imposed from outside (the caller's cancel
+    scope) is reported by the caller with :func:`report_timeout`.
+    """
+    if middleware:
+        return await _run_with_middleware(
+            job, spec, budget, policy, timeout, profile, limiter, processes, middleware, rng
+        )
+    return await _run(job, spec, budget, policy, timeout, profile, limiter, processes, rng)
+
+
+async def _run(
+    job: Job,
+    spec: HandlerSpec,
+    budget: Budget,
+    policy: RetryPolicy,
+    timeout: float | None,
+    profile: Literal["io", "compute"],
+    limiter: trio.CapacityLimiter | None,
+    processes: ProcessPool | None,
+    rng: random.Random | None,
+    errors: list[BaseException] | None = None,
+) -> Outcome:
     try:
         if timeout is None:
             await _call(spec, job, profile, limiter, processes)
@@ -101,14 +136,82 @@ async def run_job(
             if scope.cancelled_caught:
                 return timeout_outcome(job, budget, policy, timeout, rng)
     except (Exception, SystemExit) as exc:  # user code: anything it raises is a verdict
+        if errors is not None:
+            errors.append(exc)
         return _outcome_for(exc, job, budget, policy, rng)
     except BaseExceptionGroup as group:
         # From a nursery inside the handler. Cancelled or KeyboardInterrupt inside must
         # propagate; a group of only errors and SystemExit is the handler's verdict.
         if group.subgroup(_must_propagate) is not None:
             raise
+        if errors is not None:
+            errors.append(group)
         return _outcome_for(group, job, budget, policy, rng)
     return _DELETE
+
+
+async def _run_with_middleware(
+    job: Job,
+    spec: HandlerSpec,
+    budget: Budget,
+    policy: RetryPolicy,
+    timeout: float | None,
+    profile: Literal["io", "compute"],
+    limiter: trio.CapacityLimiter | None,
+    processes: ProcessPool | None,
+    middleware: Sequence[Middleware],
+    rng: random.Random | None,
+) -> Outcome:
+    for each in middleware:
+        await _hook(each.before(job), each, "before")
+    errors: list[BaseException] = []
+    outcome = await _run(
+        job, spec, budget, policy, timeout, profile, limiter, processes, rng, errors
+    )
+    verdict = verdict_of(outcome)
+    if errors:
+        for each in reversed(middleware):
+            await _hook(each.on_error(job, errors[0], verdict, outcome.reason), each, "on_error")
+    elif outcome.cause is Cause.TIMEOUT:
+        error = TimeoutError(outcome.reason)
+        for each in reversed(middleware):
+            await _hook(each.on_error(job, error, verdict, outcome.reason), each, "on_error")
+    for each in reversed(middleware):
+        await _hook(each.after(job, verdict, outcome.reason or None), each, "after")
+    return outcome
+
+
+async def report_timeout(job: Job, outcome: Outcome, middleware: Sequence[Middleware]) -> None:
+    """The caller's deadline cancelled the handler: tell the middleware, as run_job would."""
+    verdict = verdict_of(outcome)
+    error = TimeoutError(outcome.reason)
+    for each in reversed(middleware):
+        await _hook(each.on_error(job, error, verdict, outcome.reason), each, "on_error")
+    for each in reversed(middleware):
+        await _hook(each.after(job, verdict, outcome.reason), each, "after")
+
+
+def verdict_of(outcome: Outcome) -> Verdict:
+    if isinstance(outcome, DeleteJob):
+        return "done"
+    if isinstance(outcome, ReleaseJob):
+        return "retry"
+    if isinstance(outcome, BuryJob):
+        return "bury"
+    return "return"
+
+
+async def _hook(call: Awaitable[None], middleware: Middleware, name: str) -> None:
+    """Middleware is user code too: what it raises is logged, never a job's verdict."""
+    try:
+        await call
+    except Exception as exc:
+        log.error(
+            "middleware failed",
+            middleware=type(middleware).__name__,
+            hook=name,
+            error=_describe(exc),
+        )
 
 
 def timeout_outcome(

@@ -9,17 +9,17 @@ replies, and hands every finished job to the lane exactly once.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import trio
 
 from tubeworker.beanstalk import protocol as p
-from tubeworker.job import HandlerSpec
+from tubeworker.job import HandlerSpec, Middleware
 from tubeworker.observe.counters import JobCounters
 from tubeworker.runtime.dispatch import Plan
 from tubeworker.runtime.outcome import Cause, Outcome, ReturnJob
-from tubeworker.runtime.runner import ProcessPool, run_job, timeout_outcome
+from tubeworker.runtime.runner import ProcessPool, report_timeout, run_job, timeout_outcome
 from tubeworker.runtime.slots import Slot
 
 __all__ = ["Run", "Runs", "handler_timeout", "touch_interval", "ttr_allowance"]
@@ -99,8 +99,10 @@ class Runs:
         profile: Literal["io", "compute"],
         limiter: trio.CapacityLimiter,
         processes: ProcessPool | None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self._runs: dict[int, Run] = {}
+        self._middleware = tuple(middleware)
         self._on_finished = on_finished
         self._counters = counters
         self._margin = ttr_margin
@@ -151,6 +153,7 @@ class Runs:
                     profile=self._profile,
                     limiter=self._limiter,
                     processes=self._processes,
+                    middleware=self._middleware,
                 )
         finally:
             counters.in_flight -= 1
@@ -163,6 +166,8 @@ class Runs:
             outcome = run.returned
         elif outcome is None:
             outcome = timeout_outcome(plan.job, plan.budget, plan.policy, run.timeout)
+            if self._middleware:
+                await report_timeout(plan.job, outcome, self._middleware)
         self._on_finished(run, outcome)
 
     # ---- touches

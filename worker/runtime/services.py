@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import httpx
 
     from tubeworker.config import Config
+    from tubeworker.job import Middleware
     from tubeworker.registry import Registry
     from tubeworker.runtime.slots import InFlight
     from tubeworker.runtime.state import WorkerState
@@ -83,6 +84,7 @@ class Services:
     http: SharedHttp = field(default_factory=SharedHttp)
     producers: dict[Address, Producer] = field(default_factory=dict)
     excuses: Excuses = field(default_factory=Excuses)
+    middleware: tuple[Middleware, ...] = ()  # enabled in [middleware], outermost first
     # How lanes connect; None: TCP/unix with the config's timeouts. Tests pass a scripted
     # server's.
     connector: Callable[[Address | str], Awaitable[Client]] | None = None

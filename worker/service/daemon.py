@@ -144,6 +144,7 @@ async def _run_daemon(
         registry=registry,
         state=state,
         in_flight=InFlight(config.max_in_flight or None),
+        middleware=registry.middleware,
     )
     try:
         async with trio.open_nursery() as helpers:

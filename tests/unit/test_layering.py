@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "model",
         ("tubeworker.job", "tubeworker.envelope", "tubeworker.registry", "tubeworker.config"),
     ),
+    ("flow", ("tubeworker.flow",)),
     ("runtime", ("tubeworker.runtime",)),
     ("service", ("tubeworker.service",)),
     ("control", ("tubeworker.control",)),

@@ -22,6 +22,7 @@ from tubeworker.beanstalk.protocol import MAX_INT, validate_tube_name
 from tubeworker.errors import ConfigError, LocalProtocolError
 
 __all__ = [
+    "ApiConfig",
     "Config",
     "ControlConfig",
     "LoggingConfig",
@@ -85,6 +86,24 @@ class RecycleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """An external API (``[api.NAME]``): the hosts that belong to it, the tubes whose jobs
+    all need it, whether an outage pauses those tubes server-wide, and its breaker."""
+
+    name: str
+    hosts: tuple[str, ...] = ()
+    tubes: tuple[str, ...] = ()  # every job of these tubes needs this API
+    pause_tubes: bool = False  # pause-tube them on the server while the API is open
+    window: float = 60.0
+    failure_rate: float = 0.5
+    min_calls: int = 20
+    consecutive_failures: int = 5
+    cooldown: float = 30.0
+    cooldown_cap: float = 600.0
+    probes: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class MiddlewareConfig:
     """Middleware enabled by name (entry-point group ``tubeworker.middleware``), outermost
     first, each with the options of its ``[middleware.NAME]`` table (given to its factory
@@ -126,6 +145,7 @@ class Config:
     recycle: RecycleConfig = field(default_factory=RecycleConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     middleware: MiddlewareConfig = field(default_factory=MiddlewareConfig)
+    apis: tuple[ApiConfig, ...] = ()
     # Handlers not (yet) packaged with an entry point: task name → "module:function".
     handlers: tuple[tuple[str, str], ...] = ()
     source: str = "defaults"
@@ -194,6 +214,14 @@ class _Reader:
         if not low <= value <= high:
             raise self.fail(name, f"must be between {low} and {high}, got {value}")
         return value
+
+    def fraction(self, name: str, default: float) -> float:
+        value = self.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 1:
+            raise self.fail(name, f"must be a fraction in (0, 1], got {value!r}")
+        return float(value)
 
     def seconds(self, name: str, default: float, *, low: float = 0, high: float = MAX_INT) -> float:
         value = self.get(name)
@@ -380,6 +408,49 @@ def _control(reader: _Reader) -> ControlConfig:
     )
 
 
+_API_KEYS: Final = (
+    "hosts",
+    "tubes",
+    "pause_tubes",
+    "window",
+    "failure_rate",
+    "min_calls",
+    "consecutive_failures",
+    "cooldown",
+    "cooldown_cap",
+    "probes",
+)
+
+
+def _apis(reader: _Reader) -> tuple[ApiConfig, ...]:
+    apis: list[ApiConfig] = []
+    for name in reader.table:
+        api = reader.table_at(name)
+        reader.used.add(name)
+        api.check_unknown(_API_KEYS)
+        cooldown = api.seconds("cooldown", 30.0, low=0.1, high=86_400)
+        config = ApiConfig(
+            name=name,
+            hosts=api.strings("hosts") or (),
+            tubes=api.strings("tubes") or (),
+            pause_tubes=api.boolean("pause_tubes", False),
+            window=api.seconds("window", 60.0, low=1, high=86_400),
+            failure_rate=api.fraction("failure_rate", 0.5),
+            min_calls=api.integer("min_calls", 20, low=1, high=1_000_000),
+            consecutive_failures=api.integer("consecutive_failures", 5, high=1_000_000),
+            cooldown=cooldown,
+            cooldown_cap=api.seconds("cooldown_cap", max(600.0, cooldown), low=cooldown),
+            probes=api.integer("probes", 1, low=1, high=1000),
+        )
+        for tube in config.tubes:
+            try:
+                validate_tube_name(tube)
+            except LocalProtocolError as exc:
+                raise api.fail("tubes", str(exc)) from None
+        apis.append(config)
+    return tuple(apis)
+
+
 def _middleware(reader: _Reader) -> MiddlewareConfig:
     enabled = reader.strings("enabled") or ()
     options: dict[str, Mapping[str, object]] = {}
@@ -417,6 +488,7 @@ _TOP_KEYS: Final = (
     "handlers",
     "control",
     "middleware",
+    "api",
 )
 _TARGET: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -463,6 +535,7 @@ def _build(raw: dict[str, Any], origins: dict[str, str]) -> Config:
         recycle=_recycle(top.table_at("recycle")),
         control=_control(top.table_at("control")),
         middleware=_middleware(top.table_at("middleware")),
+        apis=_apis(top.table_at("api")),
         handlers=_handlers(top.table_at("handlers")),
         source=origins[""],
     )

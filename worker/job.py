@@ -61,6 +61,8 @@ class _JobServices(Protocol):
     @property
     def http(self) -> httpx.AsyncClient: ...
 
+    def api(self, name: str) -> Any: ...
+
 
 class Job:
     """One reserved job, as a handler sees it.
@@ -162,8 +164,21 @@ class Job:
 
     @property
     def http(self) -> httpx.AsyncClient:
-        """The process's shared ``httpx.AsyncClient`` (connection pooling across jobs)."""
+        """The process's shared ``httpx.AsyncClient`` (connection pooling across jobs).
+        Every request it makes is reported to flow control under the API its host belongs
+        to (``[api.NAME] hosts``)."""
         return self._need_services("http").http
+
+    def api(self, name: str) -> Any:
+        """Report a call to an external API that does not go through ``job.http``::
+
+            async with job.api("smtp"):   # or a plain ``with``
+                await send_mail(...)
+
+        Leaving the block normally is a success; an exception is a failure of the API
+        (it still propagates). Enough failures open the API's breaker: its jobs then wait,
+        across the process (and, with ``pause_tubes``, across the fleet)."""
+        return self._need_services("api").api(name)
 
     @property
     def record(self) -> JobRecord:

@@ -10,7 +10,7 @@ import os
 
 import trio
 
-from tubeworker import Job
+from tubeworker import Job, Retry, handler
 
 
 def _log(event: str, job: Job) -> None:
@@ -48,4 +48,15 @@ def crunch(job: Job) -> None:
     for i in range(200_000):
         total += i * i
     job.log.info("crunched", total=total, pid=os.getpid())
+    _log("end", job)
+
+
+@handler(apis=["partner"], max_attempts=3)
+async def call_partner(job: Job) -> None:
+    """Calls the test's local HTTP API through the shared client (flow control counts it);
+    a 5xx is a failed attempt."""
+    _log("start", job)
+    response = await job.http.get(job.payload["url"], timeout=5)
+    if response.status_code >= 500:
+        raise Retry(reason=f"partner answered {response.status_code}")
     _log("end", job)

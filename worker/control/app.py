@@ -128,6 +128,7 @@ class ControlApp:
                 "jobs_running": state.running_jobs,
                 "counters": state.counters.totals(),
                 "pools": pools,
+                "apis": _apis(state),
             },
         )
 
@@ -187,6 +188,26 @@ class ControlApp:
                 nursery.cancel_scope.cancel()
         with trio.move_on_after(1):
             await send({"type": "websocket.close", "code": 1000})
+
+
+def _apis(state: WorkerState) -> dict[str, dict[str, Any]]:
+    if state.tracker is None:
+        return {}
+    now = trio.current_time()
+    return {
+        stats.api: {
+            "state": stats.state.value,
+            "calls": stats.calls,
+            "failures": stats.failures,
+            "trips": stats.trips,
+            "next_probe_in": (
+                round(max(0.0, stats.next_probe_at - now), 1)
+                if stats.next_probe_at is not None and stats.state.value == "open"
+                else None
+            ),
+        }
+        for stats in state.tracker.statistics().apis
+    }
 
 
 def _json(status: int, body: dict[str, Any]) -> tuple[int, str, bytes]:

@@ -36,6 +36,7 @@ __all__ = ["TubeDepths", "WorkerCollector", "build_registry", "run_tube_poller"]
 
 log = structlog.get_logger("tubeworker")
 
+_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 _THROUGHPUT_WEIGHT = 0.3  # how fast the per-tube throughput estimate follows new polls
 
 
@@ -89,6 +90,33 @@ class WorkerCollector(Collector):
         yield from self._jobs()
         yield from self._daemon()
         yield from self._tubes()
+        yield from self._apis()
+
+    def _apis(self) -> Iterator[Metric]:
+        tracker = self.state.tracker
+        state = GaugeMetricFamily(
+            "tubeworker_api_state",
+            "Breaker state per API: 0 closed, 1 half-open, 2 open",
+            labels=["api"],
+        )
+        calls = CounterMetricFamily(
+            "tubeworker_api_calls", "Calls reported per API, by result", labels=["api", "result"]
+        )
+        trips = CounterMetricFamily(
+            "tubeworker_api_trips", "Times an API's breaker opened", labels=["api"]
+        )
+        for stats in tracker.statistics().apis if tracker is not None else ():
+            state.add_metric([stats.api], _STATE_VALUES[stats.state.value])
+            calls.add_metric([stats.api, "success"], stats.successes_total)
+            calls.add_metric([stats.api, "failure"], stats.failures_total)
+            calls.add_metric([stats.api, "caller_fault"], stats.caller_faults_total)
+            trips.add_metric([stats.api], stats.trips)
+        yield from (state, calls, trips)
+        yield CounterMetricFamily(
+            "tubeworker_api_waits",
+            "Jobs held because an API they need was open (no attempt burned)",
+            value=self.state.counters.api_waits,
+        )
 
     def _jobs(self) -> Iterator[Metric]:
         counters = self.state.counters

@@ -92,6 +92,8 @@ class JobCounters:
         default_factory=lambda: defaultdict(_latency_histogram)
     )  # put → start, by tube
     redeliveries: int = 0  # deliveries that followed one that ended with no outcome
+    api_waits: int = 0  # jobs held because an API they need was open
+    deferred: int = 0  # jobs put back as a delayed copy while their API was open
 
     def totals(self) -> dict[str, int]:
         """The plain counts, for log lines and ``/status``."""
@@ -105,4 +107,6 @@ class JobCounters:
             "in_flight": self.in_flight,
             "connections_lost": self.connections_lost,
             "loop_stalls": self.loop_stalls,
+            "api_waits": self.api_waits,
+            "deferred": self.deferred,
         }

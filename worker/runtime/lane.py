@@ -22,6 +22,8 @@ Never silently stop:
 
 from __future__ import annotations
 
+import math
+
 import trio
 
 from tubeworker.backoff import full_jitter_delay
@@ -61,7 +63,6 @@ class Lane:
         self.runs = self.jobs.runs
         self._batch = BatchLimits(slots, self.config.batch_bytes)
         self._watched: frozenset[str] = frozenset({"default"})
-        self._watched_version = -1
         self._last_io = 0.0  # trio time of the last exchange: heartbeats after silence
         self._connected = False
 
@@ -155,19 +156,18 @@ class Lane:
                 connector=self.services.connector,
             )
             self._watched = frozenset({"default"})
-            self._watched_version = -1
             self._last_io = trio.current_time()
             if client.server is not None and client.server.id:
                 self.jobs.server_id = client.server.id
             self.connected_once.set()
         return client
 
-    def _rewatch(self) -> list[Entry]:
-        """watch/ignore commands that bring the watch list to the pool's tubes."""
-        wanted = self.pool.tubes
-        self._watched_version = self.pool.tubes_version
+    def _rewatch(self, wanted: frozenset[str]) -> list[Entry]:
+        """watch/ignore commands that bring the watch list to ``wanted``."""
         if not wanted:
-            return []  # nothing matches any more: keep watching what we had (never ignore all)
+            # Nothing matches any more, or every tube waits for its API: keep watching what
+            # we had (beanstalkd refuses to ignore the last tube; reserves stop meanwhile).
+            return []
         entries = [Entry(p.Watch(t)) for t in sorted(wanted - self._watched)]
         entries += [Entry(p.Ignore(t)) for t in sorted(self._watched - wanted)]
         self._watched = wanted
@@ -184,9 +184,14 @@ class Lane:
             if scope.cancelled_caught:
                 return None
             while True:
-                fetching = self.state.may_fetch and not self.jobs.must_close
-                got_all = await self._exchange(client, handlers, fetching)
+                wanted, until = self.pool.watchable()
+                blocked = not wanted and until is not None  # every tube waits for its API
+                fetching = self.state.may_fetch and not self.jobs.must_close and not blocked
+                got_all = await self._exchange(client, handlers, fetching, wanted)
                 if not len(self.runs) and not self._outbox:
+                    if blocked and self.state.may_fetch and not self.jobs.must_close:
+                        await self._wait(client, fetching, until=until)
+                        continue
                     if not fetching:
                         return None  # drained, quiet, or a returned job: close the connection
                     if not got_all:
@@ -196,15 +201,17 @@ class Lane:
                         continue
                 if got_all and fetching and len(self.runs) < self.slots:
                     continue  # every reserve got a job: there may be more
-                await self._wait(client, fetching)
+                await self._wait(client, fetching, until=until)
         except (ConnectionLostError, ProtocolError) as exc:
             return str(exc)
 
-    async def _exchange(self, client: Client, handlers: trio.Nursery, fetching: bool) -> bool:
+    async def _exchange(
+        self, client: Client, handlers: trio.Nursery, fetching: bool, wanted: frozenset[str]
+    ) -> bool:
         """One write of outcomes, touches and reserves; True if every reserve got a job."""
         entries = self._outbox.take()
-        if self._watched_version != self.pool.tubes_version:
-            entries += self._rewatch()
+        if wanted is not self._watched and wanted != self._watched:
+            entries += self._rewatch(wanted)
         entries += [Entry(touch) for touch in self.runs.due_touches()]
         slots = self.services.in_flight.take(self._batch.wanted(len(self.runs))) if fetching else []
         reserve = p.ReserveWithTimeout(0)
@@ -296,14 +303,20 @@ class Lane:
         finally:
             slot.release()  # no-op once a job holds it
 
-    async def _wait(self, client: Client, fetching: bool) -> None:
+    async def _wait(self, client: Client, fetching: bool, *, until: float | None = None) -> None:
         """Until a handler queues a command, a touch or heartbeat is due, it is time to
-        look for new jobs again, or the connection dies (raises)."""
+        look for new jobs again (or, ``until``, to ask the APIs again), or the connection
+        dies (raises)."""
         if self._outbox:
             return
+        now = trio.current_time()
         looking = fetching and self._batch.wanted(len(self.runs)) > 0
-        heartbeat = self._last_io + self.config.reserve_timeout - trio.current_time()
+        heartbeat = (
+            self._last_io + self.config.reserve_timeout - now if len(self.runs) else math.inf
+        )
         timeout = min(self.runs.next_touch_in(), _POLL_INTERVAL if looking else heartbeat)
+        if until is not None:
+            timeout = min(timeout, until - now)
         with trio.move_on_after(max(0.0, timeout)) as scope:
             self._outbox.wake = scope
             reason = await client.wait_lost()

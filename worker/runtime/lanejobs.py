@@ -14,6 +14,7 @@ import trio
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address
 from tubeworker.errors import JobLostError, UnexpectedReplyError
+from tubeworker.flow import TrackedCall
 from tubeworker.runtime.dispatch import plan_job
 from tubeworker.runtime.outbox import Entry, Outbox
 from tubeworker.runtime.outcome import BuryJob, Cause, Outcome, ReturnJob
@@ -49,6 +50,9 @@ class _JobServices:
     def http(self) -> httpx.AsyncClient:
         return self._jobs.pool.services.http.client
 
+    def api(self, name: str) -> TrackedCall:
+        return self._jobs.pool.services.tracker.call(name)
+
 
 class LaneJobs:
     """The jobs one lane holds, across its connections."""
@@ -79,6 +83,11 @@ class LaneJobs:
             limiter=pool.limiter,
             processes=pool.processes,
             middleware=services.middleware,
+            tracker=services.tracker,
+            draining=lambda: self.state.draining,
+            log=log,
+            defer=self._put_copy,
+            other_work=lambda: bool(pool.watchable()[0]),
         )
         self.server_id = str(address)  # the server's instance id once connected
         self.must_close = False  # a job was returned: close the connection when idle
@@ -86,6 +95,15 @@ class LaneJobs:
 
     def __len__(self) -> int:
         return len(self.runs)
+
+    async def _put_copy(self, run: Run, delay: int) -> int:
+        """A deferral: the job again, delayed, in its tube (the original is then deleted:
+        put first, so a crash in between leaves a duplicate, never a loss)."""
+        job = run.plan.job
+        producer = self.pool.services.producer(self.address)
+        return await producer.put(
+            job.body, tube=job.tube, priority=job.priority, delay=delay, ttr=job.ttr
+        )
 
     # ---- for the state (drain deadline) and for handlers
 
@@ -135,7 +153,10 @@ class LaneJobs:
         if plan.budget.redeliveries:
             counters.redeliveries += 1
         plan.job._services = _JobServices(self, self.address, job.id)
-        self.runs.begin(handlers, plan, stats, slot, now)
+        apis = self.pool.apis_of(stats.tube)
+        if plan.spec.apis:
+            apis = apis | frozenset(plan.spec.apis)
+        self.runs.begin(handlers, plan, stats, slot, now, apis)
         self.state.busy_lanes.add(self)
 
     # ---- outcomes
@@ -148,7 +169,7 @@ class LaneJobs:
         self.state.job_finished()
         if isinstance(outcome, ReturnJob):
             self.outcomes.record(finished)
-            if outcome.cause is Cause.CONNECTION_LOST:  # the link's fault, not the job's
+            if outcome.cause in _NOT_THE_JOBS_FAULT:
                 self.excuses.add(self.server_id, finished.job_id)
             self.must_close = True  # the only way to hand a job back without an outcome
             self.outbox.poke()
@@ -187,6 +208,10 @@ class LaneJobs:
                 self.excuses.add(self.server_id, entry.finishes.job_id)
         self.must_close = False
         return owed
+
+
+# Returns that do not count toward the redelivery limit in this process.
+_NOT_THE_JOBS_FAULT = frozenset({Cause.CONNECTION_LOST, Cause.API_OPEN})
 
 
 def _applied(command: p.Command, reply: p.Reply) -> bool:

@@ -23,6 +23,7 @@ class Cause(enum.Enum):
 
     # deleted
     COMPLETED = "completed"
+    DEFERRED = "deferred"  # its API was open: a copy waits out the cool-down (fresh budget)
     # released, or buried when no attempt is left
     HANDLER_ERROR = "handler_error"  # the handler raised an exception
     HANDLER_RETRY = "handler_retry"  # the handler raised Retry
@@ -41,6 +42,7 @@ class Cause(enum.Enum):
     NOT_OURS = "not_ours"  # beanstalkd answered NOT_FOUND: its TTR expired, someone else has it
     UNCONFIRMED = "unconfirmed"  # the connection was lost before beanstalkd confirmed
     SERVER_REFUSED = "server_refused"  # beanstalkd answered an error (out of memory, …)
+    API_OPEN = "api_open"  # held for an open API when the daemon drained
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,33 @@ class Pool:
         self.limiter = trio.CapacityLimiter(config.concurrency)
         self.processes = processes
         self.log = log.bind(pool=config.name)
+        # Flow control: the APIs every job of the pool needs (its bound handler's), and
+        # per tube ([api.NAME] tubes). Without either, lanes never ask the tracker.
+        self.bound_apis = frozenset(self.rules.bound.apis) if self.rules.bound else frozenset()
+        self._gated = bool(self.bound_apis or services.tube_apis)
+
+    def apis_of(self, tube: str) -> frozenset[str]:
+        """The APIs every job of ``tube`` needs (before its handler is known)."""
+        return self.services.tube_apis.get(tube, frozenset()) | self.bound_apis
+
+    def watchable(self) -> tuple[frozenset[str], float | None]:
+        """The tubes to watch now, leaving out those whose APIs are open, and when the
+        first of those may be watched again (None: none is blocked)."""
+        if not self._gated:
+            return self.tubes, None
+        tracker = self.services.tracker
+        fetchable: set[str] = set()
+        until: float | None = None
+        for tube in self.tubes:
+            apis = self.apis_of(tube)
+            blocked = tracker.blocked_until(apis) if apis else None
+            if blocked is None:
+                fetchable.add(tube)
+            else:
+                until = blocked if until is None else min(until, blocked)
+        if until is None:
+            return self.tubes, None
+        return frozenset(fetchable), until
 
     def lane_sizes(self) -> list[int]:
         return lane_sizes(

@@ -55,7 +55,10 @@ class OutcomeLog:
         counters = self.counters
         name: str
         if isinstance(outcome, DeleteJob):
-            counters.deleted += 1
+            if outcome.cause is Cause.DEFERRED:
+                counters.deferred += 1
+            else:
+                counters.deleted += 1
             name = "deleted"
         elif isinstance(outcome, ReleaseJob):
             counters.released += 1
@@ -92,7 +95,10 @@ class OutcomeLog:
             "outcome": name,
         }
         if isinstance(outcome, DeleteJob):
-            self.log.info("job done", **fields)
+            if outcome.cause is Cause.DEFERRED:
+                self.log.info("job deferred", **fields, reason=outcome.detail)
+            else:
+                self.log.info("job done", **fields)
             return
         if isinstance(outcome, ReleaseJob):
             fields["delay"] = outcome.delay

@@ -9,20 +9,28 @@ replies, and hands every finished job to the lane exactly once.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Literal
 
+import greenstalk
+import structlog
 import trio
 
 from tubeworker.beanstalk import protocol as p
+from tubeworker.errors import ConnectionLostError
+from tubeworker.flow import ApiTracker, Permit
 from tubeworker.job import HandlerSpec, Middleware
 from tubeworker.observe.counters import JobCounters
+from tubeworker.runtime.admission import wait_for_apis
 from tubeworker.runtime.dispatch import Plan
-from tubeworker.runtime.outcome import Cause, Outcome, ReturnJob
+from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob, ReturnJob
 from tubeworker.runtime.runner import ProcessPool, report_timeout, run_job, timeout_outcome
 from tubeworker.runtime.slots import Slot
 
 __all__ = ["Run", "Runs", "handler_timeout", "touch_interval", "ttr_allowance"]
+
+# Outcomes that say the handler's call failed (an API's fault, if that API is now open).
+_FAILURES = frozenset({Cause.HANDLER_ERROR, Cause.HANDLER_RETRY, Cause.TIMEOUT})
 
 
 def handler_timeout(
@@ -51,9 +59,11 @@ class Run:
     """A reserved job whose handler runs on its lane's connection."""
 
     __slots__ = (
+        "apis",
         "limit",
         "lost",
         "next_touch",
+        "permit",
         "plan",
         "returned",
         "scope",
@@ -61,6 +71,8 @@ class Run:
         "started",
         "stats",
         "timeout",
+        "touch_once",
+        "touched_at",
     )
 
     def __init__(
@@ -77,6 +89,10 @@ class Run:
         self.lost = False  # the connection is gone: no outcome can be sent for it
         self.next_touch = math.inf
         self.limit = math.inf  # the handler's own timeout (absolute); touches never pass it
+        self.apis: frozenset[str] = frozenset()  # the APIs it needs (flow control)
+        self.permit: Permit | None = None  # admitted by the tracker (a probe, maybe)
+        self.touched_at = now  # the TTR's last restart: reserve or touch
+        self.touch_once = False  # touched once more when it leaves the API wait
 
     def give_back(self, cause: Cause, detail: str, *, lost: bool = False) -> None:
         """Cancel the handler; the job goes back to beanstalkd when the connection closes."""
@@ -100,8 +116,18 @@ class Runs:
         limiter: trio.CapacityLimiter,
         processes: ProcessPool | None,
         middleware: Sequence[Middleware] = (),
+        tracker: ApiTracker | None = None,
+        draining: Callable[[], bool] = lambda: False,
+        log: structlog.typing.FilteringBoundLogger | None = None,
+        defer: Callable[[Run, int], Awaitable[int]] | None = None,
+        other_work: Callable[[], bool] = lambda: False,
     ) -> None:
+        self._defer = defer
+        self._other_work = other_work
         self._runs: dict[int, Run] = {}
+        self._tracker = tracker or ApiTracker(clock=trio.current_time)
+        self._draining = draining
+        self._log = log or structlog.get_logger("tubeworker")
         self._middleware = tuple(middleware)
         self._on_finished = on_finished
         self._counters = counters
@@ -121,21 +147,49 @@ class Runs:
         return self._runs.get(job_id)
 
     def begin(
-        self, nursery: trio.Nursery, plan: Plan, stats: p.JobStats, slot: Slot, started: float
+        self,
+        nursery: trio.Nursery,
+        plan: Plan,
+        stats: p.JobStats,
+        slot: Slot,
+        started: float,
+        apis: frozenset[str] = frozenset(),
     ) -> Run:
-        """Start the plan's handler under its own deadline."""
+        """Start the plan's handler under its own deadline; a job whose ``apis`` are open
+        is held first (touched, its deadline not running) until they admit it."""
         spec = plan.spec
         timeout = handler_timeout(spec, self._pool_timeout, stats.ttr, self._margin)
         run = Run(plan, stats, slot, started, timeout)
-        wanted = spec.timeout or self._pool_timeout
-        now = trio.current_time()
-        if wanted:
-            run.limit = now + wanted
-        if spec.long_running:
-            run.next_touch = now + touch_interval(stats.ttr, self._margin)
+        run.apis = apis
+        if apis:
+            run.permit = self._tracker.try_admit(apis)
+            if run.permit is None:  # held: touched meanwhile, deadline set on admission
+                run.scope.deadline = math.inf
+                run.next_touch = run.touched_at + touch_interval(stats.ttr, self._margin)
+                self._counters.api_waits += 1
+        if run.permit is not None or not apis:
+            self._arm(run, trio.current_time(), held=False)
         self._runs[plan.job.id] = run
         nursery.start_soon(self._run_handler, run)
         return run
+
+    def _arm(self, run: Run, now: float, *, held: bool) -> None:
+        """The handler starts now: its own timeout, and the touch schedule it needs
+        (``held``: it waited for its APIs, its TTR running since its last touch)."""
+        spec = run.plan.spec
+        wanted = spec.timeout or self._pool_timeout
+        run.limit = now + wanted if wanted else math.inf
+        if spec.long_running:
+            run.scope.deadline = now + run.timeout if run.timeout is not None else math.inf
+            run.next_touch = now + touch_interval(run.stats.ttr, self._margin)
+        elif held:  # touch once more so that it gets its whole TTR
+            run.scope.deadline = min(
+                run.limit, run.touched_at + ttr_allowance(run.stats.ttr, self._margin)
+            )
+            run.next_touch, run.touch_once = now, True
+        else:
+            run.scope.deadline = now + run.timeout if run.timeout is not None else math.inf
+            run.next_touch = math.inf
 
     async def _run_handler(self, run: Run) -> None:
         plan = run.plan
@@ -144,18 +198,27 @@ class Runs:
         outcome: Outcome | None = None
         try:
             with run.scope:
-                outcome = await run_job(
-                    plan.job,
-                    plan.spec,
-                    plan.budget,
-                    plan.policy,
-                    timeout=None,  # the run's scope carries the deadline
-                    profile=self._profile,
-                    limiter=self._limiter,
-                    processes=self._processes,
-                    middleware=self._middleware,
-                )
+                while True:
+                    if run.apis and run.permit is None:
+                        outcome = await self._defer_or_hold(run)
+                        if outcome is not None:
+                            break
+                    outcome = await run_job(
+                        plan.job,
+                        plan.spec,
+                        plan.budget,
+                        plan.policy,
+                        timeout=None,  # the run's scope carries the deadline
+                        profile=self._profile,
+                        limiter=self._limiter,
+                        processes=self._processes,
+                        middleware=self._middleware,
+                    )
+                    if not self._failed_with_its_api(run, outcome):
+                        break
         finally:
+            if run.permit is not None:
+                run.permit.release()
             counters.in_flight -= 1
             # The same id may be running again already: beanstalkd handed a job that is no
             # longer ours (NOT_FOUND on touch) back to us. Only forget this run.
@@ -170,6 +233,58 @@ class Runs:
                 await report_timeout(plan.job, outcome, self._middleware)
         self._on_finished(run, outcome)
 
+    async def _defer_or_hold(self, run: Run) -> Outcome | None:
+        """A job whose APIs are open: deferred (a delayed copy, so that its slot serves the
+        pool's other tubes) when the pool has other work, else held until admitted."""
+        until = self._tracker.blocked_until(run.apis)
+        if until is not None and self._defer is not None and self._other_work():
+            delay = max(1, math.ceil(until - trio.current_time()))
+            try:
+                copy = await self._defer(run, delay)
+            except (ConnectionLostError, greenstalk.Error) as exc:
+                self._log.warning(
+                    "cannot defer job: holding it", job_id=run.plan.job.id, error=str(exc)
+                )
+            else:
+                apis = ", ".join(sorted(run.apis))
+                detail = f"its API is open ({apis}): waits as job {copy} for {delay} s"
+                return DeleteJob(Cause.DEFERRED, detail)
+        await self._hold(run)
+        return None
+
+    async def _hold(self, run: Run) -> None:
+        """Wait for the run's APIs to admit it (touched meanwhile, no deadline running)."""
+        run.permit = await wait_for_apis(
+            run.apis, self._tracker, draining=self._draining, log=self._log
+        )
+        if run.permit is None:
+            run.give_back(Cause.API_OPEN, "draining while its API was open")
+            await trio.lowlevel.checkpoint()  # the cancelled scope ends the run here
+        self._arm(run, trio.current_time(), held=True)
+
+    def _failed_with_its_api(self, run: Run, outcome: Outcome) -> bool:
+        """A run that failed while an API it needs is now open failed because of the API,
+        not of the job (it tripped the breaker, or was a probe that failed): it is held
+        for another run instead of being released, so an outage burns no attempt."""
+        if not run.apis or outcome.cause not in _FAILURES:
+            return False
+        if not isinstance(outcome, ReleaseJob | BuryJob) or not self._tracker.blocked(run.apis):
+            return False
+        if run.permit is not None:
+            run.permit.release()
+            run.permit = None
+        now = trio.current_time()
+        run.scope.deadline = math.inf
+        run.next_touch, run.touch_once = now, False  # touched at once, then every half TTR
+        self._counters.api_waits += 1
+        self._log.info(
+            "job failed while its API is open: held for another run, no attempt counted",
+            job_id=run.plan.job.id,
+            apis=sorted(run.apis),
+            reason=outcome.detail,
+        )
+        return True
+
     # ---- touches
 
     def due_touches(self) -> list[p.Command]:
@@ -177,7 +292,10 @@ class Runs:
         touches: list[p.Command] = []
         for job_id, run in self._runs.items():
             if run.next_touch <= now:
-                run.next_touch = now + touch_interval(run.stats.ttr, self._margin)
+                if run.touch_once:  # the one touch after an API wait: no schedule after it
+                    run.next_touch, run.touch_once = math.inf, False
+                else:
+                    run.next_touch = now + touch_interval(run.stats.ttr, self._margin)
                 touches.append(p.Touch(job_id))
         return touches
 
@@ -191,6 +309,9 @@ class Runs:
         if run is None:
             return
         if isinstance(reply, p.Touched):
+            run.touched_at = trio.current_time()
+            if run.apis and run.permit is None:
+                return  # held for its API: no deadline runs yet
             if not run.plan.spec.long_running:
                 # The TTR starts again: so does the part of our deadline that guards it.
                 allowance = ttr_allowance(run.stats.ttr, self._margin)

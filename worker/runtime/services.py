@@ -3,7 +3,7 @@ follow-up puts and shared HTTP."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -11,6 +11,7 @@ import trio
 
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect, raise_for_reply
+from tubeworker.flow import ApiTracker
 from tubeworker.runtime.excuses import Excuses
 
 if TYPE_CHECKING:
@@ -54,17 +55,22 @@ class Producer:
 
 
 class SharedHttp:
-    """One ``httpx.AsyncClient`` for the process, created on first use."""
+    """One ``httpx.AsyncClient`` for the process, created on first use; every request it
+    makes is reported to the API tracker (flow control), when there is one."""
 
-    def __init__(self) -> None:
+    def __init__(self, tracker: ApiTracker | None = None) -> None:
         self._client: httpx.AsyncClient | None = None
+        self.tracker = tracker
 
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
             import httpx  # imported on first use: most workers never make HTTP calls
 
-            self._client = httpx.AsyncClient(timeout=30.0)
+            from tubeworker.flow.http import TrackingTransport
+
+            transport = TrackingTransport(self.tracker) if self.tracker is not None else None
+            self._client = httpx.AsyncClient(timeout=30.0, transport=transport)
         return self._client
 
     async def aclose(self) -> None:
@@ -85,6 +91,14 @@ class Services:
     producers: dict[Address, Producer] = field(default_factory=dict)
     excuses: Excuses = field(default_factory=Excuses)
     middleware: tuple[Middleware, ...] = ()  # enabled in [middleware], outermost first
+    tracker: ApiTracker = field(default_factory=lambda: ApiTracker(clock=trio.current_time))
+    # The APIs every job of a tube needs ([api.NAME] tubes).
+    tube_apis: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.http.tracker is None:
+            self.http.tracker = self.tracker
+
     # How lanes connect; None: TCP/unix with the config's timeouts. Tests pass a scripted
     # server's.
     connector: Callable[[Address | str], Awaitable[Client]] | None = None

@@ -15,6 +15,7 @@ from typing import Protocol
 import trio
 
 from tubeworker.beanstalk.client import Address
+from tubeworker.flow import ApiTracker
 from tubeworker.observe.counters import JobCounters
 from tubeworker.observe.events import EventBus
 from tubeworker.runtime.outcome import Cause
@@ -89,6 +90,8 @@ class WorkerState:
         self.drain_started = trio.Event()
         #: Every lane, for reports (set by the daemon once its pools run).
         self.lanes: list[LaneView] = []
+        #: Flow control's breakers, for reports (set by the daemon).
+        self.tracker: ApiTracker | None = None
 
     @property
     def may_fetch(self) -> bool:

@@ -19,6 +19,7 @@ import trio
 from tubeworker.config import Config
 from tubeworker.observe.logs import line_buffer
 from tubeworker.registry import Registry
+from tubeworker.runtime.apis import build_tracker, log_transitions, run_tube_pauser, tube_apis
 from tubeworker.runtime.lane import Lane
 from tubeworker.runtime.serve import run_pool
 from tubeworker.runtime.services import Services
@@ -145,13 +146,19 @@ async def _run_daemon(
         state=state,
         in_flight=InFlight(config.max_in_flight or None),
         middleware=registry.middleware,
+        tracker=build_tracker(config),
+        tube_apis=tube_apis(config),
     )
+    state.tracker = services.tracker
+    log_transitions(services.tracker, state.events)
+    servers = sorted({a for pool in config.pools for a in pool.servers or config.servers}, key=str)
     try:
         async with trio.open_nursery() as helpers:
             if signals is not None:
                 helpers.start_soon(_handle_signals, signals, state)
             helpers.start_soon(_drain_deadline, state, config, notifier)
             helpers.start_soon(_recycle, state, config)
+            helpers.start_soon(run_tube_pauser, config, services.tracker, servers)
             if config.stall_threshold:
                 handlers = [(n, r.spec.func) for n, r in registry.handlers.items()]
                 await helpers.start(run_stall_detector, config.stall_threshold, handlers)

@@ -1,0 +1,151 @@
+"""Flow control as users run it: `tubeworker run` (a subprocess, real beanstalkd) calling a
+real local HTTP API that goes down and comes back. While it is down, its jobs wait without
+burning attempts, the API sees only the calls that trip the breaker and the probes, other
+tubes keep flowing, and the tube is paused on the server for every worker; after it comes
+back, every job is done and none is buried."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import greenstalk
+import pytest
+import trio
+
+from tests.support.beanstalkd import BeanstalkdProcess
+from tests.support.httpserver import Reply, open_http_api
+from tests.support.process import DaemonProcess
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+JOBS = 60
+OTHER = 20
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.stop()
+
+
+def config_for(path: Path, server: BeanstalkdProcess) -> Path:
+    path.write_text(
+        "\n".join(
+            [
+                "[worker]",
+                f'servers = ["{server.address}"]',
+                "drain_timeout = 5",
+                "[logging]",
+                'format = "json"',
+                "[handlers]",
+                '"partner" = "tests.e2e.handlers:call_partner"',
+                '"sleepy" = "tests.e2e.handlers:sleepy"',
+                "[api.partner]",
+                'hosts = ["127.0.0.1"]',
+                'tubes = ["partner"]',
+                "pause_tubes = true",
+                "consecutive_failures = 3",
+                "cooldown = 1",
+                "cooldown_cap = 2",
+                "[[pool]]",
+                'tubes = ["partner", "other"]',
+                "concurrency = 10",
+                "[pool.retry]",
+                "max_attempts = 3",
+                "backoff_base = 1",
+                "backoff_cap = 2",
+            ]
+        )
+        + "\n"
+    )
+    return path
+
+
+def put(server: BeanstalkdProcess, tube: str, bodies: list[dict[str, object]]) -> list[int]:
+    with greenstalk.Client((server.host, server.port), use=tube) as client:
+        return [client.put(json.dumps(body), ttr=30) for body in bodies]
+
+
+def tube(server: BeanstalkdProcess, name: str) -> dict[str, int]:
+    with greenstalk.Client((server.host, server.port)) as client:
+        stats = client.stats_tube(name)
+    return {k: int(v) for k, v in stats.items() if isinstance(v, int)}
+
+
+def job_stats(server: BeanstalkdProcess, ids: list[int]) -> list[dict[str, object]]:
+    found = []
+    with greenstalk.Client((server.host, server.port)) as client:
+        for job_id in ids:
+            try:
+                found.append(dict(client.stats_job(job_id)))
+            except greenstalk.NotFoundError:
+                continue
+    return found
+
+
+async def test_given_an_api_down_then_its_jobs_wait_and_all_finish_when_it_is_back(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    async with open_http_api() as api:
+        api.reply = Reply(503)  # down from the start
+        daemon = DaemonProcess(config_for(tmp_path / "w.toml", beanstalkd), tmp_path)
+        daemons.append(daemon.start())
+        await wait_until(
+            lambda: any(e.get("event") == "ready" for e in daemon.events()), timeout=20
+        )
+        partner = [
+            {"task": "partner", "payload": {"n": n, "url": f"{api.url}/call/{n}"}}
+            for n in range(JOBS)
+        ]
+        ids = put(beanstalkd, "partner", partner)
+        put(
+            beanstalkd,
+            "other",
+            [{"task": "sleepy", "payload": {"n": 1000 + n}} for n in range(OTHER)],
+        )
+
+        # The breaker opens; the tube is paused on the server for every worker.
+        def opened() -> bool:
+            return any(e.get("event", "").startswith("api breaker open") for e in daemon.events())
+
+        await wait_until(opened, timeout=20, what="the partner API's breaker to open")
+        await wait_until(lambda: tube(beanstalkd, "partner")["pause-time-left"] > 0, timeout=10)
+        # Other tubes keep flowing meanwhile.
+        await wait_until(lambda: len(daemon.runs("end")) >= OTHER, timeout=20)
+        # Down for several cool-downs (cooldown 1 s doubling to 2 s).
+        outage = 8.0
+        await trio.sleep(outage)  # the point of the test: time passes while the API is down
+        calls_while_down = len(api.requests)
+        trips = [e for e in daemon.events() if e.get("event", "").startswith("api breaker open")]
+
+        api.reply = Reply(200, body=b"ok")  # back
+        recovered = time.monotonic()
+
+        def all_done() -> bool:
+            return len([n for n in daemon.runs("end") if n < JOBS]) == JOBS
+
+        await wait_until(all_done, timeout=30, what="every partner job done after recovery")
+        took = time.monotonic() - recovered
+
+    # Calls that reached the API while it was down: those in flight when it tripped (at most
+    # the pool's concurrency), then one probe per open period; never one per job and
+    # attempt (untracked: 60 jobs x 3 attempts = 180).
+    bound = 10 + len(trips) + 1
+    assert calls_while_down <= bound, (calls_while_down, len(trips))
+    assert len(trips) >= 2  # it re-opened after failed probes
+    assert took <= 2 * 2 + 5  # within about one cool-down cap of recovery
+    left = tube(beanstalkd, "partner")
+    assert left["current-jobs-buried"] == 0
+    assert left["current-jobs-ready"] + left["current-jobs-delayed"] == 0
+    # Attempts were burned only by failures that came before the breaker opened (at most
+    # consecutive_failures - 1 of them); every later failure was held, not released.
+    released = [e for e in daemon.events() if e.get("event") == "job released"]
+    assert len(released) <= 2
+    assert not [e for e in daemon.events() if e.get("event") == "job buried"]
+    assert job_stats(beanstalkd, ids) == []  # every one deleted

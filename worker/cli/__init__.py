@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import trio
 
 from tubeworker import __version__
+from tubeworker.cli.admin import add_admin_commands
 from tubeworker.cli.startup import EX_OK, add_run_options
 
 __all__ = ["main"]
@@ -38,6 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="a private beanstalkd, demo jobs, the daemon")
     demo.add_argument("--jobs", type=int, default=60, help="how many demo jobs (default 60)")
     demo.add_argument("--log-format", choices=("auto", "json", "console"), default="console")
+    top = commands.add_parser(
+        "top", help="a live view of running daemons, through their control planes"
+    )
+    top.add_argument(
+        "urls",
+        nargs="*",
+        metavar="URL",
+        help="a daemon's control plane (default http://127.0.0.1:9090); several allowed",
+    )
+    top.add_argument(
+        "--interval", type=float, default=1.0, metavar="SECONDS", help="refresh (default 1)"
+    )
+    top.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    add_admin_commands(commands)  # stats, peek, kick, kick-job, delete, put, pause
     return parser
 
 
@@ -73,9 +88,46 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tubeworker.cli.dev import run_dev
 
         return trio.run(run_dev, args)
-    from tubeworker.cli.demo import run_demo
+    if args.command == "demo":
+        from tubeworker.cli.demo import run_demo
 
-    return trio.run(run_demo, args)
+        return trio.run(run_demo, args)
+    if args.command == "top":
+        from tubeworker.cli.top import top
+
+        return top(args)
+    return _dispatch_admin(args)
+
+
+def _dispatch_admin(args: argparse.Namespace) -> int:
+    # The admin commands talk to beanstalkd directly; each runs its own trio.run.
+    if args.command == "stats":
+        from tubeworker.cli.stats import stats
+
+        return stats(args)
+    if args.command == "peek":
+        from tubeworker.cli.peek import peek
+
+        return peek(args)
+    if args.command == "kick":
+        from tubeworker.cli.kick import kick
+
+        return kick(args)
+    if args.command == "kick-job":
+        from tubeworker.cli.kick import kick_job
+
+        return kick_job(args)
+    if args.command == "delete":
+        from tubeworker.cli.delete import delete
+
+        return delete(args)
+    if args.command == "put":
+        from tubeworker.cli.put import put
+
+        return put(args)
+    from tubeworker.cli.pause import pause
+
+    return pause(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

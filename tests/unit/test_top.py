@@ -1,0 +1,513 @@
+"""`tubeworker top`'s pure half: the model under fed events with an injected clock (rates over
+windows, summaries, drops, state), what it reads of /status and /metrics, and the renderer's
+exact lines for a known model. No server, no terminal."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from trio_websocket import CloseReason, ConnectionClosed
+
+from tubeworker.cli.top import (
+    DASH,
+    DaemonView,
+    MetricsSnapshot,
+    RateWindow,
+    Screen,
+    TopModel,
+    TubeFacts,
+    describe_error,
+    format_count,
+    format_seconds,
+    normalize_url,
+    parse_metrics,
+    poll_once,
+    render,
+    summary_line,
+    top,
+    tube_rows,
+)
+from tubeworker.observe.events import EventBus
+
+URL = "http://127.0.0.1:9090"
+
+
+def job(tube: str, handler: str, outcome: str = "deleted", **extra: Any) -> dict[str, Any]:
+    return {"type": "job", "job_id": 1, "tube": tube, "handler": handler, "outcome": outcome,
+            "cause": "completed", "duration": 0.01, "at": 0.0, **extra}  # fmt: skip
+
+
+def streaming(at: float = 1000.0) -> DaemonView:
+    view = DaemonView(URL)
+    view.on_event({"type": "hello", "pid": 4242, "at": 0.0}, at)
+    return view
+
+
+# --------------------------------------------------------------------------- rate windows
+
+
+def test_given_marks_over_time_then_a_window_counts_only_its_own() -> None:
+    window = RateWindow()
+    for at in (100.0, 105.0, 109.5, 110.0):
+        window.add(at)
+    assert window.count(110.0, 10) == 3  # (100, 110]: 100 itself is out
+    assert window.count(110.0, 60) == 4
+    assert window.count(115.0, 10) == 2
+
+
+def test_given_marks_close_together_then_they_share_one_and_old_ones_are_forgotten() -> None:
+    window = RateWindow()
+    window.add(100.0, 3)
+    window.add(100.05, 2)  # within a tenth of a second: the same mark
+    assert len(window._marks) == 1
+    assert window.count(100.05, 10) == 5
+    window.add(170.0)
+    assert window.count(170.0, 3600) == 1  # only a minute is kept
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def test_given_job_events_then_rates_cover_the_window_or_the_stream_so_far() -> None:
+    view = streaming(1000.0)
+    for second in range(1, 5):  # 4 jobs in the stream's first 4 s
+        view.on_event(job("emails", "send"), 1000.0 + second)
+    flows = list(view.flows.values())
+    assert view.rate(flows, "done", 1004.0, 10) == pytest.approx(1.0)  # 4 jobs / 4 s so far
+    assert view.rate(flows, "done", 1000.5, 10) == 0.0  # never over less than a second
+    # 30 s later: nothing in the last 10 s; 4 in the last minute, over 34 s of stream.
+    assert view.rate(flows, "done", 1034.0, 10) == 0.0
+    assert view.rate(flows, "done", 1034.0, 60) == pytest.approx(4 / 34)
+    # Past a minute the long window is a full minute.
+    view.on_event(job("emails", "send"), 1100.0)
+    assert view.rate(flows, "done", 1100.0, 60) == pytest.approx(1 / 60)
+
+
+def test_given_failures_then_released_and_buried_are_counted_per_minute() -> None:
+    view = streaming(1000.0)
+    view.on_event(job("emails", "send", "released"), 1010.0)
+    view.on_event(job("emails", "send", "released"), 1020.0)
+    view.on_event(job("emails", "send", "buried"), 1030.0)
+    view.on_event(job("emails", "send", "returned"), 1030.0)  # no outcome: not a failure
+    [row, handler_row] = tube_rows(view, 1060.0)
+    assert row.released_per_min == pytest.approx(2.0)
+    assert row.buried_per_min == pytest.approx(1.0)
+    assert row.rate_short == 0.0
+    assert row.done == 0
+    assert handler_row.name == "send"
+    assert view.flows["emails", "send"].seen == {"released": 2, "buried": 1, "returned": 1}
+
+
+def test_given_no_events_stream_then_there_are_no_rates() -> None:
+    view = DaemonView(URL)
+    view.on_status({"pid": 1, "pools": {}}, 50.0, 5000.0)
+    view.on_metrics(MetricsSnapshot(jobs={("e2e", "sleepy", "deleted"): 3}))
+    [row, _] = tube_rows(view, 60.0)
+    assert (row.done, row.rate_short, row.rate_long, row.released_per_min) == (3, None, None, None)
+
+
+def test_given_summaries_then_they_are_counted_in_a_row_of_their_own() -> None:
+    view = streaming(1000.0)
+    view.on_event(job("emails", "send"), 1001.0)
+    view.on_event({"type": "jobs_summarised", "outcomes": {"deleted": 40, "buried": 2}}, 1002.0)
+    view.on_event({"type": "jobs_summarised", "outcomes": {"deleted": 10}}, 1003.0)
+    view.on_event({"type": "jobs_summarised", "outcomes": [1, 2]}, 1003.0)  # malformed: ignored
+    rows = tube_rows(view, 1010.0)
+    assert [r.name for r in rows] == ["emails", "send", "(summarised)"]
+    summarised = rows[-1]
+    assert summarised.done == 50  # no /metrics: the events are all there is
+    assert summarised.rate_short == pytest.approx(5.0)
+    assert summarised.buried_per_min == pytest.approx(12.0)
+    everything = [*view.flows.values(), view.summarised]
+    assert view.rate(everything, "done", 1010.0, 10) == pytest.approx(5.1)
+    # With /metrics the tubes' totals already hold the summarised jobs: no DONE of its own.
+    view.on_metrics(MetricsSnapshot(jobs={("emails", "send", "deleted"): 51}))
+    assert tube_rows(view, 1010.0)[-1].done is None
+    assert tube_rows(view, 1010.0)[0].done == 51
+
+
+def test_given_events_after_a_scrape_then_totals_move_until_the_next_one() -> None:
+    view = streaming(1000.0)
+    view.on_event(job("emails", "send"), 1001.0)
+    view.on_metrics(MetricsSnapshot(jobs={("emails", "send", "deleted"): 100}))
+    assert view.total("emails", "send", "deleted") == 100  # the scrape has that job
+    view.on_event(job("emails", "send"), 1002.0)
+    view.on_event(job("emails", "send", "buried"), 1002.0)
+    assert view.total("emails", "send", "deleted") == 101
+    assert view.total("emails", "send", "buried") == 1
+    view.on_metrics(MetricsSnapshot(jobs={("emails", "send", "deleted"): 103}))
+    assert view.total("emails", "send", "deleted") == 103  # the daemon's count wins
+    assert view.total("emails", "send", "buried") == 0
+
+
+def test_given_drops_then_they_add_up_and_are_noted() -> None:
+    view = streaming()
+    view.on_status({"pools": {}}, 1000.0, 5000.0)
+    view.on_event({"type": "dropped", "count": 7}, 1001.0)
+    view.on_event({"type": "dropped", "count": 5}, 1002.0)
+    view.on_event({"type": "dropped", "count": "junk"}, 1002.0)
+    assert view.dropped == 12
+    lines = render(TopModel([URL]), 1002.0, stamp="", interval=1)  # an empty model renders
+    assert lines[2] == f"{URL}  connecting…"
+    model = TopModel([URL])
+    model.daemons[URL] = view
+    assert (
+        "  note: events: 12 missed (this viewer fell behind), 0 summarised (over "
+        "events_per_second)" in render(model, 1002.0, stamp="", interval=1)
+    )
+
+
+def test_given_a_new_stream_then_old_windows_are_forgotten_and_pid_taken() -> None:
+    view = streaming(1000.0)
+    view.on_event(job("emails", "send"), 1001.0)
+    view.on_unreachable("gone", 1002.0, retry_at=1003.0, attempt=1)
+    assert view.rate(list(view.flows.values()), "done", 1002.0, 10) is None
+    view.on_event({"type": "hello", "pid": 7}, 1010.0)
+    assert view.pid == 7
+    assert view.rate(list(view.flows.values()), "done", 1011.0, 60) == 0.0
+    assert view.flows["emails", "send"].seen == {"deleted": 1}  # counts stay
+
+
+def test_given_state_events_then_drain_quiet_and_lost_connections_show() -> None:
+    view = streaming()
+    quiet = []
+    for kind in ("quiet", "resume"):
+        view.on_event({"type": kind}, 1.0)
+        quiet.append(view.quiet)
+    assert quiet == [True, False]
+    view.on_event({"type": "connection_lost", "pool": "p", "lane": 2, "error": "reset"}, 3.0)
+    view.on_event({"type": "drain", "reason": "SIGTERM", "jobs_running": 3}, 4.0)
+    view.on_event({"type": "breaker_of_the_future"}, 5.0)  # unknown: ignored
+    assert (view.draining, view.drain_reason) == (True, "SIGTERM")
+    assert (view.connections_lost, view.last_lost) == (1, "p lane 2: reset")
+
+
+def test_given_events_from_the_real_bus_then_the_model_reads_them() -> None:
+    """The contract with tubeworker.observe.events: the very dicts the daemon sends."""
+    now = [100.0]
+    bus = EventBus(job_events_per_second=2, clock=lambda: now[0])
+    view = DaemonView(URL)
+    with bus.subscribe() as subscription:
+        bus.publish("hello", pid=1)
+        for _ in range(5):
+            bus.job(job_id=1, tube="t", handler="h", outcome="deleted", cause="completed")
+        now[0] += 1
+        bus.job(job_id=2, tube="t", handler="h", outcome="buried", cause="poison")
+        bus.publish("drain", reason="SIGTERM", jobs_running=0)
+        events = subscription._queue
+        for event in list(events):
+            view.on_event(event, 100.0)
+    assert view.flows["t", "h"].seen == {"deleted": 2, "buried": 1}
+    assert view.summarised.seen == {"deleted": 3}
+    assert view.draining
+
+
+def test_given_a_status_then_pools_lanes_uptime_and_in_flight_are_read() -> None:
+    view = DaemonView(URL)
+    view.on_status(STATUS, 1000.0, 5000.0)
+    assert view.state == "up"
+    assert view.pid == 4242
+    assert view.up_since == 700.0  # started 300 s before the wall clock's 5000
+    assert [(p.name, p.lanes, p.lanes_connected, p.jobs) for p in view.pools] == [
+        ("pool0", 2, 1, 3),
+        ("pool1", 1, 1, 1),
+    ]
+    tubes = {"emails", "tenant-a", "tenant-b"}
+    assert view.in_flight("emails", tubes) == 3
+    assert view.in_flight("tenant-a", tubes) is None  # its pool works on two tubes
+    assert view.in_flight("tenant-a", {"tenant-a"}) == 1
+    assert view.in_flight("elsewhere", tubes) is None
+
+
+def test_given_a_status_with_tubes_and_apis_then_they_are_preferred_and_kept() -> None:
+    view = DaemonView(URL)
+    view.on_metrics(METRICS_SNAPSHOT)
+    status = {
+        **STATUS,
+        "tubes": {"emails": {"ready": 9, "backlog_seconds": 4.5}},
+        "apis": [{"api": "mailer", "state": "open", "calls": 20, "failures": 12}, "junk"],
+    }
+    view.on_status(status, 1000.0, 5000.0)
+    assert view.tube_facts() == {"emails": TubeFacts(ready=9, backlog_seconds=4.5)}
+    assert [(a.name, a.state, a.calls, a.failures) for a in view.apis.values()] == [
+        ("mailer", "open", 20, 12)
+    ]
+
+
+def test_given_a_status_that_is_not_an_object_then_it_is_refused() -> None:
+    with pytest.raises(ValueError, match="JSON object"):
+        TopModel([URL]).on_status(URL, [1, 2], 0.0, 0.0)
+
+
+# --------------------------------------------------------------------------- /metrics
+
+METRICS_TEXT = """\
+# HELP tubeworker_jobs_total Jobs that ended, by tube, handler, outcome and cause
+# TYPE tubeworker_jobs_total counter
+tubeworker_jobs_total{cause="completed",handler="send",outcome="deleted",tube="emails"} 120.0
+tubeworker_jobs_total{cause="handler_error",handler="send",outcome="released",tube="emails"} 2.0
+tubeworker_jobs_total{cause="timeout",handler="send",outcome="released",tube="emails"} 1.0
+tubeworker_jobs_total{cause="completed",handler="audit",outcome="deleted",tube="emails"} 7.0
+tubeworker_jobs_total{cause="completed",handler="resize",outcome="deleted",tube="tenant-a"} 5.0
+tubeworker_jobs_total{cause="poison",handler="resize",outcome="buried",tube="tenant-b"} 2.0
+# HELP tubeworker_tube_jobs Jobs in a tube by state (stats-tube)
+# TYPE tubeworker_tube_jobs gauge
+tubeworker_tube_jobs{server="a:11300",state="ready",tube="emails"} 30.0
+tubeworker_tube_jobs{server="b:11300",state="ready",tube="emails"} 10.0
+tubeworker_tube_jobs{server="a:11300",state="buried",tube="emails"} 99.0
+tubeworker_tube_jobs{server="a:11300",state="ready",tube="tenant-a"} 0.0
+tubeworker_tube_jobs{server="a:11300",state="ready",tube="tenant-b"} 3.0
+# HELP tubeworker_tube_backlog_seconds Ready jobs divided by this process's recent throughput
+# TYPE tubeworker_tube_backlog_seconds gauge
+tubeworker_tube_backlog_seconds{server="a:11300",tube="emails"} 56.25
+tubeworker_tube_backlog_seconds{server="b:11300",tube="emails"} 18.75
+tubeworker_tube_backlog_seconds{server="a:11300",tube="tenant-a"} 0.0
+tubeworker_tube_backlog_seconds{server="a:11300",tube="tenant-b"} +Inf
+# HELP tubeworker_jobs_in_flight Handlers running now
+# TYPE tubeworker_jobs_in_flight gauge
+tubeworker_jobs_in_flight 4.0
+"""
+
+METRICS_SNAPSHOT = parse_metrics(METRICS_TEXT)
+
+STATUS: dict[str, Any] = {
+    "pid": 4242,
+    "started": 4700.0,
+    "draining": False,
+    "drain_reason": None,
+    "quiet": False,
+    "jobs_running": 3,
+    "counters": {"deleted": 132},
+    "pools": {
+        "pool0": {
+            "tubes": ["emails"],
+            "slots": 10,
+            "jobs": 3,
+            "lanes": [{"connected": True}, {"connected": False}],
+        },
+        "pool1": {"tubes": ["tenant-*"], "slots": 4, "jobs": 1, "lanes": [{"connected": True}]},
+    },
+}
+
+
+def test_given_metrics_text_then_totals_by_outcome_and_depths_summed_over_servers() -> None:
+    snapshot = METRICS_SNAPSHOT
+    assert snapshot.jobs == {
+        ("emails", "send", "deleted"): 120,
+        ("emails", "send", "released"): 3,  # causes summed
+        ("emails", "audit", "deleted"): 7,
+        ("tenant-a", "resize", "deleted"): 5,
+        ("tenant-b", "resize", "buried"): 2,
+    }
+    assert snapshot.tubes["emails"] == TubeFacts(ready=40, backlog_seconds=75.0)
+    assert snapshot.tubes["tenant-a"] == TubeFacts(ready=0, backlog_seconds=0.0)
+    backlog = snapshot.tubes["tenant-b"].backlog_seconds
+    assert backlog is not None
+    assert math.isinf(backlog)
+
+
+def test_given_text_that_is_not_prometheus_then_parsing_fails_with_value_error() -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 (the parser's own message)
+        parse_metrics("this is { not metrics\n")
+
+
+# --------------------------------------------------------------------------- the renderer
+
+
+def known_model() -> TopModel:
+    """One daemon up (two pools, three tubes, events for 10 s), one unreachable."""
+    down = "http://10.0.0.2:9090"
+    model = TopModel([URL, down])
+    view = model.daemons[URL]
+    view.on_status(STATUS, 1000.0, 5000.0)
+    view.on_event({"type": "hello", "pid": 4242}, 1000.0)
+    for second in range(1, 11):
+        view.on_event(job("emails", "send"), 1000.0 + second)
+    view.on_event(job("emails", "send", "released"), 1005.0)
+    view.on_event(job("tenant-a", "resize"), 1008.0)
+    view.on_event({"type": "jobs_summarised", "outcomes": {"deleted": 30}}, 1009.0)
+    view.on_event({"type": "dropped", "count": 4}, 1009.0)
+    view.on_metrics(METRICS_SNAPSHOT)  # scraped after those events: they are in its totals
+    model.on_unreachable(down, "ConnectError: Connection refused", 1008.0, retry_at=1012.0,
+                         attempt=3)  # fmt: skip
+    return model
+
+
+# What render() draws for known_model() (the table's columns have fixed widths).
+KNOWN_SCREEN = """\
+tubeworker top  2 daemons  every 1s  12:00:00
+
+http://127.0.0.1:9090  pid 4242  running  jobs 3  lanes 2/3  up 5m10s  10s 4.1/s  1m 4.1/s
+  pool pool0            tubes emails                         lanes 1/2  jobs 3/10
+  pool pool1            tubes tenant-*                       lanes 1/1  jobs 1/4
+  TUBE / HANDLER               DONE   10s/s    1m/s  REL/m  BUR/m  FLIGHT   READY  BACKLOG  API
+  emails                        127     1.0     1.0    6.0    0.0       3      40    1m15s  —
+    audit                         7     0.0     0.0    0.0    0.0                           —
+    send                        120     1.0     1.0    6.0    0.0                           —
+  tenant-a                        5     0.1     0.1    0.0    0.0       —       0       0s  —
+    resize                        5     0.1     0.1    0.0    0.0                           —
+  tenant-b                        0     0.0     0.0    0.0    0.0       —       3        ∞  —
+    resize                        0     0.0     0.0    0.0    0.0                           —
+  (summarised)                          3.0     3.0    0.0    0.0                           —
+  note: events: 4 missed (this viewer fell behind), 30 summarised (over events_per_second)
+
+http://10.0.0.2:9090  unreachable: ConnectError: Connection refused  (retry in 2s, attempt 3)
+"""
+
+
+def test_given_a_known_model_then_the_screen_is_these_exact_lines() -> None:
+    lines = render(known_model(), 1010.0, stamp="12:00:00", interval=1)
+    assert lines == KNOWN_SCREEN.splitlines()
+
+
+def test_given_a_known_model_then_the_plain_line_sums_each_daemon() -> None:
+    line = summary_line(known_model(), 1010.0, stamp="12:00:00")
+    assert line == (
+        "12:00:00  http://127.0.0.1:9090 pid 4242 running jobs 3 lanes 2/3 done 132 released 3"
+        " buried 2 10s 4.1/s 1m 4.1/s | http://10.0.0.2:9090  unreachable: ConnectError: "
+        "Connection refused  (retry in 2s, attempt 3)"
+    )
+
+
+def test_given_apis_drain_and_lost_connections_then_they_are_rendered() -> None:
+    model = known_model()
+    view = model.daemons[URL]
+    view.on_status({**STATUS, "apis": {"mailer": {"state": "half_open"}}}, 1010.0, 5010.0)
+    view.on_event({"type": "drain", "reason": "SIGTERM"}, 1010.0)
+    view.on_event({"type": "connection_lost", "pool": "pool0", "lane": 1, "error": "EOF"}, 1010.0)
+    lines = render(model, 1010.0, stamp="", interval=0.5)
+    assert lines[0] == "tubeworker top  2 daemons  every 0.5s"
+    assert lines[2].startswith("http://127.0.0.1:9090  pid 4242  draining  jobs 3")
+    assert lines[14:20] == [
+        "  API                      STATE         CALLS FAILURES",
+        "  mailer                   half_open         —        —",
+        "  note: draining: SIGTERM",
+        "  note: events: 4 missed (this viewer fell behind), 30 summarised "
+        "(over events_per_second)",
+        "  note: beanstalkd connections lost: 1 (pool0 lane 1: EOF)",
+        "",
+    ]
+
+
+def test_given_a_daemon_that_was_seen_then_went_away_then_it_says_when() -> None:
+    view = DaemonView(URL)
+    view.on_status(STATUS, 1000.0, 5000.0)
+    view.on_unreachable("events stream closed", 1090.0, retry_at=None, attempt=0)
+    model = TopModel([URL])
+    model.daemons[URL] = view
+    assert render(model, 1100.0, stamp="", interval=1)[2] == (
+        f"{URL}  unreachable: events stream closed  last seen 1m40s ago"
+    )
+
+
+def test_given_an_idle_tube_then_it_has_a_row_and_no_handler_rows() -> None:
+    view = streaming()
+    view.on_status({**STATUS, "pools": {"p": {"tubes": ["quiet-tube"], "lanes": []}}}, 0.0, 0.0)
+    rows = tube_rows(view, 1000.0)
+    assert [(r.name, r.done, r.in_flight) for r in rows] == [("quiet-tube", 0, 0)]
+
+
+def test_given_a_long_tube_name_then_columns_stay_in_place() -> None:
+    view = streaming()
+    view.on_event(job("a-tube-name-much-longer-than-the-column", ""), 1001.0)
+    model = TopModel([URL])
+    model.daemons[URL] = view
+    view.on_status({"pools": {}}, 1001.0, 0.0)
+    lines = render(model, 1001.0, stamp="", interval=1)
+    header, tube, handler = lines[3:6]
+    assert tube.startswith("  a-tube-name-much-longer…        1     1.0")
+    assert handler.startswith("    (no handler)                  1     1.0")
+    assert header.index("DONE") + 4 == tube.index("1     1.0") + 1
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(None, DASH), (0.4, "0s"), (59.4, "59s"), (75, "1m15s"), (7260, "2h01m"),
+     (90000, "1d01h"), (math.inf, "∞"), (math.nan, DASH)],
+)  # fmt: skip
+def test_durations(seconds: float | None, text: str) -> None:
+    assert format_seconds(seconds) == text
+
+
+def test_counts_that_do_not_fit_are_shortened() -> None:
+    assert format_count(12345678) == "12345678"
+    assert format_count(123456789) == "123.5M"
+    assert format_count(1234, width=4) == "1234"
+    assert format_count(12345, width=4) == "12k"
+    assert format_count(10**40) == "many"
+    assert format_count(None) == DASH
+
+
+def test_given_a_terminal_then_the_screen_is_redrawn_in_place_and_fits_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "10")
+    monkeypatch.setenv("LINES", "3")
+    out = io.StringIO()
+    with Screen(out, tty=True) as screen:
+        screen.draw(["a line longer than ten", "two"])
+        screen.draw(["1", "2", "3", "4", "5"])
+    assert out.getvalue() == (
+        "\x1b[?1049h\x1b[?25l"  # the alternate screen, no cursor
+        "\x1b[Ha line lo\x1b[K\r\ntwo\x1b[K\x1b[J"  # home; lines end before the last column
+        "\x1b[H1\x1b[K\r\n2\x1b[K\r\n… 3 more \x1b[K\x1b[J"  # and fit the height
+        "\x1b[?25h\x1b[?1049l"  # the terminal as it was
+    )
+
+
+def test_given_no_terminal_then_lines_are_plain() -> None:
+    out = io.StringIO()
+    with Screen(out, tty=False) as screen:
+        screen.line("one summary")
+    assert out.getvalue() == "one summary\n"
+
+
+# --------------------------------------------------------------------------- errors, URLs
+
+
+def test_errors_are_one_line_and_groups_are_unwrapped() -> None:
+    request = httpx.Request("GET", "http://x/status")
+    status_error = httpx.HTTPStatusError(
+        "no", request=request, response=httpx.Response(404, request=request)
+    )
+    assert describe_error(status_error) == "/status answered 404"
+    refused = httpx.ConnectError("all attempts failed")
+    refused.__cause__ = ExceptionGroup("all", [ConnectionRefusedError(111, "Error connecting")])
+    group = ExceptionGroup("x", [refused])
+    assert describe_error(group) == "ConnectError: Connection refused"
+    closed = ConnectionClosed(CloseReason(1006, None))
+    assert describe_error(closed) == "events stream closed (ABNORMAL_CLOSURE, code 1006)"
+    assert describe_error(ValueError("a\nb")) == "ValueError: a b"
+    assert len(describe_error(RuntimeError("x" * 500))) == 120
+
+
+def test_urls_get_a_scheme_and_lose_a_trailing_slash() -> None:
+    assert normalize_url("127.0.0.1:9090/") == "http://127.0.0.1:9090"
+    assert normalize_url("https://h:1") == "https://h:1"
+    with pytest.raises(ValueError, match="control-plane URL"):
+        normalize_url("ws://h:1")
+
+
+async def test_given_nothing_listening_then_the_daemon_is_unreachable_not_an_error() -> None:
+    from tests.support.beanstalkd import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    model = TopModel([url])
+    with trio.fail_after(5):
+        async with httpx.AsyncClient(timeout=2) as http:
+            await poll_once(model, http, url)
+    view = model.daemons[url]
+    assert view.state == "unreachable"
+    assert view.error == "ConnectError: Connection refused"
+
+
+@pytest.mark.parametrize(("urls", "interval"), [(["ws://x"], 1.0), ([], 0.0), ([], math.inf)])
+def test_given_bad_arguments_then_usage_error(urls: list[str], interval: float) -> None:
+    args = argparse.Namespace(urls=urls, interval=interval, once=True)
+    assert top(args) == 64

@@ -1,0 +1,85 @@
+"""``tubeworker put TUBE [BODY|-]`` or ``put TUBE --task NAME --payload JSON``: put one job
+and print its id."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from functools import partial
+
+from tubeworker.beanstalk.client import Address
+from tubeworker.beanstalk.protocol import DEFAULT_PRIORITY, DEFAULT_TTR, MAX_INT, validate_tube_name
+from tubeworker.cli.admin import (
+    EX_DATAERR,
+    EX_OK,
+    EX_USAGE,
+    EXPECTED,
+    AdminError,
+    admin_client,
+    fail,
+    parse_duration,
+    parse_int,
+    run_admin,
+    single_server,
+)
+from tubeworker.envelope import encode_envelope
+from tubeworker.errors import LocalProtocolError
+
+__all__ = ["put"]
+
+
+def _envelope(task: str, payload_text: str | None) -> bytes:
+    payload = None
+    if payload_text is not None:
+        try:
+            payload = json.loads(payload_text)
+        except ValueError as exc:
+            raise AdminError(f"--payload is not JSON: {exc}", EX_DATAERR) from None
+    return encode_envelope(task, payload)
+
+
+def body_from(args: argparse.Namespace) -> bytes:
+    """The body: the envelope of --task, stdin's bytes for '-', else BODY as given."""
+    if args.task is not None:
+        if args.body is not None:
+            raise AdminError("give BODY or --task, not both", EX_USAGE)
+        return _envelope(args.task, args.payload)
+    if args.payload is not None:
+        raise AdminError("--payload needs --task NAME", EX_USAGE)
+    if args.body is None:
+        raise AdminError("give a BODY, '-' to read stdin, or --task NAME", EX_USAGE)
+    if args.body == "-":
+        return sys.stdin.buffer.read()
+    return os.fsencode(args.body)  # the argument's bytes, even if not UTF-8
+
+
+async def _put(
+    address: Address, tube: str, body: bytes, priority: int, delay: int, ttr: int
+) -> int:
+    async with admin_client(address) as client:
+        await client.use(tube)
+        try:
+            job_id = await client.put(body, priority=priority, delay=delay, ttr=ttr)
+        except LocalProtocolError as exc:  # over the server's max-job-size: nothing sent
+            raise AdminError(f"job too big: {exc}", EX_DATAERR) from None
+    print(job_id, flush=True)
+    return EX_OK
+
+
+def put(args: argparse.Namespace) -> int:
+    try:
+        address = single_server(args)
+        validate_tube_name(args.tube)
+        priority = (
+            DEFAULT_PRIORITY
+            if args.priority is None
+            else parse_int(args.priority, "--priority", 0, MAX_INT)
+        )
+        delay = 0 if args.delay is None else parse_duration(args.delay, "--delay")
+        ttr = DEFAULT_TTR if args.ttr is None else parse_duration(args.ttr, "--ttr")
+        body = body_from(args)
+    except EXPECTED as exc:
+        return fail(exc)
+    return run_admin(partial(_put, address, args.tube, body, priority, delay, ttr))

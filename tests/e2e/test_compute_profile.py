@@ -5,7 +5,6 @@ as systemd (KillMode=mixed) and supervisor (stopasgroup) do it."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import greenstalk
@@ -56,14 +55,6 @@ def left_in_tube(server: BeanstalkdProcess) -> dict[str, int]:
         for k, v in stats.items()
         if k.startswith("current-jobs-") and k != "current-jobs-urgent"
     }
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
 
 
 @pytest.mark.parametrize("log_format", ["console", "json"])

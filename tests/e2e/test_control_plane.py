@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import greenstalk
@@ -23,14 +22,6 @@ from tests.support.waiting import wait_until_sync
 pytestmark = pytest.mark.slow
 
 TOKEN = "s3cret-token"
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
 
 
 def start_with_control(

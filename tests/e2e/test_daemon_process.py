@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import greenstalk
@@ -43,15 +42,6 @@ def write_config(path: Path, server: BeanstalkdProcess, **pool: object) -> Path:
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[list[DaemonProcess]]:
-    """Every daemon a test starts is stopped by PID at teardown."""
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
 
 
 def start(daemons: list[DaemonProcess], config: Path, tmp_path: Path) -> DaemonProcess:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import greenstalk
@@ -24,14 +23,6 @@ pytestmark = pytest.mark.slow
 
 JOBS = 60
 OTHER = 20
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
 
 
 def config_for(path: Path, server: BeanstalkdProcess) -> Path:

@@ -27,14 +27,6 @@ from tests.support.waiting import wait_until_sync
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
-
-
 def top_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "tubeworker", "top", *args]
 

@@ -45,12 +45,11 @@ class Cause(enum.Enum):
     API_OPEN = "api_open"  # held for an open API when the daemon drained
 
 
-@dataclass(frozen=True, slots=True)
-class DeleteJob:
-    """The handler finished: ``delete``."""
+class _Described:
+    """``reason``: the words of an outcome (its detail), for the log line."""
 
-    cause: Cause = Cause.COMPLETED
-    detail: str = ""
+    __slots__ = ()
+    detail: str
 
     @property
     def reason(self) -> str:
@@ -58,7 +57,15 @@ class DeleteJob:
 
 
 @dataclass(frozen=True, slots=True)
-class ReleaseJob:
+class DeleteJob(_Described):
+    """The handler finished: ``delete``."""
+
+    cause: Cause = Cause.COMPLETED
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseJob(_Described):
     """Try again later: ``release`` at the job's own priority after ``delay`` whole seconds."""
 
     delay: int
@@ -66,26 +73,18 @@ class ReleaseJob:
     cause: Cause
     detail: str
 
-    @property
-    def reason(self) -> str:
-        return self.detail
-
 
 @dataclass(frozen=True, slots=True)
-class BuryJob:
+class BuryJob(_Described):
     """Stop trying: ``bury`` at the job's priority; the reason goes to the log."""
 
     priority: int
     cause: Cause
     detail: str
 
-    @property
-    def reason(self) -> str:
-        return self.detail
-
 
 @dataclass(frozen=True, slots=True)
-class ReturnJob:
+class ReturnJob(_Described):
     """No outcome from us (drain deadline, lost connection): close the connection.
 
     beanstalkd puts the job back to ready at once with its priority; the delivery counts
@@ -94,10 +93,6 @@ class ReturnJob:
 
     cause: Cause
     detail: str
-
-    @property
-    def reason(self) -> str:
-        return self.detail
 
 
 Outcome = DeleteJob | ReleaseJob | BuryJob | ReturnJob

@@ -168,27 +168,28 @@ async def _run_with_middleware(
     outcome = await _run(
         job, spec, budget, policy, timeout, profile, limiter, processes, rng, errors
     )
-    verdict = verdict_of(outcome)
-    if errors:
-        for each in reversed(middleware):
-            await _hook(each.on_error(job, errors[0], verdict, outcome.reason), each, "on_error")
-    elif outcome.cause is Cause.TIMEOUT:
+    error: BaseException | None = errors[0] if errors else None
+    if error is None and outcome.cause is Cause.TIMEOUT:
         error = TimeoutError(outcome.reason)
-        for each in reversed(middleware):
-            await _hook(each.on_error(job, error, verdict, outcome.reason), each, "on_error")
-    for each in reversed(middleware):
-        await _hook(each.after(job, verdict, outcome.reason or None), each, "after")
+    await _tell(job, outcome, error, middleware)
     return outcome
 
 
 async def report_timeout(job: Job, outcome: Outcome, middleware: Sequence[Middleware]) -> None:
     """The caller's deadline cancelled the handler: tell the middleware, as run_job would."""
+    await _tell(job, outcome, TimeoutError(outcome.reason), middleware)
+
+
+async def _tell(
+    job: Job, outcome: Outcome, error: BaseException | None, middleware: Sequence[Middleware]
+) -> None:
+    """``on_error`` (if it failed) then ``after``, innermost middleware first."""
     verdict = verdict_of(outcome)
-    error = TimeoutError(outcome.reason)
+    if error is not None:
+        for each in reversed(middleware):
+            await _hook(each.on_error(job, error, verdict, outcome.reason), each, "on_error")
     for each in reversed(middleware):
-        await _hook(each.on_error(job, error, verdict, outcome.reason), each, "on_error")
-    for each in reversed(middleware):
-        await _hook(each.after(job, verdict, outcome.reason), each, "after")
+        await _hook(each.after(job, verdict, outcome.reason or None), each, "after")
 
 
 def verdict_of(outcome: Outcome) -> Verdict:

@@ -43,6 +43,7 @@ async def run_control_plane(
     depths = TubeDepths()
     app = ControlApp(state, build_registry(state, depths), read_token(config))
     state.events.job_events_per_second = config.control.events_per_second
+    state.counters.detailed = True  # /metrics reads the labelled counts and histograms
     server = HypercornConfig()
     host = f"[{listen.host}]" if ":" in listen.host else listen.host
     server.bind = [f"{host}:{listen.port}"]

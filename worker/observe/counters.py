@@ -82,6 +82,9 @@ class JobCounters:
     skipped: int = 0  # reserved, but no longer ours when asked about (stats-job NOT_FOUND)
     connections_lost: int = 0
     loop_stalls: int = 0  # the stall detector saw the event loop blocked
+    # Labelled counts and histograms cost about a microsecond per job: kept only while
+    # something reads them (the control plane's /metrics turns this on).
+    detailed: bool = False
     # Outcomes by (tube, handler, outcome, cause): bounded by the tubes and handlers a
     # deployment has (never a job id).
     outcomes: dict[tuple[str, str, str, str], int] = field(default_factory=lambda: defaultdict(int))

@@ -144,7 +144,8 @@ class LaneJobs:
         excused = self.excuses.of(self.server_id, job.id) if self.excuses._counts else 0
         plan = plan_job(job.id, job.body, stats, self.pool.rules, log=self.log, excused=excused)
         counters = self.state.counters
-        counters.latency[stats.tube].observe(stats.age)  # put → this reserve, whole seconds
+        if counters.detailed:
+            counters.latency[stats.tube].observe(stats.age)  # put → reserve, whole seconds
         if isinstance(plan, BuryJob):
             slot.release()
             self._send(Finished(plan, job.id, stats, self.pool.config.handler, now))
@@ -153,7 +154,7 @@ class LaneJobs:
         if plan.budget.redeliveries:
             counters.redeliveries += 1
         plan.job._services = _JobServices(self, self.address, job.id)
-        apis = self.pool.apis_of(stats.tube)
+        apis = self.pool.apis_of(stats.tube) if self.pool.gated else _NO_APIS
         if plan.spec.apis:
             apis = apis | frozenset(plan.spec.apis)
         self.runs.begin(handlers, plan, stats, slot, now, apis)
@@ -209,6 +210,8 @@ class LaneJobs:
         self.must_close = False
         return owed
 
+
+_NO_APIS: frozenset[str] = frozenset()
 
 # Returns that do not count toward the redelivery limit in this process.
 _NOT_THE_JOBS_FAULT = frozenset({Cause.CONNECTION_LOST, Cause.API_OPEN})

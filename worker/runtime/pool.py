@@ -65,7 +65,7 @@ class Pool:
         # Flow control: the APIs every job of the pool needs (its bound handler's), and
         # per tube ([api.NAME] tubes). Without either, lanes never ask the tracker.
         self.bound_apis = frozenset(self.rules.bound.apis) if self.rules.bound else frozenset()
-        self._gated = bool(self.bound_apis or services.tube_apis)
+        self.gated = bool(self.bound_apis or services.tube_apis)
 
     def apis_of(self, tube: str) -> frozenset[str]:
         """The APIs every job of ``tube`` needs (before its handler is known)."""
@@ -74,7 +74,7 @@ class Pool:
     def watchable(self) -> tuple[frozenset[str], float | None]:
         """The tubes to watch now, leaving out those whose APIs are open, and when the
         first of those may be watched again (None: none is blocked)."""
-        if not self._gated:
+        if not self.gated:
             return self.tubes, None
         tracker = self.services.tracker
         fetchable: set[str] = set()

@@ -52,28 +52,14 @@ class OutcomeLog:
 
     def record(self, finished: Finished) -> None:
         outcome = finished.outcome
-        counters = self.counters
-        name: str
-        if isinstance(outcome, DeleteJob):
-            if outcome.cause is Cause.DEFERRED:
-                counters.deferred += 1
-            else:
-                counters.deleted += 1
-            name = "deleted"
-        elif isinstance(outcome, ReleaseJob):
-            counters.released += 1
-            name = "released"
-        elif isinstance(outcome, BuryJob):
-            counters.buried += 1
-            name = "buried"
-        else:
-            counters.returned += 1
-            name = "returned"
+        name = self._count(outcome)
         stats = finished.stats
         handler = finished.handler or ""
         duration = time.monotonic() - finished.started
-        counters.outcomes[stats.tube, handler, name, outcome.cause.value] += 1
-        counters.durations[handler].observe(duration)
+        counters = self.counters
+        if counters.detailed:
+            counters.outcomes[stats.tube, handler, name, outcome.cause.value] += 1
+            counters.durations[handler].observe(duration)
         events = self.events
         if events is not None and events.listening:
             events.job(
@@ -84,8 +70,29 @@ class OutcomeLog:
                 cause=outcome.cause.value,
                 duration=round(duration, 4),
             )
-        if not self.job_lines:
-            return
+        if self.job_lines:
+            self._line(finished, name, duration)
+
+    def _count(self, outcome: Outcome) -> str:
+        """Bump the outcome's counter; its name in the log and the metrics."""
+        counters = self.counters
+        if isinstance(outcome, DeleteJob):
+            if outcome.cause is Cause.DEFERRED:
+                counters.deferred += 1
+            else:
+                counters.deleted += 1
+            return "deleted"
+        if isinstance(outcome, ReleaseJob):
+            counters.released += 1
+            return "released"
+        if isinstance(outcome, BuryJob):
+            counters.buried += 1
+            return "buried"
+        counters.returned += 1
+        return "returned"
+
+    def _line(self, finished: Finished, name: str, duration: float) -> None:
+        outcome, stats = finished.outcome, finished.stats
         fields: dict[str, object] = {
             "job_id": finished.job_id,
             "tube": stats.tube,

@@ -167,8 +167,11 @@ class Runs:
                 run.scope.deadline = math.inf
                 run.next_touch = run.touched_at + touch_interval(stats.ttr, self._margin)
                 self._counters.api_waits += 1
-        if run.permit is not None or not apis:
-            self._arm(run, trio.current_time(), held=False)
+        if not apis and not spec.long_running:  # the common path, inline: no API, no touch
+            if spec.timeout or self._pool_timeout:
+                run.limit = run.touched_at + (spec.timeout or self._pool_timeout or 0.0)
+        elif run.permit is not None or not apis:
+            self._arm(run, run.touched_at, held=False)
         self._runs[plan.job.id] = run
         nursery.start_soon(self._run_handler, run)
         return run
@@ -214,7 +217,7 @@ class Runs:
                         processes=self._processes,
                         middleware=self._middleware,
                     )
-                    if not self._failed_with_its_api(run, outcome):
+                    if not run.apis or not self._failed_with_its_api(run, outcome):
                         break
         finally:
             if run.permit is not None:

@@ -60,3 +60,8 @@ async def call_partner(job: Job) -> None:
     if response.status_code >= 500:
         raise Retry(reason=f"partner answered {response.status_code}")
     _log("end", job)
+
+
+async def fail_loudly(job: Job) -> None:
+    """Raises: a failed attempt for error trackers to see."""
+    raise ValueError(f"handler failed on purpose for job {job.id}")

@@ -38,7 +38,8 @@ Profile = Literal["io", "compute"]
 LogFormat = Literal["auto", "json", "console"]
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _GLOB_CHARS: Final = re.compile(r"[*?\[\]!]")  # "!" negates inside [...]
-_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+# Durations everywhere (config, environment, flags, admin commands): 30, 30s, 5m, 1h, 250ms.
+DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _ASCII_DIGITS: Final = re.compile(r"[0-9]+\Z")  # str.isdigit() also accepts "²"
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -228,7 +229,7 @@ class _Reader:
         if value is None:
             return default
         if isinstance(value, str):
-            match = _DURATION.match(value)
+            match = DURATION.match(value)
             if not match:
                 raise self.fail(
                     name, f"must be seconds or a duration like '30s', '5m', got {value!r}"

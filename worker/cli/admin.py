@@ -27,6 +27,7 @@ import trio
 
 from tubeworker.beanstalk.client import Address, Client, connect, parse_address
 from tubeworker.beanstalk.protocol import MAX_INT
+from tubeworker.config import DURATION
 from tubeworker.errors import (
     ConnectionLostError,
     LocalProtocolError,
@@ -373,8 +374,7 @@ def run_admin(main: Callable[[], Awaitable[int]]) -> int:
 
 # --------------------------------------------------------------------------- values
 
-# The config's duration syntax (tubeworker.config), to whole seconds for beanstalkd.
-_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+# The config's duration syntax, counted exactly (then rounded up to whole seconds).
 _UNITS: Final[dict[str | None, Fraction]] = {
     "ms": Fraction(1, 1000),
     "s": Fraction(1),
@@ -385,7 +385,7 @@ _UNITS: Final[dict[str | None, Fraction]] = {
 
 
 def _exact_seconds(text: str, what: str) -> Fraction:
-    match = _DURATION.match(text)
+    match = DURATION.match(text)
     if match:
         try:
             return Fraction(match.group(1)) * _UNITS[match.group(2)]

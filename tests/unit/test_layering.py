@@ -24,7 +24,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("beanstalk", ("tubeworker.beanstalk",)),
     (
         "model",
-        ("tubeworker.job", "tubeworker.envelope", "tubeworker.registry", "tubeworker.config"),
+        (
+            "tubeworker.job",
+            "tubeworker.envelope",
+            "tubeworker.registry",
+            "tubeworker.config",
+            "tubeworker.burials",
+        ),
     ),
     ("flow", ("tubeworker.flow",)),
     ("runtime", ("tubeworker.runtime",)),

@@ -109,10 +109,18 @@ def _dispatch_admin(args: argparse.Namespace) -> int:
         from tubeworker.cli.peek import peek
 
         return peek(args)
+    if args.command == "kick" and args.reason is not None:
+        from tubeworker.cli.buried import kick_by_reason
+
+        return kick_by_reason(args)
     if args.command == "kick":
         from tubeworker.cli.kick import kick
 
         return kick(args)
+    if args.command == "buried":
+        from tubeworker.cli.buried import buried
+
+        return buried(args)
     if args.command == "kick-job":
         from tubeworker.cli.kick import kick_job
 

@@ -116,7 +116,7 @@ def _server_option(parser: argparse.ArgumentParser, *, repeatable: bool) -> None
 
 
 def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The admin subcommands: stats, peek, kick, kick-job, delete, put, pause."""
+    """The admin subcommands: stats, peek, kick, kick-job, buried, delete, put, pause."""
     _add_stats(commands)
     _add_peek(commands)
     _add_kick(commands)
@@ -173,7 +173,22 @@ def _add_kick(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     kick.add_argument("tube", metavar="TUBE")
     kick.add_argument("count", nargs="?", metavar="N", help="at most this many (default: all)")
+    kick.add_argument(
+        "--reason",
+        metavar="TEXT",
+        help="only the jobs buried for a reason containing TEXT (or with that cause)",
+    )
     _server_option(kick, repeatable=True)
+    buried = commands.add_parser(
+        "buried",
+        help="buried jobs of a tube, with why they were buried",
+        description="Each buried job of TUBE with its age, attempts, and the cause and "
+        "reason the daemon recorded when it buried it (kept in beanstalkd, in the tube "
+        "tubeworker.buried.TUBE, across worker restarts).",
+    )
+    buried.add_argument("tube", metavar="TUBE")
+    buried.add_argument("--json", action="store_true", help="one JSON document instead")
+    _server_option(buried, repeatable=True)
     kick_job = commands.add_parser(
         "kick-job",
         help="make one buried or delayed job ready",

@@ -13,11 +13,13 @@ import trio
 
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address
+from tubeworker.burials import new_record
 from tubeworker.errors import JobLostError, UnexpectedReplyError
 from tubeworker.flow import TrackedCall
 from tubeworker.runtime.dispatch import plan_job
 from tubeworker.runtime.outbox import Entry, Outbox
 from tubeworker.runtime.outcome import BuryJob, Cause, Outcome, ReturnJob
+from tubeworker.runtime.policy import attempt_number
 from tubeworker.runtime.pool import Pool
 from tubeworker.runtime.record import Finished, OutcomeLog, command_for, refused, unapplied
 from tubeworker.runtime.running import Run, Runs
@@ -190,6 +192,14 @@ class LaneJobs:
             return
         self.confirmed += 1
         self.outcomes.record(finished)
+        outcome = finished.outcome
+        burials = self.pool.services.burials
+        if burials is not None and isinstance(outcome, BuryJob):
+            stats = finished.stats
+            record = new_record(
+                finished.job_id, stats, outcome.cause.value, outcome.detail, attempt_number(stats)
+            )
+            burials.add(self.address, record)
         if self.excuses._counts and not isinstance(command, p.Release):
             self.excuses.forget(self.server_id, finished.job_id)
 

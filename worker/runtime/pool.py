@@ -21,6 +21,8 @@ __all__ = ["Pool", "lane_sizes"]
 
 log = structlog.get_logger("tubeworker")
 
+RESERVED_PREFIX = "tubeworker."  # tubes of tubeworker's own, never work for a pattern
+
 
 def lane_sizes(concurrency: int, jobs_per_connection: int, servers: int) -> list[int]:
     """Jobs per lane: ``concurrency`` split as evenly as possible over
@@ -129,7 +131,10 @@ class Pool:
                     self.log.debug("tube discovery failed", server=str(address), error=str(exc))
                     continue
                 found[address] = frozenset(
-                    n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in self.patterns)
+                    n
+                    for n in names
+                    if not n.startswith(RESERVED_PREFIX)  # our own tubes (burial records)
+                    and any(fnmatch.fnmatchcase(n, pat) for pat in self.patterns)
                 )
             tubes = literal.union(*found.values())
             if tubes != self.tubes:

@@ -12,6 +12,7 @@ import trio
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect, raise_for_reply
 from tubeworker.flow import ApiTracker
+from tubeworker.runtime.burials import BurialQueue
 from tubeworker.runtime.excuses import Excuses
 
 if TYPE_CHECKING:
@@ -94,6 +95,8 @@ class Services:
     tracker: ApiTracker = field(default_factory=lambda: ApiTracker(clock=trio.current_time))
     # The APIs every job of a tube needs ([api.NAME] tubes).
     tube_apis: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Burial records (why a job was buried), written by the daemon's recorder; None: not kept.
+    burials: BurialQueue | None = None
 
     def __post_init__(self) -> None:
         if self.http.tracker is None:

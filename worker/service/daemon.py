@@ -20,6 +20,7 @@ from tubeworker.config import Config
 from tubeworker.observe.logs import line_buffer
 from tubeworker.registry import Registry
 from tubeworker.runtime.apis import build_tracker, log_transitions, run_tube_pauser, tube_apis
+from tubeworker.runtime.burials import BurialQueue, run_burial_recorder
 from tubeworker.runtime.lane import Lane
 from tubeworker.runtime.serve import run_pool
 from tubeworker.runtime.services import Services
@@ -148,6 +149,7 @@ async def _run_daemon(
         middleware=registry.middleware,
         tracker=build_tracker(config),
         tube_apis=tube_apis(config),
+        burials=BurialQueue(),
     )
     state.tracker = services.tracker
     log_transitions(services.tracker, state.events)
@@ -159,6 +161,8 @@ async def _run_daemon(
             helpers.start_soon(_drain_deadline, state, config, notifier)
             helpers.start_soon(_recycle, state, config)
             helpers.start_soon(run_tube_pauser, config, services.tracker, servers)
+            assert services.burials is not None
+            helpers.start_soon(run_burial_recorder, config, services.burials)
             if config.stall_threshold:
                 handlers = [(n, r.spec.func) for n, r in registry.handlers.items()]
                 await helpers.start(run_stall_detector, config.stall_threshold, handlers)

@@ -49,6 +49,7 @@ from tubeworker.errors import (
 __all__ = [
     "Address",
     "Client",
+    "Transport",
     "connect",
     "connect_with_backoff",
     "open_client",
@@ -127,8 +128,9 @@ def parse_address(text: str) -> Address:
     return Address(host=host, port=int(port_text))
 
 
-class Client:
-    """One beanstalkd connection. Create with :func:`open_client` or :func:`connect`."""
+class Transport:
+    """One beanstalkd connection's exchange of commands and replies (see the module's
+    rules); :class:`Client` adds a method per command."""
 
     def __init__(
         self,
@@ -323,7 +325,12 @@ class Client:
         raise_for_reply(reply)
         raise RemoteProtocolError(f"unexpected {reply!r} to {command!r}")  # pragma: no cover
 
-    # ---- the protocol, one method per command; error replies raise greenstalk's errors
+
+class Client(Transport):
+    """One beanstalkd connection. Create with :func:`open_client` or :func:`connect`.
+
+    The protocol, one method per command; error replies raise greenstalk's errors.
+    """
 
     async def put(
         self,

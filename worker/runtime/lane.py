@@ -136,41 +136,18 @@ class Lane:
             await trio.sleep(delay)
 
     async def _connect(self) -> Client | None:
-        config = self.config
-
-        def on_retry(attempt: int, delay: float, error: Exception) -> None:
-            self.connected_once.set()  # tried: readiness does not wait for a dead server
-            self.log.warning(
-                "cannot connect", attempt=attempt, retry_in=round(delay, 2), error=str(error)
-            )
-
-        client: Client | None = None
         with self.state.fetch_scope():
-            client = await connect_with_backoff(
-                self.address,
-                connect_timeout=config.connect_timeout,
-                reply_timeout=config.reply_timeout,
-                keepalive=config.keepalive,
-                cap=30.0,
-                on_retry=on_retry,
-                connector=self.services.connector,
-            )
+            client = await open_lane_connection(self)
             self._watched = frozenset({"default"})
             self._last_io = trio.current_time()
             if client.server is not None and client.server.id:
                 self.jobs.server_id = client.server.id
             self.connected_once.set()
-        return client
+            return client
+        return None  # fetching stopped while connecting
 
     def _rewatch(self, wanted: frozenset[str]) -> list[Entry]:
-        """watch/ignore commands that bring the watch list to ``wanted``."""
-        if not wanted:
-            # Nothing matches any more, or every tube waits for its API: keep watching what
-            # we had (beanstalkd refuses to ignore the last tube; reserves stop meanwhile).
-            return []
-        entries = [Entry(p.Watch(t)) for t in sorted(wanted - self._watched)]
-        entries += [Entry(p.Ignore(t)) for t in sorted(self._watched - wanted)]
-        self._watched = wanted
+        entries, self._watched = rewatch(self._watched, wanted)
         return entries
 
     # ---- the pump
@@ -343,3 +320,36 @@ class Lane:
             for _, slot in waiting:  # connection lost before they started: free their slots
                 slot.release()
         self._last_io = trio.current_time()
+
+
+async def open_lane_connection(lane: Lane) -> Client:
+    """Connect the lane, retrying with backoff for as long as it takes (each failure said)."""
+    config = lane.config
+
+    def on_retry(attempt: int, delay: float, error: Exception) -> None:
+        lane.connected_once.set()  # tried: readiness does not wait for a dead server
+        lane.log.warning(
+            "cannot connect", attempt=attempt, retry_in=round(delay, 2), error=str(error)
+        )
+
+    return await connect_with_backoff(
+        lane.address,
+        connect_timeout=config.connect_timeout,
+        reply_timeout=config.reply_timeout,
+        keepalive=config.keepalive,
+        cap=30.0,
+        on_retry=on_retry,
+        connector=lane.services.connector,
+    )
+
+
+def rewatch(watched: frozenset[str], wanted: frozenset[str]) -> tuple[list[Entry], frozenset[str]]:
+    """watch/ignore commands that bring the watch list from ``watched`` to ``wanted``, and
+    the list after them."""
+    if not wanted:
+        # Nothing matches any more, or every tube waits for its API: keep watching what we
+        # had (beanstalkd refuses to ignore the last tube; reserves stop meanwhile).
+        return [], watched
+    entries = [Entry(p.Watch(t)) for t in sorted(wanted - watched)]
+    entries += [Entry(p.Ignore(t)) for t in sorted(watched - wanted)]
+    return entries, wanted

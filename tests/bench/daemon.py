@@ -9,6 +9,9 @@ system, …):
   line per job), everything else at its default (stats-job per job, counters, the
   guardian task per job, …).
 - ``tubeworker-nolog``: the same with ``job_lines = false`` (per-job logging off).
+- ``tubeworker-control`` (opt-in with ``--daemon-systems``): ``tubeworker`` with its control
+  plane on (``[control] listen`` on a free loopback port): labelled metrics kept per job,
+  the tube poller, the HTTP server idle. Compare it with ``tubeworker`` in the same run.
 - ``greenstalk-threads``: tests/bench/peers/greenstalk_threads.py, C threads.
 - ``aiostalk``: tests/bench/peers/aiostalk_coroutines.py, C asyncio coroutines.
 
@@ -89,7 +92,7 @@ from tests.bench.common import (
     verify_consumed,
     write_json,
 )
-from tests.support.beanstalkd import BeanstalkdProcess
+from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tubeworker.beanstalk import protocol as p
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -101,9 +104,12 @@ _FDS_PER_CONNECTION_SLACK = 256  # files besides the C sockets (pipes, epoll, lo
 
 TUBEWORKER = "tubeworker"
 TUBEWORKER_NOLOG = "tubeworker-nolog"
+TUBEWORKER_CONTROL = "tubeworker-control"
 GREENSTALK_THREADS = "greenstalk-threads"
 AIOSTALK = "aiostalk"
 SYSTEMS = (TUBEWORKER, TUBEWORKER_NOLOG, GREENSTALK_THREADS, AIOSTALK)
+OPTIONAL_SYSTEMS = (TUBEWORKER_CONTROL,)
+DAEMONS = (TUBEWORKER, TUBEWORKER_NOLOG, TUBEWORKER_CONTROL)
 PEERS = (GREENSTALK_THREADS, AIOSTALK)
 
 
@@ -188,9 +194,10 @@ def _concurrencies(args: argparse.Namespace, scenario: Scenario) -> list[int]:
 
 def _systems(args: argparse.Namespace) -> list[str]:
     systems = [s.strip() for s in args.daemon_systems.split(",") if s.strip()]
-    unknown = [s for s in systems if s not in SYSTEMS]
+    known = SYSTEMS + OPTIONAL_SYSTEMS
+    unknown = [s for s in systems if s not in known]
     if unknown or not systems:
-        raise SystemExit(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
+        raise SystemExit(f"unknown systems {unknown}; choose from {', '.join(known)}")
     return systems
 
 
@@ -239,9 +246,16 @@ def _tubeworker_binary() -> Path:
 
 
 def _tubeworker_config(
-    address: str, tube: str, concurrency: int, handler: Handler, *, job_lines: bool
+    address: str,
+    tube: str,
+    concurrency: int,
+    handler: Handler,
+    *,
+    job_lines: bool,
+    control: bool = False,
 ) -> str:
-    return (
+    control_table = f'[control]\nlisten = "127.0.0.1:{free_port()}"\n' if control else ""
+    return control_table + (
         "[worker]\n"
         f'servers = ["{address}"]\n'
         "drain_timeout = 5\n"
@@ -262,10 +276,17 @@ def _tubeworker_config(
 def _argv(
     system: str, address: str, tube: str, concurrency: int, handler: Handler, workdir: Path
 ) -> list[str]:
-    if system in (TUBEWORKER, TUBEWORKER_NOLOG):
+    if system in DAEMONS:
         config = workdir / f"{tube}.toml"
         config.write_text(
-            _tubeworker_config(address, tube, concurrency, handler, job_lines=system == TUBEWORKER)
+            _tubeworker_config(
+                address,
+                tube,
+                concurrency,
+                handler,
+                job_lines=system != TUBEWORKER_NOLOG,
+                control=system == TUBEWORKER_CONTROL,
+            )
         )
         return [str(_tubeworker_binary()), "run", "-c", str(config)]
     script = {GREENSTALK_THREADS: "greenstalk_threads.py", AIOSTALK: "aiostalk_coroutines.py"}
@@ -460,7 +481,7 @@ def _server_counters(admin: SyncBeanstalk) -> dict[str, int]:
 def _own_counts(system: str, child: _Child) -> dict[str, int]:
     """What the system says it did: the daemon's ``stopped`` line, or the peer's JSON."""
     text = child.stdout_path.read_text(errors="replace")
-    if system in (TUBEWORKER, TUBEWORKER_NOLOG):
+    if system in DAEMONS:
         stopped = None
         for line in reversed(text.splitlines()):
             if '"stopped"' in line:
@@ -472,7 +493,7 @@ def _own_counts(system: str, child: _Child) -> dict[str, int]:
             k: int(stopped.get(k, -1))
             for k in ("reserved", "deleted", "released", "buried", "returned")
         }
-        if system == TUBEWORKER:
+        if system != TUBEWORKER_NOLOG:
             counts["job_done_lines"] = text.count('"event": "job done"')
         return counts
     lines = text.strip().splitlines()

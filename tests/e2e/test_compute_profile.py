@@ -75,7 +75,13 @@ def test_given_a_compute_pool_under_the_real_daemon_then_every_job_is_deleted(
         assert daemon.proc.poll() is None, daemon.stderr.read_text()
         return sum(left.values()) == 0
 
+    def all_logged_done() -> bool:
+        # The "job done" line follows beanstalkd's confirmation of the delete and goes out
+        # with the next batch of log lines, so the tube can be empty a moment before it.
+        return daemon.stdout.read_text().count("job done") >= len(ids)
+
     wait_until_sync(all_deleted, timeout=60, what="every compute job deleted")
+    wait_until_sync(all_logged_done, timeout=10, what="every deletion logged")
     assert len(daemon.runs("end")) == len(ids)
     output = daemon.stdout.read_text()
     assert "released" not in output, output  # no attempt failed (the bug: cannot pickle)

@@ -47,29 +47,37 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Debian's packages the tests need, only those missing (root, or passwordless sudo):
-# beanstalkd for every server test; supervisor (supervisord, supervisorctl) and systemd
-# (systemd-analyze; it need not run) for tests/e2e/test_deploy.py; tmux for the terminal
-# test of `tubeworker top`.
+# Debian's packages the tests need, only those missing (root, or passwordless sudo). Each
+# entry is COMMAND=PACKAGE: the package is installed when the command is not found.
+#   beanstalkd       every server test
+#   supervisord      tests/e2e/test_deploy.py runs deploy/supervisor for real
+#   systemd-analyze  tests/e2e/test_deploy.py verifies deploy/systemd (systemd need not run)
+#   tmux             the terminal test of `tubeworker top`
+SYSTEM_PACKAGES := \
+	beanstalkd=beanstalkd \
+	supervisord=supervisor \
+	systemd-analyze=systemd \
+	tmux=tmux
+
 beanstalkd:
 	@missing=; \
-	command -v beanstalkd >/dev/null 2>&1 || [ -x /usr/sbin/beanstalkd ] || missing="$$missing beanstalkd"; \
-	command -v supervisord >/dev/null 2>&1 || [ -x /usr/bin/supervisord ] || missing="$$missing supervisor"; \
-	command -v systemd-analyze >/dev/null 2>&1 || [ -x /usr/bin/systemd-analyze ] || missing="$$missing systemd"; \
-	command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
+	for entry in $(SYSTEM_PACKAGES); do \
+		cmd=$${entry%%=*}; pkg=$${entry#*=}; \
+		PATH="$$PATH:/usr/sbin:/sbin" command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null 2>&1; then \
-		echo "missing:$$missing, and this is not a Debian-like system: install them (beanstalkd 1.12, supervisor, systemd-analyze, tmux) with your package manager, then run make again." >&2; exit 1; \
+		echo "missing:$$missing, and this is not a Debian-like system: install them with your package manager, then run make again." >&2; exit 1; \
 	fi; \
 	if [ "$$(id -u)" = 0 ]; then SUDO=; \
 	elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
 	else echo "missing:$$missing: run 'sudo apt-get install -y$$missing', then make again." >&2; exit 1; fi; \
 	echo "installing$$missing from Debian's packages"; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
-	command -v beanstalkd >/dev/null 2>&1 || [ -x /usr/sbin/beanstalkd ] || { echo "apt-get did not install beanstalkd" >&2; exit 1; }; \
-	command -v supervisord >/dev/null 2>&1 || [ -x /usr/bin/supervisord ] || { echo "apt-get did not install supervisor" >&2; exit 1; }; \
-	command -v systemd-analyze >/dev/null 2>&1 || [ -x /usr/bin/systemd-analyze ] || { echo "apt-get did not install systemd" >&2; exit 1; }; \
-	command -v tmux >/dev/null 2>&1 || { echo "apt-get did not install tmux" >&2; exit 1; }
+	for entry in $(SYSTEM_PACKAGES); do \
+		cmd=$${entry%%=*}; pkg=$${entry#*=}; \
+		PATH="$$PATH:/usr/sbin:/sbin" command -v $$cmd >/dev/null 2>&1 || { echo "apt-get did not install $$pkg ($$cmd)" >&2; exit 1; }; \
+	done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info

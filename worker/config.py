@@ -8,6 +8,7 @@ variable or the flag), the key, and what is wrong. The CLI turns that into exit 
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -102,6 +103,56 @@ class ApiConfig:
     cooldown: float = 30.0
     cooldown_cap: float = 600.0
     probes: int = 1
+    limit: LimitConfig | None = None  # its rate, burst, max_concurrent (named after it)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitConfig:
+    """One limit: which jobs it applies to, and the caps.
+
+    ``tubes``, ``handlers`` and ``apis`` select jobs (empty: any); ``key`` is a payload
+    field (dots for nesting) whose each value is limited separately; ``rate`` is jobs per
+    second with ``burst`` allowed at once (None: no rate cap); ``max_concurrent`` jobs at
+    once (None: no cap). ``defer_after``: a job that would wait longer is deferred (a
+    delayed copy; no attempt counted) instead of holding its slot.
+    """
+
+    name: str
+    tubes: tuple[str, ...] = ()
+    handlers: tuple[str, ...] = ()
+    apis: tuple[str, ...] = ()
+    key: str | None = None
+    rate: float | None = None
+    burst: int | None = None
+    max_concurrent: int | None = None
+    fleet: bool = False
+    defer_after: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.rate is None and self.max_concurrent is None:
+            raise ValueError(f"limit {self.name!r} has neither a rate nor max_concurrent")
+        if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
+            raise ValueError(f"limit {self.name!r}: rate must be a positive number")
+        if self.burst is not None and self.burst < 1:
+            raise ValueError(f"limit {self.name!r}: burst must be at least 1")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ValueError(f"limit {self.name!r}: max_concurrent must be at least 1")
+        if self.fleet and self.key is not None:
+            raise ValueError(f"limit {self.name!r}: a fleet-wide limit cannot have a key")
+
+    @property
+    def bucket_size(self) -> int:
+        """How many jobs may start at once after a quiet spell (the bucket's capacity)."""
+        if self.burst is not None:
+            return self.burst
+        return max(1, math.ceil(self.rate or 1))
+
+    def applies(self, tube: str, handler: str | None, apis: frozenset[str]) -> bool:
+        return (
+            (not self.tubes or tube in self.tubes)
+            and (not self.handlers or (handler is not None and handler in self.handlers))
+            and (not self.apis or not apis.isdisjoint(self.apis))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +173,7 @@ class ControlConfig:
     token_file: Path | None = None  # state-changing calls need this bearer token
     metrics_interval: float = 5.0  # how often tube depths are read with stats-tube
     events_per_second: int = 100  # job events per second to live viewers; more are summed
+    daemons: tuple[str, ...] = ()  # other daemons' control planes, for the dashboard
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +199,8 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     middleware: MiddlewareConfig = field(default_factory=MiddlewareConfig)
     apis: tuple[ApiConfig, ...] = ()
+    # [[limit]] tables and the rate/burst/max_concurrent of [api.NAME] tables.
+    limits: tuple[LimitConfig, ...] = ()
     # Handlers not (yet) packaged with an entry point: task name → "module:function".
     handlers: tuple[tuple[str, str], ...] = ()
     source: str = "defaults"
@@ -387,7 +441,9 @@ def _recycle(reader: _Reader) -> RecycleConfig:
 
 
 def _control(reader: _Reader) -> ControlConfig:
-    reader.check_unknown(("listen", "token_file", "metrics_interval", "events_per_second"))
+    reader.check_unknown(
+        ("listen", "token_file", "metrics_interval", "events_per_second", "daemons")
+    )
     listen = reader.text("listen")
     address: Address | None = None
     if listen:
@@ -401,14 +457,34 @@ def _control(reader: _Reader) -> ControlConfig:
     token_file = Path(token) if token else None
     if token_file is not None and not token_file.is_file():
         raise reader.fail("token_file", f"no such file: {token_file}")
+    daemons = reader.strings("daemons") or ()
+    for url in daemons:
+        if not re.fullmatch(r"(https?://)?(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):[0-9]{1,5}/?", url):
+            raise reader.fail("daemons", f"each must be HOST:PORT or http://HOST:PORT: {url!r}")
     return ControlConfig(
         listen=address,
         token_file=token_file,
         metrics_interval=reader.seconds("metrics_interval", 5.0, low=0.1, high=3600),
         events_per_second=reader.integer("events_per_second", 100, low=1, high=100_000),
+        daemons=daemons,
     )
 
 
+# The limit of an [api.NAME] table (a [[limit]] applying to the API's jobs).
+_API_LIMIT_KEYS: Final = ("rate", "burst", "max_concurrent", "fleet", "defer_after")
+_LIMIT_KEYS: Final = (
+    "name",
+    "tubes",
+    "handlers",
+    "apis",
+    "key",
+    "rate",
+    "burst",
+    "max_concurrent",
+    "fleet",
+    "defer_after",
+)
+_LIMIT_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _API_KEYS: Final = (
     "hosts",
     "tubes",
@@ -420,6 +496,7 @@ _API_KEYS: Final = (
     "cooldown",
     "cooldown_cap",
     "probes",
+    *_API_LIMIT_KEYS,
 )
 
 
@@ -442,6 +519,7 @@ def _apis(reader: _Reader) -> tuple[ApiConfig, ...]:
             cooldown=cooldown,
             cooldown_cap=api.seconds("cooldown_cap", max(600.0, cooldown), low=cooldown),
             probes=api.integer("probes", 1, low=1, high=1000),
+            limit=_limit(api, name, apis=(name,)),
         )
         for tube in config.tubes:
             try:
@@ -450,6 +528,68 @@ def _apis(reader: _Reader) -> tuple[ApiConfig, ...]:
                 raise api.fail("tubes", str(exc)) from None
         apis.append(config)
     return tuple(apis)
+
+
+def _limit(reader: _Reader, name: str, *, apis: tuple[str, ...] = ()) -> LimitConfig | None:
+    """One limit's caps from ``reader`` (a [[limit]] table or an [api.NAME] table); None
+    when it sets none."""
+    rate = reader.get("rate")
+    if rate is not None and (
+        not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 < rate <= 1e6
+    ):
+        raise reader.fail("rate", f"must be jobs per second, above 0, got {rate!r}")
+    burst = reader.get("burst")
+    if burst is not None:
+        burst = reader.integer("burst", 1, low=1, high=1_000_000)
+        if rate is None:
+            raise reader.fail("burst", "needs a rate")
+    concurrent = reader.get("max_concurrent")
+    if concurrent is not None:
+        concurrent = reader.integer("max_concurrent", 1, low=1, high=1_000_000)
+    fleet = reader.boolean("fleet", False)
+    defer_after = reader.seconds("defer_after", 10.0, low=0, high=86_400)
+    if rate is None and concurrent is None:
+        for option in ("fleet", "defer_after"):
+            if reader.table.get(option) is not None:
+                raise reader.fail(option, "applies to a limit: set rate or max_concurrent too")
+        return None
+    if not _LIMIT_NAME.match(name):
+        raise reader.fail("name", f"must be letters, digits, '_', '.' or '-', got {name!r}")
+    key = reader.text("key") if "key" in reader.table else None
+    if key is not None and fleet:
+        raise reader.fail("key", "a fleet-wide limit cannot have a key (one per value)")
+    return LimitConfig(
+        name=name,
+        tubes=reader.strings("tubes") or () if not apis else (),
+        handlers=reader.strings("handlers") or () if not apis else (),
+        apis=apis or reader.strings("apis") or (),
+        key=key,
+        rate=None if rate is None else float(rate),
+        burst=burst,
+        max_concurrent=concurrent,
+        fleet=fleet,
+        defer_after=defer_after,
+    )
+
+
+def _limits(top: _Reader, apis: tuple[ApiConfig, ...]) -> tuple[LimitConfig, ...]:
+    limits = [api.limit for api in apis if api.limit is not None]
+    raw = top.get("limit") or []
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise top.fail("limit", "must be an array of tables ([[limit]])")
+    for i, table in enumerate(raw):
+        reader = _Reader(table, f"limit[{i}]", top.origins)
+        reader.check_unknown(_LIMIT_KEYS)
+        name = reader.text("name") or f"limit{i}"
+        limit = _limit(reader, name)
+        if limit is None:
+            raise reader.fail("rate", "a [[limit]] needs a rate, a max_concurrent or both")
+        limits.append(limit)
+    names = [limit.name for limit in limits]
+    for name in names:
+        if names.count(name) > 1:
+            raise top.fail("limit", f"two limits are named {name!r} ([api.{name}] is one)")
+    return tuple(limits)
 
 
 def _middleware(reader: _Reader) -> MiddlewareConfig:
@@ -490,6 +630,7 @@ _TOP_KEYS: Final = (
     "control",
     "middleware",
     "api",
+    "limit",
 )
 _TARGET: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -519,6 +660,7 @@ def _build(raw: dict[str, Any], origins: dict[str, str]) -> Config:
     for name in names:
         if names.count(name) > 1:
             raise top.fail("pool", f"two pools are named {name!r}")
+    apis = _apis(top.table_at("api"))
     config = Config(
         pools=pools,
         servers=worker.servers("servers") or (Address(),),
@@ -536,7 +678,8 @@ def _build(raw: dict[str, Any], origins: dict[str, str]) -> Config:
         recycle=_recycle(top.table_at("recycle")),
         control=_control(top.table_at("control")),
         middleware=_middleware(top.table_at("middleware")),
-        apis=_apis(top.table_at("api")),
+        apis=apis,
+        limits=_limits(top, apis),
         handlers=_handlers(top.table_at("handlers")),
         source=origins[""],
     )

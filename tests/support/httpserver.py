@@ -4,7 +4,8 @@ Every request gets ``api.reply`` (set it between requests to switch the API betw
 down, limited and slow), and its target is appended to ``api.requests`` so a test can count
 what reached the server. A reply with ``hang=True`` sends nothing until the server closes:
 the client's read timeout fires first; ``stall_body=True`` sends the status line and headers
-and then stalls the body the same way.
+and then stalls the body the same way; ``delay`` answers late (``in_flight`` counts the
+requests waiting for their answer). ``arrivals`` has each request's ``time.monotonic()``.
 
     async with open_http_api() as api:
         api.reply = Reply(503)
@@ -14,6 +15,7 @@ and then stalls the body the same way.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ class Reply:
     body: bytes = b""
     hang: bool = False  # send nothing at all
     stall_body: bool = False  # send the status and headers, then nothing
+    delay: float = 0.0  # seconds before answering (a slow API)
 
 
 @dataclass
@@ -39,6 +42,9 @@ class HttpApi:
     port: int = 0
     reply: Reply = field(default_factory=lambda: Reply(200, body=b"ok"))
     requests: list[str] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each request
+    in_flight: int = 0  # requests being answered now
+    max_in_flight: int = 0
 
     @property
     def url(self) -> str:
@@ -60,9 +66,17 @@ class HttpApi:
         while not isinstance(await _next_event(connection, stream), h11.EndOfMessage):
             pass  # a request body: read and dropped
         self.requests.append(event.target.decode())
+        self.arrivals.append(time.monotonic())
         reply = self.reply
         if reply.hang:
             await trio.sleep_forever()
+        if reply.delay:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                await trio.sleep(reply.delay)
+            finally:
+                self.in_flight -= 1
         headers = [("content-length", str(len(reply.body))), *reply.headers]
         head = h11.Response(status_code=reply.status, headers=headers)
         await stream.send_all(connection.send(head))

@@ -14,8 +14,11 @@ import trio
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address
 from tubeworker.burials import new_record
+from tubeworker.config import LimitConfig
 from tubeworker.errors import JobLostError, UnexpectedReplyError
 from tubeworker.flow import TrackedCall
+from tubeworker.flow.limits import key_of
+from tubeworker.job import Job
 from tubeworker.runtime.dispatch import plan_job
 from tubeworker.runtime.outbox import Entry, Outbox
 from tubeworker.runtime.outcome import BuryJob, Cause, Outcome, ReturnJob
@@ -90,6 +93,9 @@ class LaneJobs:
             log=log,
             defer=self._put_copy,
             other_work=lambda: bool(pool.watchable()[0]),
+            limits=services.limits,
+            brokers=services.token_brokers,
+            limits_changed=services.limit_released,
         )
         self.server_id = str(address)  # the server's instance id once connected
         self.must_close = False  # a job was returned: close the connection when idle
@@ -159,7 +165,13 @@ class LaneJobs:
         apis = self.pool.apis_of(stats.tube) if self.pool.gated else _NO_APIS
         if plan.spec.apis:
             apis = apis | frozenset(plan.spec.apis)
-        self.runs.begin(handlers, plan, stats, slot, now, apis)
+        limits = self.pool.services.limits
+        if limits:
+            applied = limits.applied(stats.tube, plan.handler, apis)
+            keys = limit_keys(applied, plan.job) if applied else None
+            self.runs.begin(handlers, plan, stats, slot, now, apis, applied, keys)
+        else:
+            self.runs.begin(handlers, plan, stats, slot, now, apis)
         self.state.busy_lanes.add(self)
 
     # ---- outcomes
@@ -224,7 +236,22 @@ class LaneJobs:
 _NO_APIS: frozenset[str] = frozenset()
 
 # Returns that do not count toward the redelivery limit in this process.
-_NOT_THE_JOBS_FAULT = frozenset({Cause.CONNECTION_LOST, Cause.API_OPEN})
+_NOT_THE_JOBS_FAULT = frozenset({Cause.CONNECTION_LOST, Cause.API_OPEN, Cause.LIMITED})
+
+
+def limit_keys(limits: tuple[LimitConfig, ...], job: Job) -> dict[str, str] | None:
+    """Each keyed limit's key for this job, from its envelope's payload (or its body, as
+    JSON, in a pool bound to one handler)."""
+    keyed = [limit for limit in limits if limit.key is not None]
+    if not keyed:
+        return None
+    payload = job.payload
+    if job.task is None:
+        try:
+            payload = job.json()
+        except ValueError:
+            payload = None
+    return {limit.name: key_of(payload, limit.key or "") for limit in keyed}
 
 
 def _applied(command: p.Command, reply: p.Reply) -> bool:

@@ -23,7 +23,7 @@ class Cause(enum.Enum):
 
     # deleted
     COMPLETED = "completed"
-    DEFERRED = "deferred"  # its API was open: a copy waits out the cool-down (fresh budget)
+    DEFERRED = "deferred"  # its API was open or its limit full: a delayed copy waits instead
     # released, or buried when no attempt is left
     HANDLER_ERROR = "handler_error"  # the handler raised an exception
     HANDLER_RETRY = "handler_retry"  # the handler raised Retry
@@ -43,6 +43,7 @@ class Cause(enum.Enum):
     UNCONFIRMED = "unconfirmed"  # the connection was lost before beanstalkd confirmed
     SERVER_REFUSED = "server_refused"  # beanstalkd answered an error (out of memory, …)
     API_OPEN = "api_open"  # held for an open API when the daemon drained
+    LIMITED = "limited"  # waiting for its limit (rate, concurrency) when the daemon drained
 
 
 class _Described:

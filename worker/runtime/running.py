@@ -17,8 +17,10 @@ import structlog
 import trio
 
 from tubeworker.beanstalk import protocol as p
+from tubeworker.config import LimitConfig
 from tubeworker.errors import ConnectionLostError
 from tubeworker.flow import ApiTracker, Permit
+from tubeworker.flow.limits import Lease, Limits
 from tubeworker.job import HandlerSpec, Middleware
 from tubeworker.observe.counters import JobCounters
 from tubeworker.runtime.admission import wait_for_apis
@@ -26,8 +28,12 @@ from tubeworker.runtime.dispatch import Plan
 from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob, ReturnJob
 from tubeworker.runtime.runner import ProcessPool, report_timeout, run_job, timeout_outcome
 from tubeworker.runtime.slots import Slot
+from tubeworker.runtime.tokens import TokenBroker
 
 __all__ = ["Run", "Runs", "handler_timeout", "touch_interval", "ttr_allowance"]
+
+# A job waiting for a full concurrency limit looks again at least this often.
+_LIMIT_POLL = 1.0
 
 # Outcomes that say the handler's call failed (an API's fault, if that API is now open).
 _FAILURES = frozenset({Cause.HANDLER_ERROR, Cause.HANDLER_RETRY, Cause.TIMEOUT})
@@ -60,7 +66,11 @@ class Run:
 
     __slots__ = (
         "apis",
+        "holding",
+        "lease",
         "limit",
+        "limit_keys",
+        "limits",
         "lost",
         "next_touch",
         "permit",
@@ -71,6 +81,7 @@ class Run:
         "started",
         "stats",
         "timeout",
+        "tokens",
         "touch_once",
         "touched_at",
     )
@@ -91,8 +102,26 @@ class Run:
         self.limit = math.inf  # the handler's own timeout (absolute); touches never pass it
         self.apis: frozenset[str] = frozenset()  # the APIs it needs (flow control)
         self.permit: Permit | None = None  # admitted by the tracker (a probe, maybe)
+        self.limits: tuple[LimitConfig, ...] = ()  # the limits it runs under
+        self.limit_keys: dict[str, str] = {}  # limit name → its key's value for this job
+        self.lease: Lease | None = None  # admitted by the local limits
+        self.tokens: list[tuple[TokenBroker, int]] = []  # fleet tokens held while it runs
+        # Waiting for its APIs or limits: touched meanwhile, its own deadline not running.
+        self.holding = False
         self.touched_at = now  # the TTR's last restart: reserve or touch
         self.touch_once = False  # touched once more when it leaves the API wait
+
+    def release_admission(self) -> None:
+        """Give back the probe slots, concurrency and tokens it holds (exactly once each)."""
+        if self.permit is not None:
+            self.permit.release()
+            self.permit = None
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+        while self.tokens:
+            broker, token = self.tokens.pop()
+            broker.give_back(token)
 
     def give_back(self, cause: Cause, detail: str, *, lost: bool = False) -> None:
         """Cancel the handler; the job goes back to beanstalkd when the connection closes."""
@@ -121,8 +150,14 @@ class Runs:
         log: structlog.typing.FilteringBoundLogger | None = None,
         defer: Callable[[Run, int], Awaitable[int]] | None = None,
         other_work: Callable[[], bool] = lambda: False,
+        limits: Limits | None = None,
+        brokers: dict[str, tuple[TokenBroker, ...]] | None = None,
+        limits_changed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._defer = defer
+        self._limits = limits or Limits((), clock=trio.current_time)
+        self._brokers = brokers or {}
+        self._limits_changed = limits_changed
         self._other_work = other_work
         self._runs: dict[int, Run] = {}
         self._tracker = tracker or ApiTracker(clock=trio.current_time)
@@ -154,23 +189,34 @@ class Runs:
         slot: Slot,
         started: float,
         apis: frozenset[str] = frozenset(),
+        limits: tuple[LimitConfig, ...] = (),
+        limit_keys: dict[str, str] | None = None,
     ) -> Run:
-        """Start the plan's handler under its own deadline; a job whose ``apis`` are open
-        is held first (touched, its deadline not running) until they admit it."""
+        """Start the plan's handler under its own deadline; a job whose ``apis`` are open,
+        or whose ``limits`` are full, is held first (touched, its deadline not running)
+        until they admit it, or deferred."""
         spec = plan.spec
         timeout = handler_timeout(spec, self._pool_timeout, stats.ttr, self._margin)
         run = Run(plan, stats, slot, started, timeout)
         run.apis = apis
         if apis:
             run.permit = self._tracker.try_admit(apis)
-            if run.permit is None:  # held: touched meanwhile, deadline set on admission
-                run.scope.deadline = math.inf
-                run.next_touch = run.touched_at + touch_interval(stats.ttr, self._margin)
+            if run.permit is None:
+                run.holding = True
                 self._counters.api_waits += 1
-        if not apis and not spec.long_running:  # the common path, inline: no API, no touch
+        if limits:
+            run.limits = limits
+            run.limit_keys = limit_keys or {}
+            if not run.holding and not self._admit_now(run):
+                run.holding = True
+        if run.holding:  # touched meanwhile, its deadline set on admission
+            run.scope.deadline = math.inf
+            run.next_touch = run.touched_at + touch_interval(stats.ttr, self._margin)
+        elif not apis and not limits and not spec.long_running:
+            # The common path, inline: no API, no limit, no touch.
             if spec.timeout or self._pool_timeout:
                 run.limit = run.touched_at + (spec.timeout or self._pool_timeout or 0.0)
-        elif run.permit is not None or not apis:
+        else:
             self._arm(run, run.touched_at, held=False)
         self._runs[plan.job.id] = run
         nursery.start_soon(self._run_handler, run)
@@ -202,8 +248,8 @@ class Runs:
         try:
             with run.scope:
                 while True:
-                    if run.apis and run.permit is None:
-                        outcome = await self._defer_or_hold(run)
+                    if run.holding:
+                        outcome = await self._admit(run)
                         if outcome is not None:
                             break
                     outcome = await run_job(
@@ -220,8 +266,7 @@ class Runs:
                     if not run.apis or not self._failed_with_its_api(run, outcome):
                         break
         finally:
-            if run.permit is not None:
-                run.permit.release()
+            run.release_admission()
             counters.in_flight -= 1
             # The same id may be running again already: beanstalkd handed a job that is no
             # longer ours (NOT_FOUND on touch) back to us. Only forget this run.
@@ -236,34 +281,137 @@ class Runs:
                 await report_timeout(plan.job, outcome, self._middleware)
         self._on_finished(run, outcome)
 
+    async def _admit(self, run: Run) -> Outcome | None:
+        """A held run: wait for its APIs, then its limits; or defer it (an outcome)."""
+        if run.apis and run.permit is None:
+            outcome = await self._defer_or_hold(run)
+            if outcome is not None:
+                return outcome
+        if run.limits:
+            outcome = await self._wait_for_limits(run)
+            if outcome is not None:
+                return outcome
+        run.holding = False
+        self._arm(run, trio.current_time(), held=True)
+        return None
+
     async def _defer_or_hold(self, run: Run) -> Outcome | None:
         """A job whose APIs are open: deferred (a delayed copy, so that its slot serves the
         pool's other tubes) when the pool has other work, else held until admitted."""
         until = self._tracker.blocked_until(run.apis)
         if until is not None and self._defer is not None and self._other_work():
             delay = max(1, math.ceil(until - trio.current_time()))
-            try:
-                copy = await self._defer(run, delay)
-            except (ConnectionLostError, greenstalk.Error) as exc:
-                self._log.warning(
-                    "cannot defer job: holding it", job_id=run.plan.job.id, error=str(exc)
-                )
-            else:
-                apis = ", ".join(sorted(run.apis))
-                detail = f"its API is open ({apis}): waits as job {copy} for {delay} s"
-                return DeleteJob(Cause.DEFERRED, detail)
-        await self._hold(run)
-        return None
-
-    async def _hold(self, run: Run) -> None:
-        """Wait for the run's APIs to admit it (touched meanwhile, no deadline running)."""
+            apis = ", ".join(sorted(run.apis))
+            outcome = await self._defer_copy(run, delay, f"its API is open ({apis})")
+            if outcome is not None:
+                return outcome
         run.permit = await wait_for_apis(
             run.apis, self._tracker, draining=self._draining, log=self._log
         )
         if run.permit is None:
             run.give_back(Cause.API_OPEN, "draining while its API was open")
             await trio.lowlevel.checkpoint()  # the cancelled scope ends the run here
-        self._arm(run, trio.current_time(), held=True)
+        return None
+
+    async def _defer_copy(self, run: Run, delay: int, why: str) -> Outcome | None:
+        """Put a delayed copy of the job (the original is then deleted): no attempt is
+        counted. None if the copy could not be put (the job waits instead)."""
+        if self._defer is None:
+            return None
+        try:
+            copy = await self._defer(run, delay)
+        except (ConnectionLostError, greenstalk.Error) as exc:
+            self._log.warning(
+                "cannot defer job: holding it", job_id=run.plan.job.id, error=str(exc)
+            )
+            return None
+        return DeleteJob(Cause.DEFERRED, f"{why}: waits as job {copy} for {delay} s")
+
+    def _admit_now(self, run: Run) -> bool:
+        """Admit a run under its limits without waiting, if they all have room now (fleet
+        limits always wait: their tokens are in beanstalkd)."""
+        if any(limit.fleet for limit in run.limits):
+            return False
+        got = self._limits.try_acquire(run.limits, run.limit_keys)
+        if isinstance(got, Lease):
+            run.lease = got
+            return True
+        return False
+
+    async def _wait_for_limits(self, run: Run) -> Outcome | None:
+        """Wait for room under the run's limits, local then fleet-wide; a run that would
+        wait longer than the limits' ``defer_after`` is deferred instead (an outcome)."""
+        patience = min(limit.defer_after for limit in run.limits)
+        deadline = trio.current_time() + patience
+        if run.lease is None and not all(limit.fleet for limit in run.limits):
+            expected = self._limits.expected_wait(run.limits, run.limit_keys)
+            if patience and expected is not None and expected > patience:
+                outcome = await self._defer_for_limits(run, expected)
+                if outcome is not None:
+                    return outcome
+                deadline = math.inf  # could not defer: wait as long as it takes
+            outcome = await self._wait_for_local(run, patience, deadline)
+            if outcome is not None:
+                return outcome
+        for limit in run.limits:
+            for broker in self._brokers.get(limit.name, ()) if limit.fleet else ():
+                outcome = await self._wait_for_token(run, broker, patience, deadline)
+                if outcome is not None:
+                    return outcome
+        return None
+
+    async def _wait_for_local(self, run: Run, patience: float, deadline: float) -> Outcome | None:
+        limits = self._limits
+        limits.queue(run.limits, run.limit_keys, +1)
+        try:
+            while True:
+                got = limits.try_acquire(run.limits, run.limit_keys)
+                if isinstance(got, Lease):
+                    run.lease = got
+                    return None
+                self._give_back_if_draining(run)
+                now = trio.current_time()
+                if now >= deadline:
+                    outcome = await self._defer_for_limits(run, patience)
+                    if outcome is not None:
+                        return outcome
+                    deadline = math.inf
+                wake = now + (_LIMIT_POLL if got.seconds is None else got.seconds)
+                with trio.move_on_at(min(deadline, wake, now + _LIMIT_POLL)):
+                    if got.seconds is None and self._limits_changed is not None:
+                        await self._limits_changed()  # a running job of the limit ended
+                    else:
+                        await trio.sleep_forever()
+        finally:
+            limits.queue(run.limits, run.limit_keys, -1)
+
+    async def _wait_for_token(
+        self, run: Run, broker: TokenBroker, patience: float, deadline: float
+    ) -> Outcome | None:
+        while True:
+            self._give_back_if_draining(run)
+            now = trio.current_time()
+            if now >= deadline:
+                outcome = await self._defer_for_limits(run, patience)
+                if outcome is not None:
+                    return outcome
+                deadline = math.inf
+            with trio.move_on_at(min(deadline, now + _LIMIT_POLL)):
+                token = await broker.acquire()
+                if broker.tube.held:
+                    run.tokens.append((broker, token))
+                return None
+
+    def _give_back_if_draining(self, run: Run) -> None:
+        if self._draining():
+            run.give_back(Cause.LIMITED, "draining while it waited for its limit")
+
+    async def _defer_for_limits(self, run: Run, expected: float) -> Outcome | None:
+        names = ", ".join(limit.name for limit in run.limits)
+        for limit in run.limits:
+            self._limits.count_deferral(limit.name)
+        delay = max(1, math.ceil(expected))
+        return await self._defer_copy(run, delay, f"its limit is full ({names})")
 
     def _failed_with_its_api(self, run: Run, outcome: Outcome) -> bool:
         """A run that failed while an API it needs is now open failed because of the API,
@@ -273,9 +421,8 @@ class Runs:
             return False
         if not isinstance(outcome, ReleaseJob | BuryJob) or not self._tracker.blocked(run.apis):
             return False
-        if run.permit is not None:
-            run.permit.release()
-            run.permit = None
+        run.release_admission()
+        run.holding = True
         now = trio.current_time()
         run.scope.deadline = math.inf
         run.next_touch, run.touch_once = now, False  # touched at once, then every half TTR
@@ -313,8 +460,8 @@ class Runs:
             return
         if isinstance(reply, p.Touched):
             run.touched_at = trio.current_time()
-            if run.apis and run.permit is None:
-                return  # held for its API: no deadline runs yet
+            if run.holding:
+                return  # held for its API or limit: no deadline runs yet
             if not run.plan.spec.long_running:
                 # The TTR starts again: so does the part of our deadline that guards it.
                 allowance = ttr_allowance(run.stats.ttr, self._margin)

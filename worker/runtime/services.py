@@ -12,6 +12,7 @@ import trio
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect, raise_for_reply
 from tubeworker.flow import ApiTracker
+from tubeworker.flow.limits import Limits
 from tubeworker.runtime.burials import BurialQueue
 from tubeworker.runtime.excuses import Excuses
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from tubeworker.registry import Registry
     from tubeworker.runtime.slots import InFlight
     from tubeworker.runtime.state import WorkerState
+    from tubeworker.runtime.tokens import TokenBroker
 
 __all__ = ["Producer", "Services", "SharedHttp"]
 
@@ -97,10 +99,24 @@ class Services:
     tube_apis: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # Burial records (why a job was buried), written by the daemon's recorder; None: not kept.
     burials: BurialQueue | None = None
+    # Limits ([[limit]], [api.NAME] rate/max_concurrent): local ones here, fleet-wide ones
+    # through their token brokers (limit name → brokers, run by the daemon).
+    limits: Limits = field(default_factory=lambda: Limits((), clock=trio.current_time))
+    token_brokers: dict[str, tuple[TokenBroker, ...]] = field(default_factory=dict)
+    _lease_returned: trio.Event = field(default_factory=trio.Event)
 
     def __post_init__(self) -> None:
         if self.http.tracker is None:
             self.http.tracker = self.tracker
+        self.limits.on_release = self._limit_released
+
+    def _limit_released(self) -> None:
+        self._lease_returned.set()
+        self._lease_returned = trio.Event()
+
+    async def limit_released(self) -> None:
+        """Until a job running under a limit ends (room for one waiting)."""
+        await self._lease_returned.wait()
 
     # How lanes connect; None: TCP/unix with the config's timeouts. Tests pass a scripted
     # server's.

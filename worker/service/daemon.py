@@ -17,6 +17,7 @@ import structlog
 import trio
 
 from tubeworker.config import Config
+from tubeworker.flow.limits import Limits
 from tubeworker.observe.logs import line_buffer
 from tubeworker.registry import Registry
 from tubeworker.runtime.apis import build_tracker, log_transitions, run_tube_pauser, tube_apis
@@ -26,6 +27,7 @@ from tubeworker.runtime.serve import run_pool
 from tubeworker.runtime.services import Services
 from tubeworker.runtime.slots import InFlight
 from tubeworker.runtime.state import WorkerState
+from tubeworker.runtime.tokens import fleet_brokers
 from tubeworker.service.notify import Notifier
 from tubeworker.service.stall import run_stall_detector
 
@@ -150,6 +152,8 @@ async def _run_daemon(
         tracker=build_tracker(config),
         tube_apis=tube_apis(config),
         burials=BurialQueue(),
+        limits=Limits(config.limits, clock=trio.current_time),
+        token_brokers=fleet_brokers(config),
     )
     state.tracker = services.tracker
     log_transitions(services.tracker, state.events)
@@ -161,6 +165,9 @@ async def _run_daemon(
             helpers.start_soon(_drain_deadline, state, config, notifier)
             helpers.start_soon(_recycle, state, config)
             helpers.start_soon(run_tube_pauser, config, services.tracker, servers)
+            for brokers in services.token_brokers.values():
+                for broker in brokers:
+                    helpers.start_soon(broker.run)
             assert services.burials is not None
             helpers.start_soon(run_burial_recorder, config, services.burials)
             if config.stall_threshold:

@@ -7,6 +7,7 @@ writes of one short line are atomic), so the test can count runs across processe
 from __future__ import annotations
 
 import os
+import time
 
 import trio
 
@@ -65,3 +66,15 @@ async def call_partner(job: Job) -> None:
 async def fail_loudly(job: Job) -> None:
     """Raises: a failed attempt for error trackers to see."""
     raise ValueError(f"handler failed on purpose for job {job.id}")
+
+
+async def block_loop(job: Job) -> None:
+    """Async, yet blocks the event loop (as a sync call in an async handler does) until the
+    file payload["release"] exists, or payload["max_seconds"] (default 30) have passed."""
+    _log("start", job)
+    give_up = time.monotonic() + job.payload.get("max_seconds", 30)
+    release = job.payload["release"]
+    # The mistake under test: blocking calls in async code. Nothing else in the process runs.
+    while not os.path.exists(release) and time.monotonic() < give_up:  # noqa: ASYNC240 - same
+        time.sleep(0.01)  # noqa: ASYNC251 - the mistake under test
+    _log("end", job)

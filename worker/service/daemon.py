@@ -30,6 +30,7 @@ from tubeworker.runtime.state import WorkerState
 from tubeworker.runtime.tokens import fleet_brokers
 from tubeworker.service.notify import Notifier
 from tubeworker.service.stall import run_stall_detector
+from tubeworker.service.status import DRAIN_MARGIN, run_drain_updates, run_status_updates
 
 __all__ = ["SIGNALS", "run_daemon"]
 
@@ -64,8 +65,13 @@ async def _handle_signals(signals: AsyncIterator[int], state: WorkerState) -> No
 
 async def _drain_deadline(state: WorkerState, config: Config, notifier: Notifier) -> None:
     await state.drain_started.wait()
-    notifier.stopping(f"draining ({state.drain_reason}): {state.running_jobs} jobs running")
-    await trio.sleep(config.drain_timeout)
+    # STOPPING=1, then the drain's progress with EXTEND_TIMEOUT_USEC until the deadline.
+    await run_drain_updates(state, notifier, trio.current_time() + config.drain_timeout)
+    notifier.status(
+        f"draining ({state.drain_reason}): deadline passed, "
+        f"returning {state.running_jobs} running jobs",
+        extend=DRAIN_MARGIN,
+    )
     if state.running_jobs:
         log.warning(
             "drain deadline passed: returning running jobs",
@@ -87,6 +93,8 @@ async def _recycle(state: WorkerState, config: Config) -> None:
 
 
 async def _watchdog(notifier: Notifier, interval: float) -> None:
+    # A task on the event loop, never a thread: a loop blocked by a handler sends no pings,
+    # and systemd restarts the process once WatchdogSec passes without one.
     while True:  # also while draining: a drain is the process working, not hung
         notifier.watchdog()
         await trio.sleep(interval)
@@ -107,6 +115,8 @@ async def _announce_ready(
         servers=[str(s) for s in config.servers],
         pid=os.getpid(),
     )
+    if notifier.enabled:
+        await run_status_updates(state, notifier)  # until the drain starts
 
 
 async def run_daemon(

@@ -9,11 +9,25 @@ import os
 import socket
 from collections.abc import Mapping
 
-__all__ = ["Notifier"]
+__all__ = ["Notifier", "encode"]
+
+
+def encode(fields: Mapping[str, str]) -> bytes:
+    """``KEY=value`` lines, keys upper-cased. A newline inside a value would start a new
+    assignment (a STATUS= line could forge READY=1), so it becomes a space."""
+    return "\n".join(
+        f"{key.upper()}={' '.join(value.splitlines())}" for key, value in fields.items()
+    ).encode()
+
+
+def _usec(seconds: float) -> str:
+    return str(max(0, round(seconds * 1_000_000)))
 
 
 class Notifier:
-    """READY / STOPPING / STATUS / WATCHDOG to systemd; does nothing outside systemd."""
+    """READY / STOPPING / STATUS / WATCHDOG / EXTEND_TIMEOUT_USEC to systemd; does nothing
+    outside systemd. Never blocks and never raises: a lost notification is only a lost
+    notification."""
 
     def __init__(self, address: str | None, watchdog_usec: int | None = None) -> None:
         self._address = address
@@ -36,7 +50,6 @@ class Notifier:
     def send(self, **fields: str) -> None:
         if self._address is None:
             return
-        message = "\n".join(f"{key.upper()}={value}" for key, value in fields.items())
         address = self._address
         if address.startswith("@"):  # abstract namespace
             address = "\0" + address[1:]
@@ -46,18 +59,26 @@ class Notifier:
                     socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                 )
                 self._socket.setblocking(False)
-            self._socket.sendto(message.encode(), address)
+            self._socket.sendto(encode(fields), address)
         except OSError:
             pass  # systemd gone or socket full: never let notification break the worker
 
     def ready(self, status: str) -> None:
         self.send(ready="1", status=status)
 
-    def stopping(self, status: str) -> None:
-        self.send(stopping="1", status=status)
+    def stopping(self, status: str, *, extend: float | None = None) -> None:
+        """STOPPING=1; ``extend``: seconds from now within which the next message comes
+        (EXTEND_TIMEOUT_USEC=, which stretches TimeoutStopSec= while it is renewed)."""
+        if extend is None:
+            self.send(stopping="1", status=status)
+        else:
+            self.send(stopping="1", status=status, extend_timeout_usec=_usec(extend))
 
-    def status(self, status: str) -> None:
-        self.send(status=status)
+    def status(self, status: str, *, extend: float | None = None) -> None:
+        if extend is None:
+            self.send(status=status)
+        else:
+            self.send(status=status, extend_timeout_usec=_usec(extend))
 
     def watchdog(self) -> None:
         self.send(watchdog="1")

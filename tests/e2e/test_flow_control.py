@@ -140,3 +140,124 @@ async def test_given_an_api_down_then_its_jobs_wait_and_all_finish_when_it_is_ba
     assert len(released) <= 2
     assert not [e for e in daemon.events() if e.get("event") == "job buried"]
     assert job_stats(beanstalkd, ids) == []  # every one deleted
+
+
+def outage_config(
+    path: Path, server: BeanstalkdProcess, *, with_api: bool = True, cooldown: float = 0.2
+) -> Path:
+    """A pool of the partner tube with a 3-attempt handler; ``with_api``: the [api.partner]
+    table (pause on the server), else the same daemon knowing nothing of the API (another
+    team's worker, say)."""
+    api = [
+        "[api.partner]",
+        'hosts = ["127.0.0.1"]',
+        'tubes = ["partner"]',
+        "pause_tubes = true",
+        "consecutive_failures = 3",
+        f"cooldown = {cooldown}",
+        f"cooldown_cap = {cooldown}",
+    ]
+    lines = [
+        "[worker]",
+        f'servers = ["{server.address}"]',
+        "drain_timeout = 5",
+        "[handlers]",
+        '"partner" = "tests.e2e.handlers:call_partner"',
+        *(api if with_api else []),
+        "[[pool]]",
+        'tubes = ["partner"]',
+        "concurrency = 5",
+        "[pool.retry]",
+        "backoff_base = 1",
+        "backoff_cap = 1",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def test_given_an_outage_of_twenty_cool_downs_then_no_attempt_is_burned(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    jobs = 20
+    async with open_http_api() as api:
+        api.reply = Reply(503)
+        daemon = DaemonProcess(outage_config(tmp_path / "w.toml", beanstalkd), tmp_path)
+        daemons.append(daemon.start())
+        await wait_until(
+            lambda: any(e.get("event") == "ready" for e in daemon.events()), timeout=20
+        )
+        ids = put(
+            beanstalkd,
+            "partner",
+            [
+                {"task": "partner", "payload": {"n": n, "url": f"{api.url}/c/{n}"}}
+                for n in range(jobs)
+            ],
+        )
+
+        def trips() -> int:
+            return len(
+                [e for e in daemon.events() if e.get("event", "").startswith("api breaker open")]
+            )
+
+        # Twenty open periods: the first trip, then a failed probe after each cool-down.
+        await wait_until(lambda: trips() >= 20, timeout=60, what="twenty cool-downs")
+        api.reply = Reply(200, body=b"ok")
+        await wait_until(
+            lambda: len({n for n in daemon.runs("end")}) == jobs,
+            timeout=30,
+            what="every job done after the outage",
+        )
+
+    # The handler allows 3 attempts; the API failed for twenty cool-downs, and every job
+    # still succeeded: only the failures before the breaker first opened were counted.
+    released = [e for e in daemon.events() if e.get("event") == "job released"]
+    assert len(released) <= 2
+    assert not [e for e in daemon.events() if e.get("event") == "job buried"]
+    assert job_stats(beanstalkd, ids) == []
+
+
+async def test_given_pause_propagation_then_a_second_daemon_stops_taking_the_jobs_too(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    async with open_http_api() as api:
+        api.reply = Reply(503)
+        config = outage_config(tmp_path / "a.toml", beanstalkd, cooldown=6)
+        tracking = DaemonProcess(config, tmp_path / "a")
+        # The second daemon has no [api.partner]: only the server's pause stops it.
+        other = DaemonProcess(
+            outage_config(tmp_path / "b.toml", beanstalkd, with_api=False), tmp_path / "b"
+        )
+        for daemon in (tracking, other):
+            daemon.stdout.parent.mkdir()
+            daemons.append(daemon.start())
+            await wait_until(
+                lambda d=daemon: any(e.get("event") == "ready" for e in d.events()), timeout=20
+            )
+        url = f"{api.url}/c"
+        put(
+            beanstalkd,
+            "partner",
+            [{"task": "partner", "payload": {"n": n, "url": f"{url}/{n}"}} for n in range(200)],
+        )
+
+        def paused() -> bool:
+            return tube(beanstalkd, "partner")["pause-time-left"] > 0
+
+        await wait_until(paused, timeout=20, what="the partner tube paused on the server")
+        # While the tube stays paused (6 s), the second daemon's handler is not called:
+        # it finishes at most the jobs it had reserved before the pause (its concurrency).
+        starts = sum(other.runs("start").values())
+        await trio.sleep(3)  # the point of the test: time passes while the API is down
+        assert paused()
+        assert sum(other.runs("start").values()) <= starts + 5
+        api.reply = Reply(200, body=b"ok")
+        await wait_until(
+            lambda: (
+                tube(beanstalkd, "partner")["current-jobs-ready"] == 0
+                and tube(beanstalkd, "partner")["current-jobs-reserved"] == 0
+                and tube(beanstalkd, "partner")["current-jobs-delayed"] == 0
+            ),
+            timeout=60,
+            what="every job done after the outage",
+        )

@@ -203,3 +203,35 @@ async def test_given_a_daemon_killed_holding_fleet_tokens_then_the_fleet_keeps_i
     # second here) while the survivor uses the returned tokens: never more than twice.
     assert api.max_in_flight <= 2 * limit
     assert not outcomes([survivor], "job buried")
+
+
+async def test_given_a_job_that_would_wait_too_long_then_it_is_deferred_not_released(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    jobs = 8
+    async with open_http_api() as api:
+        api.reply = Reply(200, body=b"ok", delay=0.5)
+        config = config_for(
+            tmp_path / "w.toml",
+            beanstalkd,
+            "[api.partner]",
+            'hosts = ["127.0.0.1"]',
+            "max_concurrent = 1",
+            "defer_after = 1",
+            concurrency=jobs,
+        )
+        daemon = DaemonProcess(config, tmp_path)
+        daemons.append(daemon.start())
+        await wait_until(lambda: bool(outcomes([daemon], "ready")), timeout=20)
+        put_calls(beanstalkd, api.url, jobs)
+        await wait_until(lambda: len(daemon.runs("end")) == jobs, timeout=60, what="every job done")
+
+    # One call at a time; the jobs that would have held their slot longer than a second
+    # went back to the tube as delayed copies, with no attempt counted.
+    assert api.max_in_flight == 1
+    deferred = outcomes([daemon], "job deferred")
+    assert deferred
+    assert all("its limit is full (partner)" in str(e["reason"]) for e in deferred)
+    assert not outcomes([daemon], "job released")
+    assert not outcomes([daemon], "job buried")
+    assert sorted(daemon.runs("end")) == list(range(jobs))

@@ -16,6 +16,7 @@ import trio
 
 from tubeworker.beanstalk.client import Address
 from tubeworker.flow import ApiTracker
+from tubeworker.flow.limits import Limits
 from tubeworker.observe.counters import JobCounters
 from tubeworker.observe.events import EventBus
 from tubeworker.runtime.outcome import Cause
@@ -92,6 +93,8 @@ class WorkerState:
         self.lanes: list[LaneView] = []
         #: Flow control's breakers, for reports (set by the daemon).
         self.tracker: ApiTracker | None = None
+        #: Limits, for reports (set by the daemon).
+        self.limits: Limits | None = None
 
     @property
     def may_fetch(self) -> bool:

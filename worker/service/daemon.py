@@ -166,6 +166,7 @@ async def _run_daemon(
         token_brokers=fleet_brokers(config),
     )
     state.tracker = services.tracker
+    state.limits = services.limits
     log_transitions(services.tracker, state.events)
     servers = sorted({a for pool in config.pools for a in pool.servers or config.servers}, key=str)
     try:

@@ -53,8 +53,10 @@ $(STAMP): pyproject.toml
 #   supervisord      tests/e2e/test_deploy.py runs deploy/supervisor for real
 #   systemd-analyze  tests/e2e/test_deploy.py verifies deploy/systemd (systemd need not run)
 #   tmux             the terminal test of `tubeworker top`
+#   promtool         tests/e2e/test_deploy_prometheus.py checks and tests deploy/prometheus
 SYSTEM_PACKAGES := \
 	beanstalkd=beanstalkd \
+	promtool=prometheus \
 	supervisord=supervisor \
 	systemd-analyze=systemd \
 	tmux=tmux

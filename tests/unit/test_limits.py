@@ -145,7 +145,7 @@ def test_a_limit_with_no_cap_or_a_keyed_fleet_limit_is_refused() -> None:
 
 
 def test_token_tubes_of_a_fleet_limit() -> None:
-    rate, running = token_tubes(LimitConfig("stripe", rate=50, burst=10, max_concurrent=8))
+    running, rate = token_tubes(LimitConfig("stripe", rate=50, burst=10, max_concurrent=8))
     assert (rate.tube, rate.count, rate.cooldown, rate.held) == (
         "tubeworker.limit.stripe.rate",
         50,

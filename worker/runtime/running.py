@@ -388,19 +388,25 @@ class Runs:
     async def _wait_for_token(
         self, run: Run, broker: TokenBroker, patience: float, deadline: float
     ) -> Outcome | None:
-        while True:
-            self._give_back_if_draining(run)
-            now = trio.current_time()
-            if now >= deadline:
-                outcome = await self._defer_for_limits(run, patience)
-                if outcome is not None:
-                    return outcome
-                deadline = math.inf
-            with trio.move_on_at(min(deadline, now + _LIMIT_POLL)):
-                token = await broker.acquire()
-                if broker.tube.held:
-                    run.tokens.append((broker, token))
-                return None
+        ticket = broker.ticket()  # kept while it waits: first come, first served
+        try:
+            while not ticket.event.is_set():
+                self._give_back_if_draining(run)
+                now = trio.current_time()
+                if now >= deadline:
+                    outcome = await self._defer_for_limits(run, patience)
+                    if outcome is not None:
+                        return outcome
+                    deadline = math.inf
+                with trio.move_on_at(min(deadline, now + _LIMIT_POLL)):
+                    await ticket.event.wait()
+            token, ticket.token = ticket.token, None
+        finally:
+            ticket.cancel()  # nothing to do once its token is taken
+        assert token is not None
+        if broker.tube.held:
+            run.tokens.append((broker, token))
+        return None
 
     def _give_back_if_draining(self, run: Run) -> None:
         if self._draining():

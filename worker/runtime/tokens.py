@@ -41,7 +41,7 @@ from tubeworker.beanstalk.client import Address, Client, connect
 from tubeworker.config import Config, LimitConfig
 from tubeworker.errors import ConnectionLostError, ProtocolError
 
-__all__ = ["TOKEN_TTR", "TokenBroker", "TokenTube", "fleet_brokers", "token_tubes"]
+__all__ = ["TOKEN_TTR", "Ticket", "TokenBroker", "TokenTube", "fleet_brokers", "token_tubes"]
 
 TOKEN_TTR = 10  # seconds a token stays reserved by a silent holder
 _TOUCH_EVERY = TOKEN_TTR / 3
@@ -60,14 +60,10 @@ class TokenTube:
 
 
 def token_tubes(settings: LimitConfig) -> tuple[TokenTube, ...]:
-    """The token tubes of a fleet-wide limit."""
+    """The token tubes of a fleet-wide limit, in the order a job takes their tokens: a
+    running slot first, then the rate token, so that the job starts right after it (a rate
+    token taken before a wait for a slot would let the starts bunch up)."""
     tubes = []
-    if settings.rate is not None:
-        period = max(1, round(settings.bucket_size / settings.rate))
-        count = max(1, round(settings.rate * period))
-        tubes.append(
-            TokenTube(settings.name, f"tubeworker.limit.{settings.name}.rate", count, period, False)
-        )
     if settings.max_concurrent is not None:
         tubes.append(
             TokenTube(
@@ -78,15 +74,34 @@ def token_tubes(settings: LimitConfig) -> tuple[TokenTube, ...]:
                 True,
             )
         )
+    if settings.rate is not None:
+        period = max(1, round(settings.bucket_size / settings.rate))
+        count = max(1, round(settings.rate * period))
+        tubes.append(
+            TokenTube(settings.name, f"tubeworker.limit.{settings.name}.rate", count, period, False)
+        )
     return tuple(tubes)
 
 
-class _Waiter:
-    __slots__ = ("event", "token")
+class Ticket:
+    """A place in a broker's queue: ``token`` is set (and ``event``) when one is handed
+    to it. A job keeps its ticket while it waits, however often it wakes to look around,
+    so tokens go to waiting jobs first come, first served."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_broker", "event", "token")
+
+    def __init__(self, broker: TokenBroker) -> None:
+        self._broker = broker
         self.event = trio.Event()
         self.token: int | None = None
+
+    def cancel(self) -> None:
+        """Leave the queue; a token that came meanwhile goes back to the broker."""
+        if self.token is not None:
+            self._broker.give_back(self.token)
+            self.token = None
+        elif self in self._broker._waiters:
+            self._broker._waiters.remove(self)
 
 
 class TokenBroker:
@@ -106,7 +121,7 @@ class TokenBroker:
         self._connect = connect
         self._log = (log or structlog.get_logger("tubeworker")).bind(token_tube=tube.tube)
         self._rng = rng or random.Random()
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: deque[Ticket] = deque()
         self._held: dict[int, int] = {}  # token id → the connection generation it is on
         self._touched_at: dict[int, float] = {}
         self._returns: deque[tuple[int, int]] = deque()  # (token, generation) to release
@@ -120,22 +135,25 @@ class TokenBroker:
 
     # ---- for jobs
 
+    def ticket(self) -> Ticket:
+        """Join the queue for a token; wait on ``ticket.event``, and ``cancel()`` it if the
+        job stops waiting."""
+        ticket = Ticket(self)
+        self._waiters.append(ticket)
+        self._wake.set()
+        return ticket
+
     async def acquire(self) -> int:
         """A token (its job id); waits until one is ready. Cancellation-safe: a token
         that arrives for a cancelled waiter is given back."""
-        waiter = _Waiter()
-        self._waiters.append(waiter)
-        self._wake.set()
+        ticket = self.ticket()
         try:
-            await waiter.event.wait()
+            await ticket.event.wait()
         except BaseException:
-            if waiter.token is not None:
-                self.give_back(waiter.token)
-            else:
-                self._waiters.remove(waiter)
+            ticket.cancel()
             raise
-        assert waiter.token is not None
-        return waiter.token
+        assert ticket.token is not None
+        return ticket.token
 
     def give_back(self, token: int) -> None:
         """The job is done with the token (a rate token: admitted): release it."""
@@ -303,9 +321,7 @@ def fleet_brokers(config: Config) -> dict[str, tuple[TokenBroker, ...]]:
         )
 
     return {
-        limit.name: tuple(
-            TokenBroker(tube, address, connect_tokens) for tube in token_tubes(limit)
-        )
+        limit.name: tuple(TokenBroker(tube, address, connect_tokens) for tube in token_tubes(limit))
         for limit in config.limits
         if limit.fleet
     }

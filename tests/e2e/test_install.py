@@ -6,53 +6,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import venv
 from pathlib import Path
 
 import greenstalk
 import pytest
 
 from tests.support.beanstalkd import BeanstalkdProcess
-from tests.support.process import REPO
 from tests.support.waiting import wait_until_sync
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv with tubeworker's wheel (and its dependencies) installed."""
-    root = tmp_path_factory.mktemp("install")
-    wheels = root / "wheels"
-    build = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "-w",
-            str(wheels),
-            str(REPO),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert build.returncode == 0, build.stderr
-    (wheel,) = wheels.glob("tubeworker-*.whl")
-    env = root / "venv"
-    venv.create(env, with_pip=True)
-    install = subprocess.run(
-        [str(env / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert install.returncode == 0, install.stderr
-    return env
 
 
 def user_project(root: Path, server: BeanstalkdProcess) -> Path:

@@ -34,6 +34,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("flow", ("tubeworker.flow",)),
     ("runtime", ("tubeworker.runtime",)),
+    # The test kit runs handlers through the runtime's own functions (tubeworker.testing).
+    ("testing", ("tubeworker.testing",)),
     ("service", ("tubeworker.service",)),
     ("control", ("tubeworker.control",)),
     ("cli", ("tubeworker.cli", "tubeworker.__main__")),

@@ -1,0 +1,1 @@
+"""hello-handlers: an example package of tubeworker handlers."""

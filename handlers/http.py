@@ -41,8 +41,6 @@ fails the attempt (retried) rather than send unsigned.
 
 from __future__ import annotations
 
-import datetime
-import email.utils
 import hashlib
 import hmac
 import json
@@ -56,7 +54,7 @@ from typing import Any, Final
 import httpx
 import trio
 
-from tubeworker import Bury, Job, Retry, __version__, handler
+from tubeworker import Bury, Job, Retry, __version__, handler, parse_retry_after
 
 __all__ = [
     "DEFAULT_SIGNATURE_HEADER",
@@ -76,7 +74,6 @@ _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # RFC 9110 field 
 _READ_LIMIT: Final = 64 * 1024  # a body is read when its Content-Length is at most this
 _SNIPPET_BYTES: Final = 1024  # a failure's body: the start kept...
 _SNIPPET_CHARS: Final = 200  # ...and at most this much of it quoted
-_RETRY_AFTER_CEILING: Final = 3600.0  # as tubeworker.flow.http.RETRY_AFTER_CEILING
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +106,8 @@ async def request(job: Job) -> None:
     if 200 <= status < 300:
         return
     if status in (408, 429) or status >= 500:
-        delay = _retry_after(answer.get("retry-after"), _wall_clock())
+        retry_after = answer.get("retry-after")
+        delay = None if retry_after is None else parse_retry_after(retry_after, _wall_clock())
         after = f" (Retry-After: {delay:g} s)" if delay is not None else ""
         raise Retry(delay=delay, reason=f"HTTP {status} from {wanted.where}{after}")
     if 300 <= status < 400:
@@ -311,33 +309,3 @@ def _snippet(head: bytes) -> str:
 def _describe(exc: Exception) -> str:
     message = str(exc)
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
-# --------------------------------------------------------------------------- Retry-After
-
-# RFC 9110 delta-seconds is 1*DIGIT; a fraction is tolerated since some servers send one.
-_DELTA_SECONDS: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?")
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta-seconds or an HTTP-date against
-    the wall clock ``now``), clamped to [0, an hour]; None when absent or not one.
-
-    The same reading as flow control's ``tubeworker.flow.http.parse_retry_after``, which
-    a built-in handler may not import (handlers use the public API only); a unit test
-    checks that the two agree.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if _DELTA_SECONDS.fullmatch(text):
-        seconds = float(text)
-    else:
-        try:
-            moment = email.utils.parsedate_to_datetime(text)
-            if moment.tzinfo is None:  # "-0000" or no zone: HTTP-dates are always GMT
-                moment = moment.replace(tzinfo=datetime.UTC)
-            seconds = moment.timestamp() - now
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-    return min(max(seconds, 0.0), _RETRY_AFTER_CEILING)

@@ -6,8 +6,18 @@ submodules and are not part of it.
 
 from __future__ import annotations
 
+from tubeworker.backoff import parse_retry_after
 from tubeworker.job import Bury, Job, Middleware, Retry, Verdict, handler
 
 __version__ = "0.1.0"
 
-__all__ = ["Bury", "Job", "Middleware", "Retry", "Verdict", "__version__", "handler"]
+__all__ = [
+    "Bury",
+    "Job",
+    "Middleware",
+    "Retry",
+    "Verdict",
+    "__version__",
+    "handler",
+    "parse_retry_after",
+]

@@ -1,14 +1,18 @@
-"""Exponential backoff with full jitter, as pure functions.
+"""Exponential backoff with full jitter, and reading a ``Retry-After``, as pure functions.
 
-Used by the reconnect loop and by the job retry policy. Kept at the bottom of the import
-graph (it imports nothing of ours) so the transport can use it too.
+Used by the reconnect loop, the job retry policy, flow control and handlers (through the
+public API). Kept at the bottom of the import graph (it imports nothing of ours) so the
+transport can use it too.
 """
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import random
+import re
 
-__all__ = ["exponential_delay", "full_jitter_delay"]
+__all__ = ["RETRY_AFTER_CEILING", "exponential_delay", "full_jitter_delay", "parse_retry_after"]
 
 # 2**63 seconds is far beyond any cap; clamping the exponent avoids float overflow.
 _MAX_EXPONENT = 63
@@ -32,3 +36,31 @@ def full_jitter_delay(
     """
     ceiling = exponential_delay(attempt, base=base, cap=cap)
     return (rng or random).uniform(0.0, ceiling)
+
+
+# The longest wait a Retry-After is taken at (a server asking for a day is capped).
+RETRY_AFTER_CEILING = 3600.0
+# RFC 9110 delta-seconds is 1*DIGIT; a fraction is tolerated since some servers send one.
+_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+def parse_retry_after(
+    value: str, now: float, *, ceiling: float = RETRY_AFTER_CEILING
+) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value, or None if it is not one.
+
+    ``now`` is the wall clock (``time.time()``) an HTTP-date is measured against; a date in
+    the past gives 0. The result is within [0, ``ceiling``].
+    """
+    text = value.strip()
+    if _DELTA_SECONDS.fullmatch(text):
+        seconds = float(text)
+    else:
+        try:
+            moment = email.utils.parsedate_to_datetime(text)
+            if moment.tzinfo is None:  # "-0000" or no zone: HTTP-dates are always GMT
+                moment = moment.replace(tzinfo=datetime.UTC)
+            seconds = moment.timestamp() - now
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return min(max(seconds, 0.0), ceiling)

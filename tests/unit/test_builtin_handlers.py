@@ -16,7 +16,6 @@ import httpx
 import pytest
 import trio_websocket
 
-from tubeworker.flow.http import parse_retry_after
 from tubeworker.handlers import http as http_handler
 from tubeworker.handlers import websocket as websocket_handler
 from tubeworker.handlers.http import request
@@ -149,30 +148,6 @@ def test_given_garbage_retry_after_then_ignored_for_the_backoff() -> None:
         2,
         f"HTTP 503 from GET {URL}",
     )
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        "0",
-        "120",
-        " 7 ",
-        "1.5",
-        "-3",
-        "1e3",
-        "soon",
-        "",
-        "Tue, 14 Nov 2023 22:15:20 GMT",
-        "Tue, 14 Nov 2023 22:10:00 GMT",
-        "Tue, 14 Nov 2023 22:15:20 -0000",
-        "Tue, 14 Nov 2023 22:15:20",
-        "Mon, 99 Foo 2023 99:99:99 GMT",
-        "99999999999",
-    ],
-)
-def test_given_a_retry_after_value_then_read_as_flow_control_reads_it(value: str) -> None:
-    now = 1_700_000_000.0
-    assert http_handler._retry_after(value, now) == parse_retry_after(value, now)
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 # The public API (tubeworker/__init__) sits beside the model: handler authors' import.
 PUBLIC = "tubeworker"
-PUBLIC_MAY_IMPORT = {"tubeworker.job"}
+# The job model, and Retry-After reading for handlers that call HTTP APIs (pure).
+PUBLIC_MAY_IMPORT = {"tubeworker.job", "tubeworker.backoff"}
 
 
 def _modules() -> dict[str, Path]:
@@ -176,7 +177,7 @@ def test_given_a_module_then_it_never_imports_the_builtin_handlers(module: str) 
     assert not {n for n in imports_of(module) if n in ("worker", "handlers")}
 
 
-def test_given_the_public_api_then_it_exposes_only_the_job_model() -> None:
+def test_given_the_public_api_then_it_exposes_only_the_job_model_and_pure_helpers() -> None:
     assert ours(imports_of(PUBLIC)) <= PUBLIC_MAY_IMPORT
 
 

@@ -61,11 +61,22 @@ def test_given_package_when_inspected_then_all_is_exactly_the_public_api() -> No
         "Verdict",
         "__version__",
         "handler",
+        "parse_retry_after",
     ]
 
 
 @pytest.mark.parametrize(
-    "name", ["Bury", "Job", "Middleware", "Retry", "Verdict", "__version__", "handler"]
+    "name",
+    [
+        "Bury",
+        "Job",
+        "Middleware",
+        "Retry",
+        "Verdict",
+        "__version__",
+        "handler",
+        "parse_retry_after",
+    ],
 )
 def test_given_public_name_when_imported_from_the_root_then_available(name: str) -> None:
     module = importlib.import_module("tubeworker")

@@ -28,14 +28,12 @@ wall-clock time while the tracker runs on a monotonic clock), clamped to
 
 from __future__ import annotations
 
-import datetime
-import email.utils
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 
 import httpx
 
+from tubeworker.backoff import RETRY_AFTER_CEILING, parse_retry_after
 from tubeworker.flow.breaker import CallOutcome
 from tubeworker.flow.tracker import ApiTracker, TrackedCall
 
@@ -48,10 +46,7 @@ __all__ = [
 
 # An hour: longer is more likely a misconfigured server than a plan, and an API that is
 # still limited after it answers the next probe with another Retry-After.
-RETRY_AFTER_CEILING = 3600.0
 
-# RFC 9110 delta-seconds is 1*DIGIT; a fraction is tolerated since some servers send one.
-_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 # The request never left (or was never valid): nothing about the API can be learnt from it.
 _CALLER_ERRORS = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
@@ -64,28 +59,6 @@ def outcome_of_status(status_code: int) -> CallOutcome:
     if status_code >= 400:
         return CallOutcome.CALLER_FAULT
     return CallOutcome.SUCCESS
-
-
-def parse_retry_after(
-    value: str, now: float, *, ceiling: float = RETRY_AFTER_CEILING
-) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value, or None if it is not one.
-
-    ``now`` is the wall clock (``time.time()``) an HTTP-date is measured against; a date in
-    the past gives 0. The result is within [0, ``ceiling``].
-    """
-    text = value.strip()
-    if _DELTA_SECONDS.fullmatch(text):
-        seconds = float(text)
-    else:
-        try:
-            moment = email.utils.parsedate_to_datetime(text)
-            if moment.tzinfo is None:  # "-0000" or no zone: HTTP-dates are always GMT
-                moment = moment.replace(tzinfo=datetime.UTC)
-            seconds = moment.timestamp() - now
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-    return min(max(seconds, 0.0), ceiling)
 
 
 class TrackingTransport(httpx.AsyncBaseTransport):

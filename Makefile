@@ -40,6 +40,8 @@ bench: $(STAMP) beanstalkd
 	$(BIN)/python -m tests.bench --scenario client
 	$(BIN)/python -m tests.bench --scenario overhead
 	$(BIN)/python -m tests.bench --scenario io
+	$(BIN)/python -m tests.bench --scenario outage
+	$(BIN)/python -m tests.bench --scenario limits
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -12,13 +12,15 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from tests.bench import client_roundtrip, daemon_io, overhead
+from tests.bench import client_roundtrip, daemon_io, limits, outage, overhead
 from tests.bench.common import BenchError, positive_int, sigterm_as_interrupt
 
 SCENARIOS: dict[str, ModuleType] = {
     client_roundtrip.NAME: client_roundtrip,
     overhead.NAME: overhead,
     daemon_io.NAME: daemon_io,
+    outage.NAME: outage,
+    limits.NAME: limits,
 }
 _DEFAULT_JOBS = 20_000
 _RESULTS = Path(__file__).parent / "results"  # gitignored

@@ -351,3 +351,13 @@ def test_given_some_traffic_then_statistics_lists_every_api_sorted() -> None:
         510.0,
     )
     assert stats.of("nothing") is None
+
+
+def test_given_the_last_call_failed_then_the_api_is_failing_until_one_succeeds() -> None:
+    tracker = make_tracker()
+    assert not tracker.failing(["stripe", "maps"])
+    tracker.report("stripe", CallOutcome.FAILURE)
+    assert tracker.failing(["maps", "stripe"])
+    assert not tracker.failing(["maps"])
+    tracker.report("stripe", CallOutcome.CALLER_FAULT)  # a 4xx: the API answered
+    assert not tracker.failing(["stripe"])

@@ -270,6 +270,11 @@ class CircuitBreaker:
             self.state is BreakerState.HALF_OPEN and self._probes_in_flight < self.settings.probes
         )
 
+    @property
+    def failing(self) -> bool:
+        """True while the last reported call failed (a streak of failures is running)."""
+        return self._consecutive > 0
+
     def statistics(self) -> BreakerStatistics:
         now = self._clock()
         self._advance(now)

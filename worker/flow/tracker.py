@@ -303,6 +303,11 @@ class ApiTracker:
         with every probe slot taken."""
         return any(self._blocks(api) for api in apis)
 
+    def failing(self, apis: Iterable[str]) -> bool:
+        """Whether the last call reported for one of ``apis`` failed: an outage may be
+        starting, which the breaker will tell once it has seen enough."""
+        return any(self._breaker(api).failing for api in apis)
+
     def blocked_until(self, apis: Iterable[str]) -> float | None:
         """When a blocked job could next be admitted, on the tracker's clock; None if it is
         not blocked. An API out of probe slots gives "now": its probes may end any moment.

@@ -32,6 +32,12 @@ from tubeworker.runtime.tokens import TokenBroker
 
 __all__ = ["Run", "Runs", "handler_timeout", "touch_interval", "ttr_allowance"]
 
+# A run that failed while its API's calls are failing waits this long at most for the
+# breaker to tell an outage (held, no attempt) from the job's own failure (released); it
+# looks every _SETTLE_POLL seconds.
+_SETTLE = 10.0
+_SETTLE_POLL = 0.1
+
 # A job waiting for a full concurrency limit looks again at least this often.
 _LIMIT_POLL = 1.0
 
@@ -263,7 +269,7 @@ class Runs:
                         processes=self._processes,
                         middleware=self._middleware,
                     )
-                    if not run.apis or not self._failed_with_its_api(run, outcome):
+                    if not run.apis or not await self._failed_with_its_api(run, outcome):
                         break
         finally:
             run.release_admission()
@@ -419,13 +425,21 @@ class Runs:
         delay = max(1, math.ceil(expected))
         return await self._defer_copy(run, delay, f"its limit is full ({names})")
 
-    def _failed_with_its_api(self, run: Run, outcome: Outcome) -> bool:
-        """A run that failed while an API it needs is now open failed because of the API,
-        not of the job (it tripped the breaker, or was a probe that failed): it is held
-        for another run instead of being released, so an outage burns no attempt."""
+    async def _failed_with_its_api(self, run: Run, outcome: Outcome) -> bool:
+        """A run that failed while an API it needs is open failed because of the API, not
+        of the job (it tripped the breaker, or was a probe that failed): it is held for
+        another run instead of being released, so an outage burns no attempt.
+
+        A failure while the API's last call failed too (an outage may be starting, the
+        breaker has not seen enough yet) waits, touched, for the breaker to decide: held if
+        it opens, released as usual once a call to the API succeeds or after ``_SETTLE``
+        seconds. So even the failures that trip the breaker burn no attempt.
+        """
         if not run.apis or outcome.cause not in _FAILURES:
             return False
-        if not isinstance(outcome, ReleaseJob | BuryJob) or not self._tracker.blocked(run.apis):
+        if not isinstance(outcome, ReleaseJob | BuryJob):
+            return False
+        if not self._tracker.blocked(run.apis) and not await self._settles_open(run):
             return False
         run.release_admission()
         run.holding = True
@@ -440,6 +454,25 @@ class Runs:
             reason=outcome.detail,
         )
         return True
+
+    async def _settles_open(self, run: Run) -> bool:
+        """After a failure while the API is failing: True once its breaker opens, False as
+        soon as a call succeeds, or when ``_SETTLE`` passes (touched meanwhile)."""
+        tracker = self._tracker
+        if not tracker.failing(run.apis):
+            return False
+        now = trio.current_time()
+        run.scope.deadline = math.inf
+        if run.next_touch == math.inf:
+            run.next_touch = run.touched_at + touch_interval(run.stats.ttr, self._margin)
+        give_up = now + _SETTLE
+        while trio.current_time() < give_up:
+            await trio.sleep(_SETTLE_POLL)
+            if tracker.blocked(run.apis):
+                return True
+            if not tracker.failing(run.apis) or self._draining():
+                return False
+        return False
 
     # ---- touches
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 import structlog
 
@@ -24,6 +27,7 @@ __all__ = [
     "Retry",
     "Verdict",
     "handler",
+    "services_for_records",
     "spec_of",
 ]
 
@@ -62,6 +66,53 @@ class _JobServices(Protocol):
     def http(self) -> httpx.AsyncClient: ...
 
     def api(self, name: str) -> Any: ...
+
+
+@runtime_checkable
+class _SyncPuts(Protocol):
+    """Services that can also put without an event loop (a compute-profile worker process)."""
+
+    def put_sync(self, body: bytes, *, tube: str, priority: int, delay: int, ttr: int) -> int: ...
+
+
+# The services of jobs rebuilt from their records (Job.from_record) here and now: set around
+# each handler call in a compute-profile worker process, so that job.put() works there.
+_record_services: ContextVar[_JobServices | None] = ContextVar(
+    "tubeworker_record_services", default=None
+)
+
+
+@contextmanager
+def services_for_records(services: _JobServices | None) -> Iterator[None]:
+    """Jobs rebuilt from records (:meth:`Job.from_record`) inside this block get
+    ``services``: how a compute-profile worker process gives its handlers ``job.put()``."""
+    token = _record_services.set(services)
+    try:
+        yield
+    finally:
+        _record_services.reset(token)
+
+
+def _put_body(
+    body: bytes | str | Mapping[str, Any] | None, task: str | None, payload: Any
+) -> bytes:
+    """The body of ``job.put()``: ``body`` as given (a dict as JSON), or the envelope of
+    ``task`` and ``payload``."""
+    from tubeworker.producer import InvalidJob, make_envelope  # beside us; loaded on first put
+
+    if task is not None:
+        if body is not None:
+            raise InvalidJob("job.put(): give a body or task= (with payload=), not both")
+        return make_envelope(task, payload)
+    if payload is not None:
+        raise InvalidJob("job.put(): payload= needs task= (the envelope's task name)")
+    if body is None:
+        raise InvalidJob("job.put() needs a body, or task= (and payload=) for an envelope")
+    if isinstance(body, Mapping):
+        return json.dumps(body, separators=(",", ":")).encode()
+    if isinstance(body, str):
+        return body.encode()
+    return body
 
 
 class Job:
@@ -144,23 +195,54 @@ class Job:
 
     async def put(
         self,
-        body: bytes | str | Mapping[str, Any],
+        body: bytes | str | Mapping[str, Any] | None = None,
         *,
+        task: str | None = None,
+        payload: Any = None,
         tube: str | None = None,
         priority: int = 1024,
         delay: int = 0,
         ttr: int = 60,
     ) -> int:
-        """Put a follow-up job (bytes, str, or a dict sent as JSON); returns its id."""
-        if isinstance(body, Mapping):
-            data = json.dumps(body, separators=(",", ":")).encode()
-        elif isinstance(body, str):
-            data = body.encode()
-        else:
-            data = body
+        """Put a follow-up job and return its id: ``body`` (bytes, str, or a dict sent as
+        JSON), or with ``task=`` (and ``payload=``) the envelope tubeworker dispatches on.
+        ``tube``: this job's by default.
+
+        It goes to this job's server; if that one cannot store it (down, draining, out of
+        memory), to the daemon's other servers in their configured order (``servers``),
+        where the workers watching that server process it. Errors:
+        :mod:`tubeworker.producer`'s (``InvalidJob``, ``NoServerAvailable``, …)."""
+        data = _put_body(body, task, payload)
         return await self._need_services("put").put(
             data, tube=tube or self.tube, priority=priority, delay=delay, ttr=ttr
         )
+
+    def put_sync(
+        self,
+        body: bytes | str | Mapping[str, Any] | None = None,
+        *,
+        task: str | None = None,
+        payload: Any = None,
+        tube: str | None = None,
+        priority: int = 1024,
+        delay: int = 0,
+        ttr: int = 60,
+    ) -> int:
+        """:meth:`put` for sync handlers, which cannot ``await``: in a worker process
+        (compute profile: the first of the daemon's servers that stores it, in their
+        configured order) or in a thread (io profile: as :meth:`put`). Blocks until the
+        job is stored; returns its id."""
+        data = _put_body(body, task, payload)
+        services = self._need_services("put_sync")
+        tube = tube or self.tube
+        if isinstance(services, _SyncPuts):
+            return services.put_sync(data, tube=tube, priority=priority, delay=delay, ttr=ttr)
+        import trio  # only sync handlers in threads get here
+
+        if trio.lowlevel.in_trio_run():
+            raise RuntimeError("job.put_sync() blocks: in an async handler, await job.put()")
+        put = partial(services.put, data, tube=tube, priority=priority, delay=delay, ttr=ttr)
+        return trio.from_thread.run(put)
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -198,7 +280,8 @@ class Job:
     @classmethod
     def from_record(cls, record: JobRecord) -> Job:
         """A job with no connection (``touch``, ``put`` and ``http`` say so), e.g. in a
-        compute-profile worker process."""
+        compute-profile worker process; inside :func:`services_for_records`, with those
+        services (there: ``put``)."""
         return cls(
             id=record.id,
             tube=record.tube,
@@ -209,6 +292,7 @@ class Job:
             max_attempts=record.max_attempts,
             task=record.task,
             payload=record.payload,
+            services=_record_services.get(),
         )
 
     def __reduce__(self) -> tuple[Callable[[JobRecord], Job], tuple[JobRecord]]:

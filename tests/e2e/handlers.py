@@ -78,3 +78,40 @@ async def block_loop(job: Job) -> None:
     while not os.path.exists(release) and time.monotonic() < give_up:  # noqa: ASYNC240 - same
         time.sleep(0.01)  # noqa: ASYNC251 - the mistake under test
     _log("end", job)
+
+
+def crunch_and_put(job: Job) -> None:
+    """Sync, for compute pools (runs in a worker process): puts a follow-up envelope with
+    job.put_sync() into payload["next"], carrying n and the worker's pid."""
+    _log("start", job)
+    n = job.payload["n"]
+    job.put_sync(
+        task="producer.followup", payload={"n": n, "pid": os.getpid()}, tube=job.payload["next"]
+    )
+    _log("end", job)
+
+
+async def put_when_released(job: Job) -> None:
+    """Async, for io pools: waits until the file payload["release"] exists (the test changes
+    the servers meanwhile), then puts a follow-up envelope into payload["next"]."""
+    _log("start", job)
+    while not await trio.Path(job.payload["release"]).exists():
+        await trio.sleep(0.01)
+    followup = {"n": job.payload["n"], "pid": os.getpid()}
+    await job.put(task="producer.followup", payload=followup, tube=job.payload["next"])
+    _log("end", job)
+
+
+async def record_followup(job: Job) -> None:
+    """Logs "followup <n>": the follow-up job of run n was processed."""
+    _log("followup", job)
+
+
+def record_followup_pid(job: Job) -> None:
+    """Sync: logs "followup <n>", and "put-by <pid>": the process that put the follow-up."""
+    _log("followup", job)
+    fd = os.open(os.environ["TUBEWORKER_TEST_RUNLOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"put-by {job.payload['pid']}\n".encode())
+    finally:
+        os.close(fd)

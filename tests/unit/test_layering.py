@@ -30,6 +30,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tubeworker.registry",
             "tubeworker.config",
             "tubeworker.burials",
+            # Apps' way to put jobs; job.put() and the runtime put through it.
+            "tubeworker.producer",
         ),
     ),
     ("flow", ("tubeworker.flow",)),

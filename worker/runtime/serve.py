@@ -30,7 +30,7 @@ async def run_pool(
     async with AsyncExitStack() as stack:
         processes = None
         if config.profile == "compute":
-            processes = await stack.enter_async_context(open_compute())
+            processes = await stack.enter_async_context(open_compute(services.put_route))
         pool = Pool(config, services, processes)
         servers = pool.servers
         lanes = [

@@ -7,14 +7,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import structlog
 import trio
 
-from tubeworker.beanstalk import protocol as p
-from tubeworker.beanstalk.client import Address, Client, connect, raise_for_reply
+from tubeworker.beanstalk.client import Address, Client
 from tubeworker.flow import ApiTracker
 from tubeworker.flow.limits import Limits
+from tubeworker.producer import AsyncProducer, ServerFailure
 from tubeworker.runtime.burials import BurialQueue
 from tubeworker.runtime.excuses import Excuses
+from tubeworker.runtime.processes import PutRoute
 
 if TYPE_CHECKING:
     import httpx
@@ -26,35 +28,42 @@ if TYPE_CHECKING:
     from tubeworker.runtime.state import WorkerState
     from tubeworker.runtime.tokens import TokenBroker
 
-__all__ = ["Producer", "Services", "SharedHttp"]
+__all__ = ["LaneProducer", "Services", "SharedHttp", "put_servers"]
 
 
-class Producer:
-    """One lazily opened connection per server for ``job.put()``, shared under a lock.
+class LaneProducer:
+    """``job.put()`` and deferrals for the jobs of one server: that server first, then the
+    daemon's other servers in their configured order (:func:`put_servers`), through the
+    process's one :class:`~tubeworker.producer.AsyncProducer` (a connection per server,
+    opened on first use, reopened after a failure; a server that just failed is tried
+    last for a few seconds). A job stored on another server is processed by the workers
+    watching that server.
 
-    A lane's own connection is never used for puts: it belongs to the reserved job.
+    A lane's own connection is never used for puts: it belongs to the reserved jobs.
     """
 
-    def __init__(self, address: Address, *, connect_timeout: float = 5.0) -> None:
+    __slots__ = ("_puts", "address")
+
+    def __init__(self, puts: AsyncProducer, address: Address) -> None:
+        self._puts = puts
         self.address = address
-        self.connect_timeout = connect_timeout
-        self._client: Client | None = None
-        self._lock = trio.Lock()
 
     async def put(self, body: bytes, *, tube: str, priority: int, delay: int, ttr: int) -> int:
-        async with self._lock:
-            if self._client is None or not self._client.is_usable:
-                self._client = await connect(self.address, connect_timeout=self.connect_timeout)
-            use, put = await self._client.pipeline([p.Use(tube), p.Put(body, priority, delay, ttr)])
-            raise_for_reply(use)
-            if isinstance(put, p.Inserted):
-                return put.id
-            raise_for_reply(put)
-            raise AssertionError(f"unexpected reply to put: {put!r}")  # pragma: no cover
+        return await self._puts.put(
+            tube, body, priority=priority, delay=delay, ttr=ttr, prefer=self.address
+        )
 
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+
+def _put_failed(failure: ServerFailure) -> None:
+    structlog.get_logger("tubeworker").warning(
+        "put not stored on a server", server=failure.server, reason=failure.reason
+    )
+
+
+def put_servers(config: Config) -> tuple[Address, ...]:
+    """Where follow-up jobs may go: the worker's servers, then pools' own ones."""
+    pools = (address for pool in config.pools for address in pool.servers)
+    return tuple(dict.fromkeys((*config.servers, *pools)))
 
 
 class SharedHttp:
@@ -91,7 +100,7 @@ class Services:
     state: WorkerState
     in_flight: InFlight
     http: SharedHttp = field(default_factory=SharedHttp)
-    producers: dict[Address, Producer] = field(default_factory=dict)
+    producers: dict[Address, LaneProducer] = field(default_factory=dict)
     excuses: Excuses = field(default_factory=Excuses)
     middleware: tuple[Middleware, ...] = ()  # enabled in [middleware], outermost first
     tracker: ApiTracker = field(default_factory=lambda: ApiTracker(clock=trio.current_time))
@@ -122,15 +131,33 @@ class Services:
     # server's.
     connector: Callable[[Address | str], Awaitable[Client]] | None = None
 
-    def producer(self, address: Address) -> Producer:
+    _puts: AsyncProducer | None = field(default=None, init=False, repr=False)
+
+    @property
+    def put_route(self) -> PutRoute:
+        return PutRoute(
+            put_servers(self.config),
+            connect_timeout=self.config.connect_timeout,
+            reply_timeout=self.config.reply_timeout,
+        )
+
+    def producer(self, address: Address) -> LaneProducer:
+        """Puts for the jobs of ``address``'s lanes (that server first, then the others)."""
         producer = self.producers.get(address)
         if producer is None:
-            producer = Producer(address, connect_timeout=self.config.connect_timeout)
-            self.producers[address] = producer
+            if self._puts is None:
+                route = self.put_route
+                self._puts = AsyncProducer(
+                    route.servers,
+                    connect_timeout=route.connect_timeout,
+                    reply_timeout=route.reply_timeout,
+                    on_failure=_put_failed,
+                )
+            producer = self.producers[address] = LaneProducer(self._puts, address)
         return producer
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
-            for producer in self.producers.values():
-                await producer.aclose()
+            if self._puts is not None:
+                await self._puts.aclose()
             await self.http.aclose()

@@ -11,8 +11,10 @@ Payload (the envelope's ``payload``; on a pool bound to this handler, the body a
 It connects (trio-websocket), sends the message as one text frame, then closes the
 connection and waits for the server's close frame in return: the closing handshake, after
 which the server has read everything sent before it. The exchange is reported to flow
-control as a call to the API named after the URL's host (``job.api(host)``), so an
-endpoint that keeps failing opens that API's breaker like an HTTP API would.
+control as a call to the API the URL's host belongs to (``job.api(host=...)``: an
+``[api.NAME]`` whose ``hosts`` match, else one named after the host), so an endpoint that
+keeps failing opens that API's breaker like an HTTP API would; a refusal (a bury) is the
+caller's fault, not a failure.
 
 ==========================================================  ===============================
 what happened                                               the job
@@ -81,19 +83,29 @@ class _Unavailable(Exception):
     """The endpoint failed (a failed call of its API): the job is retried."""
 
 
+class _Refused(Exception):
+    """The endpoint answered that the message is wrong (the caller's fault, not a failure
+    of the API): the job is buried."""
+
+
 @handler()
 async def send(job: Job) -> None:
     """Send the payload's message; see the module's docstring."""
     message = _parse(_payload(job))
+    refused = lambda exc: isinstance(exc, _Refused)  # noqa: E731 - one line, used once
     try:
-        with job.api(message.host):  # an exception inside is a failure of the API
+        # The API the host belongs to ([api.NAME] hosts), as for job.http's requests; an
+        # exception inside is a failure of it, but a refusal is an answer.
+        with job.api(host=message.host, caller_fault=refused):
             verdict, words = await _exchange(message)
             if verdict == "retry":
                 raise _Unavailable(words)
+            if verdict == "bury":
+                raise _Refused(words)
     except _Unavailable as exc:
         raise Retry(reason=f"{message.where}: {exc}") from None
-    if verdict == "bury":
-        raise Bury(f"{message.where}: {words}")
+    except _Refused as exc:
+        raise Bury(f"{message.where}: {exc}") from None
 
 
 _Verdict: TypeAlias = tuple[Literal["done", "retry", "bury"], str]

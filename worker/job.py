@@ -65,7 +65,13 @@ class _JobServices(Protocol):
     @property
     def http(self) -> httpx.AsyncClient: ...
 
-    def api(self, name: str) -> Any: ...
+    def api(
+        self,
+        name: str | None = None,
+        *,
+        host: str | None = None,
+        caller_fault: Callable[[Exception], bool] | None = None,
+    ) -> Any: ...
 
 
 @runtime_checkable
@@ -251,16 +257,27 @@ class Job:
         to (``[api.NAME] hosts``)."""
         return self._need_services("http").http
 
-    def api(self, name: str) -> Any:
+    def api(
+        self,
+        name: str | None = None,
+        *,
+        host: str | None = None,
+        caller_fault: Callable[[Exception], bool] | None = None,
+    ) -> Any:
         """Report a call to an external API that does not go through ``job.http``::
 
             async with job.api("smtp"):   # or a plain ``with``
                 await send_mail(...)
 
         Leaving the block normally is a success; an exception is a failure of the API
-        (it still propagates). Enough failures open the API's breaker: its jobs then wait,
-        across the process (and, with ``pause_tubes``, across the fleet)."""
-        return self._need_services("api").api(name)
+        (it still propagates), unless ``caller_fault(exc)`` says the request was at fault
+        (a 4xx, say), which counts as an answer. ``host=`` instead of a name: the API that
+        host belongs to (``[api.NAME] hosts``), as for requests through ``job.http``.
+        Enough failures open the API's breaker: its jobs then wait, across the process
+        (and, with ``pause_tubes``, across the fleet)."""
+        if (name is None) == (host is None):
+            raise TypeError("job.api() takes an API name or host=, not both")
+        return self._need_services("api").api(name, host=host, caller_fault=caller_fault)
 
     @property
     def record(self) -> JobRecord:

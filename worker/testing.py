@@ -51,7 +51,14 @@ import trio
 from tubeworker.beanstalk import protocol as p
 from tubeworker.config import Config, Overrides, load_config
 from tubeworker.envelope import BadEnvelope, decode_envelope, encode_envelope
-from tubeworker.flow import ApiSettings, ApiTracker, CallOutcome, TrackedCall, TrackingTransport
+from tubeworker.flow import (
+    ApiSettings,
+    ApiTracker,
+    CallOutcome,
+    TrackedCall,
+    TrackingTransport,
+    call_api,
+)
 from tubeworker.job import HandlerSpec, Middleware, Verdict, spec_of
 from tubeworker.runtime.dispatch import DispatchRules, effective_policy, plan_job
 from tubeworker.runtime.outcome import BuryJob, DeleteJob, ReleaseJob, ReturnJob
@@ -475,8 +482,14 @@ class _Recorder:
             self._client = httpx.AsyncClient(transport=transport, timeout=30.0, trust_env=False)
         return self._client
 
-    def api(self, name: str) -> TrackedCall:
-        return self.tracker.call(name)
+    def api(
+        self,
+        name: str | None = None,
+        *,
+        host: str | None = None,
+        caller_fault: Callable[[Exception], bool] | None = None,
+    ) -> TrackedCall:
+        return call_api(self.tracker, name, host, caller_fault)
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):

@@ -221,7 +221,8 @@ async def test_given_a_rejected_handshake_then_judged_by_its_status(
     collect_leaked_sockets()
     assert outcome.verdict == verdict
     assert f"handshake answered HTTP {status}" in outcome.reason
-    expected = "failure" if verdict == "retry" else "success"
+    # A 4xx refusal is the caller's fault (it counts as an answer), a 5xx a failure.
+    expected = "failure" if verdict == "retry" else "caller_fault"
     assert outcome.api_calls == (ApiCall("127.0.0.1", expected),)
 
 

@@ -551,3 +551,33 @@ async def test_a_hung_mailer_times_out(autojump_clock: trio.testing.MockClock) -
     outcome = await run_async(send_welcome, payload={"user_id": 7}, http=httpx.MockTransport(hang))
     assert outcome.timed_out
     assert outcome.reason == "timed out after 30 s"
+
+
+class Declined(Exception):
+    """An SDK's error for a request the API refused (the caller's fault)."""
+
+
+async def call_by_host(job: Job) -> None:
+    declined = job.payload.get("declined", False)
+    with job.api(host="api.partner.example", caller_fault=lambda e: isinstance(e, Declined)):
+        if declined:
+            raise Declined("card declined")
+
+
+def test_given_a_host_then_job_api_reports_to_the_api_it_belongs_to() -> None:
+    apis = {"partner": ["*.partner.example"]}
+    outcome = run(call_by_host, payload={}, apis=apis)
+    assert outcome.api_calls == (ApiCall("partner", "success"),)
+    refused = run(call_by_host, payload={"declined": True}, apis=apis)
+    assert refused.api_calls == (ApiCall("partner", "caller_fault"),)
+    assert refused.verdict == "retry"  # still the handler's exception: an ordinary failure
+    unknown = run(call_by_host, payload={})  # no [api] owns the host: named after it
+    assert unknown.api_calls == (ApiCall("api.partner.example", "success"),)
+
+
+def test_job_api_takes_a_name_or_a_host() -> None:
+    async def both(job: Job) -> None:
+        job.api("partner", host="api.partner.example")
+
+    outcome = run(both, payload={})
+    assert isinstance(outcome.error, TypeError)

@@ -24,6 +24,7 @@ from tubeworker.flow.tracker import (
     Permit,
     TrackedCall,
     TrackerStatistics,
+    call_api,
 )
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "TrackingTransport",
     "Transition",
     "TransitionReason",
+    "call_api",
     "outcome_of_status",
     "parse_retry_after",
 ]

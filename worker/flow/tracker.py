@@ -50,6 +50,7 @@ __all__ = [
     "Permit",
     "TrackedCall",
     "TrackerStatistics",
+    "call_api",
 ]
 
 
@@ -383,3 +384,17 @@ class ApiTracker:
     def _emit(self, transition: Transition) -> None:
         for listener in tuple(self._listeners):
             listener(transition)
+
+
+def call_api(
+    tracker: ApiTracker,
+    name: str | None,
+    host: str | None,
+    caller_fault: Callable[[Exception], bool] | None = None,
+) -> TrackedCall:
+    """``job.api(...)``: a call to the API ``name``, or to the one ``host`` belongs to."""
+    if name is None:
+        if host is None:
+            raise TypeError("an API name or a host is needed")
+        name = tracker.api_for_host(host)
+    return tracker.call(name, caller_fault=caller_fault)

@@ -5,6 +5,7 @@ connection is lost first."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ from tubeworker.beanstalk.client import Address
 from tubeworker.burials import new_record
 from tubeworker.config import LimitConfig
 from tubeworker.errors import JobLostError, UnexpectedReplyError
-from tubeworker.flow import TrackedCall
+from tubeworker.flow import TrackedCall, call_api
 from tubeworker.flow.limits import key_of
 from tubeworker.job import Job
 from tubeworker.runtime.dispatch import plan_job
@@ -55,8 +56,14 @@ class _JobServices:
     def http(self) -> httpx.AsyncClient:
         return self._jobs.pool.services.http.client
 
-    def api(self, name: str) -> TrackedCall:
-        return self._jobs.pool.services.tracker.call(name)
+    def api(
+        self,
+        name: str | None = None,
+        *,
+        host: str | None = None,
+        caller_fault: Callable[[Exception], bool] | None = None,
+    ) -> TrackedCall:
+        return call_api(self._jobs.pool.services.tracker, name, host, caller_fault)
 
 
 class LaneJobs:

@@ -102,7 +102,7 @@ class _WorkerServices:
     def http(self) -> Any:
         raise RuntimeError(_ONLY_IN_THE_DAEMON.format(what="http"))
 
-    def api(self, name: str) -> Any:
+    def api(self, name: str | None = None, **options: Any) -> Any:
         raise RuntimeError(_ONLY_IN_THE_DAEMON.format(what="api"))
 
 

@@ -29,9 +29,15 @@ a payload that is not one of the above                 buried at once, saying wh
 Reasons name the method and the URL without its query string or credentials (those may
 hold tokens, and reasons are logged and kept with burials).
 
-**Signing (webhooks).** When ``TUBEWORKER_HTTP_SIGNING_SECRET_FILE`` names a file, every
-request carries ``X-Tubeworker-Signature: sha256=<hex>`` (the header's name is
-``TUBEWORKER_HTTP_SIGNATURE_HEADER``), an HMAC-SHA256 of the exact body bytes sent (empty
+**Signing (webhooks).** When the daemon's config names a secret file::
+
+    [settings."http.request"]
+    signing_secret_file = "/etc/tubeworker/webhook.secret"
+    signature_header = "X-Hub-Signature-256"     # default X-Tubeworker-Signature
+
+(or the environment does: ``TUBEWORKER_HTTP_SIGNING_SECRET_FILE``,
+``TUBEWORKER_HTTP_SIGNATURE_HEADER``; the config wins), every request carries
+``X-Tubeworker-Signature: sha256=<hex>``, an HMAC-SHA256 of the exact body bytes sent (empty
 for a request without a body) keyed with the file's content (one trailing newline is not
 part of the secret). The receiver recomputes it over the raw body and compares in constant
 time, e.g. ``hmac.compare_digest``, as for GitHub's ``X-Hub-Signature-256``. The file is
@@ -97,7 +103,7 @@ async def request(job: Job) -> None:
     """Make the payload's HTTP request; see the module's docstring."""
     wanted = _parse(_payload(job))
     headers = list(wanted.headers)
-    signing = await _signing_key()
+    signing = await _signing_key(job)
     if signing is not None:
         header, secret = signing
         headers = [(k, v) for k, v in headers if k.lower() != header.lower()]
@@ -232,25 +238,34 @@ def _timeout(value: Any) -> float | None:
 # --------------------------------------------------------------------------- the exchange
 
 
-async def _signing_key() -> tuple[str, bytes] | None:
+def _setting(job: Job, key: str, env: str) -> tuple[str | None, str]:
+    """A signing setting: ``[settings."http.request"] key`` first, else the environment
+    variable ``env``; with where it came from, for messages."""
+    value = job.settings.get(key)
+    if value is not None:
+        return (value if isinstance(value, str) else repr(value)), key
+    return os.environ.get(env) or None, env
+
+
+async def _signing_key(job: Job) -> tuple[str, bytes] | None:
     """(header name, secret) when signing is configured; a problem with it fails the
     attempt (an operator can fix it before the retries run out)."""
-    path = os.environ.get(SIGNING_SECRET_FILE_ENV)
+    path, path_source = _setting(job, "signing_secret_file", SIGNING_SECRET_FILE_ENV)
     if not path:
         return None
-    header = os.environ.get(SIGNATURE_HEADER_ENV) or DEFAULT_SIGNATURE_HEADER
+    header, header_source = _setting(job, "signature_header", SIGNATURE_HEADER_ENV)
+    header = header or DEFAULT_SIGNATURE_HEADER
     if not _TOKEN.match(header):
-        raise Retry(reason=f"{SIGNATURE_HEADER_ENV}={header!r} is not a valid header name")
+        raise Retry(reason=f"{header_source}={header!r} is not a valid header name")
     try:
         secret = await trio.Path(path).read_bytes()
     except OSError as exc:
         raise Retry(
-            reason=f"cannot read the signing secret ({SIGNING_SECRET_FILE_ENV}={path}): "
-            f"{exc.strerror or exc}"
+            reason=f"cannot read the signing secret ({path_source}={path}): {exc.strerror or exc}"
         ) from None
     secret = secret.removesuffix(b"\n").removesuffix(b"\r")
     if not secret:
-        raise Retry(reason=f"the signing secret ({SIGNING_SECRET_FILE_ENV}={path}) is empty")
+        raise Retry(reason=f"the signing secret ({path_source}={path}) is empty")
     return header, secret
 
 

@@ -203,6 +203,8 @@ class Config:
     limits: tuple[LimitConfig, ...] = ()
     # Handlers not (yet) packaged with an entry point: task name → "module:function".
     handlers: tuple[tuple[str, str], ...] = ()
+    # [settings.NAME]: options of the handler registered as NAME (its job.settings).
+    handler_settings: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     source: str = "defaults"
     # The config file's folder: [handlers] modules beside the config are found there.
     config_dir: Path | None = None
@@ -631,6 +633,7 @@ _TOP_KEYS: Final = (
     "middleware",
     "api",
     "limit",
+    "settings",
 )
 _TARGET: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -640,6 +643,16 @@ def _handlers(reader: _Reader) -> tuple[tuple[str, str], ...]:
         if not isinstance(target, str) or not _TARGET.match(target):
             raise reader.fail(name, f"must be 'module:function', got {target!r}")
     return tuple(sorted(reader.table.items()))
+
+
+def _handler_settings(reader: _Reader) -> Mapping[str, Mapping[str, object]]:
+    settings: dict[str, Mapping[str, object]] = {}
+    for name, value in reader.table.items():
+        if not isinstance(value, dict):
+            raise reader.fail(name, 'must be a table of options ([settings."HANDLER"])')
+        reader.used.add(name)
+        settings[name] = MappingProxyType(dict(value))
+    return MappingProxyType(settings)
 
 
 def _build(raw: dict[str, Any], origins: dict[str, str]) -> Config:
@@ -681,6 +694,7 @@ def _build(raw: dict[str, Any], origins: dict[str, str]) -> Config:
         apis=apis,
         limits=_limits(top, apis),
         handlers=_handlers(top.table_at("handlers")),
+        handler_settings=_handler_settings(top.table_at("settings")),
         source=origins[""],
     )
     return config

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 import structlog
@@ -119,6 +120,9 @@ def _put_body(
     if isinstance(body, str):
         return body.encode()
     return body
+
+
+_NO_SETTINGS: Mapping[str, Any] = MappingProxyType({})
 
 
 class Job:
@@ -249,6 +253,14 @@ class Job:
             raise RuntimeError("job.put_sync() blocks: in an async handler, await job.put()")
         put = partial(services.put, data, tube=tube, priority=priority, delay=delay, ttr=ttr)
         return trio.from_thread.run(put)
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        """The options of this job's handler in the daemon's config (``[settings.NAME]``,
+        NAME as the handler is registered); empty when it has none. Secrets belong in
+        files named here, not in the config itself."""
+        settings = getattr(self._services, "settings", None)
+        return settings if settings is not None else _NO_SETTINGS
 
     @property
     def http(self) -> httpx.AsyncClient:

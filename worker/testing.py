@@ -190,6 +190,7 @@ def run(
     middleware: Sequence[Middleware] = (),
     profile: Literal["io", "compute"] = "io",
     rng: random.Random | None = None,
+    settings: Mapping[str, Any] | None = None,
     clock: trio.abc.Clock | None = None,
 ) -> Outcome:
     """Run ``handler`` once on a job, in a Trio loop of its own; see :func:`run_async`.
@@ -227,6 +228,7 @@ def run(
         middleware=middleware,
         profile=profile,
         rng=rng,
+        settings=settings,
     )
     result: Outcome = trio.run(call, clock=clock)
     return result
@@ -252,6 +254,7 @@ async def run_async(
     middleware: Sequence[Middleware] = (),
     profile: Literal["io", "compute"] = "io",
     rng: random.Random | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> Outcome:
     """Run ``handler`` once on a job and return what the daemon would do with it.
 
@@ -270,7 +273,8 @@ async def run_async(
     The world: ``http`` answers ``job.http`` (without it a request raises RuntimeError);
     ``apis`` declares APIs by their hosts (``{"partner": ["api.partner.example"]}``, as
     ``[api.NAME] hosts``); ``middleware`` wraps the run as the daemon's would; ``rng``
-    draws the backoff's jitter (pass a seeded ``random.Random`` for a fixed delay).
+    draws the backoff's jitter (pass a seeded ``random.Random`` for a fixed delay);
+    ``settings`` is what ``job.settings`` gives (the handler's ``[settings.NAME]``).
     """
     defaults = _defaults()
     pool = defaults.pools[0]
@@ -286,6 +290,7 @@ async def run_async(
     job = _JobData(payload, body, task, attempt, ttr, priority, tube, job_id)
     plan = plan_job(job_id, *job.dispatch(spec, policy))
     recorder = _Recorder(http, apis, job_id)
+    recorder.settings = settings
     try:
         if isinstance(plan, BuryJob):  # dispatch buried it: the handler never runs
             budget = effective_policy(spec, policy).max_attempts
@@ -458,6 +463,7 @@ class _Recorder:
         self._inner = _RecordingTransport(_transport(http), self.requests)
         self._client: httpx.AsyncClient | None = None
         self._next_id = max(_FIRST_PUT_ID, job_id + 1)
+        self.settings: Mapping[str, Any] | None = None  # what job.settings gives
 
     async def touch(self) -> None:
         await trio.lowlevel.checkpoint()

@@ -1,6 +1,6 @@
 """http.request as users run it: `tubeworker run` (a subprocess, a real beanstalkd, a config
-file, the default logging) delivering webhooks, signed with the secret named by
-TUBEWORKER_HTTP_SIGNING_SECRET_FILE, to a local HTTP server that verifies every
+file, the default logging) delivering webhooks, signed with the secret named in the
+config's [settings."http.request"], to a local HTTP server that verifies every
 signature; an order the receiver says is gone is buried with the receiver's words."""
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def webhook_receiver(secret: bytes) -> Iterator[Receiver]:
         thread.join(timeout=10)
 
 
-def write_config(path: Path, server: BeanstalkdProcess) -> Path:
+def write_config(path: Path, server: BeanstalkdProcess, secret_file: Path) -> Path:
     # No [logging] table: the default (JSON lines when stdout is not a terminal).
     path.write_text(
         "\n".join(
@@ -92,6 +92,8 @@ def write_config(path: Path, server: BeanstalkdProcess) -> Path:
                 "[worker]",
                 f'servers = ["{server.address}"]',
                 "drain_timeout = 5",
+                '[settings."http.request"]',
+                f'signing_secret_file = "{secret_file}"',
                 "[[pool]]",
                 'name = "webhooks"',
                 'tubes = ["webhooks"]',
@@ -114,7 +116,7 @@ def test_given_http_request_jobs_then_delivered_signed_and_a_gone_order_is_burie
 ) -> None:
     secret_file = tmp_path / "webhook.secret"
     secret_file.write_bytes(SECRET + b"\n")  # as `echo secret > file` writes it
-    config = write_config(tmp_path / "worker.toml", beanstalkd)
+    config = write_config(tmp_path / "worker.toml", beanstalkd, secret_file)
     with webhook_receiver(SECRET) as receiver:
         jobs = [
             {"url": f"{receiver.url}/orders/{n}", "json": {"order": n, "paid": True}}
@@ -126,9 +128,7 @@ def test_given_http_request_jobs_then_delivered_signed_and_a_gone_order_is_burie
                 client.put(json.dumps({"task": "http.request", "payload": job}), ttr=30)
                 for job in jobs
             ]
-        daemon = DaemonProcess(
-            config, tmp_path, env={"TUBEWORKER_HTTP_SIGNING_SECRET_FILE": str(secret_file)}
-        )
+        daemon = DaemonProcess(config, tmp_path)
         daemon.env.pop("TUBEWORKER_LOG_FORMAT")  # the default logging, as users run it
         daemons.append(daemon.start())
 

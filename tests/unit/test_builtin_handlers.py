@@ -332,6 +332,25 @@ def test_given_a_header_name_then_the_signature_goes_there_and_replaces_the_payl
     assert sent.headers.get_list("x-hub-signature-256") == [expected(b"x")]
 
 
+def test_given_settings_in_the_config_then_they_win_over_the_environment(
+    secret_file: Path, tmp_path: Path
+) -> None:
+    configured = tmp_path / "configured.secret"
+    configured.write_bytes(b"from the config")
+    settings = {"signing_secret_file": str(configured), "signature_header": "X-Signature"}
+    (sent,) = deliver({"url": URL, "body": "x"}, settings=settings).requests
+    assert sent.headers["x-signature"] == expected(b"x", b"from the config")
+    assert "x-tubeworker-signature" not in sent.headers
+
+
+def test_given_a_bad_header_name_in_the_config_then_the_attempt_fails_saying_where(
+    secret_file: Path,
+) -> None:
+    outcome = deliver({"url": URL}, settings={"signature_header": "no spaces allowed"})
+    assert outcome.verdict == "retry"
+    assert outcome.reason.startswith("signature_header='no spaces allowed'")
+
+
 def test_given_a_rotated_secret_then_the_next_job_uses_it(secret_file: Path) -> None:
     (first,) = deliver({"url": URL, "body": "x"}).requests
     secret_file.write_bytes(b"new one")

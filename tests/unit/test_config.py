@@ -622,3 +622,12 @@ def test_given_example_config_when_loaded_then_valid(path: Path) -> None:
     config = load_config(path, env={})
     assert config.pools
     assert config.source == str(path)
+
+
+def test_handler_settings_are_read_per_handler_and_must_be_tables(write) -> None:
+    path = pool_file(write, '[settings."http.request"]\nsigning_secret_file = "/etc/secret"\n')
+    config = load_config(path, env={})
+    assert dict(config.handler_settings["http.request"]) == {"signing_secret_file": "/etc/secret"}
+    error = config_error(pool_file(write, '[settings]\n"http.request" = "no"\n'))
+    assert error.key == "settings.http.request"
+    assert "table of options" in str(error)

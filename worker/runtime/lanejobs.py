@@ -5,7 +5,7 @@ connection is lost first."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -38,12 +38,17 @@ __all__ = ["LaneJobs"]
 class _JobServices:
     """What ``Job.touch/put/http`` reach: the lane that holds the job, and process services."""
 
-    __slots__ = ("_address", "_job_id", "_jobs")
+    __slots__ = ("_address", "_handler", "_job_id", "_jobs")
 
-    def __init__(self, jobs: LaneJobs, address: Address, job_id: int) -> None:
+    def __init__(self, jobs: LaneJobs, address: Address, job_id: int, handler: str) -> None:
         self._jobs = jobs
         self._address = address
         self._job_id = job_id
+        self._handler = handler
+
+    @property
+    def settings(self) -> Mapping[str, object] | None:
+        return self._jobs.pool.services.config.handler_settings.get(self._handler)
 
     async def touch(self) -> None:
         await self._jobs.touch(self._job_id)
@@ -168,7 +173,7 @@ class LaneJobs:
             return
         if plan.budget.redeliveries:
             counters.redeliveries += 1
-        plan.job._services = _JobServices(self, self.address, job.id)
+        plan.job._services = _JobServices(self, self.address, job.id, plan.handler)
         apis = self.pool.apis_of(stats.tube) if self.pool.gated else _NO_APIS
         if plan.spec.apis:
             apis = apis | frozenset(plan.spec.apis)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import sys
 import threading
 
@@ -11,8 +12,16 @@ import pytest
 import trio
 
 from tubeworker.job import Bury, HandlerSpec, Job, Retry, handler, spec_of
-from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob
+from tubeworker.runtime.outcome import (
+    BuryJob,
+    Cause,
+    DeleteJob,
+    Outcome,
+    ReleaseJob,
+    ReturnJob,
+)
 from tubeworker.runtime.policy import Budget, RetryPolicy
+from tubeworker.runtime.processes import WorkerStopped, _stop_signal_of
 from tubeworker.runtime.runner import run_job
 
 PRIORITY = 77
@@ -453,3 +462,43 @@ async def test_given_sync_handler_and_limiter_when_run_then_the_limiter_is_used(
     assert outcome == DeleteJob()
     assert borrowed == [1]
     assert limiter.borrowed_tokens == 0
+
+
+# --------------------------------------------------------------------------- compute workers
+
+
+class _StoppedWorkers:
+    """A process pool whose worker got the process group's SIGTERM before ignoring it."""
+
+    async def run(self, func: object, *args: object, limiter: object) -> object:
+        raise WorkerStopped("its worker process was stopped by SIGTERM")
+
+
+async def test_given_a_worker_stopped_by_the_groups_signal_then_the_job_is_returned() -> None:
+    def crunch(job: Job) -> None:
+        raise AssertionError("never runs: the worker is gone")
+
+    outcome = await run_job(
+        make_job(),
+        spec_of(crunch),
+        budget(),
+        POLICY,
+        timeout=None,
+        profile="compute",
+        processes=_StoppedWorkers(),
+    )
+    assert outcome == ReturnJob(Cause.WORKER_STOPPED, "its worker process was stopped by SIGTERM")
+
+
+class _Exited:
+    def __init__(self, exitcode: int) -> None:
+        self.exitcode = exitcode
+
+
+@pytest.mark.parametrize(
+    ("exitcode", "signum"),
+    [(-signal.SIGTERM, signal.SIGTERM), (-signal.SIGINT, signal.SIGINT), (-9, None), (1, None)],
+)
+def test_which_worker_deaths_are_a_stop_of_the_group(exitcode: int, signum: int | None) -> None:
+    error = RuntimeError("Worker died unexpectedly:", _Exited(exitcode))
+    assert _stop_signal_of(error) == signum

@@ -248,7 +248,9 @@ class LaneJobs:
 _NO_APIS: frozenset[str] = frozenset()
 
 # Returns that do not count toward the redelivery limit in this process.
-_NOT_THE_JOBS_FAULT = frozenset({Cause.CONNECTION_LOST, Cause.API_OPEN, Cause.LIMITED})
+_NOT_THE_JOBS_FAULT = frozenset(
+    {Cause.CONNECTION_LOST, Cause.API_OPEN, Cause.LIMITED, Cause.WORKER_STOPPED}
+)
 
 
 def limit_keys(limits: tuple[LimitConfig, ...], job: Job) -> dict[str, str] | None:

@@ -43,6 +43,7 @@ class Cause(enum.Enum):
     UNCONFIRMED = "unconfirmed"  # the connection was lost before beanstalkd confirmed
     SERVER_REFUSED = "server_refused"  # beanstalkd answered an error (out of memory, …)
     API_OPEN = "api_open"  # held for an open API when the daemon drained
+    WORKER_STOPPED = "worker_stopped"  # its compute worker got the group's stop signal
     LIMITED = "limited"  # waiting for its limit (rate, concurrency) when the daemon drained
 
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from tubeworker.beanstalk.client import Address
     from tubeworker.producer import Producer
 
-__all__ = ["Compute", "PutRoute", "open_compute"]
+__all__ = ["Compute", "PutRoute", "WorkerStopped", "open_compute"]
 
 _IDLE_TIMEOUT = 600.0  # an idle worker process exits after this long
 _GRACE_PERIOD = 10.0  # closing waits this long for workers to exit before killing them
@@ -71,7 +71,37 @@ class Compute:
         if route is not None:
             args = (route, func, *args)
             func = _run_with_puts
-        return await self._context.run_sync(func, *args, kill_on_cancel=True, limiter=limiter)
+        import trio_parallel  # loaded already: open_compute imported it
+
+        try:
+            return await self._context.run_sync(func, *args, kill_on_cancel=True, limiter=limiter)
+        except trio_parallel.BrokenWorkerError as exc:
+            signum = _stop_signal_of(exc)
+            if signum is None:
+                raise  # it crashed (a segfault, the OOM killer): the handler's failure
+            raise WorkerStopped(
+                f"its worker process was stopped by {signal.Signals(signum).name} "
+                "(a stop sent to the whole process group)"
+            ) from None
+
+
+class WorkerStopped(Exception):
+    """A worker process got the stop signal meant for the whole group (systemd's
+    KillMode=mixed, supervisor's stopasgroup) before it could ignore it: the job is not
+    at fault and goes back to beanstalkd without an outcome."""
+
+
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+def _stop_signal_of(exc: BaseException) -> int | None:
+    """The stop signal that killed the worker process of a BrokenWorkerError, if one did
+    (trio-parallel gives the process as an argument; its exitcode is -signum)."""
+    for arg in exc.args:
+        exitcode = getattr(arg, "exitcode", None)
+        if isinstance(exitcode, int) and exitcode < 0 and -exitcode in _STOP_SIGNALS:
+            return -exitcode
+    return None
 
 
 # ---- in the worker process

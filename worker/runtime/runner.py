@@ -15,8 +15,9 @@ import structlog
 import trio
 
 from tubeworker.job import Bury, HandlerSpec, Job, JobRecord, Middleware, Retry, Verdict
-from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob
+from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob, ReturnJob
 from tubeworker.runtime.policy import Budget, RetryPolicy, failure_outcome
+from tubeworker.runtime.processes import WorkerStopped
 
 __all__ = [
     "ProcessPool",
@@ -135,6 +136,8 @@ async def _run(
                 await _call(spec, job, profile, limiter, processes)
             if scope.cancelled_caught:
                 return timeout_outcome(job, budget, policy, timeout, rng)
+    except WorkerStopped as exc:  # not the handler's doing: the job goes back
+        return ReturnJob(Cause.WORKER_STOPPED, str(exc))
     except (Exception, SystemExit) as exc:  # user code: anything it raises is a verdict
         if errors is not None:
             errors.append(exc)

@@ -56,12 +56,15 @@ $(STAMP): pyproject.toml
 #   systemd-analyze  tests/e2e/test_deploy.py verifies deploy/systemd (systemd need not run)
 #   tmux             the terminal test of `tubeworker top`
 #   promtool         tests/e2e/test_deploy_prometheus.py checks and tests deploy/prometheus
+#   chromium, chromedriver  tests/browser/: the dashboard in a headless browser (Selenium)
 SYSTEM_PACKAGES := \
 	beanstalkd=beanstalkd \
 	promtool=prometheus \
 	supervisord=supervisor \
 	systemd-analyze=systemd \
-	tmux=tmux
+	tmux=tmux \
+	chromium=chromium \
+	chromedriver=chromium-driver
 
 beanstalkd:
 	@missing=; \

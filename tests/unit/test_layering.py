@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tubeworker.producer",
         ),
     ),
+    ("admin", ("tubeworker.admin_ops",)),
     ("flow", ("tubeworker.flow",)),
     ("runtime", ("tubeworker.runtime",)),
     # The test kit runs handlers through the runtime's own functions (tubeworker.testing).

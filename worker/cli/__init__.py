@@ -15,6 +15,7 @@ import trio
 
 from tubeworker import __version__
 from tubeworker.cli.admin import add_admin_commands
+from tubeworker.cli.dashboard import add_dashboard_command
 from tubeworker.cli.startup import EX_OK, add_run_options
 
 __all__ = ["main"]
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     top.add_argument("--once", action="store_true", help="print one snapshot and exit")
     add_admin_commands(commands)  # stats, peek, kick, kick-job, delete, put, pause
+    add_dashboard_command(commands)
     return parser
 
 
@@ -96,6 +98,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tubeworker.cli.top import top
 
         return top(args)
+    if args.command == "dashboard":
+        from tubeworker.cli.dashboard import dashboard
+
+        return dashboard(args)
     return _dispatch_admin(args)
 
 

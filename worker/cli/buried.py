@@ -9,16 +9,12 @@ import json
 from collections.abc import Sequence
 from functools import partial
 
-import greenstalk
-
-from tubeworker.beanstalk import protocol as p
+from tubeworker.admin_ops import attempts, buried_records
+from tubeworker.admin_ops import kick_by_reason as kick_by_reason_op
 from tubeworker.beanstalk.client import Address
-from tubeworker.burials import BurialRecord, read_records
 from tubeworker.cli.admin import (
-    EX_NOINPUT,
     EX_OK,
     AdminError,
-    admin_client,
     fail,
     format_duration,
     render_table,
@@ -29,28 +25,10 @@ from tubeworker.cli.admin import (
 __all__ = ["buried", "kick_by_reason"]
 
 
-async def _records(
-    address: Address, tube: str
-) -> tuple[int, list[tuple[BurialRecord, p.JobStats]]]:
-    """How many jobs of ``tube`` are buried on this server, and the records of those that
-    have one."""
-    async with admin_client(address) as client:
-        try:
-            count = (await client.stats_tube(tube)).current_jobs_buried
-        except greenstalk.NotFoundError:
-            raise AdminError(f"tube {tube!r} not found on {address}", EX_NOINPUT) from None
-    async with admin_client(address) as reader:  # also cleans up stale records
-        return count, await read_records(reader, tube)
-
-
-def _attempts(stats: p.JobStats) -> int:
-    return stats.releases + stats.timeouts + stats.buries
-
-
 async def _buried(addresses: Sequence[Address], tube: str, as_json: bool) -> int:
     everything = []
     for address in addresses:
-        count, records = await _records(address, tube)
+        count, records = await buried_records(address, tube)
         everything.append((address, count, records))
     if as_json:
         document = [
@@ -61,7 +39,7 @@ async def _buried(addresses: Sequence[Address], tube: str, as_json: bool) -> int
                     {
                         "id": record.job_id,
                         "age": stats.age,
-                        "attempts": _attempts(stats),
+                        "attempts": attempts(stats),
                         "cause": record.cause,
                         "reason": record.reason,
                         "buried_at": record.buried_at,
@@ -75,7 +53,7 @@ async def _buried(addresses: Sequence[Address], tube: str, as_json: bool) -> int
         return EX_OK
     for address, count, records in everything:
         rows = [
-            [str(r.job_id), format_duration(s.age), str(_attempts(s)), r.cause, r.reason]
+            [str(r.job_id), format_duration(s.age), str(attempts(s)), r.cause, r.reason]
             for r, s in sorted(records, key=lambda pair: pair[0].job_id)
         ]
         print(f"{address}: {count} buried in {tube!r}")
@@ -104,16 +82,7 @@ def buried(args: argparse.Namespace) -> int:
 async def _kick_by_reason(addresses: Sequence[Address], tube: str, text: str) -> int:
     kicked = 0
     for address in addresses:
-        _, records = await _records(address, tube)
-        matching = [r for r, _ in records if text in r.reason or text == r.cause]
-        async with admin_client(address) as client:
-            for record in matching:
-                try:
-                    await client.kick_job(record.job_id)
-                except greenstalk.NotFoundError:
-                    continue  # kicked or deleted meanwhile
-                kicked += 1
-                await client.delete(record.record_id)  # its reason is history now
+        kicked += await kick_by_reason_op(address, tube, text)
     print(
         f"kicked {kicked} buried job{'s' if kicked != 1 else ''} of tube {tube!r} "
         f"whose reason matches {text!r}"

@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 
-import greenstalk
 import trio
 
+from tubeworker.admin_ops import count_buried, delete_buried, delete_job
 from tubeworker.beanstalk.client import Address
 from tubeworker.beanstalk.protocol import validate_tube_name
 from tubeworker.cli.admin import (
@@ -43,9 +43,7 @@ async def _delete_ids(address: Address, ids: Sequence[int]) -> int:
     code = EX_OK
     async with admin_client(address) as client:
         for job_id in ids:
-            try:
-                await client.delete(job_id)
-            except greenstalk.NotFoundError:
+            if not await delete_job(client, job_id):
                 print(
                     f"tubeworker: job {job_id} not found (or reserved by a worker: only "
                     "its connection may delete it)",
@@ -62,12 +60,9 @@ async def _count_buried(addresses: Sequence[Address], tube: str) -> list[tuple[A
     """(server, buried jobs) for each server that has the tube."""
     counts: list[tuple[Address, int]] = []
     for address in addresses:
-        async with admin_client(address) as client:
-            try:
-                stats = await client.stats_tube(tube)
-            except greenstalk.NotFoundError:
-                continue
-            counts.append((address, stats.current_jobs_buried))
+        count = await count_buried(address, tube)
+        if count is not None:
+            counts.append((address, count))
     if not counts:
         raise AdminError(f"tube {tube!r} not found", EX_NOINPUT)
     return counts
@@ -78,19 +73,7 @@ async def _delete_buried(counts: Sequence[tuple[Address, int]], tube: str) -> in
     jobs buried after the question are not part of the answer."""
     total = 0
     for address, count in counts:
-        deleted = 0
-        async with admin_client(address) as client:
-            await client.use(tube)
-            for _ in range(count):
-                try:
-                    job = await client.peek_buried()
-                except greenstalk.NotFoundError:
-                    break  # kicked or deleted by someone else meanwhile
-                try:
-                    await client.delete(job.id)
-                except greenstalk.NotFoundError:
-                    continue
-                deleted += 1
+        deleted = await delete_buried(address, tube, count)
         if len(counts) > 1:
             print(f"{address}: deleted {_plural(deleted, 'job')}", flush=True)
         total += deleted

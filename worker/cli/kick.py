@@ -7,15 +7,14 @@ import argparse
 from collections.abc import Sequence
 from functools import partial
 
-import greenstalk
-
+from tubeworker.admin_ops import kick_buried
+from tubeworker.admin_ops import kick_job as kick_job_op
 from tubeworker.beanstalk.client import Address
 from tubeworker.beanstalk.protocol import MAX_INT
 from tubeworker.cli.admin import (
     EX_NOINPUT,
     EX_OK,
     AdminError,
-    admin_client,
     fail,
     parse_int,
     parse_job_id,
@@ -31,25 +30,10 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
-async def _kick_one(address: Address, tube: str, bound: int) -> int | None:
-    """How many were kicked on this server (None: no such tube there)."""
-    async with admin_client(address) as client:
-        try:
-            buried = (await client.stats_tube(tube)).current_jobs_buried
-        except greenstalk.NotFoundError:
-            return None
-        if buried == 0:
-            return 0  # `kick` would move delayed jobs instead: not what was asked
-        await client.use(tube)
-        # Bounded by the buried count: were they kicked by someone else meanwhile, we
-        # would not go on to delayed jobs beyond that many.
-        return await client.kick(min(bound, buried))
-
-
 async def _kick(addresses: Sequence[Address], tube: str, bound: int) -> int:
     total, found = 0, False
     for address in addresses:
-        kicked = await _kick_one(address, tube, bound - total)
+        kicked = await kick_buried(address, tube, bound - total)
         if kicked is None:
             continue
         found = True
@@ -77,13 +61,7 @@ def kick(args: argparse.Namespace) -> int:
 
 
 async def _kick_job(address: Address, job_id: int) -> int:
-    async with admin_client(address) as client:
-        try:
-            await client.kick_job(job_id)
-        except greenstalk.NotFoundError:
-            raise AdminError(
-                f"job {job_id} not found, or neither buried nor delayed", EX_NOINPUT
-            ) from None
+    await kick_job_op(address, job_id)
     print(f"kicked job {job_id}")
     return EX_OK
 

@@ -10,6 +10,7 @@ from functools import partial
 
 import greenstalk
 
+from tubeworker.admin_ops import pause_tube
 from tubeworker.beanstalk.client import Address
 from tubeworker.beanstalk.protocol import validate_tube_name
 from tubeworker.cli.admin import (
@@ -33,13 +34,10 @@ __all__ = ["pause"]
 async def _pause(addresses: Sequence[Address], tube: str, seconds: int) -> int:
     done: list[Address] = []
     for address in addresses:
-        async with admin_client(address) as client:
-            try:
-                await client.pause_tube(tube, seconds)
-            except greenstalk.NotFoundError:
-                if len(addresses) > 1:
-                    print(f"{address}: no tube {tube!r}", file=sys.stderr, flush=True)
-                continue
+        if not await pause_tube(address, tube, seconds):
+            if len(addresses) > 1:
+                print(f"{address}: no tube {tube!r}", file=sys.stderr, flush=True)
+            continue
         done.append(address)
     if not done:
         raise AdminError(

@@ -8,20 +8,16 @@ import json
 import sys
 from functools import partial
 
-import greenstalk
-
-from tubeworker.beanstalk.client import Address, Client
-from tubeworker.beanstalk.protocol import MAX_INT, Found, JobStats
+from tubeworker.admin_ops import peek_job
+from tubeworker.beanstalk.client import Address
+from tubeworker.beanstalk.protocol import MAX_INT, JobStats
 from tubeworker.cli.admin import (
-    EX_NOINPUT,
     EX_OK,
     EX_USAGE,
     AdminError,
-    admin_client,
     fail,
     format_duration,
     parse_int,
-    parse_job_id,
     render_body,
     run_admin,
     single_server,
@@ -77,32 +73,8 @@ def render_job(job_id: int, stats: JobStats | None, body: bytes, limit: int) -> 
     return "\n".join(lines)
 
 
-async def _find(client: Client, target: str, state: str | None) -> Found:
-    if state is None:
-        job_id = parse_job_id(target)
-        try:
-            return await client.peek(job_id)
-        except greenstalk.NotFoundError:
-            raise AdminError(f"job {job_id} not found", EX_NOINPUT) from None
-    try:
-        await client.stats_tube(target)
-    except greenstalk.NotFoundError:
-        raise AdminError(f"tube {target!r} not found", EX_NOINPUT) from None
-    await client.use(target)
-    peeks = {"ready": client.peek_ready, "delayed": client.peek_delayed}
-    try:
-        return await peeks.get(state, client.peek_buried)()
-    except greenstalk.NotFoundError:
-        raise AdminError(f"no {state} job in tube {target!r}", EX_NOINPUT) from None
-
-
 async def _peek(address: Address, target: str, state: str | None, raw: bool, limit: int) -> int:
-    async with admin_client(address) as client:
-        found = await _find(client, target, state)
-        try:
-            stats: JobStats | None = await client.stats_job(found.id)
-        except greenstalk.NotFoundError:
-            stats = None
+    found, stats = await peek_job(address, target, state)
     if raw:
         sys.stdout.buffer.write(found.body)
         sys.stdout.buffer.flush()

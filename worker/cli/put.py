@@ -9,23 +9,21 @@ import os
 import sys
 from functools import partial
 
+from tubeworker.admin_ops import put_job
 from tubeworker.beanstalk.client import Address
-from tubeworker.beanstalk.protocol import DEFAULT_PRIORITY, DEFAULT_TTR, MAX_INT, validate_tube_name
+from tubeworker.beanstalk.protocol import DEFAULT_PRIORITY, DEFAULT_TTR, MAX_INT
 from tubeworker.cli.admin import (
     EX_DATAERR,
     EX_OK,
     EX_USAGE,
     EXPECTED,
     AdminError,
-    admin_client,
     fail,
-    parse_duration,
     parse_int,
     run_admin,
     single_server,
 )
-from tubeworker.envelope import encode_envelope
-from tubeworker.errors import LocalProtocolError
+from tubeworker.producer import make_envelope, prepare_put, to_seconds
 
 __all__ = ["put"]
 
@@ -37,7 +35,7 @@ def _envelope(task: str, payload_text: str | None) -> bytes:
             payload = json.loads(payload_text)
         except ValueError as exc:
             raise AdminError(f"--payload is not JSON: {exc}", EX_DATAERR) from None
-    return encode_envelope(task, payload)
+    return make_envelope(task, payload)
 
 
 def body_from(args: argparse.Namespace) -> bytes:
@@ -58,12 +56,7 @@ def body_from(args: argparse.Namespace) -> bytes:
 async def _put(
     address: Address, tube: str, body: bytes, priority: int, delay: int, ttr: int
 ) -> int:
-    async with admin_client(address) as client:
-        await client.use(tube)
-        try:
-            job_id = await client.put(body, priority=priority, delay=delay, ttr=ttr)
-        except LocalProtocolError as exc:  # over the server's max-job-size: nothing sent
-            raise AdminError(f"job too big: {exc}", EX_DATAERR) from None
+    job_id = await put_job(address, tube, body, priority=priority, delay=delay, ttr=ttr)
     print(job_id, flush=True)
     return EX_OK
 
@@ -71,15 +64,15 @@ async def _put(
 def put(args: argparse.Namespace) -> int:
     try:
         address = single_server(args)
-        validate_tube_name(args.tube)
         priority = (
             DEFAULT_PRIORITY
             if args.priority is None
             else parse_int(args.priority, "--priority", 0, MAX_INT)
         )
-        delay = 0 if args.delay is None else parse_duration(args.delay, "--delay")
-        ttr = DEFAULT_TTR if args.ttr is None else parse_duration(args.ttr, "--ttr")
-        body = body_from(args)
+        delay = 0 if args.delay is None else to_seconds(args.delay, "--delay")
+        ttr = DEFAULT_TTR if args.ttr is None else to_seconds(args.ttr, "--ttr", minimum=1)
+        # The producer's checks, the ones apps get (InvalidJob: exit 65, nothing sent).
+        job = prepare_put(args.tube, body_from(args), priority=priority, delay=delay, ttr=ttr)
     except EXPECTED as exc:
         return fail(exc)
-    return run_admin(partial(_put, address, args.tube, body, priority, delay, ttr))
+    return run_admin(partial(_put, address, job.tube, job.body, job.priority, job.delay, job.ttr))

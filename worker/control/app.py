@@ -10,17 +10,19 @@
   ``Authorization: Bearer <token>`` with the token from ``[control] token_file``, and
   answer 401 without it (always, when no token file is configured).
 - WebSocket ``/events``: JSON events (job outcomes, rate-limited; drain, quiet, connection
-  losses). A client that falls behind loses old events (it is told how many); one that
-  takes no data for ``_SEND_DEADLINE`` is disconnected.
+  losses; the dashboard's ``tubes``, ``workers`` and ``action`` events). A client that
+  falls behind loses old events (it is told how many); one that takes no data for
+  ``SEND_DEADLINE`` is disconnected.
+- The dashboard (``control.dashboard``): ``/``, ``/static/*`` and ``/api/*``.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import os
+import socket
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -29,28 +31,45 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from tubeworker.control.asgi import (
+    Receive,
+    Scope,
+    Send,
+    authorized,
+    query,
+    respond,
+    run_lifespan,
+    serve_events,
+)
+from tubeworker.control.dashboard import Dashboard
 from tubeworker.runtime.state import WorkerState
 
 __all__ = ["ControlApp"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 log = structlog.get_logger("tubeworker")
 
 _HEALTHY_TICK_AGE = 5.0  # seconds since the loop's last tick that still counts as alive
-_SEND_DEADLINE = 10.0  # a WebSocket client that takes nothing for this long is dropped
 
 
 class ControlApp:
-    def __init__(self, state: WorkerState, registry: CollectorRegistry, token: str | None) -> None:
+    def __init__(
+        self,
+        state: WorkerState,
+        registry: CollectorRegistry,
+        token: str | None,
+        *,
+        dashboard: Dashboard | None = None,
+        paused_by_api: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
         self.state = state
         self.registry = registry
         self.token = token
+        self.dashboard = dashboard
+        #: API → the tubes its flow control pauses while it is open (``pause_tubes``).
+        self.paused_by_api = dict(paused_by_api or {})
         self.last_tick = time.monotonic()
         self.started = time.time()
+        self.host = socket.gethostname()
 
     async def run_ticker(self) -> None:
         """Stamp the time from the event loop: what /healthz reads."""
@@ -60,7 +79,7 @@ class ControlApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await run_lifespan(receive, send)
         elif scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
         elif scope["type"] == "http":
@@ -70,6 +89,9 @@ class ControlApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
+        if self.dashboard is not None and self.dashboard.handles(path):
+            await self.dashboard.handle(scope, receive, send)
+            return
         if method == "GET" and path in _GETS:
             status, content_type, body = _GETS[path](self)
         elif method == "POST" and path in _ACTIONS:
@@ -78,18 +100,7 @@ class ControlApp:
             status, content_type, body = _json(405, {"error": f"{method} not allowed here"})
         else:
             status, content_type, body = _json(404, {"error": f"no such path: {path}"})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", content_type.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, (status, content_type, body, ()))
 
     def _metrics(self) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
@@ -107,6 +118,10 @@ class ControlApp:
         return _json(200 if ready else 503, body)
 
     def _status(self) -> tuple[int, str, bytes]:
+        return _json(200, self.status_document())
+
+    def status_document(self) -> dict[str, Any]:
+        """What ``/status`` answers (and the dashboard shows of this daemon)."""
         state = self.state
         lanes = [lane.statistics() for lane in state.lanes]
         pools: dict[str, dict[str, Any]] = {}
@@ -117,20 +132,25 @@ class ControlApp:
             pool["slots"] += lane.slots
             pool["jobs"] += lane.jobs
             pool["lanes"].append({**asdict(lane), "address": str(lane.address)})
-        return _json(
-            200,
-            {
-                "pid": os.getpid(),
-                "started": round(self.started, 3),
-                "draining": state.draining,
-                "drain_reason": state.drain_reason,
-                "quiet": state.quiet,
-                "jobs_running": state.running_jobs,
-                "counters": state.counters.totals(),
-                "pools": pools,
-                "apis": _apis(state),
+        apis = _apis(state)
+        return {
+            "host": self.host,
+            "pid": os.getpid(),
+            "started": round(self.started, 3),
+            "draining": state.draining,
+            "drain_reason": state.drain_reason,
+            "quiet": state.quiet,
+            "jobs_running": state.running_jobs,
+            "counters": state.counters.totals(),
+            "pools": pools,
+            "apis": apis,
+            "flow_pauses": {
+                api: list(tubes)
+                for api, tubes in self.paused_by_api.items()
+                if apis.get(api, {}).get("state") == "open"
             },
-        )
+            "tube_outcomes": _tube_outcomes(state),
+        }
 
     def _action(self, scope: Scope, path: str) -> tuple[int, str, bytes]:
         if not self._authorized(scope):
@@ -146,48 +166,17 @@ class ControlApp:
         return _json(200, {"ok": True, "quiet": state.quiet, "draining": state.draining})
 
     def _authorized(self, scope: Scope) -> bool:
-        if self.token is None:
-            return False
-        for name, value in scope.get("headers", []):
-            if name.lower() == b"authorization":
-                given = value.decode("latin-1")
-                return hmac.compare_digest(given, f"Bearer {self.token}")
-        return False
+        return authorized(scope, self.token)
 
     # ---- WebSocket
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["path"] != "/events":
-            await receive()  # websocket.connect
-            await send({"type": "websocket.close", "code": 4404})
-            return
-        if (await receive())["type"] != "websocket.connect":
-            return
-        await send({"type": "websocket.accept"})
-        with self.state.events.subscribe() as subscription:
-            async with trio.open_nursery() as nursery:
-
-                async def until_disconnect() -> None:
-                    while (await receive())["type"] != "websocket.disconnect":
-                        pass
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(until_disconnect)
-                hello = {"type": "hello", "pid": os.getpid(), "at": round(time.time(), 3)}
-                await send({"type": "websocket.send", "text": json.dumps(hello)})
-                while True:
-                    events = await subscription.next_batch()
-                    if not events:
-                        break
-                    with trio.move_on_after(_SEND_DEADLINE) as slow:
-                        for event in events:
-                            await send({"type": "websocket.send", "text": json.dumps(event)})
-                    if slow.cancelled_caught:
-                        log.warning("events client too slow: disconnected")
-                        break
-                nursery.cancel_scope.cancel()
-        with trio.move_on_after(1):
-            await send({"type": "websocket.close", "code": 1000})
+        # The dashboard's page asks for /events?view=dashboard: while it listens, the tube
+        # poller keeps asking for every tube (``tubeworker top`` does not need them).
+        watching = None
+        if self.dashboard is not None and query(scope).get("view") == "dashboard":
+            watching = self.dashboard.keep_watching
+        await serve_events(self.state.events, scope, receive, send, while_connected=watching)
 
 
 def _apis(state: WorkerState) -> dict[str, dict[str, Any]]:
@@ -210,6 +199,15 @@ def _apis(state: WorkerState) -> dict[str, dict[str, Any]]:
     }
 
 
+def _tube_outcomes(state: WorkerState) -> dict[str, dict[str, int]]:
+    """Per tube, how this process's jobs ended (deleted, released, buried, ...)."""
+    by_tube: dict[str, dict[str, int]] = {}
+    for (tube, _handler, outcome, _cause), count in list(state.counters.outcomes.items()):
+        counts = by_tube.setdefault(tube, {})
+        counts[outcome] = counts.get(outcome, 0) + count
+    return by_tube
+
+
 def _json(status: int, body: dict[str, Any]) -> tuple[int, str, bytes]:
     return status, "application/json", json.dumps(body).encode()
 
@@ -221,13 +219,3 @@ _GETS: dict[str, Callable[[ControlApp], tuple[int, str, bytes]]] = {
     "/status": ControlApp._status,
 }
 _ACTIONS = ("/quiet", "/resume", "/drain")
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

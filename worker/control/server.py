@@ -1,5 +1,6 @@
 """Serve the control plane beside the daemon: hypercorn's Trio worker running ControlApp,
-the loop ticker /healthz reads, and the tube poller /metrics reads.
+the loop ticker /healthz reads, the tube poller /metrics and the dashboard read, and the
+fleet poller (this daemon's and ``[control] daemons``' status) the dashboard reads.
 
 Why hypercorn: a well-kept ASGI server with a native Trio worker (no second event loop, no
 thread), HTTP/1.1 and WebSocket from the same port, and an ASGI app small enough to write
@@ -8,17 +9,23 @@ without a framework.
 
 from __future__ import annotations
 
+from functools import partial
+
 import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from tubeworker.beanstalk.client import Address
 from tubeworker.config import Config
 from tubeworker.control.app import ControlApp
+from tubeworker.control.board import TubeBoard
+from tubeworker.control.dashboard import Dashboard
+from tubeworker.control.fleet import Fleet, run_fleet_poller
 from tubeworker.control.metrics import TubeDepths, build_registry, run_tube_poller
 from tubeworker.runtime.state import WorkerState
 
-__all__ = ["run_control_plane"]
+__all__ = ["hypercorn_config", "read_token", "run_control_plane"]
 
 log = structlog.get_logger("tubeworker")
 
@@ -31,6 +38,17 @@ def read_token(config: Config) -> str | None:
     return token or None
 
 
+def hypercorn_config(listen: Address) -> tuple[HypercornConfig, str]:
+    """Hypercorn's settings to serve on ``listen``, and the host as a URL writes it."""
+    server = HypercornConfig()
+    host = f"[{listen.host}]" if ":" in listen.host else listen.host
+    server.bind = [f"{host}:{listen.port}"]
+    server.accesslog = None
+    server.errorlog = None  # we say what matters ourselves, as structured lines
+    server.graceful_timeout = 1.0
+    return server, host
+
+
 async def run_control_plane(
     config: Config,
     state: WorkerState,
@@ -40,24 +58,48 @@ async def run_control_plane(
     """Serve until cancelled; ``started()`` with the URL it listens on."""
     listen = config.control.listen
     assert listen is not None
+    interval = config.control.metrics_interval
     depths = TubeDepths()
-    app = ControlApp(state, build_registry(state, depths), read_token(config))
+    token = read_token(config)
+    board = TubeBoard(depths, state.events, sample_every=max(5.0, interval))
+    app = ControlApp(
+        state,
+        build_registry(state, depths),
+        token,
+        paused_by_api={api.name: api.tubes for api in config.apis if api.pause_tubes},
+    )
+    fleet = Fleet(
+        config.control.daemons, local_status=app.status_document, local_quiet=state.set_quiet
+    )
+    board.outcomes = fleet.outcomes
+    app.dashboard = Dashboard(
+        servers=config.servers,
+        depths=depths,
+        board=board,
+        fleet=fleet,
+        events=state.events,
+        token=token,
+        interval=interval,
+    )
     state.events.job_events_per_second = config.control.events_per_second
     state.counters.detailed = True  # /metrics reads the labelled counts and histograms
-    server = HypercornConfig()
-    host = f"[{listen.host}]" if ":" in listen.host else listen.host
-    server.bind = [f"{host}:{listen.port}"]
-    server.accesslog = None
-    server.errorlog = None  # we say what matters ourselves, as structured lines
-    server.graceful_timeout = 1.0
+    server, host = hypercorn_config(listen)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(app.run_ticker)
         nursery.start_soon(
-            run_tube_poller,
-            state,
-            depths,
-            config.control.metrics_interval,
-            config.connect_timeout,
+            partial(
+                run_tube_poller,
+                state,
+                depths,
+                interval,
+                config.connect_timeout,
+                servers=config.servers,
+            )
+        )
+        nursery.start_soon(
+            partial(
+                run_fleet_poller, fleet, state.events, interval, watched=lambda: depths.every_tube
+            )
         )
         binds: list[str] = await nursery.start(serve, app, server)
         url = binds[0] if binds else f"http://{host}:{listen.port}"

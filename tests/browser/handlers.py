@@ -1,0 +1,38 @@
+"""Handlers for the browser tests, loaded by the daemon subprocess through [handlers].
+
+Each run appends "<event> <n>" to the file named by TUBEWORKER_TEST_RUNLOG (O_APPEND writes
+of one short line are atomic), so the test can see what ran across processes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tubeworker import Bury, Job
+
+
+def _log(event: str, n: object) -> None:
+    fd = os.open(os.environ["TUBEWORKER_TEST_RUNLOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{event} {n}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def _seen(event: str, n: object) -> bool:
+    path = Path(os.environ["TUBEWORKER_TEST_RUNLOG"])
+    return path.exists() and f"{event} {n}" in path.read_text().splitlines()
+
+
+async def bury_once(job: Job) -> None:
+    """Buried with a reason on its first run; done when it runs again (after a kick)."""
+    n = job.payload["n"]
+    if not _seen("buried", n):
+        _log("buried", n)
+        raise Bury(f"customer {n} has no address on file")
+    _log("end", n)
+
+
+async def work(job: Job) -> None:
+    _log("end", job.payload["n"])

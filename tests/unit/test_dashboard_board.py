@@ -1,0 +1,296 @@
+"""The dashboard's pure parts: the tube board (rows, history, rates, pages, events), the
+fleet's reading of daemons' status, and the ASGI helpers. No server, no sockets."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tubeworker.config import load_config
+from tubeworker.control.asgi import authorized, json_response
+from tubeworker.control.board import EVENT_ROWS, TubeBoard
+from tubeworker.control.fleet import LOCAL, Fleet, daemon_url
+from tubeworker.control.metrics import TubeDepth, TubeDepths
+from tubeworker.errors import ConfigError
+from tubeworker.observe.events import EventBus
+
+SERVER = "127.0.0.1:11300"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def board_with(tubes: dict[str, TubeDepth], clock: Clock | None = None) -> TubeBoard:
+    depths = TubeDepths()
+    depths.tubes = {(SERVER, name): depth for name, depth in tubes.items()}
+    depths.watch_every_tube(3600)  # a page is open
+    depths.last_round_every_tube = True
+    return TubeBoard(depths, EventBus(), sample_every=5.0, clock=clock or Clock())
+
+
+def row(board: TubeBoard, tube: str) -> dict[str, Any]:
+    return board.row((SERVER, tube), board.depths.tubes[(SERVER, tube)])
+
+
+# --------------------------------------------------------------------------- rows and rates
+
+
+def test_given_deletes_over_time_then_done_per_minute_and_backlog_follow() -> None:
+    clock = Clock()
+    depth = TubeDepth(ready=120, deletes=0)
+    board = board_with({"emails": depth}, clock)
+    board.on_round()  # the first point
+    clock.now += 30
+    depth.deletes = 60  # 60 deletes in 30 s: 120 a minute
+    board.on_round()
+    got = row(board, "emails")
+    assert got["done_per_min"] == 120.0
+    assert got["backlog_seconds"] == 60.0  # 120 ready at 2 a second
+
+
+def test_given_ready_jobs_that_do_not_move_then_the_backlog_is_unknown_not_zero() -> None:
+    clock = Clock()
+    board = board_with({"stuck": TubeDepth(ready=5), "empty": TubeDepth()}, clock)
+    board.on_round()
+    clock.now += 10
+    board.on_round()
+    assert row(board, "stuck")["backlog_seconds"] is None  # the page shows ∞
+    assert row(board, "empty")["backlog_seconds"] == 0.0
+
+
+def test_given_a_tube_freed_and_made_again_then_its_history_starts_again() -> None:
+    clock = Clock()
+    depth = TubeDepth(deletes=500)
+    board = board_with({"t": depth}, clock)
+    board.on_round()
+    clock.now += 10
+    depth.deletes = 3  # cmd-delete restarted with the tube
+    board.on_round()
+    assert [p.deletes for p in board.trends[(SERVER, "t")]] == [3]
+
+
+def test_given_the_daemons_outcomes_then_the_failure_rate_is_over_the_window() -> None:
+    clock = Clock()
+    board = board_with({"t": TubeDepth()}, clock)
+    totals = {"t": (100, 10)}  # before the window: not counted
+    board.outcomes = lambda: totals
+    board.on_round()
+    clock.now += 10
+    totals = {"t": (130, 20)}  # 30 succeeded, 10 failed since
+    board.on_round()
+    assert row(board, "t")["failure_rate"] == 0.25
+    assert board.totals()["failure_rate"] == 0.25
+    assert board.failure_rate("unknown") is None
+
+
+def test_given_history_points_then_they_are_sampled_at_most_every_sample_every() -> None:
+    clock = Clock()
+    depth = TubeDepth(ready=1)
+    board = board_with({"t": depth}, clock)
+    for _ in range(10):  # a round every second for ten seconds
+        board.on_round()
+        depth.ready += 1
+        clock.now += 1
+    assert board.spark((SERVER, "t")) == [1, 6]
+    assert len(board.totals_trend) == 2
+
+
+# --------------------------------------------------------------------------- pages
+
+
+def test_given_a_thousand_tubes_then_a_page_is_filtered_sorted_and_bounded() -> None:
+    board = board_with({f"tube-{n:04}": TubeDepth(ready=n % 7, buried=n % 3) for n in range(1000)})
+    page = board.page(per_page=50, page=3)
+    assert (page["total"], page["pages"], page["page"]) == (1000, 20, 3)
+    assert [r["tube"] for r in page["rows"]][:2] == ["tube-0100", "tube-0101"]
+    assert board.page(q="TUBE-09")["total"] == 100  # case-insensitive substring
+    top = board.page(sort="ready", desc=True, per_page=10)["rows"]
+    assert {r["ready"] for r in top} == {6}
+    assert board.page(page=99)["page"] == 20  # clamped
+    assert board.page(per_page=10_000)["per_page"] == 500
+
+
+def test_given_unknown_values_then_they_sort_after_the_known_ones() -> None:
+    clock = Clock()
+    moving, stuck = TubeDepth(ready=10), TubeDepth(ready=10)
+    board = board_with({"moving": moving, "stuck": stuck}, clock)
+    board.on_round()
+    clock.now += 10
+    moving.deletes = 10
+    board.on_round()
+    rows = board.page(sort="backlog")["rows"]
+    assert [r["tube"] for r in rows] == ["moving", "stuck"]
+    assert board.page(sort="no-such-column")["rows"][0]["tube"] == "moving"  # by name
+
+
+# --------------------------------------------------------------------------- events
+
+
+async def test_given_a_listener_then_each_round_sends_only_the_rows_that_changed() -> None:
+    depth_a, depth_b = TubeDepth(ready=1), TubeDepth(ready=2)
+    board = board_with({"a": depth_a, "b": depth_b})
+    with board.events.subscribe() as listener:
+        board.on_round()
+        first = (await listener.next_batch())[-1]
+        depth_b.ready = 3
+        board.on_round()
+        second = (await listener.next_batch())[-1]
+        del board.depths.tubes[(SERVER, "a")]
+        board.on_round()
+        third = (await listener.next_batch())[-1]
+    assert first["type"] == "tubes"
+    assert {r["tube"] for r in first["rows"]} == {"a", "b"}
+    assert [(r["tube"], r["ready"]) for r in second["rows"]] == [("b", 3)]
+    assert second["totals"]["ready"] == 4
+    assert third["rows"] == []
+    assert third["removed"] == [f"{SERVER}|a"]
+
+
+async def test_given_more_changes_than_an_event_carries_then_it_says_how_many_more() -> None:
+    board = board_with({f"t{n}": TubeDepth(ready=n) for n in range(EVENT_ROWS + 25)})
+    with board.events.subscribe() as listener:
+        board.on_round()
+        event = (await listener.next_batch())[-1]
+    assert len(event["rows"]) == EVENT_ROWS
+    assert event["more"] == 25
+
+
+async def test_given_no_listener_then_no_event_is_built_and_the_next_listener_gets_all() -> None:
+    board = board_with({"a": TubeDepth(ready=1)})
+    board.on_round()  # nobody listens: nothing kept as "already sent"
+    with board.events.subscribe() as listener:
+        board.on_round()
+        event = (await listener.next_batch())[-1]
+    assert [r["tube"] for r in event["rows"]] == ["a"]
+
+
+async def test_given_a_listener_but_no_dashboard_page_then_no_tubes_event() -> None:
+    board = board_with({"a": TubeDepth(ready=1)})
+    board.depths._every_tube_until = 0.0  # only `tubeworker top` listens
+    with board.events.subscribe() as listener:
+        board.on_round()
+        board.events.publish("marker")
+        events = await listener.next_batch()
+    assert [e["type"] for e in events] == ["marker"]
+
+
+def test_given_the_board_then_its_documents_are_valid_json_for_a_browser() -> None:
+    board = board_with({"stuck": TubeDepth(ready=3)})
+    board.on_round()
+    status, _, body, _ = json_response(200, {"page": board.page(), "totals": board.totals()})
+    assert status == 200
+    assert b"Infinity" not in body
+    assert b"NaN" not in body
+    with pytest.raises(ValueError, match="Out of range float"):
+        json_response(200, {"x": math.inf})
+
+
+# --------------------------------------------------------------------------- fleet
+
+
+def status(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "host": "web-1",
+        "pid": 42,
+        "started": 1.0,
+        "draining": False,
+        "quiet": False,
+        "jobs_running": 3,
+        "counters": {"deleted": 100},
+        "pools": {"emails": {"tubes": ["emails"], "slots": 50, "jobs": 3}},
+        "apis": {"stripe": {"state": "closed", "calls": 10, "failures": 0}},
+        "flow_pauses": {},
+        "tube_outcomes": {"emails": {"deleted": 90, "released": 5, "buried": 5}},
+    }
+    return {**base, **over}
+
+
+async def test_given_the_local_daemon_then_the_fleet_summarises_it() -> None:
+    clock = Clock()
+    current = status()
+    fleet = Fleet(local_status=lambda: current, clock=clock)
+    await fleet.refresh(None)  # type: ignore[arg-type]  # no remote daemon: no HTTP
+    clock.now += 30
+    current = status(counters={"deleted": 160}, quiet=True)
+    await fleet.refresh(None)  # type: ignore[arg-type]
+    (worker,) = fleet.summaries()
+    assert worker["id"] == LOCAL
+    assert (worker["host"], worker["pid"], worker["concurrency"], worker["in_flight"]) == (
+        "web-1",
+        42,
+        50,
+        3,
+    )
+    assert worker["done_per_min"] == 120.0
+    assert worker["quiet"] is True
+    assert fleet.outcomes() == {"emails": (90, 10)}
+
+
+async def test_given_several_daemons_then_apis_show_the_worst_state_and_pauses_their_api() -> None:
+    fleet = Fleet(["10.0.0.2:9090", "http://10.0.0.3:9090/"], local_status=status)
+    fleet.workers["http://10.0.0.2:9090"].record(
+        status(
+            apis={"stripe": {"state": "open", "next_probe_in": 4.0}},
+            flow_pauses={"stripe": ["payments"]},
+        ),
+        1.0,
+    )
+    await fleet._refresh_one(None, fleet.workers[LOCAL])  # type: ignore[arg-type]
+    (api,) = fleet.apis()
+    assert api["api"] == "stripe"
+    assert api["state"] == "open"
+    assert {w["worker"] for w in api["workers"]} == {LOCAL, "http://10.0.0.2:9090"}
+    assert fleet.flow_pauses() == {"payments": ["stripe"]}
+    assert list(fleet.workers) == [LOCAL, "http://10.0.0.2:9090", "http://10.0.0.3:9090"]
+    assert fleet.unread  # 10.0.0.3 was never asked
+
+
+def test_given_daemon_addresses_then_they_become_urls() -> None:
+    assert daemon_url("127.0.0.1:9090") == "http://127.0.0.1:9090"
+    assert daemon_url("https://w.example:9090/") == "https://w.example:9090"
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def test_given_a_token_then_only_the_exact_bearer_header_is_authorized() -> None:
+    def scope(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
+        return {"headers": list(headers)}
+
+    assert authorized(scope((b"authorization", b"Bearer s3cret")), "s3cret")
+    assert authorized(scope((b"Authorization", b"Bearer s3cret")), "s3cret")
+    assert not authorized(scope((b"authorization", b"Bearer s3cre")), "s3cret")
+    assert not authorized(scope((b"authorization", b"s3cret")), "s3cret")
+    assert not authorized(scope(), "s3cret")
+    assert not authorized(scope((b"authorization", b"Bearer ")), None)  # no token: never
+
+
+def test_given_depths_then_waking_the_poller_needs_no_running_loop() -> None:
+    depths = TubeDepths()
+    depths.poke()
+    depths.watch_every_tube(10)
+    assert depths.every_tube
+    assert isinstance(depths._wake, trio.Event)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_given_control_daemons_then_they_are_read_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "worker.toml"
+    path.write_text(
+        '[[pool]]\ntubes = ["a"]\n[control]\ndaemons = ["10.0.0.2:9090", "http://[::1]:9091"]\n'
+    )
+    assert load_config(str(path), env={}).control.daemons == ("10.0.0.2:9090", "http://[::1]:9091")
+    path.write_text('[[pool]]\ntubes = ["a"]\n[control]\ndaemons = ["http://h:9090/status"]\n')
+    with pytest.raises(ConfigError, match="daemons"):
+        load_config(str(path), env={})

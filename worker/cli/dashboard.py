@@ -1,0 +1,138 @@
+"""``tubeworker dashboard --server HOST:PORT [--listen 127.0.0.1:PORT] [--token-file F]
+[--daemon ADDR ...]``: the web dashboard on its own, for a host with no daemon (a daemon's
+control plane serves the same page at its own address)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Final
+
+import trio
+
+from tubeworker.admin_ops import parse_interval
+from tubeworker.beanstalk.client import Address, parse_address
+from tubeworker.cli.admin import EX_OK, EX_USAGE, AdminError, server_list
+
+__all__ = ["DEFAULT_LISTEN", "add_dashboard_command", "dashboard"]
+
+DEFAULT_LISTEN: Final = "127.0.0.1:9180"
+_LOOPBACK: Final = ("127.0.0.1", "localhost", "::1")
+
+
+def add_dashboard_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "dashboard",
+        help="the web dashboard on its own (a daemon's --control serves it too)",
+        description="Serve the web dashboard for beanstalkd servers and tubeworker daemons: "
+        "tubes, workers, APIs, buried jobs with their reasons, and token-guarded actions. "
+        "Reads need no token: keep it on loopback.",
+    )
+    parser.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="beanstalkd address (repeatable; default: $TUBEWORKER_SERVERS, else 127.0.0.1:11300)",
+    )
+    parser.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"where to serve the page (default {DEFAULT_LISTEN}: this host only)",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="the bearer token actions need (without it every action is refused)",
+    )
+    parser.add_argument(
+        "--daemon",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="a daemon's control plane (HOST:PORT or http://HOST:PORT) for the Workers "
+        "and APIs views; repeatable",
+    )
+    parser.add_argument(
+        "--interval",
+        default="2s",
+        metavar="SECONDS",
+        help="how often tube stats are read, whatever the number of viewers (default 2s)",
+    )
+    parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+
+
+def _listen_address(text: str) -> Address:
+    try:
+        address = parse_address(text)
+    except ValueError as exc:
+        raise AdminError(f"--listen: {exc}", EX_USAGE) from None
+    if address.unix_path is not None or ":" not in text:
+        raise AdminError(f"--listen must be HOST:PORT, got {text!r}", EX_USAGE)
+    return address
+
+
+def _token(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().strip() or None
+    except OSError as exc:
+        raise AdminError(f"--token-file: {exc.strerror or exc}: {path}", EX_USAGE) from None
+
+
+async def _serve(
+    servers: list[Address],
+    listen: Address,
+    token: str | None,
+    daemons: list[str],
+    interval: float,
+) -> int:
+    from tubeworker.control.standalone import run_dashboard  # the server: only when it runs
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(
+                lambda task_status: run_dashboard(
+                    servers,
+                    listen,
+                    token=token,
+                    daemons=daemons,
+                    interval=interval,
+                    task_status=task_status,
+                )
+            )
+            print(f"tubeworker dashboard: {url}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+    return EX_OK
+
+
+def dashboard(args: argparse.Namespace) -> int:
+    try:
+        servers = server_list(args)
+        listen = _listen_address(args.listen)
+        token = _token(args.token_file)
+        interval = parse_interval(args.interval, "--interval")
+    except AdminError as exc:
+        print(f"tubeworker: {exc}", file=sys.stderr)
+        return exc.code
+    from tubeworker.observe.logs import configure_logging  # only when it runs
+
+    configure_logging(args.log_format, "info")
+    if listen.host not in _LOOPBACK:
+        print(
+            f"tubeworker: warning: the dashboard listens on {listen}: reads need no token, "
+            "so anyone who can reach it sees the tubes and job bodies",
+            file=sys.stderr,
+        )
+    if token is None:
+        print(
+            "tubeworker: note: no --token-file: every action will be refused (401)",
+            file=sys.stderr,
+        )
+    return trio.run(_serve, servers, listen, token, list(args.daemon), interval)

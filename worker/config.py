@@ -174,6 +174,9 @@ class ControlConfig:
     metrics_interval: float = 5.0  # how often tube depths are read with stats-tube
     events_per_second: int = 100  # job events per second to live viewers; more are summed
     daemons: tuple[str, ...] = ()  # other daemons' control planes, for the dashboard
+    # Host names the dashboard answers under besides IP addresses and localhost (a browser
+    # on another name could be a DNS-rebinding page).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,7 +447,14 @@ def _recycle(reader: _Reader) -> RecycleConfig:
 
 def _control(reader: _Reader) -> ControlConfig:
     reader.check_unknown(
-        ("listen", "token_file", "metrics_interval", "events_per_second", "daemons")
+        (
+            "listen",
+            "token_file",
+            "metrics_interval",
+            "events_per_second",
+            "daemons",
+            "allowed_hosts",
+        )
     )
     listen = reader.text("listen")
     address: Address | None = None
@@ -469,6 +479,7 @@ def _control(reader: _Reader) -> ControlConfig:
         metrics_interval=reader.seconds("metrics_interval", 5.0, low=0.1, high=3600),
         events_per_second=reader.integer("events_per_second", 100, low=1, high=100_000),
         daemons=daemons,
+        allowed_hosts=tuple(h.lower() for h in reader.strings("allowed_hosts") or ()),
     )
 
 

@@ -305,3 +305,31 @@ async def test_given_the_page_then_it_is_served_whole_with_no_token_in_it(
     assert escape.status_code == 404
     assert unknown.status_code == 404
     assert wrong_method.status_code == 405
+
+
+async def test_given_another_sites_name_or_origin_then_the_dashboard_refuses_it(
+    beanstalkd: BeanstalkdProcess,
+) -> None:
+    # A page of another site that re-points its name at 127.0.0.1 (DNS rebinding) sends
+    # that name as Host; a page of another site opening a WebSocket sends its Origin.
+    with trio.fail_after(20):
+        async with serving(beanstalkd) as http:
+            rebound = await http.get("/api/tubes", headers={"Host": "evil.example:80"})
+            by_name = await http.get("/api/tubes", headers={"Host": "localhost"})
+            by_ip = await http.get("/api/tubes")  # Host: 127.0.0.1:PORT
+            # The opening handshake of a WebSocket, as a page of evil.example sends it.
+            upgrade = await http.get(
+                "/events",
+                headers={
+                    "Connection": "Upgrade",
+                    "Upgrade": "websocket",
+                    "Sec-WebSocket-Version": "13",
+                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                    "Origin": "http://evil.example",
+                },
+            )
+    assert rebound.status_code == 403
+    assert "allowed_hosts" in rebound.json()["error"]
+    assert by_name.status_code == 200
+    assert by_ip.status_code == 200
+    assert upgrade.status_code == 403  # closed before the handshake: refused

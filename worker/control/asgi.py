@@ -8,6 +8,7 @@ No framework: the routes are a handful, and these helpers are all they need.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import os
 import time
@@ -104,6 +105,51 @@ def authorized(scope: Scope, token: str | None) -> bool:
     return False
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _hostname(authority: str) -> str:
+    """The host of ``host[:port]`` or ``[v6]:port``, lower-case."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else authority
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def trusted_host(scope: Scope, allowed: Iterable[str] = ()) -> bool:
+    """Whether a browser may be talking to us under this ``Host``: an IP address,
+    ``localhost``, or a name in ``allowed``. A page of another site that re-points its own
+    name at 127.0.0.1 (DNS rebinding) sends its own name, and is refused: the dashboard's
+    reads (job bodies among them) need no token."""
+    host = _header(scope, b"host")
+    if host is None:
+        return True  # HTTP/1.0 or a non-browser client: no name to be fooled by
+    name = _hostname(host)
+    return _is_ip(name) or name in ("localhost", *(a.lower() for a in allowed))
+
+
+def same_origin(scope: Scope) -> bool:
+    """A WebSocket from a page of another site is refused (browsers let any page open one
+    to any address). Clients other than browsers send no ``Origin``."""
+    origin = _header(scope, b"origin")
+    if origin is None:
+        return True
+    host = _header(scope, b"host") or ""
+    return origin.split("://", 1)[-1].rstrip("/").lower() == host.lower()
+
+
 async def run_lifespan(receive: Receive, send: Send) -> None:
     while True:
         message = await receive()
@@ -129,9 +175,9 @@ async def serve_events(
     data for ``SEND_DEADLINE`` is disconnected. ``while_connected`` runs as long as the
     client is connected.
     """
-    if scope["path"] != "/events":
+    if scope["path"] != "/events" or not same_origin(scope):
         await receive()  # websocket.connect
-        await send({"type": "websocket.close", "code": 4404})
+        await send({"type": "websocket.close", "code": 4404 if same_origin(scope) else 4403})
         return
     if (await receive())["type"] != "websocket.connect":
         return

@@ -79,6 +79,7 @@ from tubeworker.control.asgi import (
     query,
     read_body,
     respond,
+    trusted_host,
 )
 from tubeworker.control.board import TubeBoard
 from tubeworker.control.fleet import Fleet
@@ -167,8 +168,11 @@ class Dashboard:
         events: EventBus,
         token: str | None,
         interval: float,
+        allowed_hosts: Sequence[str] = (),
     ) -> None:
         self.servers = {str(address): address for address in servers}
+        #: Host names a browser may reach it under, besides IP addresses and localhost.
+        self.allowed_hosts = tuple(allowed_hosts)
         self.depths = depths
         self.board = board
         self.fleet = fleet
@@ -200,7 +204,16 @@ class Dashboard:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
-        if path in ("/", "/index.html") or path.startswith("/static/"):
+        if not trusted_host(scope, self.allowed_hosts):
+            log.warning("dashboard request refused: untrusted Host", path=path)
+            response = json_response(
+                403,
+                {
+                    "error": "this host name is not allowed: open the dashboard by IP "
+                    "address or localhost, or add the name to [control] allowed_hosts"
+                },
+            )
+        elif path in ("/", "/index.html") or path.startswith("/static/"):
             response = self._asset(method, path)
         elif method == "GET" and path in _READS:
             response = await self._guarded(_READS[path], scope, query(scope))

@@ -80,6 +80,7 @@ async def run_control_plane(
         events=state.events,
         token=token,
         interval=interval,
+        allowed_hosts=(*config.control.allowed_hosts, listen.host),
     )
     state.events.job_events_per_second = config.control.events_per_second
     state.counters.detailed = True  # /metrics reads the labelled counts and histograms

@@ -86,6 +86,7 @@ async def run_dashboard(
         events=events,
         token=token,
         interval=interval,
+        allowed_hosts=(listen.host,),
     )
     server, host = hypercorn_config(listen)
     async with trio.open_nursery() as nursery:

@@ -340,7 +340,10 @@ def test_keda_prometheus_queries_scale_on_the_pools_tubes_and_leave_paused_ones_
             query = trigger["metadata"]["query"]
             names = promql_names(query)
             assert names <= exported, f"{name}: not exported: {names - exported}"
-            assert {"tubeworker_tube_backlog_seconds", "tubeworker_tube_pause_seconds"} <= names
+            assert {
+                "tubeworker_tube_effective_backlog_seconds",
+                "tubeworker_tube_pause_seconds",
+            } <= names
             # Every selector's tube matcher covers exactly the pool's tubes.
             tubes = tube_examples(tuple(t for pool in config.pools for t in pool.tubes))
             for op, value in re.findall(r'tube\s*(=~|=)\s*"([^"]*)"', query):

@@ -14,7 +14,8 @@ import greenstalk
 import pytest
 import trio
 
-from tests.support.beanstalkd import BeanstalkdProcess
+from tests.e2e.test_control_plane import metrics, value
+from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tests.support.httpserver import Reply, open_http_api
 from tests.support.process import DaemonProcess
 from tests.support.waiting import wait_until
@@ -223,14 +224,16 @@ async def test_given_pause_propagation_then_a_second_daemon_stops_taking_the_job
     async with open_http_api() as api:
         api.reply = Reply(503)
         config = outage_config(tmp_path / "a.toml", beanstalkd, cooldown=6)
+        config.write_text(config.read_text() + "[control]\nmetrics_interval = 0.2\n")
+        port = free_port()
         tracking = DaemonProcess(config, tmp_path / "a")
         # The second daemon has no [api.partner]: only the server's pause stops it.
         other = DaemonProcess(
             outage_config(tmp_path / "b.toml", beanstalkd, with_api=False), tmp_path / "b"
         )
-        for daemon in (tracking, other):
+        for daemon, args in ((tracking, ["--control", f"127.0.0.1:{port}"]), (other, [])):
             daemon.stdout.parent.mkdir()
-            daemons.append(daemon.start())
+            daemons.append(daemon.start(*args))
             await wait_until(
                 lambda d=daemon: any(e.get("event") == "ready" for e in d.events()), timeout=20
             )
@@ -251,6 +254,12 @@ async def test_given_pause_propagation_then_a_second_daemon_stops_taking_the_job
         await trio.sleep(3)  # the point of the test: time passes while the API is down
         assert paused()
         assert sum(other.runs("start").values()) <= starts + 5
+        # Ready jobs wait, but none of them could run: the effective backlog is 0, so an
+        # autoscaler on it adds no workers during the outage (the plain backlog says ∞).
+        scraped = metrics(f"http://127.0.0.1:{port}")
+        assert value(scraped, "tubeworker_tube_jobs", tube="partner", state="ready") > 0
+        assert value(scraped, "tubeworker_tube_effective_backlog_seconds", tube="partner") == 0
+        assert value(scraped, "tubeworker_api_state", api="partner") == 2
         api.reply = Reply(200, body=b"ok")
         await wait_until(
             lambda: (

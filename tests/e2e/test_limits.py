@@ -15,7 +15,8 @@ from pathlib import Path
 import greenstalk
 import pytest
 
-from tests.support.beanstalkd import BeanstalkdProcess
+from tests.e2e.test_control_plane import metrics, value
+from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tests.support.httpserver import Reply, open_http_api
 from tests.support.process import DaemonProcess
 from tests.support.waiting import wait_until
@@ -72,7 +73,7 @@ def outcomes(daemons: Sequence[DaemonProcess], event: str) -> list[dict[str, obj
 async def test_given_a_fleet_rate_then_two_daemons_together_stay_within_it(
     beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
 ) -> None:
-    jobs, rate, burst = 300, 50, 10
+    jobs, rate, burst = 500, 50, 10
     async with open_http_api() as api:
         config = config_for(
             tmp_path / "w.toml",
@@ -220,11 +221,13 @@ async def test_given_a_job_that_would_wait_too_long_then_it_is_deferred_not_rele
             "defer_after = 1",
             concurrency=jobs,
         )
+        port = free_port()
         daemon = DaemonProcess(config, tmp_path)
-        daemons.append(daemon.start())
+        daemons.append(daemon.start("--control", f"127.0.0.1:{port}"))
         await wait_until(lambda: bool(outcomes([daemon], "ready")), timeout=20)
         put_calls(beanstalkd, api.url, jobs)
         await wait_until(lambda: len(daemon.runs("end")) == jobs, timeout=60, what="every job done")
+        scraped = metrics(f"http://127.0.0.1:{port}")
 
     # One call at a time; the jobs that would have held their slot longer than a second
     # went back to the tube as delayed copies, with no attempt counted.
@@ -235,3 +238,7 @@ async def test_given_a_job_that_would_wait_too_long_then_it_is_deferred_not_rele
     assert not outcomes([daemon], "job released")
     assert not outcomes([daemon], "job buried")
     assert sorted(daemon.runs("end")) == list(range(jobs))
+    # The limit's metrics tell the same story.
+    assert value(scraped, "tubeworker_limit_deferred_total", limit="partner") == len(deferred)
+    assert value(scraped, "tubeworker_limit_admitted_total", limit="partner") >= jobs
+    assert value(scraped, "tubeworker_limit_running", limit="partner") == 0

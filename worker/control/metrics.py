@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -136,15 +136,52 @@ def _histogram(
 class WorkerCollector(Collector):
     """Every tubeworker metric, from the daemon's state at scrape time."""
 
-    def __init__(self, state: WorkerState, depths: TubeDepths) -> None:
+    def __init__(
+        self,
+        state: WorkerState,
+        depths: TubeDepths,
+        tube_apis: Mapping[str, frozenset[str]] | None = None,
+    ) -> None:
         self.state = state
         self.depths = depths
+        #: The APIs every job of a tube needs ([api.NAME] tubes): its effective backlog.
+        self.tube_apis = dict(tube_apis or {})
 
     def collect(self) -> Iterable[Metric]:
         yield from self._jobs()
         yield from self._daemon()
         yield from self._tubes()
         yield from self._apis()
+        yield from self._limits()
+
+    def _limits(self) -> Iterator[Metric]:
+        limits = self.state.limits
+        if limits is None or not limits:
+            return
+        running = GaugeMetricFamily(
+            "tubeworker_limit_running", "Jobs running under a limit now", labels=["limit"]
+        )
+        waiting = GaugeMetricFamily(
+            "tubeworker_limit_waiting", "Jobs waiting for room under a limit", labels=["limit"]
+        )
+        admitted = CounterMetricFamily(
+            "tubeworker_limit_admitted", "Jobs admitted under a limit", labels=["limit"]
+        )
+        waits = CounterMetricFamily(
+            "tubeworker_limit_waits", "Jobs that had to wait for a limit", labels=["limit"]
+        )
+        deferred = CounterMetricFamily(
+            "tubeworker_limit_deferred",
+            "Jobs deferred (a delayed copy) rather than wait longer for a limit",
+            labels=["limit"],
+        )
+        for stats in limits.statistics():
+            running.add_metric([stats.name], stats.running)
+            waiting.add_metric([stats.name], stats.waiting)
+            admitted.add_metric([stats.name], stats.admitted)
+            waits.add_metric([stats.name], stats.waits)
+            deferred.add_metric([stats.name], stats.deferred)
+        yield from (running, waiting, admitted, waits, deferred)
 
     def _apis(self) -> Iterator[Metric]:
         tracker = self.state.tracker
@@ -256,6 +293,13 @@ class WorkerCollector(Collector):
             "Ready jobs divided by this process's recent throughput on the tube",
             labels=["server", "tube"],
         )
+        effective = GaugeMetricFamily(
+            "tubeworker_tube_effective_backlog_seconds",
+            "The backlog of ready jobs whose APIs are not open (0 while an API of the tube "
+            "is open: more workers would not run them)",
+            labels=["server", "tube"],
+        )
+        tracker = self.state.tracker
         for (server, tube), depth in sorted(self.depths.tubes.items()):
             if not depth.pooled:
                 continue  # polled for the dashboard: not a series of this process
@@ -264,15 +308,22 @@ class WorkerCollector(Collector):
             waiting.add_metric([server, tube], depth.waiting)
             paused.add_metric([server, tube], depth.pause_left)
             backlog.add_metric([server, tube], depth.backlog_seconds)
-        yield from (jobs, waiting, paused, backlog)
+            apis = self.tube_apis.get(tube)
+            blocked = bool(apis) and tracker is not None and tracker.blocked(apis or ())
+            effective.add_metric([server, tube], 0.0 if blocked else depth.backlog_seconds)
+        yield from (jobs, waiting, paused, backlog, effective)
 
 
-def build_registry(state: WorkerState, depths: TubeDepths) -> CollectorRegistry:
+def build_registry(
+    state: WorkerState,
+    depths: TubeDepths,
+    tube_apis: Mapping[str, frozenset[str]] | None = None,
+) -> CollectorRegistry:
     """A registry of its own (not prometheus-client's global one): one per daemon."""
     from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(WorkerCollector(state, depths))
+    registry.register(WorkerCollector(state, depths, tube_apis))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)

@@ -23,6 +23,7 @@ from tubeworker.control.board import TubeBoard
 from tubeworker.control.dashboard import Dashboard
 from tubeworker.control.fleet import Fleet, run_fleet_poller
 from tubeworker.control.metrics import TubeDepths, build_registry, run_tube_poller
+from tubeworker.runtime.apis import tube_apis
 from tubeworker.runtime.state import WorkerState
 
 __all__ = ["hypercorn_config", "read_token", "run_control_plane"]
@@ -64,7 +65,7 @@ async def run_control_plane(
     board = TubeBoard(depths, state.events, sample_every=max(5.0, interval))
     app = ControlApp(
         state,
-        build_registry(state, depths),
+        build_registry(state, depths, tube_apis(config)),
         token,
         paused_by_api={api.name: api.tubes for api in config.apis if api.pause_tubes},
     )

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import greenstalk
+import httpx
 import pytest
 
 from tests.e2e.test_control_plane import metrics, value
@@ -228,6 +229,7 @@ async def test_given_a_job_that_would_wait_too_long_then_it_is_deferred_not_rele
         put_calls(beanstalkd, api.url, jobs)
         await wait_until(lambda: len(daemon.runs("end")) == jobs, timeout=60, what="every job done")
         scraped = metrics(f"http://127.0.0.1:{port}")
+        status = httpx.get(f"http://127.0.0.1:{port}/status", timeout=5).json()
 
     # One call at a time; the jobs that would have held their slot longer than a second
     # went back to the tube as delayed copies, with no attempt counted.
@@ -242,3 +244,6 @@ async def test_given_a_job_that_would_wait_too_long_then_it_is_deferred_not_rele
     assert value(scraped, "tubeworker_limit_deferred_total", limit="partner") == len(deferred)
     assert value(scraped, "tubeworker_limit_admitted_total", limit="partner") >= jobs
     assert value(scraped, "tubeworker_limit_running", limit="partner") == 0
+    (limit,) = status["limits"]
+    assert (limit["name"], limit["max_concurrent"], limit["running"]) == ("partner", 1, 0)
+    assert limit["deferred"] == len(deferred)

@@ -150,6 +150,9 @@ class ControlApp:
                 if apis.get(api, {}).get("state") == "open"
             },
             "tube_outcomes": _tube_outcomes(state),
+            "limits": [asdict(stats) for stats in state.limits.statistics()]
+            if state.limits is not None
+            else [],
         }
 
     def _action(self, scope: Scope, path: str) -> tuple[int, str, bytes]:

@@ -11,6 +11,7 @@ import json
 import signal
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import greenstalk
 import httpx
@@ -65,6 +66,10 @@ def tube_counts(server: BeanstalkdProcess, name: str) -> dict[str, int]:
     with greenstalk.Client((server.host, server.port)) as client:
         stats = client.stats_tube(name)
     return {k: int(v) for k, v in stats.items() if isinstance(v, int)}
+
+
+def status_of(base: str) -> dict[str, Any]:
+    return dict(httpx.get(f"{base}/status", timeout=5).json())
 
 
 def outcomes(daemons: Sequence[DaemonProcess], event: str) -> list[dict[str, object]]:
@@ -229,7 +234,7 @@ async def test_given_a_job_that_would_wait_too_long_then_it_is_deferred_not_rele
         put_calls(beanstalkd, api.url, jobs)
         await wait_until(lambda: len(daemon.runs("end")) == jobs, timeout=60, what="every job done")
         scraped = metrics(f"http://127.0.0.1:{port}")
-        status = httpx.get(f"http://127.0.0.1:{port}/status", timeout=5).json()
+        status = status_of(f"http://127.0.0.1:{port}")
 
     # One call at a time; the jobs that would have held their slot longer than a second
     # went back to the tube as delayed copies, with no attempt counted.

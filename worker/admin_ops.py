@@ -28,7 +28,7 @@ from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect
 from tubeworker.beanstalk.protocol import MAX_INT
 from tubeworker.burials import BurialRecord, read_records
-from tubeworker.config import DURATION
+from tubeworker.config import duration_seconds
 from tubeworker.errors import (
     ConnectionLostError,
     LocalProtocolError,
@@ -73,6 +73,7 @@ __all__ = [
     "pretty_json",
     "put_job",
     "render_body",
+    "task_of",
 ]
 
 # sysexits(3)
@@ -183,27 +184,16 @@ EXPECTED: Final = (AdminError, greenstalk.Error, ConnectionLostError)
 
 # --------------------------------------------------------------------------- values
 
+
 # The config's duration syntax, counted exactly (then rounded up to whole seconds).
-_UNITS: Final[dict[str | None, Fraction]] = {
-    "ms": Fraction(1, 1000),
-    "s": Fraction(1),
-    "m": Fraction(60),
-    "h": Fraction(3600),
-    None: Fraction(1),
-}
-
-
 def _exact_seconds(text: str, what: str) -> Fraction:
-    match = DURATION.match(text)
-    if match:
-        try:
-            return Fraction(match.group(1)) * _UNITS[match.group(2)]
-        except ValueError:  # more digits than Python converts
-            pass
-    raise AdminError(
-        f"bad {what} {text!r}: expected whole seconds or a duration like 30s, 5m, 1h",
-        EX_DATAERR,
-    )
+    seconds = duration_seconds(text)
+    if seconds is None:
+        raise AdminError(
+            f"bad {what} {text!r}: expected whole seconds or a duration like 30s, 5m, 1h",
+            EX_DATAERR,
+        )
+    return seconds
 
 
 def parse_duration(text: str, what: str = "duration") -> int:
@@ -554,3 +544,13 @@ async def kick_by_reason(address: Address, tube: str, text: str) -> int:
             kicked += 1
             await client.delete(record.record_id)  # its reason is history now
     return kicked
+
+
+def task_of(body: bytes) -> str | None:
+    """The envelope's task, when the body is one."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    task = data.get("task") if isinstance(data, dict) else None
+    return task if isinstance(task, str) else None

@@ -14,6 +14,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
@@ -42,7 +43,20 @@ _GLOB_CHARS: Final = re.compile(r"[*?\[\]!]")  # "!" negates inside [...]
 # Durations everywhere (config, environment, flags, admin commands): 30, 30s, 5m, 1h, 250ms.
 DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _ASCII_DIGITS: Final = re.compile(r"[0-9]+\Z")  # str.isdigit() also accepts "²"
-_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_UNITS: Final = {"ms": Fraction(1, 1000), "s": Fraction(1), "m": Fraction(60), "h": Fraction(3600)}
+
+
+def duration_seconds(text: str) -> Fraction | None:
+    """The exact seconds of a duration in the config's syntax (``30``, ``30s``, ``1.5m``,
+    ``250ms``, ``1h``), or None when ``text`` is not one. The one definition of the syntax:
+    the config, the admin commands and the producer all read durations with it."""
+    match = DURATION.match(text)
+    if not match:
+        return None
+    try:
+        return Fraction(match.group(1)) * _UNITS.get(match.group(2), Fraction(1))
+    except ValueError:  # more digits than Python converts
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +307,7 @@ class _Reader:
                 raise self.fail(
                     name, f"must be seconds or a duration like '30s', '5m', got {value!r}"
                 )
-            value = float(match.group(1)) * _UNITS[match.group(2)]
+            value = float(Fraction(match.group(1)) * _UNITS.get(match.group(2), Fraction(1)))
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise self.fail(name, f"must be a number of seconds, got {value!r}")
         if not low <= value <= high:

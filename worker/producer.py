@@ -68,7 +68,7 @@ import trio
 
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect, parse_address
-from tubeworker.config import DURATION
+from tubeworker.config import duration_seconds
 from tubeworker.errors import (
     ConfigError,
     ConnectionLostError,
@@ -204,15 +204,6 @@ class PutRequest:
     ttr: int
 
 
-_UNITS: Final[dict[str | None, Fraction]] = {
-    "ms": Fraction(1, 1000),
-    "s": Fraction(1),
-    "m": Fraction(60),
-    "h": Fraction(3600),
-    None: Fraction(1),
-}
-
-
 def _exact(value: object, what: str) -> Fraction:
     if isinstance(value, bool) or not isinstance(value, int | float | str | timedelta):
         raise InvalidJob(
@@ -226,12 +217,9 @@ def _exact(value: object, what: str) -> Fraction:
         return Fraction(value)
     if isinstance(value, timedelta):
         return Fraction(value.days * 86_400 + value.seconds) + Fraction(value.microseconds, 10**6)
-    match = DURATION.match(value)
-    if match:
-        try:
-            return Fraction(match.group(1)) * _UNITS[match.group(2)]
-        except ValueError:  # more digits than Python converts
-            pass
+    seconds = duration_seconds(value)
+    if seconds is not None:
+        return seconds
     raise InvalidJob(f"bad {what} {value!r}: expected whole seconds or a duration like 30s, 5m, 1h")
 
 

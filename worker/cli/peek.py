@@ -8,7 +8,7 @@ import json
 import sys
 from functools import partial
 
-from tubeworker.admin_ops import peek_job
+from tubeworker.admin_ops import peek_job, task_of
 from tubeworker.beanstalk.client import Address
 from tubeworker.beanstalk.protocol import MAX_INT, JobStats
 from tubeworker.cli.admin import (
@@ -24,16 +24,6 @@ from tubeworker.cli.admin import (
 )
 
 __all__ = ["peek", "render_job"]
-
-
-def _task_of(body: bytes) -> str | None:
-    """The envelope's task, when the body is one."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    task = data.get("task") if isinstance(data, dict) else None
-    return task if isinstance(task, str) else None
 
 
 def _timing(stats: JobStats) -> list[str]:
@@ -61,7 +51,7 @@ def render_job(job_id: int, stats: JobStats | None, body: bytes, limit: int) -> 
             f"counters: reserves {stats.reserves}, timeouts {stats.timeouts}, releases "
             f"{stats.releases}, buries {stats.buries}, kicks {stats.kicks}",
         ]
-    task = _task_of(body)
+    task = task_of(body)
     if task is not None:
         lines.append(f"task: {json.dumps(task, ensure_ascii=True)}")
     shown = render_body(body, limit)

@@ -64,6 +64,7 @@ from tubeworker.admin_ops import (
     peek_job,
     put_job,
     render_body,
+    task_of,
 )
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address
@@ -135,15 +136,6 @@ def _load_static() -> dict[str, tuple[str, bytes]]:
         if entry.is_file() and suffix in _STATIC_TYPES:
             assets[entry.name] = (_STATIC_TYPES[suffix], entry.read_bytes())
     return assets
-
-
-def _task_of(body: bytes) -> str | None:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    task = data.get("task") if isinstance(data, dict) else None
-    return task if isinstance(task, str) else None
 
 
 def _rendered(body: bytes, limit: int) -> dict[str, Any]:
@@ -465,7 +457,7 @@ class Dashboard:
             "server": str(address),
             "id": found.id,
             "stats": dataclasses.asdict(stats) if stats is not None else None,
-            "task": _task_of(found.body),
+            "task": task_of(found.body),
             "body": _rendered(found.body, DETAIL_LIMIT),
             "download": f"/api/job/body?server={quote(str(address))}&id={found.id}",
         }

@@ -375,13 +375,10 @@ class Runs:
                 if isinstance(got, Lease):
                     run.lease = got
                     return None
-                self._give_back_if_draining(run)
+                outcome, deadline = await self._still_waiting(run, patience, deadline)
+                if outcome is not None:
+                    return outcome
                 now = trio.current_time()
-                if now >= deadline:
-                    outcome = await self._defer_for_limits(run, patience)
-                    if outcome is not None:
-                        return outcome
-                    deadline = math.inf
                 wake = now + (_LIMIT_POLL if got.seconds is None else got.seconds)
                 with trio.move_on_at(min(deadline, wake, now + _LIMIT_POLL)):
                     if got.seconds is None and self._limits_changed is not None:
@@ -397,14 +394,10 @@ class Runs:
         ticket = broker.ticket()  # kept while it waits: first come, first served
         try:
             while not ticket.event.is_set():
-                self._give_back_if_draining(run)
-                now = trio.current_time()
-                if now >= deadline:
-                    outcome = await self._defer_for_limits(run, patience)
-                    if outcome is not None:
-                        return outcome
-                    deadline = math.inf
-                with trio.move_on_at(min(deadline, now + _LIMIT_POLL)):
+                outcome, deadline = await self._still_waiting(run, patience, deadline)
+                if outcome is not None:
+                    return outcome
+                with trio.move_on_at(min(deadline, trio.current_time() + _LIMIT_POLL)):
                     await ticket.event.wait()
             token, ticket.token = ticket.token, None
         finally:
@@ -414,9 +407,18 @@ class Runs:
             run.tokens.append((broker, token))
         return None
 
-    def _give_back_if_draining(self, run: Run) -> None:
+    async def _still_waiting(
+        self, run: Run, patience: float, deadline: float
+    ) -> tuple[Outcome | None, float]:
+        """Between two looks at a limit: the job goes back if the daemon drains, and is
+        deferred once it has waited ``patience`` (an outcome). The deadline that applies
+        next: none once a deferral failed (the job then waits as long as it takes)."""
         if self._draining():
             run.give_back(Cause.LIMITED, "draining while it waited for its limit")
+            await trio.lowlevel.checkpoint()  # the cancelled scope ends the run here
+        if trio.current_time() < deadline:
+            return None, deadline
+        return await self._defer_for_limits(run, patience), math.inf
 
     async def _defer_for_limits(self, run: Run, expected: float) -> Outcome | None:
         names = ", ".join(limit.name for limit in run.limits)

@@ -6,7 +6,8 @@ job *reserved* from the token tube. beanstalkd's reservation semantics do the re
 - **Concurrency** (``max_concurrent = K``): tube ``tubeworker.limit.NAME.running`` holds K
   tokens. A token is held (touched) while its job runs, then released at once. If its
   holder dies, its connection closes and beanstalkd makes the token ready again at once;
-  if the holder's host vanishes silently, the token's TTR (``TOKEN_TTR``) returns it.
+  if the holder's host vanishes silently, the token's TTR (``TOKEN_TTR``) returns it, and
+  where beanstalkd fails to (docs/beanstalkd.md#b1), the others replace it (below).
 - **Rate** (``rate = R``, ``burst = B``): tube ``tubeworker.limit.NAME.rate`` holds
   K = R * P tokens, P = max(1, round(B / R)) whole seconds (beanstalkd's delays are whole
   seconds). Each use releases the token with a delay of P seconds: each token serves at
@@ -17,7 +18,10 @@ The token count converges to K: every process tops the tube up, one put at a tim
 fresh ``stats-tube`` (so processes starting together overshoot by at most one token each),
 and a process that finds more than K tokens deletes the one it just used. Tokens of a
 process killed while holding them are back at once (its connection closes), so the fleet
-loses no capacity; a holder whose host vanished holds its tokens for at most ``TOKEN_TTR``.
+loses no capacity (docs/beanstalkd.md#close-returns-reserved-jobs). A holder whose host
+vanished keeps them for ``TOKEN_TTR`` (docs/beanstalkd.md#ttr-rules), or, when beanstalkd
+1.12 loses the expiry, until the next top-up by another process sees them reserved past
+their TTR and puts replacements (``_stuck_tokens``); they are surplus once they come back.
 
 Each broker owns one connection (only the connection that reserved a token may release
 it) and polls the token tube with ``reserve-with-timeout 0`` while jobs wait for tokens.
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -127,7 +131,11 @@ class TokenBroker:
         self._returns: deque[tuple[int, int]] = deque()  # (token, generation) to release
         self._generation = 0
         self._wake = trio.Event()
-        self._known_total: int | None = None
+        self._known_total: int | None = None  # tokens in the tube, less the stuck ones
+        self._stuck = 0  # tokens stuck with a vanished holder, at the last top-up
+        # Ids of the tokens this process has seen: the fleet's tokens pass through every
+        # process in turn, so these are how a stuck one is found (see _stuck_tokens).
+        self._seen: OrderedDict[int, None] = OrderedDict()
         self.connected = False
         #: tokens taken, and times a job found none ready.
         self.taken = 0
@@ -249,6 +257,10 @@ class TokenBroker:
     def _hand_out(self, token: int) -> None:
         self.taken += 1
         self._held[token] = self._generation
+        self._seen[token] = None
+        self._seen.move_to_end(token)
+        while len(self._seen) > 4 * self.tube.count:
+            self._seen.popitem(last=False)
         waiter = self._waiters.popleft()
         waiter.token = token
         waiter.event.set()
@@ -260,7 +272,9 @@ class TokenBroker:
     async def _return(self, client: Client, token: int) -> None:
         """Release a used token (delayed for a rate), or delete it if there are too many."""
         if self._known_total is not None and self._known_total > self.tube.count:
-            total = await self._total(client)  # fresh: other processes trim too
+            # Fresh (other processes trim too), stuck tokens not counted: they have
+            # replacements, and are surplus only once they come back.
+            total = await self._total(client) - self._stuck
             if total > self.tube.count:
                 try:
                     await client.delete(token)
@@ -295,17 +309,37 @@ class TokenBroker:
         )
 
     async def _top_up(self, client: Client) -> None:
-        """Put tokens until the tube holds K, one at a time after a fresh count."""
+        """Put tokens until the tube holds K, one at a time after a fresh count; tokens
+        stuck with a vanished holder do not count (they are replaced)."""
+        stuck = self._stuck = await self._stuck_tokens(client)
         put = 0
         while True:
-            total = await self._total(client)
+            total = await self._total(client) - stuck
             self._known_total = total
             if total >= self.tube.count:
                 break
             await client.put(_TOKEN_BODY, priority=0, ttr=TOKEN_TTR)
             put += 1
         if put:
-            self._log.info("tokens put", put=put, tokens=self.tube.count)
+            self._log.info("tokens put", put=put, tokens=self.tube.count, stuck=stuck)
+
+    async def _stuck_tokens(self, client: Client) -> int:
+        """Tokens reserved past their TTR: a holder whose host vanished without closing its
+        connection, whose tokens beanstalkd 1.12 may never take back (docs/beanstalkd.md#b1)
+        until its TCP keepalive gives up, hours later. A live holder touches its tokens
+        well inside the TTR, so theirs never go below zero."""
+        stuck = 0
+        for token in list(self._seen):
+            if token in self._held:
+                continue
+            try:
+                stats = await client.stats_job(token)
+            except greenstalk.NotFoundError:
+                del self._seen[token]  # deleted as surplus
+                continue
+            if stats.state == "reserved" and stats.time_left < 0:
+                stuck += 1
+        return stuck
 
 
 def fleet_brokers(config: Config) -> dict[str, tuple[TokenBroker, ...]]:

@@ -85,6 +85,9 @@ def test_given_jobs_processed_then_metrics_health_and_status_tell_the_truth(
     latency = [float(ls["le"]) for ls, v in m["tubeworker_queue_latency_seconds_bucket"] if v >= 1]
     assert latency
     assert value(m, "tubeworker_queue_latency_seconds_sum", tube="e2e") >= 2
+    # Every run was a first attempt: all 21 in the first bucket.
+    assert value(m, "tubeworker_job_attempt_bucket", tube="e2e", le="1.0") == 21
+    assert value(m, "tubeworker_job_attempt_count", tube="e2e") == 21
     assert "process_resident_memory_bytes" in m
     # Tube depths come from stats-tube; the pool's tube is empty now.
     with greenstalk.Client((beanstalkd.host, beanstalkd.port)) as client:

@@ -231,6 +231,12 @@ class WorkerCollector(Collector):
             "tube",
             counters.latency,
         )
+        yield _histogram(
+            "tubeworker_job_attempt",
+            "Which attempt each run was (1: the first; from beanstalkd's counters)",
+            "tube",
+            counters.attempts,
+        )
         yield CounterMetricFamily(
             "tubeworker_jobs_reserved", "Jobs reserved", value=counters.reserved
         )

@@ -11,7 +11,7 @@ from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-__all__ = ["DURATION_BUCKETS", "LATENCY_BUCKETS", "Histogram", "JobCounters"]
+__all__ = ["ATTEMPT_BUCKETS", "DURATION_BUCKETS", "LATENCY_BUCKETS", "Histogram", "JobCounters"]
 
 # Seconds. Job durations span a millisecond no-op to a long compute job; queue latency is
 # whole seconds (beanstalkd's age), from "at once" to hours behind.
@@ -32,6 +32,8 @@ DURATION_BUCKETS = (
     300.0,
 )
 LATENCY_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0)
+# Which attempt a run is (1: the first): retries pile up in the upper buckets.
+ATTEMPT_BUCKETS = (1.0, 2.0, 3.0, 5.0, 10.0, 20.0)
 
 
 class Histogram:
@@ -69,6 +71,10 @@ def _latency_histogram() -> Histogram:
     return Histogram(LATENCY_BUCKETS)
 
 
+def _attempt_histogram() -> Histogram:
+    return Histogram(ATTEMPT_BUCKETS)
+
+
 @dataclass
 class JobCounters:
     """What happened to jobs in this process (plain ints: the hot path is cheap)."""
@@ -94,6 +100,9 @@ class JobCounters:
     latency: dict[str, Histogram] = field(
         default_factory=lambda: defaultdict(_latency_histogram)
     )  # put → start, by tube
+    attempts: dict[str, Histogram] = field(
+        default_factory=lambda: defaultdict(_attempt_histogram)
+    )  # the attempt number of each run, by tube
     redeliveries: int = 0  # deliveries that followed one that ended with no outcome
     api_waits: int = 0  # jobs held because an API they need was open
     deferred: int = 0  # jobs put back as a delayed copy while their API was open

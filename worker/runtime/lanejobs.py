@@ -166,6 +166,8 @@ class LaneJobs:
         counters = self.state.counters
         if counters.detailed:
             counters.latency[stats.tube].observe(stats.age)  # put → reserve, whole seconds
+            if not isinstance(plan, BuryJob):
+                counters.attempts[stats.tube].observe(plan.budget.attempt)
         if isinstance(plan, BuryJob):
             slot.release()
             self._send(Finished(plan, job.id, stats, self.pool.config.handler, now))

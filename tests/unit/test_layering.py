@@ -20,7 +20,7 @@ PACKAGE_DIRS = {"tubeworker": ROOT / "worker", "tubeworker.handlers": ROOT / "ha
 # Lowest first: (layer, the module prefixes in it).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("observe", ("tubeworker.observe",)),
-    ("foundation", ("tubeworker.errors", "tubeworker.backoff")),
+    ("foundation", ("tubeworker.errors", "tubeworker.backoff", "tubeworker.tubes")),
     ("beanstalk", ("tubeworker.beanstalk",)),
     (
         "model",

@@ -37,6 +37,7 @@ from tubeworker.beanstalk.client import Address, Client, connect, raise_for_repl
 from tubeworker.errors import ConnectionLostError, ProtocolError
 from tubeworker.observe.counters import Histogram
 from tubeworker.runtime.state import WorkerState
+from tubeworker.tubes import is_internal
 
 __all__ = ["TubeDepths", "WorkerCollector", "build_registry", "run_tube_poller"]
 
@@ -45,8 +46,6 @@ log = structlog.get_logger("tubeworker")
 _STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 _THROUGHPUT_WEIGHT = 0.3  # how fast the per-tube throughput estimate follows new polls
 _PIPELINE: Final = 500  # stats-tube commands per write
-#: Tubes of tubeworker's own (burial records): polled only when a pool works on them.
-INTERNAL_PREFIX: Final = "tubeworker."
 
 
 @dataclass
@@ -392,7 +391,7 @@ async def _poll_server(
             wanted = set(pooled)
             if every_tube:
                 listed = await client.list_tubes()
-                wanted.update(t for t in listed if not t.startswith(INTERNAL_PREFIX))
+                wanted.update(t for t in listed if not is_internal(t))
             found = await _stats_tubes(client, sorted(wanted))
         finally:
             await client.aclose()

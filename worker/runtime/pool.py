@@ -3,7 +3,6 @@ its lanes; tube discovery for patterns; how its concurrency is split into lanes.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 
 import structlog
@@ -16,12 +15,11 @@ from tubeworker.runtime.dispatch import DispatchRules
 from tubeworker.runtime.policy import RetryPolicy
 from tubeworker.runtime.runner import ProcessPool
 from tubeworker.runtime.services import Services
+from tubeworker.tubes import is_pattern, matches_any
 
 __all__ = ["Pool", "lane_sizes"]
 
 log = structlog.get_logger("tubeworker")
-
-RESERVED_PREFIX = "tubeworker."  # tubes of tubeworker's own, never work for a pattern
 
 
 def lane_sizes(concurrency: int, jobs_per_connection: int, servers: int) -> list[int]:
@@ -29,10 +27,6 @@ def lane_sizes(concurrency: int, jobs_per_connection: int, servers: int) -> list
     ceil(concurrency / jobs_per_connection) lanes, and at least one lane per server."""
     count = max(math.ceil(concurrency / jobs_per_connection), min(concurrency, servers))
     return [concurrency // count + (1 if i < concurrency % count else 0) for i in range(count)]
-
-
-def is_glob(tube: str) -> bool:
-    return any(c in tube for c in "*?[]")
 
 
 class Pool:
@@ -56,8 +50,8 @@ class Pool:
             bound=services.registry.get(config.handler) if config.handler else None,
             bound_name=config.handler,
         )
-        self.patterns = tuple(t for t in config.tubes if is_glob(t))
-        self.tubes: frozenset[str] = frozenset(t for t in config.tubes if not is_glob(t))
+        self.patterns = tuple(t for t in config.tubes if is_pattern(t))
+        self.tubes: frozenset[str] = frozenset(t for t in config.tubes if not is_pattern(t))
         self.tubes_version = 0
         self._tubes_changed = trio.Event()
         # Threads (io) or processes (compute) for sync handlers: at most one per job slot.
@@ -111,7 +105,7 @@ class Pool:
 
     async def discover_tubes(self) -> None:
         """Poll ``list-tubes`` on every server for tubes matching the pool's patterns."""
-        literal = frozenset(t for t in self.config.tubes if not is_glob(t))
+        literal = frozenset(t for t in self.config.tubes if not is_pattern(t))
         config = self.services.config
         found: dict[Address, frozenset[str]] = {}
         while True:
@@ -130,12 +124,7 @@ class Pool:
                 except (ConnectionLostError, ProtocolError, trio.TooSlowError) as exc:
                     self.log.debug("tube discovery failed", server=str(address), error=str(exc))
                     continue
-                found[address] = frozenset(
-                    n
-                    for n in names
-                    if not n.startswith(RESERVED_PREFIX)  # our own tubes (burial records)
-                    and any(fnmatch.fnmatchcase(n, pat) for pat in self.patterns)
-                )
+                found[address] = frozenset(n for n in names if matches_any(n, self.patterns))
             tubes = literal.union(*found.values())
             if tubes != self.tubes:
                 self.log.info("tubes changed", tubes=sorted(tubes))

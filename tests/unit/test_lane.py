@@ -310,6 +310,7 @@ async def test_given_jobs_running_when_draining_then_they_finish_and_their_delet
     async with lane_rig(slowish, slots=3) as rig:
         ids = [rig.server.put() for _ in range(3)]
         await wait_for(lambda: len(rig.lane.runs) == 3)
+        assert rig.state.in_flight_by_tube() == {"jobs": 3}  # what /status reports
         rig.state.begin_drain("test")
         extra = rig.server.put()
     assert all(i not in rig.server.jobs for i in ids)

@@ -141,6 +141,7 @@ class ControlApp:
             "drain_reason": state.drain_reason,
             "quiet": state.quiet,
             "jobs_running": state.running_jobs,
+            "in_flight_by_tube": state.in_flight_by_tube(),
             "counters": state.counters.totals(),
             "pools": pools,
             "apis": apis,

@@ -5,7 +5,7 @@ connection is lost first."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -129,6 +129,9 @@ class LaneJobs:
 
     def return_job(self, cause: Cause, detail: str, *, lost: bool = False) -> None:
         self.runs.give_back_all(cause, detail, lost=lost)
+
+    def running_tubes(self) -> Iterator[str]:
+        return (run.stats.tube for run in self.runs)
 
     async def touch(self, job_id: int) -> None:
         """``job.touch()``: queue a touch for the pump and wait for beanstalkd's answer."""

@@ -8,6 +8,8 @@ The scopes are small classes, not generator context managers: they are on the pe
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
@@ -32,6 +34,9 @@ class BusyLane(Protocol):
 
         ``lost``: the connection is gone, so no outcome can be sent even if one is ready.
         """
+
+    def running_tubes(self) -> Iterator[str]:
+        """The tube of each job it holds now (for reports)."""
 
 
 class _FetchScope:
@@ -152,6 +157,12 @@ class WorkerState:
     def running_jobs(self) -> int:
         """Handlers running now (jobs, not connections)."""
         return self.counters.in_flight
+
+    def in_flight_by_tube(self) -> dict[str, int]:
+        """Jobs held now, per tube (read for reports, never on the per-job path)."""
+        return dict(
+            Counter(tube for lane in list(self.busy_lanes) for tube in lane.running_tubes())
+        )
 
     def job_finished(self) -> None:
         """A job's outcome is decided: count it toward ``max_jobs`` (before it is sent, so

@@ -52,8 +52,10 @@ from tubeworker.beanstalk import protocol as p
 from tubeworker.config import Config, Overrides, load_config
 from tubeworker.envelope import BadEnvelope, decode_envelope, encode_envelope
 from tubeworker.flow import (
+    CALLER,
     ApiSettings,
     ApiTracker,
+    Caller,
     CallOutcome,
     TrackedCall,
     TrackingTransport,
@@ -298,18 +300,23 @@ async def run_async(
         margin = ttr_margin if ttr_margin is not None else defaults.ttr_margin
         deadline = handler_timeout(plan.spec, timeout, plan.job.ttr, margin)
         plan.job._services = recorder  # as the lane gives a job its own services
-        decided = await run_job(
-            plan.job,
-            plan.spec,
-            plan.budget,
-            plan.policy,
-            timeout=deadline,
-            profile=profile,
-            limiter=trio.CapacityLimiter(1),
-            processes=_ThreadProcesses() if profile == "compute" else None,
-            middleware=(*middleware, recorder.errors),
-            rng=rng,
-        )
+        recorder.caller = Caller(plan.handler, tuple(sorted(set(plan.spec.apis))))
+        declared = CALLER.set(recorder.caller if plan.spec.apis else None)  # as the lane does
+        try:
+            decided = await run_job(
+                plan.job,
+                plan.spec,
+                plan.budget,
+                plan.policy,
+                timeout=deadline,
+                profile=profile,
+                limiter=trio.CapacityLimiter(1),
+                processes=_ThreadProcesses() if profile == "compute" else None,
+                middleware=(*middleware, recorder.errors),
+                rng=rng,
+            )
+        finally:
+            CALLER.reset(declared)
     finally:
         await recorder.aclose()
     return recorder.outcome(
@@ -464,6 +471,7 @@ class _Recorder:
         self._client: httpx.AsyncClient | None = None
         self._next_id = max(_FIRST_PUT_ID, job_id + 1)
         self.settings: Mapping[str, Any] | None = None  # what job.settings gives
+        self.caller: Caller | None = None  # the handler, for job.api's attribution
 
     async def touch(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -495,7 +503,7 @@ class _Recorder:
         host: str | None = None,
         caller_fault: Callable[[Exception], bool] | None = None,
     ) -> TrackedCall:
-        return call_api(self.tracker, name, host, caller_fault)
+        return call_api(self.tracker, name, host, caller_fault, self.caller)
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):

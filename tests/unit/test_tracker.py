@@ -16,7 +16,7 @@ from tubeworker.flow.breaker import (
     Transition,
     TransitionReason,
 )
-from tubeworker.flow.tracker import ApiSettings, ApiTracker
+from tubeworker.flow.tracker import CALLER, ApiSettings, ApiTracker, Caller, call_api
 
 # Opens on the second failure in a row, for 10 s, one probe at a time; no jitter.
 QUICK = BreakerSettings(consecutive_failures=2, cooldown=10.0, jitter=0.0, probes=1)
@@ -104,6 +104,84 @@ def test_given_an_exact_host_and_a_wildcard_then_the_exact_one_wins() -> None:
     )
     assert tracker.api_for_host("files.stripe.com") == "uploads"
     assert tracker.api_for_host("api.stripe.com") == "stripe"
+
+
+# --------------------------------------------------------------------------- a declaration alone
+
+
+def warned_tracker() -> tuple[ApiTracker, list[tuple[str, dict[str, object]]]]:
+    said: list[tuple[str, dict[str, object]]] = []
+    tracker = ApiTracker(
+        {"stripe": ApiSettings(hosts=("api.stripe.com",), breaker=QUICK)},
+        clock=FakeClock(),
+        default=QUICK,
+        warn=lambda event, fields: said.append((event, dict(fields))),
+    )
+    return tracker, said
+
+
+def test_given_a_handler_declaring_one_api_then_its_calls_to_unclaimed_hosts_count_for_it() -> None:
+    tracker, said = warned_tracker()
+    welcome = Caller("send-welcome", ("mailer",))
+    assert tracker.api_for_host("mailer.example", welcome) == "mailer"
+    assert tracker.api_for_host("127.0.0.1", welcome) == "mailer"
+    # A host some [api.NAME] claims stays that API's, whoever calls it.
+    assert tracker.api_for_host("api.stripe.com", welcome) == "stripe"
+    # No caller (a call outside any handler): the host name, as before.
+    assert tracker.api_for_host("mailer.example") == "mailer.example"
+    assert said == []
+
+
+def test_given_the_caller_in_the_tasks_context_then_the_transport_path_attributes_too() -> None:
+    tracker, _ = warned_tracker()
+    token = CALLER.set(Caller("send-welcome", ("mailer",)))
+    try:
+        assert tracker.api_for_host("mailer.example") == "mailer"
+    finally:
+        CALLER.reset(token)
+    assert tracker.api_for_host("mailer.example") == "mailer.example"
+
+
+def test_given_apis_with_hosts_then_only_the_one_without_is_a_candidate() -> None:
+    tracker, said = warned_tracker()
+    # stripe has hosts: a host it does not claim cannot be stripe's, so it is mailer's.
+    caller = Caller("charge", ("mailer", "stripe"))
+    assert tracker.api_for_host("mailer.example", caller) == "mailer"
+    assert said == []
+
+
+def test_given_several_candidates_then_the_host_name_and_one_warning_naming_them() -> None:
+    tracker, said = warned_tracker()
+    caller = Caller("notify", ("mailer", "sms"))
+    assert tracker.api_for_host("mailer.example", caller) == "mailer.example"
+    assert tracker.api_for_host("mailer.example", caller) == "mailer.example"
+    ((event, fields),) = said
+    assert "several APIs" in event
+    assert fields["apis"] == ["mailer", "sms"]
+    assert fields["host"] == "mailer.example"
+    assert "hosts" in str(fields["hint"])
+
+
+def test_given_one_host_used_by_two_handlers_declaring_different_apis_then_said_once() -> None:
+    tracker, said = warned_tracker()
+    assert tracker.api_for_host("hooks.example", Caller("a", ("mailer",))) == "mailer"
+    assert tracker.api_for_host("hooks.example", Caller("b", ("notify",))) == "notify"
+    assert tracker.api_for_host("hooks.example", Caller("b", ("notify",))) == "notify"
+    ((event, fields),) = said
+    assert "two APIs" in event
+    assert fields["apis"] == ["mailer", "notify"]
+
+
+def test_given_a_handler_reporting_an_api_it_does_not_declare_then_said_once() -> None:
+    tracker, said = warned_tracker()
+    quiet = Caller("cleanup", ())
+    call_api(tracker, "smtp", None, caller=quiet).finish(CallOutcome.SUCCESS)
+    call_api(tracker, "smtp", None, caller=quiet).finish(CallOutcome.SUCCESS)
+    call_api(tracker, "smtp", None, caller=Caller("send", ("smtp",))).finish(CallOutcome.SUCCESS)
+    ((event, fields),) = said
+    assert "does not declare" in event
+    assert (fields["handler"], fields["api"]) == ("cleanup", "smtp")
+    assert stats_of(tracker, "smtp").calls == 3
 
 
 def test_given_a_host_claimed_by_two_apis_then_value_error() -> None:

@@ -19,8 +19,10 @@ from tubeworker.flow.breaker import (
 )
 from tubeworker.flow.http import TrackingTransport, outcome_of_status, parse_retry_after
 from tubeworker.flow.tracker import (
+    CALLER,
     ApiSettings,
     ApiTracker,
+    Caller,
     Permit,
     TrackedCall,
     TrackerStatistics,
@@ -28,12 +30,14 @@ from tubeworker.flow.tracker import (
 )
 
 __all__ = [
+    "CALLER",
     "ApiSettings",
     "ApiTracker",
     "BreakerSettings",
     "BreakerState",
     "BreakerStatistics",
     "CallOutcome",
+    "Caller",
     "CircuitBreaker",
     "Permit",
     "ProbeSlot",

@@ -3,8 +3,15 @@
 Handler code reports calls through :meth:`ApiTracker.call` (a context manager, ``with`` or
 ``async with``) or, for HTTP, automatically through ``tubeworker.flow.http``'s
 ``TrackingTransport``. A request belongs to the API whose ``hosts`` match its host name
-(exactly, or ``*.suffix`` for any subdomain of ``suffix``, the longest suffix winning),
-else to an API named after the host itself, whose breaker uses the default settings.
+(exactly, or ``*.suffix`` for any subdomain of ``suffix``, the longest suffix winning);
+else, made by a handler that declares APIs (``@handler(apis=[...])``), to the one of them
+that has no ``hosts`` of its own when there is exactly one (so a declaration alone is
+enough: ``apis=["mailer"]`` and ``job.http.post("https://mailer.example/...")`` count for
+"mailer"); else to an API named after the host itself, whose breaker uses the default
+settings. The handler making a call is the :data:`CALLER` of the task (set by the runner
+around a handler that declares APIs). What cannot be attributed for sure is said once per
+case through ``warn``: a handler with several candidate APIs, one host counted for two
+APIs, a handler reporting an API it does not declare.
 
 The dispatcher asks before running a job that needs some APIs::
 
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -45,8 +53,10 @@ from tubeworker.flow.breaker import (
 )
 
 __all__ = [
+    "CALLER",
     "ApiSettings",
     "ApiTracker",
+    "Caller",
     "Permit",
     "TrackedCall",
     "TrackerStatistics",
@@ -71,6 +81,27 @@ class ApiSettings:
             raise TypeError(f"hosts must be a tuple of host names, got {self.hosts!r}")
         for pattern in self.hosts:
             _check_host_pattern(pattern)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The handler a call is made for, and the APIs it declares."""
+
+    handler: str
+    apis: tuple[str, ...]
+
+
+#: The handler whose code is running in this task, when it declares APIs (set by the runner).
+CALLER: ContextVar[Caller | None] = ContextVar("tubeworker_api_caller", default=None)
+
+_MAX_WARNINGS = 1000  # distinct cases said at most once each; past this, no more
+
+#: ``warn(event, fields)``: one line for an attribution a user should know about.
+Warn = Callable[[str, Mapping[str, object]], None]
+
+
+def _quiet(event: str, fields: Mapping[str, object]) -> None:
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,8 +280,12 @@ class ApiTracker:
         clock: Callable[[], float],
         default: BreakerSettings | None = None,
         rng: random.Random | None = None,
+        warn: Warn = _quiet,
     ) -> None:
         self._settings = dict(apis or {})
+        self._warn = warn
+        self._warned: set[tuple[str, ...]] = set()
+        self._host_owner: dict[str, str] = {}  # unclaimed host → the API first counted for it
         self._default = default or BreakerSettings()
         self._clock = clock
         self._rng = rng or random.Random()
@@ -262,10 +297,64 @@ class ApiTracker:
 
     # ------------------------------------------------------------------ names
 
-    def api_for_host(self, host: str) -> str:
-        """The API a request to ``host`` belongs to: a declared API, else the host name."""
+    def api_for_host(self, host: str, caller: Caller | None = None) -> str:
+        """The API a request to ``host`` belongs to: the API whose ``hosts`` claim it; else
+        the one API of ``caller``'s (default: this task's :data:`CALLER`) that has no
+        ``hosts``; else the host name."""
         normalized = _normalize_host(host)
-        return self._hosts.lookup(normalized) or normalized
+        claimed = self._hosts.lookup(normalized)
+        if claimed is not None:
+            return claimed
+        if caller is None:
+            caller = CALLER.get()
+        if caller is None or not caller.apis:
+            return normalized
+        candidates = [api for api in caller.apis if not self.has_hosts(api)]
+        if len(candidates) != 1:
+            self._once(
+                ("several", caller.handler, normalized),
+                "api call counted under its host name: no [api.NAME] hosts claims the host "
+                "and the handler declares several APIs without hosts",
+                handler=caller.handler,
+                host=normalized,
+                apis=list(caller.apis),
+                hint=f'add hosts = ["{normalized}"] to the [api.NAME] of the API it belongs to',
+            )
+            return normalized
+        api = candidates[0]
+        owner = self._host_owner.setdefault(normalized, api)
+        if owner != api:
+            self._once(
+                ("shared", normalized),
+                "one host counted for two APIs: each handler's calls feed its own API's breaker",
+                host=normalized,
+                apis=sorted((owner, api)),
+                hint=f'if they are one service, give it hosts = ["{normalized}"]',
+            )
+        return api
+
+    def has_hosts(self, api: str) -> bool:
+        """Whether ``[api.NAME] hosts`` names the host names of ``api``."""
+        declared = self._settings.get(api)
+        return declared is not None and bool(declared.hosts)
+
+    def check_declared(self, api: str, caller: Caller) -> None:
+        """A handler reports a call to ``api``: say once if it does not declare it (its
+        jobs then keep running while that API is open)."""
+        if api not in caller.apis:
+            self._once(
+                ("undeclared", caller.handler, api),
+                "handler reports calls to an API it does not declare: its jobs are not held "
+                "while that API is open",
+                handler=caller.handler,
+                api=api,
+                hint=f'add "{api}" to @handler(apis=[...])',
+            )
+
+    def _once(self, key: tuple[str, ...], event: str, **fields: object) -> None:
+        if key not in self._warned and len(self._warned) < _MAX_WARNINGS:
+            self._warned.add(key)
+            self._warn(event, fields)
 
     # ------------------------------------------------------------------ reporting
 
@@ -391,10 +480,14 @@ def call_api(
     name: str | None,
     host: str | None,
     caller_fault: Callable[[Exception], bool] | None = None,
+    caller: Caller | None = None,
 ) -> TrackedCall:
-    """``job.api(...)``: a call to the API ``name``, or to the one ``host`` belongs to."""
+    """``job.api(...)``: a call to the API ``name``, or to the one ``host`` belongs to
+    (for ``caller``, the handler making it)."""
     if name is None:
         if host is None:
             raise TypeError("an API name or a host is needed")
-        name = tracker.api_for_host(host)
+        name = tracker.api_for_host(host, caller)
+    elif caller is not None:
+        tracker.check_declared(name, caller)
     return tracker.call(name, caller_fault=caller_fault)

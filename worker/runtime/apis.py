@@ -44,7 +44,12 @@ def build_tracker(config: Config) -> ApiTracker:
     return ApiTracker(
         {api.name: ApiSettings(hosts=api.hosts, breaker=_breaker(api)) for api in config.apis},
         clock=trio.current_time,
+        warn=_warn,
     )
+
+
+def _warn(event: str, fields: Mapping[str, object]) -> None:
+    log.warning(event, **fields)
 
 
 def _breaker(api: ApiConfig) -> BreakerSettings:

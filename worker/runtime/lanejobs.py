@@ -17,7 +17,7 @@ from tubeworker.beanstalk.client import Address
 from tubeworker.burials import new_record
 from tubeworker.config import LimitConfig
 from tubeworker.errors import JobLostError, UnexpectedReplyError
-from tubeworker.flow import TrackedCall, call_api
+from tubeworker.flow import Caller, TrackedCall, call_api
 from tubeworker.flow.limits import key_of
 from tubeworker.job import Job
 from tubeworker.runtime.dispatch import plan_job
@@ -38,13 +38,16 @@ __all__ = ["LaneJobs"]
 class _JobServices:
     """What ``Job.touch/put/http`` reach: the lane that holds the job, and process services."""
 
-    __slots__ = ("_address", "_handler", "_job_id", "_jobs")
+    __slots__ = ("_address", "_apis", "_handler", "_job_id", "_jobs")
 
-    def __init__(self, jobs: LaneJobs, address: Address, job_id: int, handler: str) -> None:
+    def __init__(
+        self, jobs: LaneJobs, address: Address, job_id: int, handler: str, apis: frozenset[str]
+    ) -> None:
         self._jobs = jobs
         self._address = address
         self._job_id = job_id
         self._handler = handler
+        self._apis = apis  # what the job needs: its handler's and its tube's APIs
 
     @property
     def settings(self) -> Mapping[str, object] | None:
@@ -68,7 +71,8 @@ class _JobServices:
         host: str | None = None,
         caller_fault: Callable[[Exception], bool] | None = None,
     ) -> TrackedCall:
-        return call_api(self._jobs.pool.services.tracker, name, host, caller_fault)
+        caller = Caller(self._handler, tuple(sorted(self._apis)))
+        return call_api(self._jobs.pool.services.tracker, name, host, caller_fault, caller)
 
 
 class LaneJobs:
@@ -178,10 +182,10 @@ class LaneJobs:
             return
         if plan.budget.redeliveries:
             counters.redeliveries += 1
-        plan.job._services = _JobServices(self, self.address, job.id, plan.handler)
         apis = self.pool.apis_of(stats.tube) if self.pool.gated else _NO_APIS
         if plan.spec.apis:
             apis = apis | frozenset(plan.spec.apis)
+        plan.job._services = _JobServices(self, self.address, job.id, plan.handler, apis)
         limits = self.pool.services.limits
         if limits:
             applied = limits.applied(stats.tube, plan.handler, apis)

@@ -19,7 +19,7 @@ import trio
 from tubeworker.beanstalk import protocol as p
 from tubeworker.config import LimitConfig
 from tubeworker.errors import ConnectionLostError
-from tubeworker.flow import ApiTracker, Permit
+from tubeworker.flow import CALLER, ApiTracker, Caller, Permit
 from tubeworker.flow.limits import Lease, Limits
 from tubeworker.job import HandlerSpec, Middleware
 from tubeworker.observe.counters import JobCounters
@@ -251,6 +251,8 @@ class Runs:
         counters = self._counters
         counters.in_flight += 1
         outcome: Outcome | None = None
+        if run.apis:  # its job.http calls count for its API (see flow.tracker.CALLER)
+            CALLER.set(Caller(plan.handler, tuple(sorted(run.apis))))
         try:
             with run.scope:
                 while True:

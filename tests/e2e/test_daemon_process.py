@@ -199,6 +199,37 @@ def test_job_that_kills_the_worker_is_buried_after_the_redelivery_limit(
     assert exits[-1] == 0
 
 
+def test_given_routine_stops_past_the_drain_deadline_then_healthy_jobs_are_not_poison(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    # A rolling deploy whose grace period is shorter than the jobs, four times over: each
+    # stop returns every running job at the drain deadline. Those returns were the
+    # daemon's choice, on record in beanstalkd: no job is buried as poison (the limit is 3).
+    ids = put_jobs(beanstalkd, "sleepy", [{"n": n, "seconds": 5} for n in range(20)])
+    config = write_config(tmp_path / "w.toml", beanstalkd, concurrency=20, drain_timeout=1)
+    stops = 4
+    for stop in range(stops):
+        daemon = start(daemons, config, tmp_path)
+
+        def all_started(d: DaemonProcess = daemon, wanted: int = 20 * (stop + 1)) -> bool:
+            return sum(d.runs("start").values()) >= wanted
+
+        wait_until_sync(all_started, what="every job running")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=20) == 0
+        returned = [e for e in daemon.events() if e.get("cause") == "drain_deadline"]
+        assert len(returned) == 20
+    daemon = start(daemons, config, tmp_path)  # the deploy is done: this one is left alone
+    wait_until_sync(
+        lambda: set(job_states(beanstalkd, ids).values()) == {"deleted"},
+        timeout=30,
+        what="every job done",
+    )
+    assert sorted(daemon.runs("end")) == list(range(20))
+    assert not [e for d in daemons for e in d.events() if e.get("event") == "job buried"]
+    assert set(daemon.runs("start").values()) == {stops + 1}
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tubeworker", *args],

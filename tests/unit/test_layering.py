@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tubeworker.registry",
             "tubeworker.config",
             "tubeworker.burials",
+            "tubeworker.returns",
             # Apps' way to put jobs; job.put() and the runtime put through it.
             "tubeworker.producer",
         ),

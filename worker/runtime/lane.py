@@ -315,7 +315,9 @@ class Lane:
                 job, slot = waiting[-1]
                 stats = await client.receive()
                 waiting.pop()
-                self.jobs.begin(handlers, job, slot, stats)
+                # Rare: before a job is judged poison, the returns on record (a drain's).
+                returned = await self.jobs.returned(job.id) if self.jobs.may_be_poison(stats) else 0
+                self.jobs.begin(handlers, job, slot, stats, returned=returned)
         finally:
             for _, slot in waiting:  # connection lost before they started: free their slots
                 slot.release()

@@ -20,6 +20,7 @@ from tubeworker.errors import JobLostError, UnexpectedReplyError
 from tubeworker.flow import Caller, TrackedCall, call_api
 from tubeworker.flow.limits import key_of
 from tubeworker.job import Job
+from tubeworker.returns import new_return
 from tubeworker.runtime.dispatch import plan_job
 from tubeworker.runtime.outbox import Entry, Outbox
 from tubeworker.runtime.outcome import BuryJob, Cause, Outcome, ReturnJob
@@ -149,8 +150,30 @@ class LaneJobs:
 
     # ---- arrivals
 
-    def begin(self, handlers: trio.Nursery, job: p.Reserved, slot: Slot, stats: p.Reply) -> None:
-        """Start a job's handler, skip a job that is not ours, or queue its burial."""
+    def may_be_poison(self, stats: p.Reply) -> bool:
+        """Whether a job comes back often enough to be buried as poison, on its counters
+        alone (then ask :meth:`returned` before judging it; rare, so never per job)."""
+        if self.pool.services.returns is None or not isinstance(stats, p.JobStats):
+            return False
+        limit = self.pool.rules.policy.redelivery_limit * (stats.kicks + 1)
+        return stats.reserves - attempt_number(stats) >= limit
+
+    async def returned(self, job_id: int) -> int:
+        """How many of the job's redeliveries were returns a daemon chose (on record)."""
+        returns = self.pool.services.returns
+        return 0 if returns is None else await returns.count(self.address, job_id)
+
+    def begin(
+        self,
+        handlers: trio.Nursery,
+        job: p.Reserved,
+        slot: Slot,
+        stats: p.Reply,
+        *,
+        returned: int = 0,
+    ) -> None:
+        """Start a job's handler, skip a job that is not ours, or queue its burial.
+        ``returned``: its redeliveries that were returns a daemon chose (not its fault)."""
         now = time.monotonic()
         self.state.counters.reserved += 1
         if isinstance(stats, p.NotFound):
@@ -169,6 +192,7 @@ class LaneJobs:
             raise UnexpectedReplyError(f"stats-job {job.id} answered {stats!r}")
         # Most processes have no excuses at all: skip the lookup (the per-job path).
         excused = self.excuses.of(self.server_id, job.id) if self.excuses._counts else 0
+        excused = max(excused, returned)  # a return this process saw may be on record too
         plan = plan_job(job.id, job.body, stats, self.pool.rules, log=self.log, excused=excused)
         counters = self.state.counters
         if counters.detailed:
@@ -207,6 +231,12 @@ class LaneJobs:
             self.outcomes.record(finished)
             if outcome.cause in _NOT_THE_JOBS_FAULT:
                 self.excuses.add(self.server_id, finished.job_id)
+            records = self.pool.services.records
+            if records is not None and outcome.cause in _CHOSEN_RETURNS:
+                # On record for whichever worker gets it next: not a crash (see returns.py).
+                records.add(
+                    self.address, new_return(finished.job_id, run.stats, outcome.cause.value)
+                )
             self.must_close = True  # the only way to hand a job back without an outcome
             self.outbox.poke()
         else:
@@ -226,13 +256,13 @@ class LaneJobs:
         self.confirmed += 1
         self.outcomes.record(finished)
         outcome = finished.outcome
-        burials = self.pool.services.burials
-        if burials is not None and isinstance(outcome, BuryJob):
+        records = self.pool.services.records
+        if records is not None and isinstance(outcome, BuryJob):
             stats = finished.stats
             record = new_record(
                 finished.job_id, stats, outcome.cause.value, outcome.detail, attempt_number(stats)
             )
-            burials.add(self.address, record)
+            records.add(self.address, record)
         if self.excuses._counts and not isinstance(command, p.Release):
             self.excuses.forget(self.server_id, finished.job_id)
 
@@ -259,6 +289,11 @@ _NO_APIS: frozenset[str] = frozenset()
 # Returns that do not count toward the redelivery limit in this process.
 _NOT_THE_JOBS_FAULT = frozenset(
     {Cause.CONNECTION_LOST, Cause.API_OPEN, Cause.LIMITED, Cause.WORKER_STOPPED}
+)
+# Returns the daemon chose (a drain, a stop): on record in beanstalkd, so that they do not
+# count toward the redelivery limit in any process (a lost connection may not reach it).
+_CHOSEN_RETURNS = frozenset(
+    {Cause.DRAIN_DEADLINE, Cause.API_OPEN, Cause.LIMITED, Cause.WORKER_STOPPED}
 )
 
 

@@ -14,9 +14,9 @@ from tubeworker.beanstalk.client import Address, Client
 from tubeworker.flow import ApiTracker
 from tubeworker.flow.limits import Limits
 from tubeworker.producer import AsyncProducer, ServerFailure
-from tubeworker.runtime.burials import BurialQueue
 from tubeworker.runtime.excuses import Excuses
 from tubeworker.runtime.processes import PutRoute
+from tubeworker.runtime.records import RecordQueue, ReturnsLookup
 
 if TYPE_CHECKING:
     import httpx
@@ -106,8 +106,11 @@ class Services:
     tracker: ApiTracker = field(default_factory=lambda: ApiTracker(clock=trio.current_time))
     # The APIs every job of a tube needs ([api.NAME] tubes).
     tube_apis: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    # Burial records (why a job was buried), written by the daemon's recorder; None: not kept.
-    burials: BurialQueue | None = None
+    # Records kept in beanstalkd (why a job was buried, returns by the daemon's choice),
+    # written by the daemon's recorder, and the returns counted before a poison burial;
+    # None: not kept.
+    records: RecordQueue | None = None
+    returns: ReturnsLookup | None = None
     # Limits ([[limit]], [api.NAME] rate/max_concurrent): local ones here, fleet-wide ones
     # through their token brokers (limit name → brokers, run by the daemon).
     limits: Limits = field(default_factory=lambda: Limits((), clock=trio.current_time))
@@ -160,4 +163,6 @@ class Services:
         with trio.CancelScope(shield=True):
             if self._puts is not None:
                 await self._puts.aclose()
+            if self.returns is not None:
+                await self.returns.aclose()
             await self.http.aclose()

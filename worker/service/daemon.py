@@ -21,8 +21,13 @@ from tubeworker.flow.limits import Limits
 from tubeworker.observe.logs import line_buffer
 from tubeworker.registry import Registry
 from tubeworker.runtime.apis import build_tracker, log_transitions, run_tube_pauser, tube_apis
-from tubeworker.runtime.burials import BurialQueue, run_burial_recorder
 from tubeworker.runtime.lane import Lane
+from tubeworker.runtime.records import (
+    RecordQueue,
+    ReturnsLookup,
+    run_recorder,
+    run_return_sweeper,
+)
 from tubeworker.runtime.serve import run_pool
 from tubeworker.runtime.services import Services
 from tubeworker.runtime.slots import InFlight
@@ -38,6 +43,7 @@ log = structlog.get_logger("tubeworker")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 _READY_WAIT = 10.0  # READY=1 once every lane has tried its server once, or after this
+_RECORDS_FLUSH = 3.0  # seconds the last records (a drain's returns) get to be written
 
 
 def rss_bytes() -> int:
@@ -79,6 +85,11 @@ async def _drain_deadline(state: WorkerState, config: Config, notifier: Notifier
             jobs_running=state.running_jobs,
         )
     state.return_running_jobs()
+
+
+async def _record(config: Config, records: RecordQueue, done: trio.Event) -> None:
+    await run_recorder(config, records)
+    done.set()
 
 
 async def _recycle(state: WorkerState, config: Config) -> None:
@@ -161,7 +172,8 @@ async def _run_daemon(
         middleware=registry.middleware,
         tracker=build_tracker(config),
         tube_apis=tube_apis(config),
-        burials=BurialQueue(),
+        records=RecordQueue(),
+        returns=ReturnsLookup(config),
         limits=Limits(config.limits, clock=trio.current_time),
         token_brokers=fleet_brokers(config),
     )
@@ -179,8 +191,11 @@ async def _run_daemon(
             for brokers in services.token_brokers.values():
                 for broker in brokers:
                     helpers.start_soon(broker.run)
-            assert services.burials is not None
-            helpers.start_soon(run_burial_recorder, config, services.burials)
+            records = services.records
+            assert records is not None
+            recorded = trio.Event()
+            helpers.start_soon(_record, config, records, recorded)
+            helpers.start_soon(run_return_sweeper, config, tuple(servers))
             if config.stall_threshold:
                 handlers = [(n, r.spec.func) for n, r in registry.handlers.items()]
                 await helpers.start(run_stall_detector, config.stall_threshold, handlers)
@@ -193,7 +208,10 @@ async def _run_daemon(
                 state.lanes = list(lanes)
                 helpers.start_soon(_announce_ready, lanes, state, notifier, config)
                 task_status.started(state)
-            # every lane has returned: the drain is complete
+            # every lane has returned: the drain is complete once its records are written
+            records.close()
+            with trio.move_on_after(_RECORDS_FLUSH):
+                await recorded.wait()
             helpers.cancel_scope.cancel()
     finally:
         await services.aclose()

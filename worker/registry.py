@@ -78,6 +78,13 @@ class Registry:
         registered = self.handlers.get(name)
         return registered.spec if registered else None
 
+    def broken_reason(self, name: str) -> str | None:
+        """Why the handler registered as ``name`` failed to load, or None."""
+        broken = self.broken.get(name)
+        if broken is None:
+            return None
+        return f"{broken.target} from {broken.distribution}: {broken.error}"
+
     def require(self, names: Iterable[str], *, source: str = "config") -> None:
         """Raise ConfigError if any of ``names`` is missing or failed to load."""
         for name in names:

@@ -62,7 +62,7 @@ from tubeworker.flow import (
     call_api,
 )
 from tubeworker.job import HandlerSpec, Middleware, Verdict, spec_of
-from tubeworker.runtime.dispatch import DispatchRules, effective_policy, plan_job
+from tubeworker.runtime.dispatch import DispatchRules, Plan, effective_policy, plan_job
 from tubeworker.runtime.outcome import BuryJob, DeleteJob, ReleaseJob, ReturnJob
 from tubeworker.runtime.policy import RetryPolicy
 from tubeworker.runtime.runner import run_job, verdict_of
@@ -294,7 +294,7 @@ async def run_async(
     recorder = _Recorder(http, apis, job_id)
     recorder.settings = settings
     try:
-        if isinstance(plan, BuryJob):  # dispatch buried it: the handler never runs
+        if not isinstance(plan, Plan):  # dispatch decided it: the handler never runs
             budget = effective_policy(spec, policy).max_attempts
             return recorder.outcome(plan, attempt, budget, None, ran=False)
         margin = ttr_margin if ttr_margin is not None else defaults.ttr_margin

@@ -13,7 +13,7 @@ from tubeworker.envelope import encode_envelope
 from tubeworker.job import HandlerSpec, spec_of
 from tubeworker.observe.logs import configure_logging
 from tubeworker.runtime.dispatch import DispatchRules, Plan, effective_policy, plan_job
-from tubeworker.runtime.outcome import BuryJob, Cause
+from tubeworker.runtime.outcome import BuryJob, Cause, ReleaseJob
 from tubeworker.runtime.policy import RetryPolicy
 
 POLICY = RetryPolicy(max_attempts=3, backoff_base=1.0, backoff_cap=10.0, redelivery_limit=3)
@@ -78,6 +78,29 @@ def test_given_bad_bodies_then_each_is_buried_with_its_cause() -> None:
         burial = plan_job(7, body, stats(), ENVELOPES)
         assert isinstance(burial, BuryJob), body
         assert (burial.cause, burial.priority) == (cause, 42), body
+
+
+def test_given_a_handler_that_failed_to_load_then_released_saying_so_then_buried() -> None:
+    errors = {"broken.x": "acme.jobs:x from acme-plugins: ImportError: no module named 'pdf'"}
+    rules = DispatchRules(policy=POLICY, lookup=HANDLERS.get, broken=errors.get)
+    body = encode_envelope("broken.x", {})
+    first = plan_job(7, body, stats(), rules)
+    # Not "unknown": it is registered. Another worker, or this one fixed, may run it.
+    assert isinstance(first, ReleaseJob)
+    assert first.cause is Cause.HANDLER_BROKEN
+    assert first.detail == (
+        "handler 'broken.x' is registered but failed to load in this worker: "
+        "acme.jobs:x from acme-plugins: ImportError: no module named 'pdf'"
+    )
+    assert first.delay >= 1
+    last = plan_job(7, body, stats(reserves=3, releases=2), rules)
+    assert isinstance(last, BuryJob)
+    assert last.cause is Cause.HANDLER_BROKEN
+    assert "ImportError" in last.detail
+    assert last.detail.endswith("(attempt 3 of 3: giving up)")
+    unknown = plan_job(7, encode_envelope("nope", {}), stats(), rules)
+    assert isinstance(unknown, BuryJob)
+    assert unknown.cause is Cause.UNKNOWN_TASK
 
 
 def test_given_a_job_redelivered_past_the_limit_then_buried_as_poison() -> None:

@@ -15,8 +15,8 @@ import structlog
 from tubeworker.beanstalk.protocol import JobStats
 from tubeworker.envelope import BadEnvelope, MissingTask, decode_envelope
 from tubeworker.job import HandlerSpec, Job
-from tubeworker.runtime.outcome import BuryJob, Cause
-from tubeworker.runtime.policy import Budget, RetryPolicy, job_budget
+from tubeworker.runtime.outcome import BuryJob, Cause, ReleaseJob
+from tubeworker.runtime.policy import Budget, RetryPolicy, failure_outcome, job_budget
 
 __all__ = ["DispatchRules", "Plan", "plan_job"]
 
@@ -29,6 +29,8 @@ class DispatchRules:
     lookup: Callable[[str], HandlerSpec | None]  # the registry: task name → handler
     bound: HandlerSpec | None = None  # every job goes to this handler, body as it is
     bound_name: str | None = None
+    # A registered handler that failed to load here: task name → why (else None).
+    broken: Callable[[str], str | None] = lambda task: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +52,10 @@ def plan_job(
     *,
     log: structlog.typing.FilteringBoundLogger | None = None,
     excused: int = 0,
-) -> Plan | BuryJob:
-    """What to run, or a burial without running (bad body, poison, out of attempts)."""
+) -> Plan | BuryJob | ReleaseJob:
+    """What to run, or a burial without running (bad body, poison, out of attempts), or a
+    release (its handler failed to load in this worker: another may run it, or this one
+    once it is fixed; buried like any failure once its attempts are spent)."""
     task: str | None = None
     payload: Any = None
     if rules.bound is not None:
@@ -70,6 +74,9 @@ def plan_job(
             return BuryJob(stats.pri, Cause.BAD_BODY, str(exc))
         found = rules.lookup(task)
         if found is None:
+            error = rules.broken(task)
+            if error is not None:
+                return _not_loaded(task, error, stats, rules.policy, excused)
             return BuryJob(
                 stats.pri, Cause.UNKNOWN_TASK, f"no handler registered for task {task!r}"
             )
@@ -105,6 +112,16 @@ def plan_job(
         log=log,  # bound to the job on first use
     )
     return Plan(job, spec, handler, policy, budget)
+
+
+def _not_loaded(
+    task: str, error: str, stats: JobStats, policy: RetryPolicy, excused: int
+) -> BuryJob | ReleaseJob:
+    detail = f"handler {task!r} is registered but failed to load in this worker: {error}"
+    budget = job_budget(stats, policy, excused=excused)
+    return failure_outcome(
+        budget, policy, priority=stats.pri, cause=Cause.HANDLER_BROKEN, detail=detail
+    )
 
 
 def effective_policy(spec: HandlerSpec, policy: RetryPolicy) -> RetryPolicy:

@@ -21,7 +21,7 @@ from tubeworker.flow import Caller, TrackedCall, call_api
 from tubeworker.flow.limits import key_of
 from tubeworker.job import Job
 from tubeworker.returns import new_return
-from tubeworker.runtime.dispatch import plan_job
+from tubeworker.runtime.dispatch import Plan, plan_job
 from tubeworker.runtime.outbox import Entry, Outbox
 from tubeworker.runtime.outcome import BuryJob, Cause, Outcome, ReturnJob
 from tubeworker.runtime.policy import attempt_number
@@ -197,9 +197,9 @@ class LaneJobs:
         counters = self.state.counters
         if counters.detailed:
             counters.latency[stats.tube].observe(stats.age)  # put → reserve, whole seconds
-            if not isinstance(plan, BuryJob):
+            if isinstance(plan, Plan):
                 counters.attempts[stats.tube].observe(plan.budget.attempt)
-        if isinstance(plan, BuryJob):
+        if not isinstance(plan, Plan):
             slot.release()
             self._send(Finished(plan, job.id, stats, self.pool.config.handler, now))
             self.state.job_finished()

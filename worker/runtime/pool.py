@@ -49,6 +49,7 @@ class Pool:
             lookup=services.registry.get,
             bound=services.registry.get(config.handler) if config.handler else None,
             bound_name=config.handler,
+            broken=services.registry.broken_reason,
         )
         self.patterns = tuple(t for t in config.tubes if is_pattern(t))
         self.tubes: frozenset[str] = frozenset(t for t in config.tubes if not is_pattern(t))

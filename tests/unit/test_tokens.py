@@ -8,8 +8,15 @@ from typing import Any, cast
 import greenstalk
 
 from tubeworker.beanstalk.client import Address, Client
-from tubeworker.config import LimitConfig
-from tubeworker.runtime.tokens import TOKEN_TTR, TokenBroker, token_tubes
+from tubeworker.config import Config, LimitConfig
+from tubeworker.runtime.tokens import (
+    TOKEN_TTR,
+    TokenBroker,
+    TokenGroup,
+    fleet_tokens,
+    token_shares,
+    token_tubes,
+)
 
 
 class ScriptedTokens:
@@ -108,3 +115,56 @@ async def test_given_healthy_holders_then_their_tokens_are_not_stuck() -> None:
     assert await broker._stuck_tokens(client) == 0
     await broker._top_up(client)
     assert len(server.jobs) == 2
+
+
+# --------------------------------------------------------------------------- several servers
+
+
+def test_tokens_are_shared_out_over_the_servers() -> None:
+    assert token_shares(5, 2) == [3, 2]
+    assert token_shares(4, 2) == [2, 2]
+    assert token_shares(1, 3) == [1, 0, 0]
+    assert token_shares(7, 1) == [7]
+    assert sum(token_shares(97, 5)) == 97
+
+
+async def test_a_fleet_limit_puts_a_share_on_each_server_in_sorted_order() -> None:
+    limit = LimitConfig("partner", rate=20, burst=5, max_concurrent=5, fleet=True)
+    config = Config(
+        pools=(),
+        servers=(Address("10.0.0.2", 11300), Address("10.0.0.1", 11300)),
+        limits=(limit,),
+    )
+    running, rate = fleet_tokens(config)["partner"]
+    assert [(str(b.address), b.tube.count) for b in running.brokers] == [
+        ("10.0.0.1:11300", 3),
+        ("10.0.0.2:11300", 2),
+    ]
+    assert running.tube.count == 5  # the whole limit, for reports
+    assert [b.tube.count for b in rate.brokers] == [10, 10]  # rate 20 x P 1 s
+    assert running.reachable == 0  # nothing connected yet
+    running.brokers[1].connected = True
+    assert running.reachable == 2  # one server down: fewer tokens, never more
+
+
+async def test_a_waiting_job_takes_the_first_token_of_any_server_and_the_other_goes_back() -> None:
+    (tube,) = token_tubes(LimitConfig("partner", max_concurrent=2, fleet=True))
+
+    async def never(address: Address) -> Client:
+        raise AssertionError("not connected in this test")
+
+    first, second = (TokenBroker(tube, Address(f"10.0.0.{n}"), never) for n in (1, 2))
+    group = TokenGroup(tube, (first, second))
+    ticket = group.ticket()
+    later = group.ticket()
+    first._hand_out(5)
+    assert (ticket.token, ticket.broker) == (5, first)
+    second._hand_out(9)  # the first ticket is served: the next one in line gets it
+    assert (later.token, later.broker) == (9, second)
+    third = group.ticket()
+    ticket.cancel()  # a job that leaves with its token gives it back to its own server
+    assert first._returns[-1][0] == 5
+    third.cancel()  # left before any token came: out of every queue
+    assert first.waiting == second.waiting == 0
+    first._hand_out(6)  # nobody waits any more: the token goes straight back
+    assert first._returns[-1][0] == 6

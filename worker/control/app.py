@@ -154,6 +154,9 @@ class ControlApp:
             "limits": [asdict(stats) for stats in state.limits.statistics()]
             if state.limits is not None
             else [],
+            "fleet_tokens": [
+                {**asdict(tokens), "degraded": tokens.degraded} for tokens in state.fleet_tokens()
+            ],
         }
 
     def _action(self, scope: Scope, path: str) -> tuple[int, str, bytes]:

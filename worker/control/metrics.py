@@ -181,6 +181,35 @@ class WorkerCollector(Collector):
             waits.add_metric([stats.name], stats.waits)
             deferred.add_metric([stats.name], stats.deferred)
         yield from (running, waiting, admitted, waits, deferred)
+        yield from self._fleet_tokens()
+
+    def _fleet_tokens(self) -> Iterator[Metric]:
+        found = self.state.fleet_tokens()
+        if not found:
+            return
+        tokens = GaugeMetricFamily(
+            "tubeworker_limit_tokens",
+            "A fleet limit's tokens, over every server",
+            labels=["limit", "tube"],
+        )
+        reachable = GaugeMetricFamily(
+            "tubeworker_limit_tokens_reachable",
+            "A fleet limit's tokens on servers this worker reaches now (fewer: degraded)",
+            labels=["limit", "tube"],
+        )
+        degraded = GaugeMetricFamily(
+            "tubeworker_limit_degraded",
+            "1 while some of a fleet limit's token servers are out of reach",
+            labels=["limit"],
+        )
+        worst: dict[str, int] = {}
+        for group in found:
+            tokens.add_metric([group.limit, group.tube], group.tokens)
+            reachable.add_metric([group.limit, group.tube], group.reachable)
+            worst[group.limit] = max(worst.get(group.limit, 0), int(group.degraded is not None))
+        for limit, value in worst.items():
+            degraded.add_metric([limit], value)
+        yield from (tokens, reachable, degraded)
 
     def _apis(self) -> Iterator[Metric]:
         tracker = self.state.tracker

@@ -111,7 +111,7 @@ class LaneJobs:
             defer=self._put_copy,
             other_work=lambda: bool(pool.watchable()[0]),
             limits=services.limits,
-            brokers=services.token_brokers,
+            tokens=services.token_groups,
             limits_changed=services.limit_released,
         )
         self.server_id = str(address)  # the server's instance id once connected

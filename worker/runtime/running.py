@@ -28,7 +28,7 @@ from tubeworker.runtime.dispatch import Plan
 from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob, ReturnJob
 from tubeworker.runtime.runner import ProcessPool, report_timeout, run_job, timeout_outcome
 from tubeworker.runtime.slots import Slot
-from tubeworker.runtime.tokens import TokenBroker
+from tubeworker.runtime.tokens import TokenBroker, TokenGroup
 
 __all__ = ["Run", "Runs", "handler_timeout", "touch_interval", "ttr_allowance"]
 
@@ -157,12 +157,12 @@ class Runs:
         defer: Callable[[Run, int], Awaitable[int]] | None = None,
         other_work: Callable[[], bool] = lambda: False,
         limits: Limits | None = None,
-        brokers: dict[str, tuple[TokenBroker, ...]] | None = None,
+        tokens: dict[str, tuple[TokenGroup, ...]] | None = None,
         limits_changed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._defer = defer
         self._limits = limits or Limits((), clock=trio.current_time)
-        self._brokers = brokers or {}
+        self._tokens = tokens or {}
         self._limits_changed = limits_changed
         self._other_work = other_work
         self._runs: dict[int, Run] = {}
@@ -362,8 +362,8 @@ class Runs:
             if outcome is not None:
                 return outcome
         for limit in run.limits:
-            for broker in self._brokers.get(limit.name, ()) if limit.fleet else ():
-                outcome = await self._wait_for_token(run, broker, patience, deadline)
+            for group in self._tokens.get(limit.name, ()) if limit.fleet else ():
+                outcome = await self._wait_for_token(run, group, patience, deadline)
                 if outcome is not None:
                     return outcome
         return None
@@ -391,9 +391,9 @@ class Runs:
             limits.queue(run.limits, run.limit_keys, -1)
 
     async def _wait_for_token(
-        self, run: Run, broker: TokenBroker, patience: float, deadline: float
+        self, run: Run, group: TokenGroup, patience: float, deadline: float
     ) -> Outcome | None:
-        ticket = broker.ticket()  # kept while it waits: first come, first served
+        ticket = group.ticket()  # kept while it waits: first come, first served
         try:
             while not ticket.event.is_set():
                 outcome, deadline = await self._still_waiting(run, patience, deadline)
@@ -402,10 +402,12 @@ class Runs:
                 with trio.move_on_at(min(deadline, trio.current_time() + _LIMIT_POLL)):
                     await ticket.event.wait()
             token, ticket.token = ticket.token, None
+            broker = ticket.broker
         finally:
-            ticket.cancel()  # nothing to do once its token is taken
+            ticket.cancel()  # leaves the other servers' queues
         assert token is not None
-        if broker.tube.held:
+        assert broker is not None
+        if group.tube.held:
             run.tokens.append((broker, token))
         return None
 

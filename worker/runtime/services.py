@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from tubeworker.registry import Registry
     from tubeworker.runtime.slots import InFlight
     from tubeworker.runtime.state import WorkerState
-    from tubeworker.runtime.tokens import TokenBroker
+    from tubeworker.runtime.tokens import TokenGroup
 
 __all__ = ["LaneProducer", "Services", "SharedHttp", "put_servers"]
 
@@ -112,9 +112,10 @@ class Services:
     records: RecordQueue | None = None
     returns: ReturnsLookup | None = None
     # Limits ([[limit]], [api.NAME] rate/max_concurrent): local ones here, fleet-wide ones
-    # through their token brokers (limit name → brokers, run by the daemon).
+    # through their tokens (limit name → a group of brokers per token tube, run by the
+    # daemon).
     limits: Limits = field(default_factory=lambda: Limits((), clock=trio.current_time))
-    token_brokers: dict[str, tuple[TokenBroker, ...]] = field(default_factory=dict)
+    token_groups: dict[str, tuple[TokenGroup, ...]] = field(default_factory=dict)
     _lease_returned: trio.Event = field(default_factory=trio.Event)
 
     def __post_init__(self) -> None:

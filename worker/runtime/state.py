@@ -9,7 +9,7 @@ The scopes are small classes, not generator context managers: they are on the pe
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
@@ -22,6 +22,7 @@ from tubeworker.flow.limits import Limits
 from tubeworker.observe.counters import JobCounters
 from tubeworker.observe.events import EventBus
 from tubeworker.runtime.outcome import Cause
+from tubeworker.runtime.tokens import FleetTokens, TokenGroup
 
 __all__ = ["BusyLane", "LaneStatistics", "LaneView", "WorkerState"]
 
@@ -100,6 +101,11 @@ class WorkerState:
         self.tracker: ApiTracker | None = None
         #: Limits, for reports (set by the daemon).
         self.limits: Limits | None = None
+        #: Fleet limits' tokens over the servers, for reports (set by the daemon).
+        self.token_groups: Mapping[str, tuple[TokenGroup, ...]] = {}
+
+    def fleet_tokens(self) -> list[FleetTokens]:
+        return [g.statistics() for groups in self.token_groups.values() for g in groups]
 
     @property
     def may_fetch(self) -> bool:

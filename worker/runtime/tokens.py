@@ -25,7 +25,17 @@ their TTR and puts replacements (``_stuck_tokens``); they are surplus once they 
 
 Each broker owns one connection (only the connection that reserved a token may release
 it) and polls the token tube with ``reserve-with-timeout 0`` while jobs wait for tokens.
-Fleet tokens live on the first configured server.
+
+**Several servers.** The K tokens are spread over the daemon's servers (``servers``, in
+sorted order, so every daemon that lists the same servers agrees), each holding its share
+(:func:`token_shares`). A job takes a token from whichever server hands one first
+(:class:`TokenGroup`). While a server is down its share is out of reach: the fleet runs
+with fewer tokens, never more, and the limit says it is degraded (``/status``, the metrics,
+the log); jobs of the servers that are up keep running under the remaining share. When the
+server returns, its tokens are there again (with a binlog; without, the daemons put them
+back at their next top-up). A limit whose every token server is down holds its jobs until
+one returns (they are deferred past ``defer_after`` like any full limit). So every daemon
+sharing a fleet limit must list the same servers: ``tubeworker check`` shows the shares.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ import random
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import greenstalk
 import structlog
@@ -45,7 +55,19 @@ from tubeworker.beanstalk.client import Address, Client, connect
 from tubeworker.config import Config, LimitConfig
 from tubeworker.errors import ConnectionLostError, ProtocolError
 
-__all__ = ["TOKEN_TTR", "Ticket", "TokenBroker", "TokenTube", "fleet_brokers", "token_tubes"]
+__all__ = [
+    "TOKEN_TTR",
+    "FleetTokens",
+    "Ticket",
+    "TokenBroker",
+    "TokenGroup",
+    "TokenTube",
+    "fleet_tokens",
+    "token_shares",
+    "token_tubes",
+]
+
+log = structlog.get_logger("tubeworker")
 
 TOKEN_TTR = 10  # seconds a token stays reserved by a silent holder
 _TOUCH_EVERY = TOKEN_TTR / 3
@@ -88,24 +110,34 @@ def token_tubes(settings: LimitConfig) -> tuple[TokenTube, ...]:
 
 
 class Ticket:
-    """A place in a broker's queue: ``token`` is set (and ``event``) when one is handed
-    to it. A job keeps its ticket while it waits, however often it wakes to look around,
-    so tokens go to waiting jobs first come, first served."""
+    """A place in the queues of a group's brokers: ``token`` (and ``broker``, the one that
+    gave it) is set, and ``event``, when the first of them hands one to it. A job keeps
+    its ticket while it waits, however often it wakes to look around, so tokens go to
+    waiting jobs first come, first served."""
 
-    __slots__ = ("_broker", "event", "token")
+    __slots__ = ("_brokers", "broker", "event", "token")
 
-    def __init__(self, broker: TokenBroker) -> None:
-        self._broker = broker
+    def __init__(self, brokers: tuple[TokenBroker, ...]) -> None:
+        self._brokers = brokers
         self.event = trio.Event()
         self.token: int | None = None
+        self.broker: TokenBroker | None = None
+
+    def offer(self, broker: TokenBroker, token: int) -> bool:
+        """A broker hands ``token`` over; False if another broker was first."""
+        if self.event.is_set():
+            return False
+        self.token, self.broker = token, broker
+        self.event.set()
+        return True
 
     def cancel(self) -> None:
-        """Leave the queue; a token that came meanwhile goes back to the broker."""
-        if self.token is not None:
-            self._broker.give_back(self.token)
+        """Leave the queues; a token that came meanwhile goes back to its broker."""
+        if self.token is not None and self.broker is not None:
+            self.broker.give_back(self.token)
             self.token = None
-        elif self in self._broker._waiters:
-            self._broker._waiters.remove(self)
+        for broker in self._brokers:
+            broker.forget(self)
 
 
 class TokenBroker:
@@ -121,9 +153,11 @@ class TokenBroker:
         rng: random.Random | None = None,
     ) -> None:
         self.tube = tube
-        self._address = address
+        self.address = address
         self._connect = connect
-        self._log = (log or structlog.get_logger("tubeworker")).bind(token_tube=tube.tube)
+        self._log = (log or structlog.get_logger("tubeworker")).bind(
+            token_tube=tube.tube, server=str(address)
+        )
         self._rng = rng or random.Random()
         self._waiters: deque[Ticket] = deque()
         self._held: dict[int, int] = {}  # token id → the connection generation it is on
@@ -137,24 +171,29 @@ class TokenBroker:
         # process in turn, so these are how a stuck one is found (see _stuck_tokens).
         self._seen: OrderedDict[int, None] = OrderedDict()
         self.connected = False
+        self.tried = False  # connected, or failed to, once
+        #: Called when ``connected`` changes (the group reports its limit's health).
+        self.on_connection: Callable[[], None] | None = None
         #: tokens taken, and times a job found none ready.
         self.taken = 0
         self.waited = 0
 
     # ---- for jobs
 
-    def ticket(self) -> Ticket:
-        """Join the queue for a token; wait on ``ticket.event``, and ``cancel()`` it if the
-        job stops waiting."""
-        ticket = Ticket(self)
+    def join(self, ticket: Ticket) -> None:
+        """Queue ``ticket`` for this broker's next token."""
         self._waiters.append(ticket)
         self._wake.set()
-        return ticket
+
+    def forget(self, ticket: Ticket) -> None:
+        if ticket in self._waiters:
+            self._waiters.remove(ticket)
 
     async def acquire(self) -> int:
         """A token (its job id); waits until one is ready. Cancellation-safe: a token
         that arrives for a cancelled waiter is given back."""
-        ticket = self.ticket()
+        ticket = Ticket((self,))
+        self.join(ticket)
         try:
             await ticket.event.wait()
         except BaseException:
@@ -173,11 +212,18 @@ class TokenBroker:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        """Jobs waiting for a token (those another server served are skipped)."""
+        return sum(1 for waiter in self._waiters if not waiter.event.is_set())
 
     @property
     def holding(self) -> int:
         return len(self._held)
+
+    def _set_connected(self, connected: bool) -> None:
+        changed = connected != self.connected or not self.tried
+        self.connected, self.tried = connected, True
+        if changed and self.on_connection is not None:
+            self.on_connection()
 
     # ---- the broker's task
 
@@ -185,20 +231,24 @@ class TokenBroker:
         """Serve tokens until cancelled, reconnecting after a lost connection (tokens held
         on it are beanstalkd's again: their jobs go on without them)."""
         delay = 0.1
+        failures = 0
         while True:
             client: Client | None = None
             try:
-                client = await self._connect(self._address)
+                client = await self._connect(self.address)
                 await client.use(self.tube.tube)
                 await client.watch(self.tube.tube)
                 await client.ignore("default")
-                self.connected = True
-                delay = 0.1
+                self._set_connected(True)
+                delay, failures = 0.1, 0
                 await self._serve(client)
             except (ConnectionLostError, ProtocolError, greenstalk.Error, OSError) as exc:
-                self._log.warning("token connection lost", error=str(exc), retry_in=delay)
+                failures += 1
+                # Said once; the group says what it means for the limit (degraded).
+                say = self._log.warning if failures == 1 else self._log.debug
+                say("token connection lost", error=str(exc), retry_in=round(delay, 2))
             finally:
-                self.connected = False
+                self._set_connected(False)
                 self._generation += 1
                 self._held.clear()
                 self._touched_at.clear()
@@ -255,15 +305,18 @@ class TokenBroker:
         return reserved.id
 
     def _hand_out(self, token: int) -> None:
-        self.taken += 1
         self._held[token] = self._generation
         self._seen[token] = None
         self._seen.move_to_end(token)
         while len(self._seen) > 4 * self.tube.count:
             self._seen.popitem(last=False)
-        waiter = self._waiters.popleft()
-        waiter.token = token
-        waiter.event.set()
+        taken = False
+        while self._waiters and not taken:
+            taken = self._waiters.popleft().offer(self, token)
+        if not taken:  # another server's broker served them first: straight back
+            self.give_back(token)
+            return
+        self.taken += 1
         if self.tube.held:
             self._touched_at[token] = trio.current_time()
         else:
@@ -342,9 +395,92 @@ class TokenBroker:
         return stuck
 
 
-def fleet_brokers(config: Config) -> dict[str, tuple[TokenBroker, ...]]:
-    """A broker per token tube of each fleet-wide limit, on the first configured server."""
-    address = config.servers[0]
+def token_shares(count: int, servers: int) -> list[int]:
+    """K tokens over S servers, as evenly as possible, the first servers taking one more."""
+    return [count // servers + (1 if i < count % servers else 0) for i in range(servers)]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenServer:
+    """One server's part of a token group, for reports."""
+
+    server: str
+    share: int
+    connected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FleetTokens:
+    """A fleet limit's tokens of one kind, as ``/status`` and the metrics show them."""
+
+    limit: str
+    tube: str
+    tokens: int  # K
+    reachable: int  # on servers this process is connected to
+    servers: tuple[TokenServer, ...]
+
+    @property
+    def degraded(self) -> str | None:
+        """Why fewer than K tokens are in reach, or None."""
+        down = [s for s in self.servers if not s.connected]
+        if not down:
+            return None
+        names = ", ".join(f"{s.server} ({s.share} tokens)" for s in down)
+        return f"server down: {names}; {self.reachable} of {self.tokens} tokens in reach"
+
+
+class TokenGroup:
+    """The tokens of one token tube across the servers: a job takes one from whichever
+    broker hands it first (see the module docstring)."""
+
+    def __init__(self, tube: TokenTube, brokers: tuple[TokenBroker, ...]) -> None:
+        self.tube = tube
+        self.brokers = brokers
+        self._told: str | None = None  # the degradation last said
+        self._started = False
+        for broker in brokers:
+            broker.on_connection = self._connection_changed
+
+    def ticket(self) -> Ticket:
+        """Join every server's queue for a token; wait on ``ticket.event``, and
+        ``cancel()`` it when the job stops waiting."""
+        ticket = Ticket(self.brokers)
+        for broker in self.brokers:
+            broker.join(ticket)
+        return ticket
+
+    def statistics(self) -> FleetTokens:
+        servers = tuple(
+            TokenServer(str(b.address), b.tube.count, b.connected) for b in self.brokers
+        )
+        return FleetTokens(
+            self.tube.limit, self.tube.tube, self.tube.count, self.reachable, servers
+        )
+
+    @property
+    def reachable(self) -> int:
+        """Tokens on servers this process is connected to now (K when all are up)."""
+        return sum(b.tube.count for b in self.brokers if b.connected)
+
+    def _connection_changed(self) -> None:
+        if not self._started:  # until every server has been tried once, nothing is lost
+            if any(not b.tried for b in self.brokers):
+                return
+            self._started = True
+        why = self.statistics().degraded
+        if why == self._told:
+            return
+        if why is not None:
+            log.warning("fleet limit degraded", limit=self.tube.limit, tube=self.tube.tube, why=why)
+        else:
+            log.info("fleet limit restored", limit=self.tube.limit, tube=self.tube.tube)
+        self._told = why
+
+
+def fleet_tokens(config: Config) -> dict[str, tuple[TokenGroup, ...]]:
+    """Per fleet-wide limit, a token group per token tube, its tokens spread over the
+    servers (a broker per server holding a share)."""
+    servers = sorted(config.servers, key=str)
 
     async def connect_tokens(address: Address) -> Client:
         return await connect(
@@ -354,8 +490,18 @@ def fleet_brokers(config: Config) -> dict[str, tuple[TokenBroker, ...]]:
             keepalive=config.keepalive,
         )
 
-    return {
-        limit.name: tuple(TokenBroker(tube, address, connect_tokens) for tube in token_tubes(limit))
-        for limit in config.limits
-        if limit.fleet
-    }
+    groups: dict[str, tuple[TokenGroup, ...]] = {}
+    for limit in config.limits:
+        if not limit.fleet:
+            continue
+        found = []
+        for tube in token_tubes(limit):
+            shares = token_shares(tube.count, len(servers))
+            brokers = tuple(
+                TokenBroker(replace(tube, count=share), address, connect_tokens)
+                for address, share in zip(servers, shares, strict=True)
+                if share
+            )
+            found.append(TokenGroup(tube, brokers))
+        groups[limit.name] = tuple(found)
+    return groups

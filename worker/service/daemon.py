@@ -32,7 +32,7 @@ from tubeworker.runtime.serve import run_pool
 from tubeworker.runtime.services import Services
 from tubeworker.runtime.slots import InFlight
 from tubeworker.runtime.state import WorkerState
-from tubeworker.runtime.tokens import fleet_brokers
+from tubeworker.runtime.tokens import fleet_tokens
 from tubeworker.service.notify import Notifier
 from tubeworker.service.stall import run_stall_detector
 from tubeworker.service.status import DRAIN_MARGIN, run_drain_updates, run_status_updates
@@ -175,10 +175,11 @@ async def _run_daemon(
         records=RecordQueue(),
         returns=ReturnsLookup(config),
         limits=Limits(config.limits, clock=trio.current_time),
-        token_brokers=fleet_brokers(config),
+        token_groups=fleet_tokens(config),
     )
     state.tracker = services.tracker
     state.limits = services.limits
+    state.token_groups = services.token_groups
     log_transitions(services.tracker, state.events)
     servers = sorted({a for pool in config.pools for a in pool.servers or config.servers}, key=str)
     try:
@@ -188,9 +189,10 @@ async def _run_daemon(
             helpers.start_soon(_drain_deadline, state, config, notifier)
             helpers.start_soon(_recycle, state, config)
             helpers.start_soon(run_tube_pauser, config, services.tracker, servers)
-            for brokers in services.token_brokers.values():
-                for broker in brokers:
-                    helpers.start_soon(broker.run)
+            for groups in services.token_groups.values():
+                for group in groups:
+                    for broker in group.brokers:
+                        helpers.start_soon(broker.run)
             records = services.records
             assert records is not None
             recorded = trio.Event()

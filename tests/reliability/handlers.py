@@ -13,7 +13,7 @@ never interleave. The ledger (``ledger.py``) reads the file back.
 
 Payload keys: ``n``; ``sleep`` (seconds, default 0); ``shield`` (true: the sleep ignores
 cancellation, like a handler stuck in a blocking call that cannot be interrupted); ``pad``
-(ignored: makes bodies big).
+(ignored: makes bodies big); ``fail_first`` (true: the first attempt raises after START).
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ async def record(job: Job) -> None:
     """START, sleep ``payload["sleep"]`` seconds (shielded if ``payload["shield"]``), END."""
     append("START", job)
     payload = _payload(job)
+    if payload.get("fail_first") and job.attempt == 1:
+        raise RuntimeError("first attempt fails (fail_first)")
     seconds = float(payload.get("sleep", 0))
     if payload.get("shield"):
         with trio.CancelScope(shield=True):

@@ -69,6 +69,9 @@ class FakeBeanstalkd:
         self.delete_not_found: set[int] = set()  # delete answers NOT_FOUND for these
         self.deadline_soon = False  # every reserve answers DEADLINE_SOON
         self.close_on: Callable[[str], bool] | None = None  # close when a command matches
+        # The binlog has no room: a release with a delay answers OUT_OF_MEMORY and a bury
+        # INTERNAL_ERROR, after unlinking the job ("stranded": reserved by nobody).
+        self.binlog_full = False
 
     # ---- the test's side
 
@@ -162,9 +165,9 @@ class FakeBeanstalkd:
         mine = job is not None and job.owner == conn.index and job.state == "reserved"
         if not mine or job is None:
             return b"NOT_FOUND\r\n"
-        return self._outcome(conn, verb, job)
+        return self._outcome(conn, verb, job, args)
 
-    def _outcome(self, conn: _Conn, verb: str, job: FakeJob) -> bytes:
+    def _outcome(self, conn: _Conn, verb: str, job: FakeJob, command_args: list[str]) -> bytes:
         if verb == "touch":
             return b"TOUCHED\r\n"
         conn.reserved.discard(job.id)
@@ -175,9 +178,15 @@ class FakeBeanstalkd:
             del self.jobs[job.id]
             return b"DELETED\r\n"
         if verb == "release":
+            if self.binlog_full and int(command_args[2]) > 0:
+                job.state = "stranded"
+                return b"OUT_OF_MEMORY\r\n"
             job.state, job.releases = "ready", job.releases + 1
             return b"RELEASED\r\n"
         if verb == "bury":
+            if self.binlog_full:
+                job.state = "stranded"
+                return b"INTERNAL_ERROR\r\n"
             job.state, job.buries = "buried", job.buries + 1
             return b"BURIED\r\n"
         return b"UNKNOWN_COMMAND\r\n"

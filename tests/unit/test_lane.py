@@ -17,7 +17,7 @@ import trio.testing
 from structlog.testing import capture_logs
 
 from tests.support.fakestalk import FakeBeanstalkd
-from tubeworker import Job, handler
+from tubeworker import Bury, Job, Retry, handler
 from tubeworker.beanstalk.client import Address
 from tubeworker.config import Config, LoggingConfig, PoolConfig, RetrySettings
 from tubeworker.registry import Registry
@@ -403,3 +403,74 @@ async def test_given_every_connection_lost_before_confirming_then_the_lane_says_
     # Every delivery lost with the link was excused: the link's fault, not the jobs'.
     assert not rig.events("job buried")
     assert len(rig.lane.services.excuses) == 0  # forgotten once the jobs were deleted
+
+
+# --------------------------------------------------------------------------- a full binlog
+
+
+async def test_given_a_full_binlog_then_one_job_is_stranded_and_later_failures_are_held(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # beanstalkd refuses a release with a delay (OUT_OF_MEMORY) after unlinking the job:
+    # that first job is stranded. Every later failure is held, touched, for its backoff and
+    # released with delay 0 (no binlog record); burials wait for room.
+    async def flaky(job: Job) -> None:
+        raise Retry(delay=30, reason="try later")
+
+    async with lane_rig(flaky, slots=1) as rig:
+        rig.server.binlog_full = True
+        ids = [rig.server.put(ttr=10) for _ in range(3)]
+        health = rig.lane.services.binlog(rig.lane.address)
+        await wait_for(lambda: health.full)
+        started = trio.current_time()
+        await wait_for(lambda: any(f"release {ids[1]} 1024 0" in c for c in rig.server.commands()))
+        assert trio.current_time() - started >= 29.9  # its backoff, in the worker
+        stranded = [i for i in ids if rig.server.state_of(i) == "stranded"]
+        assert stranded == [ids[0]]
+        # Touched meanwhile (TTR 10: every 5 s), so it never ran out.
+        assert rig.server.commands().count(f"touch {ids[1]}") >= 5
+        assert not any(c.startswith(f"release {ids[1]} 1024 30") for c in rig.server.commands())
+        assert health.refusals == 1
+        rig.server.binlog_full = False
+        health.recovered()
+        await wait_for(lambda: any(f"release {ids[2]} 1024 30" in c for c in rig.server.commands()))
+    assert rig.events("binlog full: failing jobs are held in the worker until the server has room")
+    assert rig.events("binlog has room again")
+
+
+async def test_given_a_full_binlog_then_a_burial_waits_for_room(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def hopeless(job: Job) -> None:
+        raise Bury("no such user")
+
+    async with lane_rig(hopeless, slots=1) as rig:
+        rig.server.binlog_full = True
+        first, second = rig.server.put(), rig.server.put()
+        health = rig.lane.services.binlog(rig.lane.address)
+        await wait_for(lambda: rig.server.state_of(first) == "stranded")
+        await wait_for(lambda: health.held == 1)
+        await trio.sleep(120)
+        assert rig.server.state_of(second) == "reserved"  # held, not buried into the void
+        rig.server.binlog_full = False
+        health.recovered()
+        await wait_for(lambda: rig.server.state_of(second) == "buried")
+    (buried,) = [e for e in rig.events("job buried") if e["job_id"] == second]
+    assert buried["reason"] == "no such user"
+
+
+async def test_given_a_full_binlog_when_draining_then_a_held_failure_goes_out_with_delay_0(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def flaky(job: Job) -> None:
+        raise Retry(delay=600)
+
+    async with lane_rig(flaky, slots=1) as rig:
+        health = rig.lane.services.binlog(rig.lane.address)
+        health.refused("put")  # learned from a put: no job stranded at all
+        rig.server.binlog_full = True
+        job = rig.server.put()
+        await wait_for(lambda: health.held == 1)
+        rig.state.begin_drain("test")
+        await wait_for(lambda: rig.server.state_of(job) == "ready")
+    assert f"release {job} 1024 0" in rig.server.commands()

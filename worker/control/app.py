@@ -154,6 +154,15 @@ class ControlApp:
             "limits": [asdict(stats) for stats in state.limits.statistics()]
             if state.limits is not None
             else [],
+            "binlogs": {
+                server: {
+                    "full": health.full,
+                    "since": health.since,
+                    "held": health.held,
+                    "refusals": health.refusals,
+                }
+                for server, health in state.binlogs.items()
+            },
             "fleet_tokens": [
                 {**asdict(tokens), "degraded": tokens.degraded} for tokens in state.fleet_tokens()
             ],

@@ -152,6 +152,29 @@ class WorkerCollector(Collector):
         yield from self._tubes()
         yield from self._apis()
         yield from self._limits()
+        yield from self._binlogs()
+
+    def _binlogs(self) -> Iterator[Metric]:
+        full = GaugeMetricFamily(
+            "tubeworker_server_binlog_full",
+            "1 while a server's binlog has no room (failures are held in the worker)",
+            labels=["server"],
+        )
+        held = GaugeMetricFamily(
+            "tubeworker_binlog_held_jobs",
+            "Jobs held because their server's binlog has no room",
+            labels=["server"],
+        )
+        refusals = CounterMetricFamily(
+            "tubeworker_binlog_refusals",
+            "Outcomes and puts a server refused for want of binlog room",
+            labels=["server"],
+        )
+        for server, health in sorted(self.state.binlogs.items()):
+            full.add_metric([server], int(health.full))
+            held.add_metric([server], health.held)
+            refusals.add_metric([server], health.refusals)
+        yield from (full, held, refusals)
 
     def _limits(self) -> Iterator[Metric]:
         limits = self.state.limits

@@ -113,6 +113,7 @@ class LaneJobs:
             limits=services.limits,
             tokens=services.token_groups,
             limits_changed=services.limit_released,
+            binlog=services.binlog(address),
         )
         self.server_id = str(address)  # the server's instance id once connected
         self.must_close = False  # a job was returned: close the connection when idle
@@ -251,6 +252,10 @@ class LaneJobs:
         """beanstalkd answered an outcome: record what really happened to the job."""
         if not _applied(command, reply):
             refused(self.log, command, reply)
+            if isinstance(reply, p.OutOfMemory | p.InternalError):
+                # No binlog room (docs/beanstalkd.md#b3): hold failures from now on.
+                verb = type(command).__name__.lower()
+                self.pool.services.binlog(self.address).refused(verb, finished.job_id)
             self.outcomes.record(unapplied(finished, reply))
             return
         self.confirmed += 1

@@ -46,6 +46,7 @@ class Cause(enum.Enum):
     API_OPEN = "api_open"  # held for an open API when the daemon drained
     WORKER_STOPPED = "worker_stopped"  # its compute worker got the group's stop signal
     LIMITED = "limited"  # waiting for its limit (rate, concurrency) when the daemon drained
+    BINLOG_FULL = "binlog_full"  # its burial waited for binlog room when the daemon drained
 
 
 class _Described:

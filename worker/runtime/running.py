@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Literal
+from dataclasses import replace
+from typing import Literal, TypeGuard
 
 import greenstalk
 import structlog
@@ -24,6 +25,7 @@ from tubeworker.flow.limits import Lease, Limits
 from tubeworker.job import HandlerSpec, Middleware
 from tubeworker.observe.counters import JobCounters
 from tubeworker.runtime.admission import wait_for_apis
+from tubeworker.runtime.binlog import BinlogHealth
 from tubeworker.runtime.dispatch import Plan
 from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob, ReturnJob
 from tubeworker.runtime.runner import ProcessPool, report_timeout, run_job, timeout_outcome
@@ -40,6 +42,15 @@ _SETTLE_POLL = 0.1
 
 # A job waiting for a full concurrency limit looks again at least this often.
 _LIMIT_POLL = 1.0
+
+# A job held for binlog room looks again at least this often (and notices a drain).
+_BINLOG_POLL = 1.0
+
+
+def _needs_room(outcome: Outcome) -> TypeGuard[ReleaseJob | BuryJob]:
+    """An outcome beanstalkd must write to its binlog: a release with a delay, a bury."""
+    return isinstance(outcome, BuryJob) or (isinstance(outcome, ReleaseJob) and outcome.delay > 0)
+
 
 # Outcomes that say the handler's call failed (an API's fault, if that API is now open).
 _FAILURES = frozenset({Cause.HANDLER_ERROR, Cause.HANDLER_RETRY, Cause.TIMEOUT})
@@ -159,7 +170,9 @@ class Runs:
         limits: Limits | None = None,
         tokens: dict[str, tuple[TokenGroup, ...]] | None = None,
         limits_changed: Callable[[], Awaitable[None]] | None = None,
+        binlog: BinlogHealth | None = None,
     ) -> None:
+        self._binlog = binlog
         self._defer = defer
         self._limits = limits or Limits((), clock=trio.current_time)
         self._tokens = tokens or {}
@@ -255,24 +268,7 @@ class Runs:
             CALLER.set(Caller(plan.handler, tuple(sorted(run.apis))))
         try:
             with run.scope:
-                while True:
-                    if run.holding:
-                        outcome = await self._admit(run)
-                        if outcome is not None:
-                            break
-                    outcome = await run_job(
-                        plan.job,
-                        plan.spec,
-                        plan.budget,
-                        plan.policy,
-                        timeout=None,  # the run's scope carries the deadline
-                        profile=self._profile,
-                        limiter=self._limiter,
-                        processes=self._processes,
-                        middleware=self._middleware,
-                    )
-                    if not run.apis or not await self._failed_with_its_api(run, outcome):
-                        break
+                outcome = await self._run_held_or_not(run)
         finally:
             run.release_admission()
             counters.in_flight -= 1
@@ -288,6 +284,33 @@ class Runs:
             if self._middleware:
                 await report_timeout(plan.job, outcome, self._middleware)
         self._on_finished(run, outcome)
+
+    async def _run_held_or_not(self, run: Run) -> Outcome:
+        """The run's outcome: admitted (held first if it must wait), run, held again if its
+        API failed under it, and held once more while its server has no binlog room. A
+        hold that ends by a drain cancels the run's scope: no outcome comes back."""
+        plan = run.plan
+        while True:
+            if run.holding:
+                admitted = await self._admit(run)
+                if admitted is not None:
+                    return admitted
+            outcome = await run_job(
+                plan.job,
+                plan.spec,
+                plan.budget,
+                plan.policy,
+                timeout=None,  # the run's scope carries the deadline
+                profile=self._profile,
+                limiter=self._limiter,
+                processes=self._processes,
+                middleware=self._middleware,
+            )
+            if not run.apis or not await self._failed_with_its_api(run, outcome):
+                break
+        if self._binlog is not None and self._binlog.full and _needs_room(outcome):
+            return await self._hold_for_binlog(run, outcome)
+        return outcome
 
     async def _admit(self, run: Run) -> Outcome | None:
         """A held run: wait for its APIs, then its limits; or defer it (an outcome)."""
@@ -479,6 +502,37 @@ class Runs:
             if not tracker.failing(run.apis) or self._draining():
                 return False
         return False
+
+    async def _hold_for_binlog(self, run: Run, outcome: ReleaseJob | BuryJob) -> Outcome:
+        """Its server's binlog has no room (see runtime.binlog): hold the job, touched, for
+        its backoff, then release it with delay 0 (no record needed); hold a burial until
+        the server has room. A drain releases a held failure at once and hands back a held
+        burial."""
+        binlog = self._binlog
+        assert binlog is not None
+        now = trio.current_time()
+        due = now + outcome.delay if isinstance(outcome, ReleaseJob) else math.inf
+        run.holding = True  # touched, no deadline running
+        run.scope.deadline = math.inf
+        run.next_touch = run.touched_at + touch_interval(run.stats.ttr, self._margin)
+        binlog.held += 1
+        try:
+            while binlog.full and not self._draining() and trio.current_time() < due:
+                with trio.move_on_at(min(due, trio.current_time() + _BINLOG_POLL)):
+                    await binlog.wait_recovered()
+        finally:
+            binlog.held -= 1
+        if not binlog.full:  # room again: its outcome as decided, the rest of its backoff
+            if isinstance(outcome, ReleaseJob):
+                left = max(1, math.ceil(due - trio.current_time()))
+                return replace(outcome, delay=min(outcome.delay, left))
+            return outcome
+        if isinstance(outcome, BuryJob):  # draining: it cannot be buried, it goes back
+            run.give_back(Cause.BINLOG_FULL, "draining while its burial waited for binlog room")
+            await trio.lowlevel.checkpoint()  # the cancelled scope ends the run here
+        waited = round(trio.current_time() - now)
+        detail = f"{outcome.detail} (binlog full: released with delay 0 after {waited} s)"
+        return ReleaseJob(0, outcome.priority, outcome.cause, detail)
 
     # ---- touches
 

@@ -13,7 +13,8 @@ import trio
 from tubeworker.beanstalk.client import Address, Client
 from tubeworker.flow import ApiTracker
 from tubeworker.flow.limits import Limits
-from tubeworker.producer import AsyncProducer, ServerFailure
+from tubeworker.producer import AsyncProducer, ServerFailure, ServerOutOfMemory
+from tubeworker.runtime.binlog import BinlogHealth
 from tubeworker.runtime.excuses import Excuses
 from tubeworker.runtime.processes import PutRoute
 from tubeworker.runtime.records import RecordQueue, ReturnsLookup
@@ -52,12 +53,6 @@ class LaneProducer:
         return await self._puts.put(
             tube, body, priority=priority, delay=delay, ttr=ttr, prefer=self.address
         )
-
-
-def _put_failed(failure: ServerFailure) -> None:
-    structlog.get_logger("tubeworker").warning(
-        "put not stored on a server", server=failure.server, reason=failure.reason
-    )
 
 
 def put_servers(config: Config) -> tuple[Address, ...]:
@@ -116,6 +111,8 @@ class Services:
     # daemon).
     limits: Limits = field(default_factory=lambda: Limits((), clock=trio.current_time))
     token_groups: dict[str, tuple[TokenGroup, ...]] = field(default_factory=dict)
+    # Whether each server's binlog has room (server address → its health).
+    binlogs: dict[str, BinlogHealth] = field(default_factory=dict)
     _lease_returned: trio.Event = field(default_factory=trio.Event)
 
     def __post_init__(self) -> None:
@@ -126,6 +123,21 @@ class Services:
     def _limit_released(self) -> None:
         self._lease_returned.set()
         self._lease_returned = trio.Event()
+
+    def binlog(self, address: Address | str) -> BinlogHealth:
+        """The binlog health of ``address``."""
+        server = str(address)
+        health = self.binlogs.get(server)
+        if health is None:
+            health = self.binlogs[server] = BinlogHealth(server)
+        return health
+
+    def _put_failed(self, failure: ServerFailure) -> None:
+        structlog.get_logger("tubeworker").warning(
+            "put not stored on a server", server=failure.server, reason=failure.reason
+        )
+        if failure.kind is ServerOutOfMemory:  # its binlog has no room: see runtime.binlog
+            self.binlog(failure.server).refused("put")
 
     async def limit_released(self) -> None:
         """Until a job running under a limit ends (room for one waiting)."""
@@ -155,7 +167,7 @@ class Services:
                     route.servers,
                     connect_timeout=route.connect_timeout,
                     reply_timeout=route.reply_timeout,
-                    on_failure=_put_failed,
+                    on_failure=self._put_failed,
                 )
             producer = self.producers[address] = LaneProducer(self._puts, address)
         return producer

@@ -21,6 +21,7 @@ from tubeworker.flow import ApiTracker
 from tubeworker.flow.limits import Limits
 from tubeworker.observe.counters import JobCounters
 from tubeworker.observe.events import EventBus
+from tubeworker.runtime.binlog import BinlogHealth
 from tubeworker.runtime.outcome import Cause
 from tubeworker.runtime.tokens import FleetTokens, TokenGroup
 
@@ -101,6 +102,8 @@ class WorkerState:
         self.tracker: ApiTracker | None = None
         #: Limits, for reports (set by the daemon).
         self.limits: Limits | None = None
+        #: Each server's binlog room, for reports (set by the daemon).
+        self.binlogs: Mapping[str, BinlogHealth] = {}
         #: Fleet limits' tokens over the servers, for reports (set by the daemon).
         self.token_groups: Mapping[str, tuple[TokenGroup, ...]] = {}
 

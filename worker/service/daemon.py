@@ -21,6 +21,7 @@ from tubeworker.flow.limits import Limits
 from tubeworker.observe.logs import line_buffer
 from tubeworker.registry import Registry
 from tubeworker.runtime.apis import build_tracker, log_transitions, run_tube_pauser, tube_apis
+from tubeworker.runtime.binlog import run_binlog_probe
 from tubeworker.runtime.lane import Lane
 from tubeworker.runtime.records import (
     RecordQueue,
@@ -180,6 +181,7 @@ async def _run_daemon(
     state.tracker = services.tracker
     state.limits = services.limits
     state.token_groups = services.token_groups
+    state.binlogs = services.binlogs
     log_transitions(services.tracker, state.events)
     servers = sorted({a for pool in config.pools for a in pool.servers or config.servers}, key=str)
     try:
@@ -198,6 +200,8 @@ async def _run_daemon(
             recorded = trio.Event()
             helpers.start_soon(_record, config, records, recorded)
             helpers.start_soon(run_return_sweeper, config, tuple(servers))
+            for address in servers:
+                helpers.start_soon(run_binlog_probe, config, address, services.binlog(address))
             if config.stall_threshold:
                 handlers = [(n, r.spec.func) for n, r in registry.handlers.items()]
                 await helpers.start(run_stall_detector, config.stall_threshold, handlers)

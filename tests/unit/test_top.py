@@ -1,6 +1,7 @@
-"""`tubeworker top`'s pure half: the model under fed events with an injected clock (rates over
-windows, summaries, drops, state), what it reads of /status and /metrics, and the renderer's
-exact lines for a known model. No server, no terminal."""
+"""`tubeworker top`'s pure modules: the model under fed events with an injected clock
+(top_model: rates over windows, summaries, drops, state), what it reads of /status and
+/metrics (top_feed), and the renderer's exact lines for a known model (top_view). No server,
+no terminal."""
 
 from __future__ import annotations
 
@@ -14,25 +15,18 @@ import pytest
 import trio
 from trio_websocket import CloseReason, ConnectionClosed
 
-from tubeworker.cli.top import (
-    DASH,
-    DaemonView,
+from tubeworker.cli.top import poll_once, top
+from tubeworker.cli.top_feed import (
     MetricsSnapshot,
-    RateWindow,
-    Screen,
-    TopModel,
+    StatusSnapshot,
     TubeFacts,
     describe_error,
-    format_count,
-    format_seconds,
     normalize_url,
     parse_metrics,
-    poll_once,
-    render,
-    summary_line,
-    top,
-    tube_rows,
+    parse_status,
 )
+from tubeworker.cli.top_model import DaemonView, RateWindow, TopModel, tube_rows
+from tubeworker.cli.top_view import DASH, Screen, format_count, format_seconds, render, summary_line
 from tubeworker.observe.events import EventBus
 
 URL = "http://127.0.0.1:9090"
@@ -106,7 +100,7 @@ def test_given_failures_then_released_and_buried_are_counted_per_minute() -> Non
 
 def test_given_no_events_stream_then_there_are_no_rates() -> None:
     view = DaemonView(URL)
-    view.on_status({"pid": 1, "pools": {}}, 50.0, 5000.0)
+    view.on_status(status(pid=1, pools={}), 50.0, 5000.0)
     view.on_metrics(MetricsSnapshot(jobs={("e2e", "sleepy", "deleted"): 3}))
     [row, _] = tube_rows(view, 60.0)
     assert (row.done, row.rate_short, row.rate_long, row.released_per_min) == (3, None, None, None)
@@ -148,7 +142,7 @@ def test_given_events_after_a_scrape_then_totals_move_until_the_next_one() -> No
 
 def test_given_drops_then_they_add_up_and_are_noted() -> None:
     view = streaming()
-    view.on_status({"pools": {}}, 1000.0, 5000.0)
+    view.on_status(status(pools={}), 1000.0, 5000.0)
     view.on_event({"type": "dropped", "count": 7}, 1001.0)
     view.on_event({"type": "dropped", "count": 5}, 1002.0)
     view.on_event({"type": "dropped", "count": "junk"}, 1002.0)
@@ -210,7 +204,7 @@ def test_given_events_from_the_real_bus_then_the_model_reads_them() -> None:
 
 def test_given_a_status_then_pools_lanes_uptime_and_in_flight_are_read() -> None:
     view = DaemonView(URL)
-    view.on_status(STATUS, 1000.0, 5000.0)
+    view.on_status(status(), 1000.0, 5000.0)
     assert view.state == "up"
     assert view.pid == 4242
     assert view.up_since == 700.0  # started 300 s before the wall clock's 5000
@@ -228,12 +222,14 @@ def test_given_a_status_then_pools_lanes_uptime_and_in_flight_are_read() -> None
 def test_given_a_status_with_tubes_and_apis_then_they_are_preferred_and_kept() -> None:
     view = DaemonView(URL)
     view.on_metrics(METRICS_SNAPSHOT)
-    status = {
-        **STATUS,
-        "tubes": {"emails": {"ready": 9, "backlog_seconds": 4.5}},
-        "apis": [{"api": "mailer", "state": "open", "calls": 20, "failures": 12}, "junk"],
-    }
-    view.on_status(status, 1000.0, 5000.0)
+    view.on_status(
+        status(
+            tubes={"emails": {"ready": 9, "backlog_seconds": 4.5}},
+            apis=[{"api": "mailer", "state": "open", "calls": 20, "failures": 12}, "junk"],
+        ),
+        1000.0,
+        5000.0,
+    )
     assert view.tube_facts() == {"emails": TubeFacts(ready=9, backlog_seconds=4.5)}
     assert [(a.name, a.state, a.calls, a.failures) for a in view.apis.values()] == [
         ("mailer", "open", 20, 12)
@@ -242,7 +238,7 @@ def test_given_a_status_with_tubes_and_apis_then_they_are_preferred_and_kept() -
 
 def test_given_a_status_that_is_not_an_object_then_it_is_refused() -> None:
     with pytest.raises(ValueError, match="JSON object"):
-        TopModel([URL]).on_status(URL, [1, 2], 0.0, 0.0)
+        parse_status([1, 2])
 
 
 # --------------------------------------------------------------------------- /metrics
@@ -296,6 +292,11 @@ STATUS: dict[str, Any] = {
 }
 
 
+def status(**fields: Any) -> StatusSnapshot:
+    """A /status as the daemon sends it (STATUS), with ``fields`` changed."""
+    return parse_status({**STATUS, **fields})
+
+
 def test_given_metrics_text_then_totals_by_outcome_and_depths_summed_over_servers() -> None:
     snapshot = METRICS_SNAPSHOT
     assert snapshot.jobs == {
@@ -325,7 +326,7 @@ def known_model() -> TopModel:
     down = "http://10.0.0.2:9090"
     model = TopModel([URL, down])
     view = model.daemons[URL]
-    view.on_status(STATUS, 1000.0, 5000.0)
+    view.on_status(status(), 1000.0, 5000.0)
     view.on_event({"type": "hello", "pid": 4242}, 1000.0)
     for second in range(1, 11):
         view.on_event(job("emails", "send"), 1000.0 + second)
@@ -378,7 +379,7 @@ def test_given_a_known_model_then_the_plain_line_sums_each_daemon() -> None:
 def test_given_apis_drain_and_lost_connections_then_they_are_rendered() -> None:
     model = known_model()
     view = model.daemons[URL]
-    view.on_status({**STATUS, "apis": {"mailer": {"state": "half_open"}}}, 1010.0, 5010.0)
+    view.on_status(status(apis={"mailer": {"state": "half_open"}}), 1010.0, 5010.0)
     view.on_event({"type": "drain", "reason": "SIGTERM"}, 1010.0)
     view.on_event({"type": "connection_lost", "pool": "pool0", "lane": 1, "error": "EOF"}, 1010.0)
     lines = render(model, 1010.0, stamp="", interval=0.5)
@@ -397,7 +398,7 @@ def test_given_apis_drain_and_lost_connections_then_they_are_rendered() -> None:
 
 def test_given_a_daemon_that_was_seen_then_went_away_then_it_says_when() -> None:
     view = DaemonView(URL)
-    view.on_status(STATUS, 1000.0, 5000.0)
+    view.on_status(status(), 1000.0, 5000.0)
     view.on_unreachable("events stream closed", 1090.0, retry_at=None, attempt=0)
     model = TopModel([URL])
     model.daemons[URL] = view
@@ -408,7 +409,7 @@ def test_given_a_daemon_that_was_seen_then_went_away_then_it_says_when() -> None
 
 def test_given_an_idle_tube_then_it_has_a_row_and_no_handler_rows() -> None:
     view = streaming()
-    view.on_status({**STATUS, "pools": {"p": {"tubes": ["quiet-tube"], "lanes": []}}}, 0.0, 0.0)
+    view.on_status(status(pools={"p": {"tubes": ["quiet-tube"], "lanes": []}}), 0.0, 0.0)
     rows = tube_rows(view, 1000.0)
     assert [(r.name, r.done, r.in_flight) for r in rows] == [("quiet-tube", 0, 0)]
 
@@ -418,7 +419,7 @@ def test_given_a_long_tube_name_then_columns_stay_in_place() -> None:
     view.on_event(job("a-tube-name-much-longer-than-the-column", ""), 1001.0)
     model = TopModel([URL])
     model.daemons[URL] = view
-    view.on_status({"pools": {}}, 1001.0, 0.0)
+    view.on_status(status(pools={}), 1001.0, 0.0)
     lines = render(model, 1001.0, stamp="", interval=1)
     header, tube, handler = lines[3:6]
     assert tube.startswith("  a-tube-name-much-longer…        1     1.0")

@@ -1,0 +1,308 @@
+"""``tubeworker top``, what a daemon says: its control plane's ``/status`` and ``/metrics``
+read over HTTP, into frozen records the model takes (:mod:`top_model`).
+
+- :func:`parse_status`: the ``/status`` document (a JSON object).
+- :func:`describe_error`: a failure to read them, in one line.
+- :func:`parse_metrics`: job totals per tube, handler and outcome; per tube the ready jobs
+  and backlog seconds, summed over servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import httpx
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+from trio_websocket import ConnectionClosed, HandshakeError
+
+__all__ = [
+    "REQUEST_TIMEOUT",
+    "ApiView",
+    "MetricsSnapshot",
+    "PoolView",
+    "StatusSnapshot",
+    "TubeFacts",
+    "describe_error",
+    "events_url",
+    "fetch_metrics",
+    "fetch_status",
+    "fit",
+    "normalize_url",
+    "parse_metrics",
+    "parse_status",
+]
+
+REQUEST_TIMEOUT: Final = 3.0
+_ERROR_WIDTH: Final = 120
+
+
+@dataclass(frozen=True)
+class PoolView:
+    name: str
+    tubes: tuple[str, ...]  # names (a pattern pool lists the tubes it found)
+    slots: int
+    jobs: int  # held now
+    lanes: int
+    lanes_connected: int
+
+
+@dataclass(frozen=True)
+class ApiView:
+    """One external API's breaker, as flow control reports it."""
+
+    name: str
+    state: str  # closed, open, half_open
+    calls: int | None = None
+    failures: int | None = None
+
+
+@dataclass(frozen=True)
+class StatusSnapshot:
+    """What ``top`` reads of ``/status``."""
+
+    pid: int | None = None
+    started: float | None = None  # wall clock
+    draining: bool = False
+    drain_reason: str | None = None
+    quiet: bool = False
+    jobs_running: int | None = None
+    pools: tuple[PoolView, ...] = ()
+    apis: Mapping[str, ApiView] = field(default_factory=dict)
+    tubes: Mapping[str, TubeFacts] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TubeFacts:
+    ready: int | None = None
+    backlog_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """What ``top`` reads of ``/metrics``."""
+
+    jobs: dict[tuple[str, str, str], int] = field(default_factory=dict)  # tube, handler, outcome
+    tubes: dict[str, TubeFacts] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- /status
+
+
+def parse_status(document: object) -> StatusSnapshot:
+    """A ``/status`` document read; ValueError when it is not a JSON object."""
+    if not isinstance(document, Mapping):
+        raise ValueError("/status did not answer a JSON object")
+    pid, running = document.get("pid"), document.get("jobs_running")
+    started = _number(document.get("started"))
+    return StatusSnapshot(
+        pid=pid if _is(pid, int) else None,
+        started=started,
+        draining=bool(document.get("draining")),
+        drain_reason=_as_str(document.get("drain_reason")),
+        quiet=bool(document.get("quiet")),
+        jobs_running=running if _is(running, int) else None,
+        pools=_pools(document.get("pools")),
+        apis=_apis(document.get("apis")),
+        tubes=_status_tubes(document.get("tubes")),
+    )
+
+
+def _is(value: object, kind: type) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def _as_int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _as_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _pools(pools: object) -> tuple[PoolView, ...]:
+    if not isinstance(pools, Mapping):
+        return ()
+    views = []
+    for name, pool in sorted(pools.items()):
+        if not isinstance(pool, Mapping):
+            continue
+        lanes = [lane for lane in pool.get("lanes") or [] if isinstance(lane, Mapping)]
+        views.append(
+            PoolView(
+                name=str(name),
+                tubes=tuple(str(t) for t in pool.get("tubes") or []),
+                slots=_as_int(pool.get("slots")),
+                jobs=_as_int(pool.get("jobs")),
+                lanes=len(lanes),
+                lanes_connected=sum(1 for lane in lanes if lane.get("connected")),
+            )
+        )
+    return tuple(views)
+
+
+def _status_tubes(tubes: object) -> dict[str, TubeFacts]:
+    """``/status`` ``tubes``, when the daemon has it: {tube: {ready, backlog_seconds}}."""
+    if not isinstance(tubes, Mapping):
+        return {}
+    facts = {}
+    for tube, data in tubes.items():
+        if isinstance(data, Mapping):
+            ready = _number(data.get("ready"))
+            facts[str(tube)] = TubeFacts(
+                ready=int(ready) if ready is not None else None,
+                backlog_seconds=_number(data.get("backlog_seconds")),
+            )
+    return facts
+
+
+def _apis(apis: object) -> dict[str, ApiView]:
+    """``/status`` ``apis``: a mapping of name to {state, calls, failures, ...} (a list of
+    {api, ...} is read too)."""
+    items: list[tuple[str, Mapping[str, Any]]] = []
+    if isinstance(apis, Mapping):
+        items = [(str(k), v) for k, v in apis.items() if isinstance(v, Mapping)]
+    elif isinstance(apis, list):
+        items = [(str(a.get("api", "?")), a) for a in apis if isinstance(a, Mapping)]
+    views = {}
+    for name, data in items:
+        calls, failures = _number(data.get("calls")), _number(data.get("failures"))
+        views[name] = ApiView(
+            name=name,
+            state=str(data.get("state", "?")),
+            calls=None if calls is None else int(calls),
+            failures=None if failures is None else int(failures),
+        )
+    return dict(sorted(views.items()))
+
+
+# --------------------------------------------------------------------------- /metrics
+
+
+def parse_metrics(text: str) -> MetricsSnapshot:
+    """Job totals per tube, handler and outcome (causes summed), and per tube the ready jobs
+    and backlog seconds (servers summed). Raises ValueError on text that is not Prometheus'."""
+    jobs: dict[tuple[str, str, str], int] = {}
+    ready: dict[str, float] = {}
+    backlog: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "tubeworker_jobs_total":
+                key = (labels.get("tube", ""), labels.get("handler", ""), labels.get("outcome", ""))
+                jobs[key] = jobs.get(key, 0) + int(sample.value)
+            elif sample.name == "tubeworker_tube_jobs" and labels.get("state") == "ready":
+                tube = labels.get("tube", "")
+                ready[tube] = ready.get(tube, 0.0) + sample.value
+            elif sample.name == "tubeworker_tube_backlog_seconds":
+                tube = labels.get("tube", "")
+                backlog[tube] = backlog.get(tube, 0.0) + sample.value
+    tubes = {
+        tube: TubeFacts(
+            ready=int(ready[tube]) if tube in ready else None,
+            backlog_seconds=backlog.get(tube),
+        )
+        for tube in sorted(set(ready) | set(backlog))
+    }
+    return MetricsSnapshot(jobs=jobs, tubes=tubes)
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+async def fetch_status(http: httpx.AsyncClient, url: str) -> StatusSnapshot:
+    response = await http.get(url + "/status")
+    response.raise_for_status()
+    return parse_status(response.json())
+
+
+async def fetch_metrics(http: httpx.AsyncClient, url: str) -> MetricsSnapshot:
+    response = await http.get(url + "/metrics")
+    response.raise_for_status()
+    return parse_metrics(response.text)
+
+
+def normalize_url(url: str) -> str:
+    """``host:port`` → ``http://host:port``; no trailing slash. ValueError if not http(s)."""
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    scheme = url.partition("://")[0].lower()
+    if scheme not in ("http", "https") or not url.partition("://")[2]:
+        raise ValueError(f"not a control-plane URL (http://HOST:PORT): {url}")
+    return url
+
+
+def events_url(url: str) -> str:
+    return "ws" + url.removeprefix("http") + "/events"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, an ellipsis last when it was longer."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an error: what it was, never a traceback."""
+    text = _describe_leaf(_leaf(exc))
+    return fit(" ".join(text.split()), _ERROR_WIDTH)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first error in a group that is not a cancellation (the group's cause)."""
+    while isinstance(exc, BaseExceptionGroup):
+        leaves = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
+        exc = (leaves or list(exc.exceptions))[0]
+    return exc
+
+
+def _describe_leaf(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionClosed):
+        reason = exc.reason
+        if reason is None:
+            return "events stream closed"
+        return f"events stream closed ({reason.name}, code {reason.code})"
+    if isinstance(exc, HandshakeError):
+        return f"events stream: {type(exc).__name__} {exc}".strip()
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"{exc.request.url.path} answered {exc.response.status_code}"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer within {REQUEST_TIMEOUT:g}s ({type(exc).__name__})"
+    if isinstance(exc, httpx.HTTPError):
+        os_error = _root_os_error(exc)
+        detail = os.strerror(os_error.errno) if os_error and os_error.errno else str(exc)
+        return f"{type(exc).__name__}: {detail or 'failed'}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON: {exc}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _root_os_error(exc: BaseException, depth: int = 0) -> OSError | None:
+    """The OSError with an errno under an exception (its causes, the groups among them):
+    "Connection refused" rather than "all attempts to connect failed"."""
+    if depth > 10:
+        return None
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        return exc
+    below: list[BaseException] = []
+    if isinstance(exc, BaseExceptionGroup):
+        below += exc.exceptions
+    below += [e for e in (exc.__cause__, exc.__context__) if e is not None]
+    for inner in below:
+        found = _root_os_error(inner, depth + 1)
+        if found is not None:
+            return found
+    return None

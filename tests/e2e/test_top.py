@@ -17,10 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
 from tests.e2e.test_control_plane import start_with_control
 from tests.e2e.test_daemon_process import put_jobs
 from tests.support.beanstalkd import BeanstalkdProcess, free_port
+from tests.support.httpserver import Reply, open_http_api
 from tests.support.process import REPO, DaemonProcess
 from tests.support.waiting import wait_until_sync
 
@@ -70,6 +72,39 @@ def test_given_a_daemon_that_did_jobs_then_top_once_prints_it_and_its_tube(
     assert (partly.returncode, partly.stderr) == (69, "")
     assert f"{nowhere}  unreachable: ConnectError: Connection refused" in partly.stdout
     assert row(partly.stdout, "e2e") is not None
+
+
+async def test_given_urls_that_answer_but_are_not_control_planes_then_top_says_so_not_running() -> (
+    None
+):
+    # Given a web server's 404 page and a service whose /status is some other JSON
+    html = (("content-type", "text/html"),)
+    with trio.fail_after(30):
+        async with open_http_api() as web, open_http_api() as service:
+            web.reply = Reply(404, html, b"<html><body><h1>Not Found</h1></body></html>")
+            service.reply = Reply(200, (("content-type", "application/json"),), b'{"ok": true}')
+            # When top takes a snapshot of both, and of a port nobody listens on
+            nowhere = f"http://127.0.0.1:{free_port()}"
+            done = await trio.run_process(
+                top_command("--once", web.url, service.url, nowhere),
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                cwd=REPO,
+            )
+    # Then each says what it answered, apart from the unreachable one; no table, exit 76
+    lines = done.stdout.decode().splitlines()
+    assert (done.returncode, done.stderr) == (76, b"")
+    assert lines[1:] == [
+        "",
+        f"{web.url}  not a tubeworker control plane: /status answered 404 (text/html):"
+        " <html><body><h1>Not Found</h1></body></html>",  # (this server sends no reason)
+        "",
+        f"{service.url}  not a tubeworker control plane: /status answered JSON without pid,"
+        ' pools, counters: {"ok": true}',
+        "",
+        f"{nowhere}  unreachable: ConnectError: Connection refused",
+    ]
 
 
 # --------------------------------------------------------------------------- under a terminal

@@ -1,13 +1,17 @@
-"""`tubeworker top`'s pure modules: the model under fed events with an injected clock
-(top_model: rates over windows, summaries, drops, state), what it reads of /status and
-/metrics (top_feed), and the renderer's exact lines for a known model (top_view). No server,
-no terminal."""
+"""`tubeworker top`'s modules: the model under fed events with an injected clock (top_model:
+rates over windows, summaries, drops, state), what it reads of /status and /metrics
+(top_feed: a URL that answers but is not a control plane told apart from one that does not
+answer, through httpx's in-memory transport), and the renderer's exact lines for a known
+model (top_view). No server, no terminal."""
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
+import random
+from functools import partial
 from typing import Any
 
 import httpx
@@ -15,15 +19,18 @@ import pytest
 import trio
 from trio_websocket import CloseReason, ConnectionClosed
 
-from tubeworker.cli.top import poll_once, top
+from tests.support.waiting import wait_until
+from tubeworker.cli.top import poll_once, top, watch_daemon
 from tubeworker.cli.top_feed import (
     MetricsSnapshot,
+    NotControlPlane,
     StatusSnapshot,
     TubeFacts,
     describe_error,
     normalize_url,
     parse_metrics,
     parse_status,
+    read_status,
 )
 from tubeworker.cli.top_model import DaemonView, RateWindow, TopModel, tube_rows
 from tubeworker.cli.top_view import DASH, Screen, format_count, format_seconds, render, summary_line
@@ -160,7 +167,7 @@ def test_given_drops_then_they_add_up_and_are_noted() -> None:
 def test_given_a_new_stream_then_old_windows_are_forgotten_and_pid_taken() -> None:
     view = streaming(1000.0)
     view.on_event(job("emails", "send"), 1001.0)
-    view.on_unreachable("gone", 1002.0, retry_at=1003.0, attempt=1)
+    view.on_down("unreachable", "gone", 1002.0, retry_at=1003.0, attempt=1)
     assert view.rate(list(view.flows.values()), "done", 1002.0, 10) is None
     view.on_event({"type": "hello", "pid": 7}, 1010.0)
     assert view.pid == 7
@@ -234,11 +241,6 @@ def test_given_a_status_with_tubes_and_apis_then_they_are_preferred_and_kept() -
     assert [(a.name, a.state, a.calls, a.failures) for a in view.apis.values()] == [
         ("mailer", "open", 20, 12)
     ]
-
-
-def test_given_a_status_that_is_not_an_object_then_it_is_refused() -> None:
-    with pytest.raises(ValueError, match="JSON object"):
-        parse_status([1, 2])
 
 
 # --------------------------------------------------------------------------- /metrics
@@ -335,8 +337,8 @@ def known_model() -> TopModel:
     view.on_event({"type": "jobs_summarised", "outcomes": {"deleted": 30}}, 1009.0)
     view.on_event({"type": "dropped", "count": 4}, 1009.0)
     view.on_metrics(METRICS_SNAPSHOT)  # scraped after those events: they are in its totals
-    model.on_unreachable(down, "ConnectError: Connection refused", 1008.0, retry_at=1012.0,
-                         attempt=3)  # fmt: skip
+    model.on_down(down, "unreachable", "ConnectError: Connection refused", 1008.0,
+                  retry_at=1012.0, attempt=3)  # fmt: skip
     return model
 
 
@@ -399,7 +401,7 @@ def test_given_apis_drain_and_lost_connections_then_they_are_rendered() -> None:
 def test_given_a_daemon_that_was_seen_then_went_away_then_it_says_when() -> None:
     view = DaemonView(URL)
     view.on_status(status(), 1000.0, 5000.0)
-    view.on_unreachable("events stream closed", 1090.0, retry_at=None, attempt=0)
+    view.on_down("unreachable", "events stream closed", 1090.0, retry_at=None, attempt=0)
     model = TopModel([URL])
     model.daemons[URL] = view
     assert render(model, 1100.0, stamp="", interval=1)[2] == (
@@ -467,6 +469,144 @@ def test_given_no_terminal_then_lines_are_plain() -> None:
     with Screen(out, tty=False) as screen:
         screen.line("one summary")
     assert out.getvalue() == "one summary\n"
+
+
+# --------------------------------------------------------------------------- not a control plane
+
+
+def answer(status_code: int, body: bytes, content_type: str) -> httpx.Response:
+    request = httpx.Request("GET", f"{URL}/status")
+    headers = {"content-type": content_type}
+    return httpx.Response(status_code, content=body, headers=headers, request=request)
+
+
+@pytest.mark.parametrize(
+    ("response", "said"),
+    [
+        (
+            answer(404, b"<html>\n<title>404</title></html>", "text/html; charset=utf-8"),
+            "/status answered 404 Not Found (text/html): <html> <title>404</title></html>",
+        ),
+        (
+            answer(200, b"<!doctype html><p>welcome</p>", "text/html"),
+            "/status answered 200 OK (text/html): <!doctype html><p>welcome</p>, not JSON",
+        ),
+        (
+            answer(200, b'{"status": "ok"}', "application/json"),
+            '/status answered JSON without pid, pools, counters: {"status": "ok"}',
+        ),
+        (
+            answer(200, b'[{"pid": 1}]', "application/json"),
+            '/status answered JSON without pid, pools, counters: [{"pid": 1}]',
+        ),
+        (
+            answer(200, json.dumps({**STATUS, "pools": []}).encode(), "application/json"),
+            "/status answered JSON without pools: {",  # and the start of the document
+        ),
+        (answer(301, b"", "text/plain"), "/status answered 301 Moved Permanently (text/plain)"),
+    ],
+)
+def test_given_an_answer_that_is_not_a_tubeworker_status_then_it_says_what_it_was(
+    response: httpx.Response, said: str
+) -> None:
+    with pytest.raises(NotControlPlane) as raised:
+        read_status(response)
+    assert str(raised.value).startswith(said)
+    assert len(str(raised.value)) < 140
+
+
+def test_given_a_tubeworker_status_or_a_server_error_then_neither_is_not_a_control_plane() -> None:
+    assert read_status(answer(200, json.dumps(STATUS).encode(), "application/json")).pid == 4242
+    with pytest.raises(httpx.HTTPStatusError):  # a proxy whose daemon is gone: unreachable
+        read_status(answer(502, b"bad gateway", "text/plain"))
+
+
+def fake_server(reply: httpx.Response | Exception) -> httpx.AsyncClient:
+    """A client whose every request gets ``reply`` (an answer, or an error: no answer)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if isinstance(reply, Exception):
+            raise reply
+        if request.url.path != "/status":
+            return httpx.Response(404)
+        return httpx.Response(reply.status_code, headers=reply.headers, content=reply.content)
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle))
+
+
+@pytest.mark.parametrize(
+    ("reply", "state", "header"),
+    [
+        (
+            answer(404, b"<h1>Not Found</h1>", "text/html"),
+            "not_control_plane",
+            f"{URL}  not a tubeworker control plane: /status answered 404 Not Found (text/html):"
+            " <h1>Not Found</h1>",
+        ),
+        (
+            answer(200, b'{"healthy": true}', "application/json"),
+            "not_control_plane",
+            f"{URL}  not a tubeworker control plane: /status answered JSON without pid, pools,"
+            ' counters: {"healthy": true}',
+        ),
+        (
+            httpx.ConnectError("refused"),
+            "unreachable",
+            f"{URL}  unreachable: ConnectError: refused",
+        ),
+        (
+            httpx.ReadTimeout("timed out"),
+            "unreachable",
+            f"{URL}  unreachable: no answer within 3s (ReadTimeout)",
+        ),
+        (
+            answer(503, b"", "text/plain"),
+            "unreachable",
+            f"{URL}  unreachable: /status answered 503",
+        ),
+    ],
+)
+async def test_given_a_url_that_answers_otherwise_or_not_at_all_then_top_says_which(
+    reply: httpx.Response | Exception, state: str, header: str
+) -> None:
+    model = TopModel([URL])
+    with trio.fail_after(5):
+        async with fake_server(reply) as http:
+            await poll_once(model, http, URL)
+    assert model.daemons[URL].state == state
+    assert render(model, 0.0, stamp="", interval=1)[2:] == [header]  # no table
+    assert summary_line(model, 0.0, stamp="s") == f"s  {header}"
+
+
+async def test_given_a_url_that_is_not_a_control_plane_then_the_live_view_says_so_and_retries(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    model = TopModel([URL])
+    view = model.daemons[URL]
+    reply = answer(200, b'{"status": "ok"}', "application/json")
+    async with fake_server(reply) as http, trio.open_nursery() as nursery:
+        nursery.start_soon(partial(watch_daemon, model, http, URL, 1.0, rng=random.Random(7)))
+        await wait_until(lambda: view.attempt == 3, timeout=60, what="a third attempt")
+        nursery.cancel_scope.cancel()
+    assert (view.state, view.pid) == ("not_control_plane", None)  # never "running"
+    assert render(model, 0.0, stamp="", interval=1)[2].startswith(
+        f"{URL}  not a tubeworker control plane: /status answered JSON without pid, pools,"
+        ' counters: {"status": "ok"}  (retry in '
+    )
+
+
+async def test_given_a_control_plane_then_poll_once_reads_status_and_metrics() -> None:
+    pages = {"/status": json.dumps(STATUS).encode(), "/metrics": METRICS_TEXT.encode()}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=pages[request.url.path])
+
+    model = TopModel([URL])
+    with trio.fail_after(5):
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+            await poll_once(model, http, URL)
+    view = model.daemons[URL]
+    assert (view.state, view.metrics) == ("up", METRICS_SNAPSHOT)
 
 
 # --------------------------------------------------------------------------- errors, URLs

@@ -3,17 +3,19 @@ planes (``tubeworker run --control HOST:PORT``).
 
 Three modules and this one:
 
-- :mod:`top_feed`: what a daemon says. ``/status`` and ``/metrics`` fetched and read into
-  frozen records.
+- :mod:`top_feed`: what a daemon says. ``/status`` and ``/metrics`` fetched, checked and
+  read into frozen records; a URL that answers, but not as a control plane, is told apart
+  from one that does not answer.
 - :mod:`top_model`: the model. Events, status and metrics in (with the time passed by the
   caller); per daemon, per tube and per handler figures out, with where each comes from.
 - :mod:`top_view`: the renderer (lines with fixed column widths) and the screen.
 - here: the I/O that joins them. Per daemon, a trio-websocket client of ``/events`` and a
   poll of ``GET /status`` and ``GET /metrics`` (httpx) every interval; a daemon that cannot
-  be reached, or goes away, is shown as unreachable with the error and retried with
-  backoff. On a terminal the screen is redrawn in place (the alternate screen, restored at
-  exit); otherwise one summary line is printed per interval. ``--once`` prints one snapshot
-  and exits 0 when every daemon was read, else 69 (EX_UNAVAILABLE).
+  be reached, goes away, or turns out not to be a control plane is shown so, with the error,
+  and retried with backoff. On a terminal the screen is redrawn in place (the alternate
+  screen, restored at exit); otherwise one summary line is printed per interval. ``--once``
+  prints one snapshot and exits 0 when every daemon was read, 76 (EX_PROTOCOL) when a URL
+  is not a control plane, else 69 (EX_UNAVAILABLE) when one could not be reached.
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ from trio_websocket import open_websocket_url
 from tubeworker.backoff import exponential_delay
 from tubeworker.cli.top_feed import (
     REQUEST_TIMEOUT,
+    answered_but_not_control_plane,
     describe_error,
     events_url,
     fetch_metrics,
     fetch_status,
     normalize_url,
 )
-from tubeworker.cli.top_model import TopModel
+from tubeworker.cli.top_model import State, TopModel
 from tubeworker.cli.top_view import Screen, render, summary_line
 
 __all__ = ["poll_daemon", "poll_once", "run_live", "run_once", "top", "watch_daemon"]
@@ -52,12 +55,20 @@ DEFAULT_URL: Final = "http://127.0.0.1:9090"
 EX_OK: Final = 0
 EX_USAGE: Final = 64
 EX_UNAVAILABLE: Final = 69  # --once: some daemon could not be reached
+EX_PROTOCOL: Final = 76  # --once: some URL answered, not as a control plane
 
 _MIN_DRAW: Final = 0.2  # at most five redraws a second
 _MIN_POLL: Final = 0.5
 _STABLE_SESSION: Final = 5.0  # a session this long resets the backoff
 _RETRY_BASE: Final = 0.5
 _RETRY_CAP: Final = 10.0
+
+
+def _failure(exc: BaseException) -> tuple[State, str]:
+    """Why a daemon was not read: unreachable, or not a control plane (it answered, but
+    not as one), and the error in one line."""
+    state: State = "not_control_plane" if answered_but_not_control_plane(exc) else "unreachable"
+    return state, describe_error(exc)
 
 
 async def poll_daemon(model: TopModel, http: httpx.AsyncClient, url: str) -> None:
@@ -76,7 +87,7 @@ async def poll_once(model: TopModel, http: httpx.AsyncClient, url: str) -> None:
     try:
         await poll_daemon(model, http, url)
     except Exception as exc:  # any failure is this daemon's state, shown, never raised
-        model.on_unreachable(url, describe_error(exc), time.monotonic())
+        model.on_down(url, *_failure(exc), time.monotonic())
 
 
 async def _poll_forever(model: TopModel, http: httpx.AsyncClient, url: str, every: float) -> None:
@@ -113,21 +124,23 @@ async def watch_daemon(
     rng: random.Random | None = None,
 ) -> None:
     """Forever: a session with the daemon, and between sessions a backoff (0.5 s doubling
-    to 10 s, jittered), the daemon shown as unreachable with the error meanwhile."""
+    to 10 s, jittered), the daemon shown as unreachable (or not a control plane) with the
+    error meanwhile."""
     rng = rng or random.Random()
     failures = 0
     while True:
         began = time.monotonic()
+        state: State = "unreachable"
         try:
             await _session(model, http, url, every)
             error = "the daemon closed the events stream"
         except Exception as exc:  # any failure is this daemon's state, shown, never raised
-            error = describe_error(exc)
+            state, error = _failure(exc)
         now = time.monotonic()
         failures = 1 if now - began >= _STABLE_SESSION else failures + 1
         delay = exponential_delay(failures, base=_RETRY_BASE, cap=_RETRY_CAP)
         delay *= rng.uniform(0.5, 1.0)
-        model.on_unreachable(url, error, now, retry_at=now + delay, attempt=failures)
+        model.on_down(url, state, error, now, retry_at=now + delay, attempt=failures)
         await trio.sleep(delay)
 
 
@@ -179,8 +192,10 @@ async def run_once(urls: Sequence[str], interval: float, out: TextIO) -> int:
     lines = render(model, time.monotonic(), stamp=_stamp(time.time()), interval=interval)
     out.write("\n".join(lines) + "\n")
     out.flush()
-    reachable = all(view.state == "up" for view in model.daemons.values())
-    return EX_OK if reachable else EX_UNAVAILABLE
+    states = {view.state for view in model.daemons.values()}
+    if "not_control_plane" in states:
+        return EX_PROTOCOL
+    return EX_UNAVAILABLE if states - {"up"} else EX_OK
 
 
 def _only(group: BaseExceptionGroup[BaseException], kind: type[BaseException]) -> bool:

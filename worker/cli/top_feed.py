@@ -1,8 +1,12 @@
 """``tubeworker top``, what a daemon says: its control plane's ``/status`` and ``/metrics``
-read over HTTP, into frozen records the model takes (:mod:`top_model`).
+read over HTTP and checked, into frozen records the model takes (:mod:`top_model`).
 
-- :func:`parse_status`: the ``/status`` document (a JSON object).
-- :func:`describe_error`: a failure to read them, in one line.
+- :func:`read_status`: a tubeworker ``/status`` answers 200 with a JSON object holding
+  ``pid``, ``pools`` and ``counters`` (every version has). Anything else that answers HTTP
+  (another server's 404 page, HTML, some other JSON) is :class:`NotControlPlane`, saying
+  what it answered; a 5xx is the server's failure, not an answer (a proxy whose daemon is
+  gone says 502). Errors that got no answer at all (refused, timed out, reset) stay httpx's:
+  :func:`describe_error` puts either in one line.
 - :func:`parse_metrics`: job totals per tube, handler and outcome; per tube the ready jobs
   and backlog seconds, summed over servers.
 """
@@ -24,9 +28,11 @@ __all__ = [
     "REQUEST_TIMEOUT",
     "ApiView",
     "MetricsSnapshot",
+    "NotControlPlane",
     "PoolView",
     "StatusSnapshot",
     "TubeFacts",
+    "answered_but_not_control_plane",
     "describe_error",
     "events_url",
     "fetch_metrics",
@@ -35,10 +41,19 @@ __all__ = [
     "normalize_url",
     "parse_metrics",
     "parse_status",
+    "read_status",
 ]
 
 REQUEST_TIMEOUT: Final = 3.0
 _ERROR_WIDTH: Final = 120
+_BODY_SAMPLE: Final = 60  # characters of an unexpected answer's body shown
+# Keys every tubeworker /status has had since the control plane's first version.
+_STATUS_KEYS: Final = (("pid", int), ("pools", Mapping), ("counters", Mapping))
+
+
+class NotControlPlane(Exception):
+    """The URL answered HTTP, but not as a tubeworker control plane does; the message says
+    what it answered."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +80,7 @@ class ApiView:
 class StatusSnapshot:
     """What ``top`` reads of ``/status``."""
 
-    pid: int | None = None
+    pid: int
     started: float | None = None  # wall clock
     draining: bool = False
     drain_reason: str | None = None
@@ -93,20 +108,40 @@ class MetricsSnapshot:
 # --------------------------------------------------------------------------- /status
 
 
+def read_status(response: httpx.Response) -> StatusSnapshot:
+    """The snapshot in a ``/status`` answer. Raises :class:`NotControlPlane` for an answer
+    a tubeworker control plane would not give, ``httpx.HTTPStatusError`` for a 5xx."""
+    if response.is_server_error:
+        response.raise_for_status()
+    if response.status_code != 200:
+        raise NotControlPlane(f"/status answered {_answer(response)}")
+    try:
+        document = response.json()
+    except ValueError:
+        raise NotControlPlane(f"/status answered {_answer(response)}, not JSON") from None
+    return parse_status(document)
+
+
 def parse_status(document: object) -> StatusSnapshot:
-    """A ``/status`` document read; ValueError when it is not a JSON object."""
-    if not isinstance(document, Mapping):
-        raise ValueError("/status did not answer a JSON object")
-    pid, running = document.get("pid"), document.get("jobs_running")
+    """A ``/status`` document read; :class:`NotControlPlane` when it is not tubeworker's."""
+    missing = [
+        key
+        for key, kind in _STATUS_KEYS
+        if not isinstance(document, Mapping) or not _is(document.get(key), kind)
+    ]
+    if not isinstance(document, Mapping) or missing:
+        sample = _sample(json.dumps(document))
+        raise NotControlPlane(f"/status answered JSON without {', '.join(missing)}: {sample}")
+    running = document.get("jobs_running")
     started = _number(document.get("started"))
     return StatusSnapshot(
-        pid=pid if _is(pid, int) else None,
+        pid=document["pid"],
         started=started,
         draining=bool(document.get("draining")),
         drain_reason=_as_str(document.get("drain_reason")),
         quiet=bool(document.get("quiet")),
         jobs_running=running if _is(running, int) else None,
-        pools=_pools(document.get("pools")),
+        pools=_pools(document["pools"]),
         apis=_apis(document.get("apis")),
         tubes=_status_tubes(document.get("tubes")),
     )
@@ -114,6 +149,20 @@ def parse_status(document: object) -> StatusSnapshot:
 
 def _is(value: object, kind: type) -> bool:
     return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def _answer(response: httpx.Response) -> str:
+    """``404 Not Found (text/html): <html>…``: what a URL answered, in one short line."""
+    text = f"{response.status_code} {response.reason_phrase}".strip()
+    content_type = response.headers.get("content-type", "").partition(";")[0].strip()
+    if content_type:
+        text += f" ({content_type})"
+    body = _sample(response.text)
+    return f"{text}: {body}" if body else text
+
+
+def _sample(text: str) -> str:
+    return fit(" ".join(text.split()), _BODY_SAMPLE)
 
 
 def _as_int(value: object) -> int:
@@ -130,9 +179,7 @@ def _number(value: object) -> float | None:
     return None
 
 
-def _pools(pools: object) -> tuple[PoolView, ...]:
-    if not isinstance(pools, Mapping):
-        return ()
+def _pools(pools: Mapping[Any, Any]) -> tuple[PoolView, ...]:
     views = []
     for name, pool in sorted(pools.items()):
         if not isinstance(pool, Mapping):
@@ -221,9 +268,7 @@ def parse_metrics(text: str) -> MetricsSnapshot:
 
 
 async def fetch_status(http: httpx.AsyncClient, url: str) -> StatusSnapshot:
-    response = await http.get(url + "/status")
-    response.raise_for_status()
-    return parse_status(response.json())
+    return read_status(await http.get(url + "/status"))
 
 
 async def fetch_metrics(http: httpx.AsyncClient, url: str) -> MetricsSnapshot:
@@ -255,6 +300,11 @@ def fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def answered_but_not_control_plane(exc: BaseException) -> bool:
+    """The URL answered, not as a control plane (else it did not answer: unreachable)."""
+    return isinstance(_leaf(exc), NotControlPlane)
+
+
 def describe_error(exc: BaseException) -> str:
     """One line for an error: what it was, never a traceback."""
     text = _describe_leaf(_leaf(exc))
@@ -270,6 +320,8 @@ def _leaf(exc: BaseException) -> BaseException:
 
 
 def _describe_leaf(exc: BaseException) -> str:
+    if isinstance(exc, NotControlPlane):
+        return str(exc)
     if isinstance(exc, ConnectionClosed):
         reason = exc.reason
         if reason is None:

@@ -56,7 +56,9 @@ LONG: Final = 60.0  # seconds of the long rate and the per-minute ones
 _HORIZON: Final = LONG  # the longest window kept, seconds
 _COALESCE: Final = 0.1  # events seen this close together share one mark
 
-State = Literal["connecting", "up", "unreachable"]
+#: connecting: not heard from yet; up: its /status read; unreachable: no answer (refused,
+#: timed out, reset, a 5xx); not_control_plane: an HTTP answer, not a tubeworker /status.
+State = Literal["connecting", "up", "unreachable", "not_control_plane"]
 
 
 class RateWindow:
@@ -114,7 +116,7 @@ class DaemonView:
 
     url: str
     state: State = "connecting"
-    error: str | None = None
+    error: str | None = None  # why it is not up
     retry_at: float | None = None
     attempt: int = 0
     last_seen: float | None = None
@@ -196,8 +198,11 @@ class DaemonView:
         for flow in self.flows.values():
             flow.seen_at_scrape = dict(flow.seen)
 
-    def on_unreachable(self, error: str, now: float, retry_at: float | None, attempt: int) -> None:
-        self.state, self.error = "unreachable", error
+    def on_down(
+        self, state: State, error: str, now: float, retry_at: float | None, attempt: int
+    ) -> None:
+        """Not up: ``unreachable`` or ``not_control_plane``, with why."""
+        self.state, self.error = state, error
         self.retry_at, self.attempt = retry_at, attempt
         self.stream_since = None
 
@@ -271,10 +276,17 @@ class TopModel:
     def on_metrics(self, url: str, snapshot: MetricsSnapshot | None, error: str | None) -> None:
         self.daemons[url].on_metrics(snapshot, error)
 
-    def on_unreachable(
-        self, url: str, error: str, now: float, *, retry_at: float | None = None, attempt: int = 0
+    def on_down(
+        self,
+        url: str,
+        state: State,
+        error: str,
+        now: float,
+        *,
+        retry_at: float | None = None,
+        attempt: int = 0,
     ) -> None:
-        self.daemons[url].on_unreachable(error, now, retry_at, attempt)
+        self.daemons[url].on_down(state, error, now, retry_at, attempt)
 
 
 def _as_int(value: object) -> int:

@@ -50,6 +50,10 @@ _COLUMNS: Final = (
     ("API", 6, "<"),
 )
 _INDENT: Final = "  "
+_DOWN_WORDS: Final = {
+    "unreachable": "unreachable",
+    "not_control_plane": "not a tubeworker control plane",
+}
 
 
 def format_rate(rate: float | None) -> str:
@@ -147,7 +151,7 @@ def _done_rate(view: DaemonView, now: float, window: float) -> str:
 def _down(view: DaemonView, now: float) -> str:
     if view.state == "connecting":
         return f"{view.url}  connecting…"
-    text = f"{view.url}  unreachable: {view.error}"
+    text = f"{view.url}  {_DOWN_WORDS[view.state]}: {view.error}"
     if view.retry_at is not None:
         text += f"  (retry in {format_seconds(math.ceil(max(0.0, view.retry_at - now)))}"
         text += f", attempt {view.attempt})" if view.attempt else ")"

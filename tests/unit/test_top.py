@@ -224,6 +224,9 @@ def test_given_a_status_then_pools_lanes_uptime_and_in_flight_are_read() -> None
     assert view.in_flight("tenant-a", tubes) is None  # its pool works on two tubes
     assert view.in_flight("tenant-a", {"tenant-a"}) == 1
     assert view.in_flight("elsewhere", tubes) is None
+    # A pattern never matches tubeworker's own tubes (tubeworker.tubes.matches_any).
+    view.on_status(status(pools={"p": {"tubes": ["*"], "jobs": 2}}), 0, 0)
+    assert view.in_flight("work", {"work", "tubeworker.buried.work"}) == 2
 
 
 def test_given_a_status_with_tubes_and_apis_then_they_are_preferred_and_kept() -> None:
@@ -396,6 +399,19 @@ def test_given_apis_drain_and_lost_connections_then_they_are_rendered() -> None:
         "  note: beanstalkd connections lost: 1 (pool0 lane 1: EOF)",
         "",
     ]
+
+
+def test_given_tubes_of_tubeworkers_own_then_they_get_no_row() -> None:
+    view = streaming()
+    view.on_status(status(pools={"p": {"tubes": ["work", "tubeworker.limit.x.running"]}}), 0, 0)
+    view.on_event(job("tubeworker.buried.work", "h"), 1001.0)
+    view.on_metrics(
+        parse_metrics(
+            'tubeworker_tube_jobs{server="a",state="ready",tube="tubeworker.buried.work"} 5\n'
+            'tubeworker_jobs_total{tube="tubeworker.x",handler="h",outcome="deleted"} 1\n'
+        )
+    )
+    assert [row.name for row in tube_rows(view, 1001.0)] == ["work"]
 
 
 def test_given_a_daemon_that_was_seen_then_went_away_then_it_says_when() -> None:

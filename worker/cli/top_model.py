@@ -18,6 +18,9 @@ Where the figures come from:
   (``tubeworker_tube_jobs{state="ready"}``, ``tubeworker_tube_backlog_seconds``), summed
   over servers.
 - API: breaker state, "—" until flow control reports it (``/status`` ``apis``).
+
+Tubes of tubeworker's own (``tubeworker.*``: burial records, limit tokens) are not work:
+they get no row.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from fnmatch import fnmatchcase
 from typing import Any, Final, Literal
 
 from tubeworker.cli.top_feed import (
@@ -35,6 +37,7 @@ from tubeworker.cli.top_feed import (
     StatusSnapshot,
     TubeFacts,
 )
+from tubeworker.tubes import is_internal, is_pattern, matches_any
 
 __all__ = [
     "LONG",
@@ -226,14 +229,15 @@ class DaemonView:
         return self.metrics.jobs.get((tube, handler, outcome), 0) + max(0, since)
 
     def known_keys(self) -> list[tuple[str, str]]:
-        """Every (tube, handler) known, sorted; tubes with no jobs yet have handler ""."""
+        """Every (tube, handler) known, sorted, tubeworker's own tubes left out; tubes with
+        no jobs yet have handler ""."""
         keys = set(self.flows)
         if self.metrics is not None:
             keys |= {(tube, handler) for tube, handler, _ in self.metrics.jobs}
         tubes = {tube for tube, _ in keys} | set(self.tube_facts())
-        tubes |= {t for pool in self.pools for t in pool.tubes if not _is_pattern(t)}
+        tubes |= {t for pool in self.pools for t in pool.tubes if not is_pattern(t)}
         keys |= {(tube, "") for tube in tubes if not any(k[0] == tube for k in keys)}
-        return sorted(keys)
+        return sorted(key for key in keys if not is_internal(key[0]))
 
     def is_placeholder(self, tube: str, handler: str) -> bool:
         """The ("tube", "") key of a tube known only from its depth or its pool."""
@@ -248,13 +252,13 @@ class DaemonView:
         return dict(self.metrics.tubes) if self.metrics is not None else {}
 
     def in_flight(self, tube: str, tubes: set[str]) -> int | None:
-        """Jobs held for this tube: its pool's, when it is that pool's only known tube."""
+        """Jobs held for this tube: its pool's, when it is that pool's only known tube
+        (``tubes``: every tube shown)."""
         held = None
         for pool in self.pools:
-            if not any(fnmatchcase(tube, pattern) for pattern in pool.tubes):
+            if not matches_any(tube, pool.tubes):
                 continue
-            mine = {t for t in tubes if any(fnmatchcase(t, p) for p in pool.tubes)}
-            if mine != {tube}:
+            if {t for t in tubes if matches_any(t, pool.tubes)} != {tube}:
                 return None
             held = (held or 0) + pool.jobs
         return held
@@ -291,10 +295,6 @@ class TopModel:
 
 def _as_int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _is_pattern(tube: str) -> bool:
-    return any(char in tube for char in "*?[")
 
 
 # --------------------------------------------------------------------------- rows

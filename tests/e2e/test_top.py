@@ -5,6 +5,7 @@ its screen read with `capture-pane`)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -15,11 +16,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import greenstalk
 import httpx
 import pytest
 import trio
 
-from tests.e2e.test_control_plane import start_with_control
+from tests.e2e.test_control_plane import metrics, start_with_control, value
 from tests.e2e.test_daemon_process import put_jobs
 from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tests.support.httpserver import Reply, open_http_api
@@ -72,6 +74,41 @@ def test_given_a_daemon_that_did_jobs_then_top_once_prints_it_and_its_tube(
     assert (partly.returncode, partly.stderr) == (69, "")
     assert f"{nowhere}  unreachable: ConnectError: Connection refused" in partly.stdout
     assert row(partly.stdout, "e2e") is not None
+
+
+def test_given_a_pool_of_several_tubes_then_top_shows_each_tubes_jobs_in_flight(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    # Given two tubes of one pattern pool: three jobs that take a minute (held while top
+    # looks), one job with no handler (buried by the daemon, its reason recorded in
+    # tubeworker.buried.job-a, a tube of tubeworker's own).
+    with greenstalk.Client((beanstalkd.host, beanstalkd.port)) as client:
+        for tube, task in (("job-a", "sleepy"), ("job-a", "sleepy"), ("job-b", "sleepy"),
+                           ("job-a", "no.such.task")):  # fmt: skip
+            client.use(tube)
+            client.put(json.dumps({"task": task, "payload": {"n": 0, "seconds": 60}}), ttr=120)
+    _, base = start_with_control(
+        beanstalkd, tmp_path, daemons, tubes=["job-*"], concurrency=4, drain_timeout=1
+    )
+
+    def settled() -> bool:
+        status = httpx.get(f"{base}/status", timeout=5).json()
+        buried = value(metrics(base), "tubeworker_tube_jobs", tube="job-a", state="buried")
+        return status["in_flight_by_tube"] == {"job-a": 2, "job-b": 1} and buried == 1
+
+    wait_until_sync(settled, timeout=20, what="3 jobs held, 1 buried and its depth polled")
+
+    # When top takes a snapshot
+    done = subprocess.run(
+        top_command("--once", base), capture_output=True, text=True, timeout=30, cwd=REPO
+    )
+
+    # Then FLIGHT is each tube's (it was "—" for a pool of several tubes)
+    assert (done.returncode, done.stderr) == (0, "")
+    flight_ready = slice(6, 8)
+    assert (row(done.stdout, "job-a") or [])[flight_ready] == ["2", "0"]
+    assert (row(done.stdout, "job-b") or [])[flight_ready] == ["1", "0"]
+    assert "tubeworker." not in done.stdout.replace("tubeworker top", "")
 
 
 async def test_given_urls_that_answer_but_are_not_control_planes_then_top_says_so_not_running() -> (

@@ -1,5 +1,5 @@
 """`tubeworker top`'s modules: the model under fed events with an injected clock (top_model:
-rates over windows, summaries, drops, state), what it reads of /status and /metrics
+rates over windows, summaries, drops, state, in flight), what it reads of /status and /metrics
 (top_feed: a URL that answers but is not a control plane told apart from one that does not
 answer, through httpx's in-memory transport), and the renderer's exact lines for a known
 model (top_view). No server, no terminal."""
@@ -217,15 +217,27 @@ def test_given_a_status_then_pools_lanes_uptime_and_in_flight_are_read() -> None
     assert view.up_since == 700.0  # started 300 s before the wall clock's 5000
     assert [(p.name, p.lanes, p.lanes_connected, p.jobs) for p in view.pools] == [
         ("pool0", 2, 1, 3),
-        ("pool1", 1, 1, 1),
+        ("pool1", 2, 2, 1),
     ]
+    tubes = {"emails", "tenant-a", "tenant-b"}
+    # The daemon says it per tube: a pool of several tubes too, 0 for a tube with none.
+    assert [view.in_flight(t, tubes) for t in sorted(tubes)] == [3, 0, 1]
+
+
+def test_given_a_daemon_without_in_flight_by_tube_then_a_pools_count_goes_to_its_only_tube() -> (
+    None
+):
+    view = DaemonView(URL)
+    older = {key: value for key, value in STATUS.items() if key != "in_flight_by_tube"}
+    view.on_status(parse_status(older), 1000.0, 5000.0)
+    assert view.in_flight_by_tube is None
     tubes = {"emails", "tenant-a", "tenant-b"}
     assert view.in_flight("emails", tubes) == 3
     assert view.in_flight("tenant-a", tubes) is None  # its pool works on two tubes
     assert view.in_flight("tenant-a", {"tenant-a"}) == 1
     assert view.in_flight("elsewhere", tubes) is None
     # A pattern never matches tubeworker's own tubes (tubeworker.tubes.matches_any).
-    view.on_status(status(pools={"p": {"tubes": ["*"], "jobs": 2}}), 0, 0)
+    view.on_status(parse_status({**older, "pools": {"p": {"tubes": ["*"], "jobs": 2}}}), 0, 0)
     assert view.in_flight("work", {"work", "tubeworker.buried.work"}) == 2
 
 
@@ -283,7 +295,8 @@ STATUS: dict[str, Any] = {
     "draining": False,
     "drain_reason": None,
     "quiet": False,
-    "jobs_running": 3,
+    "jobs_running": 4,
+    "in_flight_by_tube": {"emails": 3, "tenant-b": 1},
     "counters": {"deleted": 132},
     "pools": {
         "pool0": {
@@ -292,7 +305,12 @@ STATUS: dict[str, Any] = {
             "jobs": 3,
             "lanes": [{"connected": True}, {"connected": False}],
         },
-        "pool1": {"tubes": ["tenant-*"], "slots": 4, "jobs": 1, "lanes": [{"connected": True}]},
+        "pool1": {  # a pattern pool lists the tubes it found
+            "tubes": ["tenant-a", "tenant-b"],
+            "slots": 4,
+            "jobs": 1,
+            "lanes": [{"connected": True}, {"connected": True}],
+        },
     },
 }
 
@@ -349,16 +367,16 @@ def known_model() -> TopModel:
 KNOWN_SCREEN = """\
 tubeworker top  2 daemons  every 1s  12:00:00
 
-http://127.0.0.1:9090  pid 4242  running  jobs 3  lanes 2/3  up 5m10s  10s 4.1/s  1m 4.1/s
+http://127.0.0.1:9090  pid 4242  running  jobs 4  lanes 3/4  up 5m10s  10s 4.1/s  1m 4.1/s
   pool pool0            tubes emails                         lanes 1/2  jobs 3/10
-  pool pool1            tubes tenant-*                       lanes 1/1  jobs 1/4
+  pool pool1            tubes tenant-a, tenant-b             lanes 2/2  jobs 1/4
   TUBE / HANDLER               DONE   10s/s    1m/s  REL/m  BUR/m  FLIGHT   READY  BACKLOG  API
   emails                        127     1.0     1.0    6.0    0.0       3      40    1m15s  —
     audit                         7     0.0     0.0    0.0    0.0                           —
     send                        120     1.0     1.0    6.0    0.0                           —
-  tenant-a                        5     0.1     0.1    0.0    0.0       —       0       0s  —
+  tenant-a                        5     0.1     0.1    0.0    0.0       0       0       0s  —
     resize                        5     0.1     0.1    0.0    0.0                           —
-  tenant-b                        0     0.0     0.0    0.0    0.0       —       3        ∞  —
+  tenant-b                        0     0.0     0.0    0.0    0.0       1       3        ∞  —
     resize                        0     0.0     0.0    0.0    0.0                           —
   (summarised)                          3.0     3.0    0.0    0.0                           —
   note: events: 4 missed (this viewer fell behind), 30 summarised (over events_per_second)
@@ -375,7 +393,7 @@ def test_given_a_known_model_then_the_screen_is_these_exact_lines() -> None:
 def test_given_a_known_model_then_the_plain_line_sums_each_daemon() -> None:
     line = summary_line(known_model(), 1010.0, stamp="12:00:00")
     assert line == (
-        "12:00:00  http://127.0.0.1:9090 pid 4242 running jobs 3 lanes 2/3 done 132 released 3"
+        "12:00:00  http://127.0.0.1:9090 pid 4242 running jobs 4 lanes 3/4 done 132 released 3"
         " buried 2 10s 4.1/s 1m 4.1/s | http://10.0.0.2:9090  unreachable: ConnectError: "
         "Connection refused  (retry in 2s, attempt 3)"
     )
@@ -389,7 +407,7 @@ def test_given_apis_drain_and_lost_connections_then_they_are_rendered() -> None:
     view.on_event({"type": "connection_lost", "pool": "pool0", "lane": 1, "error": "EOF"}, 1010.0)
     lines = render(model, 1010.0, stamp="", interval=0.5)
     assert lines[0] == "tubeworker top  2 daemons  every 0.5s"
-    assert lines[2].startswith("http://127.0.0.1:9090  pid 4242  draining  jobs 3")
+    assert lines[2].startswith("http://127.0.0.1:9090  pid 4242  draining  jobs 4")
     assert lines[14:20] == [
         "  API                      STATE         CALLS FAILURES",
         "  mailer                   half_open         —        —",

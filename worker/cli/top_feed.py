@@ -9,6 +9,7 @@ read over HTTP and checked, into frozen records the model takes (:mod:`top_model
   :func:`describe_error` puts either in one line.
 - :func:`parse_metrics`: job totals per tube, handler and outcome; per tube the ready jobs
   and backlog seconds, summed over servers.
+- ``in_flight_by_tube`` (jobs held now per tube) is ``None`` for a daemon older than it.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class StatusSnapshot:
     jobs_running: int | None = None
     pools: tuple[PoolView, ...] = ()
     apis: Mapping[str, ApiView] = field(default_factory=dict)
+    in_flight_by_tube: Mapping[str, int] | None = None  # None: a daemon older than it
     tubes: Mapping[str, TubeFacts] = field(default_factory=dict)
 
 
@@ -143,6 +145,7 @@ def parse_status(document: object) -> StatusSnapshot:
         jobs_running=running if _is(running, int) else None,
         pools=_pools(document["pools"]),
         apis=_apis(document.get("apis")),
+        in_flight_by_tube=_in_flight_by_tube(document.get("in_flight_by_tube")),
         tubes=_status_tubes(document.get("tubes")),
     )
 
@@ -231,6 +234,12 @@ def _apis(apis: object) -> dict[str, ApiView]:
             failures=None if failures is None else int(failures),
         )
     return dict(sorted(views.items()))
+
+
+def _in_flight_by_tube(value: object) -> dict[str, int] | None:
+    if not isinstance(value, Mapping):
+        return None
+    return {str(tube): count for tube, count in value.items() if _is(count, int)}
 
 
 # --------------------------------------------------------------------------- /metrics

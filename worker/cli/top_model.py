@@ -12,8 +12,9 @@ Where the figures come from:
   younger. Above the daemon's ``events_per_second`` the daemon sends per-second sums
   without tube or handler: they get a row of their own, ``(summarised)``, so the rows
   still add up.
-- In flight: ``/status`` gives jobs held per pool; a tube gets its pool's count when it is
-  the only known tube of that pool (else "—").
+- FLIGHT: jobs held now, ``/status`` ``in_flight_by_tube``. A daemon older than it gives
+  jobs held per pool only: a tube gets its pool's count when it is the pool's only known
+  tube (else unknown).
 - READY and BACKLOG: ``/status`` when it has a ``tubes`` section, else ``/metrics``
   (``tubeworker_tube_jobs{state="ready"}``, ``tubeworker_tube_backlog_seconds``), summed
   over servers.
@@ -132,6 +133,7 @@ class DaemonView:
     jobs_running: int | None = None
     pools: tuple[PoolView, ...] = ()
     apis: Mapping[str, ApiView] = field(default_factory=dict)
+    in_flight_by_tube: Mapping[str, int] | None = None
     status_tubes: Mapping[str, TubeFacts] = field(default_factory=dict)
     # /metrics
     metrics: MetricsSnapshot | None = None
@@ -194,6 +196,7 @@ class DaemonView:
         self.jobs_running = status.jobs_running
         self.pools = status.pools
         self.apis = status.apis
+        self.in_flight_by_tube = status.in_flight_by_tube
         self.status_tubes = status.tubes
 
     def on_metrics(self, snapshot: MetricsSnapshot | None, error: str | None = None) -> None:
@@ -252,8 +255,11 @@ class DaemonView:
         return dict(self.metrics.tubes) if self.metrics is not None else {}
 
     def in_flight(self, tube: str, tubes: set[str]) -> int | None:
-        """Jobs held for this tube: its pool's, when it is that pool's only known tube
-        (``tubes``: every tube shown)."""
+        """Jobs held now for this tube (``tubes``: every tube shown)."""
+        if self.in_flight_by_tube is not None:
+            return self.in_flight_by_tube.get(tube, 0)
+        # A daemon older than in_flight_by_tube: its pool's count, when it is that pool's
+        # only known tube.
         held = None
         for pool in self.pools:
             if not matches_any(tube, pool.tubes):

@@ -62,8 +62,9 @@ def test_given_a_daemon_that_did_jobs_then_top_once_prints_it_and_its_tube(
     assert lines[0].startswith("tubeworker top  1 daemon  every 1s  ")
     assert lines[2].startswith(f"{base}  pid {daemon.pid}  running  jobs 0  lanes 1/1  up ")
     assert lines[3].startswith("  pool pool0            tubes e2e ")
-    # DONE, then no rates (no events stream in a snapshot), FLIGHT, READY, BACKLOG, API.
-    assert row(done.stdout, "e2e") == ["e2e", "12", "—", "—", "—", "—", "0", "0", "0s", "—"]
+    # DONE, then no rates (no events stream in a snapshot), FLIGHT, READY, BURIED, BACKLOG,
+    # API.
+    assert row(done.stdout, "e2e") == ["e2e", "12", "—", "—", "—", "—", "0", "0", "0", "0s", "—"]
     assert row(done.stdout, "  sleepy") == ["sleepy", "12", "—", "—", "—", "—", "—"]
 
     # A daemon that is not there: shown with the error, exit 69, no traceback.
@@ -76,7 +77,7 @@ def test_given_a_daemon_that_did_jobs_then_top_once_prints_it_and_its_tube(
     assert row(partly.stdout, "e2e") is not None
 
 
-def test_given_a_pool_of_several_tubes_then_top_shows_each_tubes_jobs_in_flight(
+def test_given_a_pool_of_several_tubes_then_top_shows_each_tubes_jobs_in_flight_and_buried(
     beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
 ) -> None:
     # Given two tubes of one pattern pool: three jobs that take a minute (held while top
@@ -103,11 +104,11 @@ def test_given_a_pool_of_several_tubes_then_top_shows_each_tubes_jobs_in_flight(
         top_command("--once", base), capture_output=True, text=True, timeout=30, cwd=REPO
     )
 
-    # Then FLIGHT is each tube's (it was "—" for a pool of several tubes)
+    # Then FLIGHT and BURIED are each tube's (FLIGHT was "—" for a pool of several tubes)
     assert (done.returncode, done.stderr) == (0, "")
-    flight_ready = slice(6, 8)
-    assert (row(done.stdout, "job-a") or [])[flight_ready] == ["2", "0"]
-    assert (row(done.stdout, "job-b") or [])[flight_ready] == ["1", "0"]
+    flight_ready_buried = slice(6, 9)
+    assert (row(done.stdout, "job-a") or [])[flight_ready_buried] == ["2", "0", "1"]
+    assert (row(done.stdout, "job-b") or [])[flight_ready_buried] == ["1", "0", "0"]
     assert "tubeworker." not in done.stdout.replace("tubeworker top", "")
 
 

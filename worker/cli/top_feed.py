@@ -7,8 +7,8 @@ read over HTTP and checked, into frozen records the model takes (:mod:`top_model
   what it answered; a 5xx is the server's failure, not an answer (a proxy whose daemon is
   gone says 502). Errors that got no answer at all (refused, timed out, reset) stay httpx's:
   :func:`describe_error` puts either in one line.
-- :func:`parse_metrics`: job totals per tube, handler and outcome; per tube the ready jobs
-  and backlog seconds, summed over servers.
+- :func:`parse_metrics`: job totals per tube, handler and outcome; per tube the ready and
+  buried jobs and the daemon's backlog estimate, summed over servers.
 - ``in_flight_by_tube`` (jobs held now per tube) is ``None`` for a daemon older than it.
 """
 
@@ -95,8 +95,11 @@ class StatusSnapshot:
 
 @dataclass(frozen=True)
 class TubeFacts:
+    """A tube's depth in beanstalkd (servers summed) and the daemon's backlog estimate."""
+
     ready: int | None = None
-    backlog_seconds: float | None = None
+    buried: int | None = None
+    backlog_seconds: float | None = None  # ready ÷ the daemon's recent throughput
 
 
 @dataclass(frozen=True)
@@ -246,31 +249,42 @@ def _in_flight_by_tube(value: object) -> dict[str, int] | None:
 
 
 def parse_metrics(text: str) -> MetricsSnapshot:
-    """Job totals per tube, handler and outcome (causes summed), and per tube the ready jobs
-    and backlog seconds (servers summed). Raises ValueError on text that is not Prometheus'."""
+    """Job totals per tube, handler and outcome (causes summed); per tube the ready and
+    buried jobs and the backlog seconds (servers summed). Raises ValueError on text that is
+    not Prometheus'."""
     jobs: dict[tuple[str, str, str], int] = {}
-    ready: dict[str, float] = {}
-    backlog: dict[str, float] = {}
+    depth: dict[str, dict[str, float]] = {"ready": {}, "buried": {}, "backlog": {}}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            labels = sample.labels
-            if sample.name == "tubeworker_jobs_total":
-                key = (labels.get("tube", ""), labels.get("handler", ""), labels.get("outcome", ""))
+            labels, name = sample.labels, sample.name
+            tube = labels.get("tube", "")
+            if name == "tubeworker_jobs_total":
+                key = (tube, labels.get("handler", ""), labels.get("outcome", ""))
                 jobs[key] = jobs.get(key, 0) + int(sample.value)
-            elif sample.name == "tubeworker_tube_jobs" and labels.get("state") == "ready":
-                tube = labels.get("tube", "")
-                ready[tube] = ready.get(tube, 0.0) + sample.value
-            elif sample.name == "tubeworker_tube_backlog_seconds":
-                tube = labels.get("tube", "")
-                backlog[tube] = backlog.get(tube, 0.0) + sample.value
-    tubes = {
-        tube: TubeFacts(
-            ready=int(ready[tube]) if tube in ready else None,
-            backlog_seconds=backlog.get(tube),
-        )
-        for tube in sorted(set(ready) | set(backlog))
-    }
-    return MetricsSnapshot(jobs=jobs, tubes=tubes)
+            elif name == "tubeworker_tube_jobs" and labels.get("state") in ("ready", "buried"):
+                _add(depth[labels["state"]], tube, sample.value)
+            elif name == "tubeworker_tube_backlog_seconds":
+                _add(depth["backlog"], tube, sample.value)
+    tubes: set[str] = set()
+    for sums in depth.values():
+        tubes.update(sums)
+    return MetricsSnapshot(
+        jobs=jobs,
+        tubes={tube: _tube_facts(depth, tube) for tube in sorted(tubes)},
+    )
+
+
+def _add(sums: dict[str, float], key: str, value: float) -> None:
+    sums[key] = sums.get(key, 0.0) + value
+
+
+def _tube_facts(depth: Mapping[str, Mapping[str, float]], tube: str) -> TubeFacts:
+    ready, buried = depth["ready"].get(tube), depth["buried"].get(tube)
+    return TubeFacts(
+        ready=None if ready is None else int(ready),
+        buried=None if buried is None else int(buried),
+        backlog_seconds=depth["backlog"].get(tube),
+    )
 
 
 # --------------------------------------------------------------------------- HTTP

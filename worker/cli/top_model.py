@@ -15,9 +15,9 @@ Where the figures come from:
 - FLIGHT: jobs held now, ``/status`` ``in_flight_by_tube``. A daemon older than it gives
   jobs held per pool only: a tube gets its pool's count when it is the pool's only known
   tube (else unknown).
-- READY and BACKLOG: ``/status`` when it has a ``tubes`` section, else ``/metrics``
-  (``tubeworker_tube_jobs{state="ready"}``, ``tubeworker_tube_backlog_seconds``), summed
-  over servers.
+- READY, BURIED and BACKLOG: ``/status`` when it has a ``tubes`` section, else
+  ``/metrics`` (``tubeworker_tube_jobs`` by state, ``tubeworker_tube_backlog_seconds``),
+  summed over servers.
 - API: breaker state, "—" until flow control reports it (``/status`` ``apis``).
 
 Tubes of tubeworker's own (``tubeworker.*``: burial records, limit tokens) are not work:
@@ -319,9 +319,10 @@ class Row:
     buried_per_min: float | None
     in_flight: int | None = None
     ready: int | None = None
+    buried: int | None = None
     backlog: float | None = None
     api: str | None = None
-    tube_level: bool = True  # in flight, ready and backlog belong to tubes
+    tube_level: bool = True  # in flight, ready, buried and backlog belong to tubes
 
 
 def tube_rows(view: DaemonView, now: float) -> list[Row]:
@@ -360,6 +361,7 @@ def _tube_row(
         _row(view, tube, 0, flows, done, now),
         in_flight=view.in_flight(tube, tubes),
         ready=fact.ready,
+        buried=fact.buried,
         backlog=fact.backlog_seconds,
     )
 

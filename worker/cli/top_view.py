@@ -46,6 +46,7 @@ _COLUMNS: Final = (
     ("BUR/m", 6, ">"),
     ("FLIGHT", 7, ">"),
     ("READY", 7, ">"),
+    ("BURIED", 7, ">"),
     ("BACKLOG", 8, ">"),
     ("API", 6, "<"),
 )
@@ -112,10 +113,11 @@ def _row_line(row: Row) -> str:
         (
             format_count(row.in_flight, 7),
             format_count(row.ready, 7),
+            format_count(row.buried, 7),
             format_seconds(row.backlog),
         )
         if row.tube_level
-        else ("", "", "")
+        else ("", "", "", "")
     )
     return _line(
         (

@@ -63,8 +63,9 @@ def test_given_a_daemon_that_did_jobs_then_top_once_prints_it_and_its_tube(
     assert lines[2].startswith(f"{base}  pid {daemon.pid}  running  jobs 0  lanes 1/1  up ")
     assert lines[3].startswith("  pool pool0            tubes e2e ")
     # DONE, then no rates (no events stream in a snapshot), FLIGHT, READY, BURIED, BACKLOG,
-    # API.
+    # API; then the key to the columns.
     assert row(done.stdout, "e2e") == ["e2e", "12", "—", "—", "—", "—", "0", "0", "0", "0s", "—"]
+    assert "key: DONE jobs deleted since the daemon started" in done.stdout
     assert row(done.stdout, "  sleepy") == ["sleepy", "12", "—", "—", "—", "—", "—"]
 
     # A daemon that is not there: shown with the error, exit 69, no traceback.

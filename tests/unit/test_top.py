@@ -1,8 +1,8 @@
 """`tubeworker top`'s modules: the model under fed events with an injected clock (top_model:
-rates over windows, summaries, drops, state, in flight), what it reads of /status and /metrics
-(top_feed: a URL that answers but is not a control plane told apart from one that does not
-answer, through httpx's in-memory transport), and the renderer's exact lines for a known
-model (top_view). No server, no terminal."""
+rates over windows, summaries, drops, state, in flight, backlog), what it reads of /status
+and /metrics (top_feed: a URL that answers but is not a control plane told apart from one
+that does not answer, through httpx's in-memory transport), and the renderer's exact lines
+for a known model (top_view). No server, no terminal."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from tubeworker.cli.top_feed import (
     parse_status,
     read_status,
 )
-from tubeworker.cli.top_model import DaemonView, RateWindow, TopModel, tube_rows
+from tubeworker.cli.top_model import DaemonView, RateWindow, TopModel, backlog_seconds, tube_rows
 from tubeworker.cli.top_view import DASH, Screen, format_count, format_seconds, render, summary_line
 from tubeworker.observe.events import EventBus
 
@@ -160,7 +160,7 @@ def test_given_drops_then_they_add_up_and_are_noted() -> None:
     model.daemons[URL] = view
     assert (
         "  note: events: 12 missed (this viewer fell behind), 0 summarised (over "
-        "events_per_second)" in render(model, 1002.0, stamp="", interval=1)
+        "events_per_second; not in the tubes' rates)" in render(model, 1002.0, stamp="", interval=1)
     )
 
 
@@ -241,19 +241,9 @@ def test_given_a_daemon_without_in_flight_by_tube_then_a_pools_count_goes_to_its
     assert view.in_flight("work", {"work", "tubeworker.buried.work"}) == 2
 
 
-def test_given_a_status_with_tubes_and_apis_then_they_are_preferred_and_kept() -> None:
-    view = DaemonView(URL)
-    view.on_metrics(METRICS_SNAPSHOT)
-    view.on_status(
-        status(
-            tubes={"emails": {"ready": 9, "backlog_seconds": 4.5}},
-            apis=[{"api": "mailer", "state": "open", "calls": 20, "failures": 12}, "junk"],
-        ),
-        1000.0,
-        5000.0,
-    )
-    assert view.tube_facts() == {"emails": TubeFacts(ready=9, backlog_seconds=4.5)}
-    assert [(a.name, a.state, a.calls, a.failures) for a in view.apis.values()] == [
+def test_given_a_status_with_apis_then_they_are_kept() -> None:
+    apis = [{"api": "mailer", "state": "open", "calls": 20, "failures": 12}, "junk"]
+    assert [(a.name, a.state, a.calls, a.failures) for a in status(apis=apis).apis.values()] == [
         ("mailer", "open", 20, 12)
     ]
 
@@ -375,7 +365,7 @@ http://127.0.0.1:9090  pid 4242  running  jobs 4  lanes 3/4  up 5m10s  10s 4.1/s
   pool pool0            tubes emails                         lanes 1/2  jobs 3/10
   pool pool1            tubes tenant-a, tenant-b             lanes 2/2  jobs 1/4
   TUBE / HANDLER               DONE   10s/s    1m/s  REL/m  BUR/m  FLIGHT   READY  BURIED  BACKLOG  API
-  emails                        127     1.0     1.0    6.0    0.0       3      40     100    1m15s  —
+  emails                        127     1.0     1.0    6.0    0.0       3      40     100      40s  —
     audit                         7     0.0     0.0    0.0    0.0                                   —
     send                        120     1.0     1.0    6.0    0.0                                   —
   tenant-a                        5     0.1     0.1    0.0    0.0       0       0       0       0s  —
@@ -383,9 +373,14 @@ http://127.0.0.1:9090  pid 4242  running  jobs 4  lanes 3/4  up 5m10s  10s 4.1/s
   tenant-b                        0     0.0     0.0    0.0    0.0       1       3       2        ∞  —
     resize                        0     0.0     0.0    0.0    0.0                                   —
   (summarised)                          3.0     3.0    0.0    0.0                                   —
-  note: events: 4 missed (this viewer fell behind), 30 summarised (over events_per_second)
+  note: events: 4 missed (this viewer fell behind), 30 summarised (over events_per_second; not in the tubes' rates)
 
 http://10.0.0.2:9090  unreachable: ConnectError: Connection refused  (retry in 2s, attempt 3)
+
+key: DONE jobs deleted since the daemon started · 10s/s, 1m/s jobs done a second over 10 s, 1 min ·
+     REL/m, BUR/m released, buried a minute over 1 min · FLIGHT jobs held now · READY, BURIED jobs
+     in beanstalkd now, servers summed · BACKLOG READY ÷ 1m/s, the time the ready jobs take at that
+     rate (without events: the daemon's own estimate)
 """  # noqa: E501 (the screen as drawn)
 
 
@@ -403,6 +398,32 @@ def test_given_a_known_model_then_the_plain_line_sums_each_daemon() -> None:
     )
 
 
+def test_given_a_known_model_then_each_tubes_backlog_is_its_ready_jobs_at_its_own_rate() -> None:
+    """The daemon's estimate (1m15s for emails: 40 ready ÷ a moving average of its
+    throughput) would contradict the 1.0/s on the same row: the row's figure is used."""
+    rows = {row.name: row for row in tube_rows(known_model().daemons[URL], 1010.0)}
+    emails = rows["emails"]
+    assert (emails.ready, emails.rate_long) == (40, pytest.approx(1.0))
+    assert emails.backlog == pytest.approx(40.0)
+    assert (rows["tenant-a"].backlog, rows["tenant-b"].backlog) == (0.0, math.inf)
+
+
+@pytest.mark.parametrize(
+    ("ready", "rate", "estimate", "backlog"),
+    [
+        (40, 2.0, 75.0, 20.0),  # at the row's rate
+        (40, 0.0, 75.0, math.inf),  # not moving
+        (0, 0.0, 75.0, 0.0),  # nothing to do
+        (40, None, 75.0, 75.0),  # no events stream (--once): the daemon's estimate
+        (None, 2.0, None, None),  # depth unknown
+    ],
+)
+def test_backlog_is_ready_over_the_rate(
+    ready: int | None, rate: float | None, estimate: float | None, backlog: float | None
+) -> None:
+    assert backlog_seconds(ready, rate, estimate) == backlog
+
+
 def test_given_apis_drain_and_lost_connections_then_they_are_rendered() -> None:
     model = known_model()
     view = model.daemons[URL]
@@ -417,7 +438,7 @@ def test_given_apis_drain_and_lost_connections_then_they_are_rendered() -> None:
         "  mailer                   half_open         —        —",
         "  note: draining: SIGTERM",
         "  note: events: 4 missed (this viewer fell behind), 30 summarised "
-        "(over events_per_second)",
+        "(over events_per_second; not in the tubes' rates)",
         "  note: beanstalkd connections lost: 1 (pool0 lane 1: EOF)",
         "",
     ]
@@ -612,7 +633,7 @@ async def test_given_a_url_that_answers_otherwise_or_not_at_all_then_top_says_wh
         async with fake_server(reply) as http:
             await poll_once(model, http, URL)
     assert model.daemons[URL].state == state
-    assert render(model, 0.0, stamp="", interval=1)[2:] == [header]  # no table
+    assert render(model, 0.0, stamp="", interval=1)[2:] == [header]  # no table, no key
     assert summary_line(model, 0.0, stamp="s") == f"s  {header}"
 
 

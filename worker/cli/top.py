@@ -8,7 +8,8 @@ Three modules and this one:
   from one that does not answer.
 - :mod:`top_model`: the model. Events, status and metrics in (with the time passed by the
   caller); per daemon, per tube and per handler figures out, with where each comes from.
-- :mod:`top_view`: the renderer (lines with fixed column widths) and the screen.
+- :mod:`top_view`: the renderer (lines with fixed column widths, and a key saying what the
+  columns count) and the screen.
 - here: the I/O that joins them. Per daemon, a trio-websocket client of ``/events`` and a
   poll of ``GET /status`` and ``GET /metrics`` (httpx) every interval; a daemon that cannot
   be reached, goes away, or turns out not to be a control plane is shown so, with the error,

@@ -90,7 +90,6 @@ class StatusSnapshot:
     pools: tuple[PoolView, ...] = ()
     apis: Mapping[str, ApiView] = field(default_factory=dict)
     in_flight_by_tube: Mapping[str, int] | None = None  # None: a daemon older than it
-    tubes: Mapping[str, TubeFacts] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,6 @@ def parse_status(document: object) -> StatusSnapshot:
         pools=_pools(document["pools"]),
         apis=_apis(document.get("apis")),
         in_flight_by_tube=_in_flight_by_tube(document.get("in_flight_by_tube")),
-        tubes=_status_tubes(document.get("tubes")),
     )
 
 
@@ -202,21 +200,6 @@ def _pools(pools: Mapping[Any, Any]) -> tuple[PoolView, ...]:
             )
         )
     return tuple(views)
-
-
-def _status_tubes(tubes: object) -> dict[str, TubeFacts]:
-    """``/status`` ``tubes``, when the daemon has it: {tube: {ready, backlog_seconds}}."""
-    if not isinstance(tubes, Mapping):
-        return {}
-    facts = {}
-    for tube, data in tubes.items():
-        if isinstance(data, Mapping):
-            ready = _number(data.get("ready"))
-            facts[str(tube)] = TubeFacts(
-                ready=int(ready) if ready is not None else None,
-                backlog_seconds=_number(data.get("backlog_seconds")),
-            )
-    return facts
 
 
 def _apis(apis: object) -> dict[str, ApiView]:

@@ -11,13 +11,15 @@ Where the figures come from:
   1 min): job events, counted as they arrive; the window is shorter while the stream is
   younger. Above the daemon's ``events_per_second`` the daemon sends per-second sums
   without tube or handler: they get a row of their own, ``(summarised)``, so the rows
-  still add up.
+  still add up (and the tubes' rates leave them out).
 - FLIGHT: jobs held now, ``/status`` ``in_flight_by_tube``. A daemon older than it gives
   jobs held per pool only: a tube gets its pool's count when it is the pool's only known
   tube (else unknown).
-- READY, BURIED and BACKLOG: ``/status`` when it has a ``tubes`` section, else
-  ``/metrics`` (``tubeworker_tube_jobs`` by state, ``tubeworker_tube_backlog_seconds``),
-  summed over servers.
+- READY and BURIED: ``tubeworker_tube_jobs`` in ``/metrics``, servers summed.
+- BACKLOG: READY ÷ the 1-minute rate of the same row, so the two never disagree (0 with no
+  ready job, ∞ when ready jobs are not moving). With no events stream there is no rate:
+  then it is the daemon's own estimate (``tubeworker_tube_backlog_seconds``: ready ÷ a
+  moving average of its throughput over its tube polls).
 - API: breaker state, "—" until flow control reports it (``/status`` ``apis``).
 
 Tubes of tubeworker's own (``tubeworker.*``: burial records, limit tokens) are not work:
@@ -26,6 +28,7 @@ they get no row.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -50,12 +53,13 @@ __all__ = [
     "Row",
     "State",
     "TopModel",
+    "backlog_seconds",
     "tube_rows",
 ]
 
 SUMMARISED: Final = "(summarised)"
 SHORT: Final = 10.0  # seconds of the short rate
-LONG: Final = 60.0  # seconds of the long rate and the per-minute ones
+LONG: Final = 60.0  # seconds of the long rate, the per-minute ones and the backlog's
 
 _HORIZON: Final = LONG  # the longest window kept, seconds
 _COALESCE: Final = 0.1  # events seen this close together share one mark
@@ -134,7 +138,6 @@ class DaemonView:
     pools: tuple[PoolView, ...] = ()
     apis: Mapping[str, ApiView] = field(default_factory=dict)
     in_flight_by_tube: Mapping[str, int] | None = None
-    status_tubes: Mapping[str, TubeFacts] = field(default_factory=dict)
     # /metrics
     metrics: MetricsSnapshot | None = None
     metrics_error: str | None = None
@@ -197,7 +200,6 @@ class DaemonView:
         self.pools = status.pools
         self.apis = status.apis
         self.in_flight_by_tube = status.in_flight_by_tube
-        self.status_tubes = status.tubes
 
     def on_metrics(self, snapshot: MetricsSnapshot | None, error: str | None = None) -> None:
         self.metrics, self.metrics_error = snapshot, error
@@ -250,8 +252,6 @@ class DaemonView:
         return not any(t == tube and h == "" for t, h, _ in jobs)
 
     def tube_facts(self) -> dict[str, TubeFacts]:
-        if self.status_tubes:
-            return dict(self.status_tubes)
         return dict(self.metrics.tubes) if self.metrics is not None else {}
 
     def in_flight(self, tube: str, tubes: set[str]) -> int | None:
@@ -325,6 +325,18 @@ class Row:
     tube_level: bool = True  # in flight, ready, buried and backlog belong to tubes
 
 
+def backlog_seconds(ready: int | None, rate: float | None, estimate: float | None) -> float | None:
+    """How long the ready jobs take at ``rate`` (per second); without a rate, the daemon's
+    ``estimate``."""
+    if ready is None:
+        return None
+    if ready == 0:
+        return 0.0
+    if rate is None:
+        return estimate
+    return ready / rate if rate > 0 else math.inf
+
+
 def tube_rows(view: DaemonView, now: float) -> list[Row]:
     """The table of one daemon: per tube a row, then one per handler; the summarised last."""
     keys = view.known_keys()
@@ -357,12 +369,13 @@ def _tube_row(
     tubes: set[str],
     now: float,
 ) -> Row:
+    row = _row(view, tube, 0, flows, done, now)
     return replace(
-        _row(view, tube, 0, flows, done, now),
+        row,
         in_flight=view.in_flight(tube, tubes),
         ready=fact.ready,
         buried=fact.buried,
-        backlog=fact.backlog_seconds,
+        backlog=backlog_seconds(fact.ready, row.rate_long, fact.backlog_seconds),
     )
 
 

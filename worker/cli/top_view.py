@@ -1,12 +1,15 @@
 """``tubeworker top``, the view: the model (:mod:`top_model`) as lines of text with fixed
 column widths (:func:`render`, :func:`summary_line`), and the :class:`Screen` they go to.
 The renderer is pure: the caller passes the time and the clock's stamp.
+
+Below the daemons a key says what each column counts and over which window.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
+import textwrap
 from collections.abc import Sequence
 from typing import Final, TextIO
 
@@ -51,6 +54,13 @@ _COLUMNS: Final = (
     ("API", 6, "<"),
 )
 _INDENT: Final = "  "
+_KEY_WIDTH: Final = 100
+_TUBES_KEY: Final = (
+    "DONE jobs deleted since the daemon started · 10s/s, 1m/s jobs done a second over 10 s,"
+    " 1 min · REL/m, BUR/m released, buried a minute over 1 min · FLIGHT jobs held now ·"
+    " READY, BURIED jobs in beanstalkd now, servers summed · BACKLOG READY ÷ 1m/s, the time"
+    " the ready jobs take at that rate (without events: the daemon's own estimate)"
+)
 _DOWN_WORDS: Final = {
     "unreachable": "unreachable",
     "not_control_plane": "not a tubeworker control plane",
@@ -195,7 +205,8 @@ def _notes(view: DaemonView) -> list[str]:
     if view.dropped or view.summarised.seen:
         notes.append(
             f"events: {view.dropped} missed (this viewer fell behind), "
-            f"{sum(view.summarised.seen.values())} summarised (over events_per_second)"
+            f"{sum(view.summarised.seen.values())} summarised (over events_per_second; "
+            "not in the tubes' rates)"
         )
     if view.connections_lost:
         notes.append(f"beanstalkd connections lost: {view.connections_lost} ({view.last_lost})")
@@ -228,6 +239,17 @@ def render_daemon(view: DaemonView, now: float) -> list[str]:
     return lines
 
 
+def _key(model: TopModel) -> list[str]:
+    """What the columns mean, when a table is shown."""
+    up = [view for view in model.daemons.values() if view.state == "up"]
+    if not up:
+        return []
+    return [
+        "",
+        *textwrap.wrap(_TUBES_KEY, _KEY_WIDTH, initial_indent="key: ", subsequent_indent="     "),
+    ]
+
+
 def render(model: TopModel, now: float, *, stamp: str, interval: float) -> list[str]:
     """The whole screen, as lines (no trailing spaces, no escape sequences)."""
     count = len(model.daemons)
@@ -237,7 +259,7 @@ def render(model: TopModel, now: float, *, stamp: str, interval: float) -> list[
     for view in model.daemons.values():
         lines.append("")
         lines += render_daemon(view, now)
-    return lines
+    return lines + _key(model)
 
 
 def _daemon_summary(view: DaemonView, now: float) -> str:

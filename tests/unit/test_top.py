@@ -22,6 +22,7 @@ from trio_websocket import CloseReason, ConnectionClosed
 from tests.support.waiting import wait_until
 from tubeworker.cli.top import poll_once, top, watch_daemon
 from tubeworker.cli.top_feed import (
+    ApiTotals,
     MetricsSnapshot,
     NotControlPlane,
     StatusSnapshot,
@@ -241,11 +242,13 @@ def test_given_a_daemon_without_in_flight_by_tube_then_a_pools_count_goes_to_its
     assert view.in_flight("work", {"work", "tubeworker.buried.work"}) == 2
 
 
-def test_given_a_status_with_apis_then_they_are_kept() -> None:
-    apis = [{"api": "mailer", "state": "open", "calls": 20, "failures": 12}, "junk"]
-    assert [(a.name, a.state, a.calls, a.failures) for a in status(apis=apis).apis.values()] == [
-        ("mailer", "open", 20, 12)
-    ]
+def test_given_a_status_with_apis_then_their_breaker_windows_are_kept() -> None:
+    apis = [{"api": "mailer", "state": "open", "calls": 20, "failures": 12, "trips": 2}, "junk"]
+    assert [
+        (a.name, a.state, a.window_calls, a.window_failures, a.trips)
+        for a in status(apis=apis).apis.values()
+    ] == [("mailer", "open", 20, 12, 2)]
+    assert status(apis={"m": {"state": "closed"}}).apis["m"].window_calls is None
 
 
 # --------------------------------------------------------------------------- /metrics
@@ -279,6 +282,11 @@ tubeworker_tube_backlog_seconds{server="a:11300",tube="tenant-b"} +Inf
 # HELP tubeworker_jobs_in_flight Handlers running now
 # TYPE tubeworker_jobs_in_flight gauge
 tubeworker_jobs_in_flight 4.0
+# HELP tubeworker_api_calls Calls reported per API, by result
+# TYPE tubeworker_api_calls counter
+tubeworker_api_calls_total{api="mailer",result="success"} 1480.0
+tubeworker_api_calls_total{api="mailer",result="failure"} 37.0
+tubeworker_api_calls_total{api="mailer",result="caller_fault"} 3.0
 """
 
 METRICS_SNAPSHOT = parse_metrics(METRICS_TEXT)
@@ -328,6 +336,8 @@ def test_given_metrics_text_then_totals_by_outcome_and_depths_summed_over_server
     backlog = snapshot.tubes["tenant-b"].backlog_seconds
     assert backlog is not None
     assert math.isinf(backlog)
+    # Calls count caller faults (as the breaker does); failures are the API's.
+    assert snapshot.apis == {"mailer": ApiTotals(calls=1520, failures=37)}
 
 
 def test_given_text_that_is_not_prometheus_then_parsing_fails_with_value_error() -> None:
@@ -427,21 +437,33 @@ def test_backlog_is_ready_over_the_rate(
 def test_given_apis_drain_and_lost_connections_then_they_are_rendered() -> None:
     model = known_model()
     view = model.daemons[URL]
-    view.on_status(status(apis={"mailer": {"state": "half_open"}}), 1010.0, 5010.0)
+    apis = {
+        "mailer": {"state": "half_open", "calls": 20, "failures": 12, "trips": 2},
+        "sms": {"state": "closed"},
+    }
+    view.on_status(status(apis=apis), 1010.0, 5010.0)
     view.on_event({"type": "drain", "reason": "SIGTERM"}, 1010.0)
     view.on_event({"type": "connection_lost", "pool": "pool0", "lane": 1, "error": "EOF"}, 1010.0)
     lines = render(model, 1010.0, stamp="", interval=0.5)
     assert lines[0] == "tubeworker top  2 daemons  every 0.5s"
     assert lines[2].startswith("http://127.0.0.1:9090  pid 4242  draining  jobs 4")
-    assert lines[14:20] == [
-        "  API                      STATE         CALLS FAILURES",
-        "  mailer                   half_open         —        —",
+    # Totals since the daemon started (/metrics), as the header says; the breaker's window
+    # (/status) apart, in words.
+    assert lines[14:22] == [
+        "  API                      STATE      TOTAL CALLS   FAILED  TRIPS  IN BREAKER WINDOW",
+        "  mailer                   half_open         1520       37      2  12 of 20 failed",
+        "  sms                      closed               —        —      —  —",
         "  note: draining: SIGTERM",
         "  note: events: 4 missed (this viewer fell behind), 30 summarised "
         "(over events_per_second; not in the tubes' rates)",
         "  note: beanstalkd connections lost: 1 (pool0 lane 1: EOF)",
         "",
+        "http://10.0.0.2:9090  unreachable: ConnectError: Connection refused  (retry in 2s, "
+        "attempt 3)",
     ]
+    assert "IN BREAKER WINDOW the calls the breaker judges now (its sliding window)" in " ".join(
+        " ".join(line.split()) for line in lines[-4:]
+    )
 
 
 def test_given_tubes_of_tubeworkers_own_then_they_get_no_row() -> None:

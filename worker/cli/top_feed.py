@@ -8,7 +8,8 @@ read over HTTP and checked, into frozen records the model takes (:mod:`top_model
   gone says 502). Errors that got no answer at all (refused, timed out, reset) stay httpx's:
   :func:`describe_error` puts either in one line.
 - :func:`parse_metrics`: job totals per tube, handler and outcome; per tube the ready and
-  buried jobs and the daemon's backlog estimate, summed over servers.
+  buried jobs and the daemon's backlog estimate, summed over servers; per API the calls and
+  failures since the daemon started.
 - ``in_flight_by_tube`` (jobs held now per tube) is ``None`` for a daemon older than it.
 """
 
@@ -27,6 +28,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 
 __all__ = [
     "REQUEST_TIMEOUT",
+    "ApiTotals",
     "ApiView",
     "MetricsSnapshot",
     "NotControlPlane",
@@ -69,12 +71,14 @@ class PoolView:
 
 @dataclass(frozen=True)
 class ApiView:
-    """One external API's breaker, as flow control reports it."""
+    """One external API's breaker, from ``/status``: ``window_*`` are its sliding window's
+    (the calls it trips on), ``trips`` every opening since the daemon started."""
 
     name: str
     state: str  # closed, open, half_open
-    calls: int | None = None
-    failures: int | None = None
+    window_calls: int | None = None
+    window_failures: int | None = None
+    trips: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,11 +106,21 @@ class TubeFacts:
 
 
 @dataclass(frozen=True)
+class ApiTotals:
+    """An API's calls (caller faults included, as the breaker counts them) and failures
+    since the daemon started."""
+
+    calls: int = 0
+    failures: int = 0
+
+
+@dataclass(frozen=True)
 class MetricsSnapshot:
     """What ``top`` reads of ``/metrics``."""
 
     jobs: dict[tuple[str, str, str], int] = field(default_factory=dict)  # tube, handler, outcome
     tubes: dict[str, TubeFacts] = field(default_factory=dict)
+    apis: dict[str, ApiTotals] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- /status
@@ -203,8 +217,8 @@ def _pools(pools: Mapping[Any, Any]) -> tuple[PoolView, ...]:
 
 
 def _apis(apis: object) -> dict[str, ApiView]:
-    """``/status`` ``apis``: a mapping of name to {state, calls, failures, ...} (a list of
-    {api, ...} is read too)."""
+    """``/status`` ``apis``: a mapping of name to {state, calls, failures, trips} (a list
+    of {api, ...} is read too)."""
     items: list[tuple[str, Mapping[str, Any]]] = []
     if isinstance(apis, Mapping):
         items = [(str(k), v) for k, v in apis.items() if isinstance(v, Mapping)]
@@ -212,12 +226,13 @@ def _apis(apis: object) -> dict[str, ApiView]:
         items = [(str(a.get("api", "?")), a) for a in apis if isinstance(a, Mapping)]
     views = {}
     for name, data in items:
-        calls, failures = _number(data.get("calls")), _number(data.get("failures"))
+        calls, failures, trips = (_number(data.get(k)) for k in ("calls", "failures", "trips"))
         views[name] = ApiView(
             name=name,
             state=str(data.get("state", "?")),
-            calls=None if calls is None else int(calls),
-            failures=None if failures is None else int(failures),
+            window_calls=None if calls is None else int(calls),
+            window_failures=None if failures is None else int(failures),
+            trips=None if trips is None else int(trips),
         )
     return dict(sorted(views.items()))
 
@@ -233,14 +248,16 @@ def _in_flight_by_tube(value: object) -> dict[str, int] | None:
 
 def parse_metrics(text: str) -> MetricsSnapshot:
     """Job totals per tube, handler and outcome (causes summed); per tube the ready and
-    buried jobs and the backlog seconds (servers summed). Raises ValueError on text that is
-    not Prometheus'."""
+    buried jobs and the backlog seconds (servers summed); per API the calls and failures.
+    Raises ValueError on text that is not Prometheus'."""
     jobs: dict[tuple[str, str, str], int] = {}
     depth: dict[str, dict[str, float]] = {"ready": {}, "buried": {}, "backlog": {}}
+    calls: dict[str, int] = {}
+    failures: dict[str, int] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels, name = sample.labels, sample.name
-            tube = labels.get("tube", "")
+            tube, api = labels.get("tube", ""), labels.get("api", "")
             if name == "tubeworker_jobs_total":
                 key = (tube, labels.get("handler", ""), labels.get("outcome", ""))
                 jobs[key] = jobs.get(key, 0) + int(sample.value)
@@ -248,12 +265,17 @@ def parse_metrics(text: str) -> MetricsSnapshot:
                 _add(depth[labels["state"]], tube, sample.value)
             elif name == "tubeworker_tube_backlog_seconds":
                 _add(depth["backlog"], tube, sample.value)
+            elif name == "tubeworker_api_calls_total":
+                calls[api] = calls.get(api, 0) + int(sample.value)
+                if labels.get("result") == "failure":
+                    failures[api] = failures.get(api, 0) + int(sample.value)
     tubes: set[str] = set()
     for sums in depth.values():
         tubes.update(sums)
     return MetricsSnapshot(
         jobs=jobs,
         tubes={tube: _tube_facts(depth, tube) for tube in sorted(tubes)},
+        apis={api: ApiTotals(n, failures.get(api, 0)) for api, n in sorted(calls.items())},
     )
 
 

@@ -20,7 +20,8 @@ Where the figures come from:
   ready job, ∞ when ready jobs are not moving). With no events stream there is no rate:
   then it is the daemon's own estimate (``tubeworker_tube_backlog_seconds``: ready ÷ a
   moving average of its throughput over its tube polls).
-- API: breaker state, "—" until flow control reports it (``/status`` ``apis``).
+- APIs: the breaker's state and window from ``/status``; calls and failures since the
+  daemon started from ``/metrics`` (``tubeworker_api_calls_total``).
 
 Tubes of tubeworker's own (``tubeworker.*``: burial records, limit tokens) are not work:
 they get no row.
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
 from tubeworker.cli.top_feed import (
+    ApiTotals,
     ApiView,
     MetricsSnapshot,
     PoolView,
@@ -253,6 +255,9 @@ class DaemonView:
 
     def tube_facts(self) -> dict[str, TubeFacts]:
         return dict(self.metrics.tubes) if self.metrics is not None else {}
+
+    def api_totals(self, api: str) -> ApiTotals | None:
+        return self.metrics.apis.get(api) if self.metrics is not None else None
 
     def in_flight(self, tube: str, tubes: set[str]) -> int | None:
         """Jobs held now for this tube (``tubes``: every tube shown)."""

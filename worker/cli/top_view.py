@@ -61,6 +61,10 @@ _TUBES_KEY: Final = (
     " READY, BURIED jobs in beanstalkd now, servers summed · BACKLOG READY ÷ 1m/s, the time"
     " the ready jobs take at that rate (without events: the daemon's own estimate)"
 )
+_APIS_KEY: Final = (
+    "TOTAL CALLS, FAILED, TRIPS since the daemon started · IN BREAKER WINDOW the calls"
+    " the breaker judges now (its sliding window)"
+)
 _DOWN_WORDS: Final = {
     "unreachable": "unreachable",
     "not_control_plane": "not a tubeworker control plane",
@@ -218,11 +222,20 @@ def _notes(view: DaemonView) -> list[str]:
 def _api_lines(view: DaemonView) -> list[str]:
     if not view.apis:
         return []
-    lines = [f"{_INDENT}{'API':<24} {'STATE':<10} {'CALLS':>8} {'FAILURES':>8}"]
+    lines = [
+        f"{_INDENT}{'API':<24} {'STATE':<10} {'TOTAL CALLS':>11} {'FAILED':>8} {'TRIPS':>6}"
+        "  IN BREAKER WINDOW"
+    ]
     for api in view.apis.values():
+        totals = view.api_totals(api.name)
+        window = DASH
+        if api.window_calls is not None and api.window_failures is not None:
+            window = f"{api.window_failures} of {api.window_calls} failed"
         lines.append(
             f"{_INDENT}{fit(api.name, 24):<24} {fit(api.state, 10):<10}"
-            f" {format_count(api.calls):>8} {format_count(api.failures):>8}"
+            f" {format_count(None if totals is None else totals.calls, 11):>11}"
+            f" {format_count(None if totals is None else totals.failures):>8}"
+            f" {format_count(api.trips, 6):>6}  {window}"
         )
     return lines
 
@@ -244,10 +257,8 @@ def _key(model: TopModel) -> list[str]:
     up = [view for view in model.daemons.values() if view.state == "up"]
     if not up:
         return []
-    return [
-        "",
-        *textwrap.wrap(_TUBES_KEY, _KEY_WIDTH, initial_indent="key: ", subsequent_indent="     "),
-    ]
+    text = _TUBES_KEY + (" · " + _APIS_KEY if any(view.apis for view in up) else "")
+    return ["", *textwrap.wrap(text, _KEY_WIDTH, initial_indent="key: ", subsequent_indent="     ")]
 
 
 def render(model: TopModel, now: float, *, stamp: str, interval: float) -> list[str]:

@@ -479,6 +479,20 @@ def test_given_tubes_of_tubeworkers_own_then_they_get_no_row() -> None:
     assert [row.name for row in tube_rows(view, 1001.0)] == ["work"]
 
 
+def test_given_text_from_a_daemon_with_control_characters_then_the_terminal_never_gets_them() -> (
+    None
+):
+    model = TopModel([URL])
+    view = model.daemons[URL]
+    view.on_status(status(pools={"p\x1b[2J": {"tubes": ["t"]}}), 0.0, 0.0)
+    view.on_event({"type": "drain", "reason": "bye\x1b]0;title\x07"}, 0.0)
+    lines = render(model, 0.0, stamp="", interval=1)
+    assert "  pool p?[2J" in "\n".join(lines)
+    assert "  note: draining: bye?]0;title?" in lines
+    assert all(line.isprintable() for line in lines)
+    assert summary_line(model, 0.0, stamp="").isprintable()
+
+
 def test_given_a_daemon_that_was_seen_then_went_away_then_it_says_when() -> None:
     view = DaemonView(URL)
     view.on_status(status(), 1000.0, 5000.0)
@@ -555,9 +569,9 @@ def test_given_no_terminal_then_lines_are_plain() -> None:
 # --------------------------------------------------------------------------- not a control plane
 
 
-def answer(status_code: int, body: bytes, content_type: str) -> httpx.Response:
+def answer(status_code: int, body: bytes, content_type: str, **headers: str) -> httpx.Response:
     request = httpx.Request("GET", f"{URL}/status")
-    headers = {"content-type": content_type}
+    headers["content-type"] = content_type
     return httpx.Response(status_code, content=body, headers=headers, request=request)
 
 
@@ -584,7 +598,14 @@ def answer(status_code: int, body: bytes, content_type: str) -> httpx.Response:
             answer(200, json.dumps({**STATUS, "pools": []}).encode(), "application/json"),
             "/status answered JSON without pools: {",  # and the start of the document
         ),
-        (answer(301, b"", "text/plain"), "/status answered 301 Moved Permanently (text/plain)"),
+        (
+            answer(301, b"", "text/plain", location="https://h/status"),
+            "/status answered 301 Moved Permanently to https://h/status (text/plain)",
+        ),
+        (
+            answer(404, b"\x1b[2J\x1b]0;owned\x07gone", "text/plain"),
+            "/status answered 404 Not Found (text/plain): ?[2J?]0;owned?gone",  # not a terminal's
+        ),
     ],
 )
 def test_given_an_answer_that_is_not_a_tubeworker_status_then_it_says_what_it_was(

@@ -42,8 +42,10 @@ __all__ = [
     "fetch_status",
     "fit",
     "normalize_url",
+    "one_line",
     "parse_metrics",
     "parse_status",
+    "printable",
     "read_status",
 ]
 
@@ -172,15 +174,17 @@ def _is(value: object, kind: type) -> bool:
 def _answer(response: httpx.Response) -> str:
     """``404 Not Found (text/html): <html>…``: what a URL answered, in one short line."""
     text = f"{response.status_code} {response.reason_phrase}".strip()
+    if response.is_redirect:
+        text += f" to {response.headers.get('location', '?')}"
     content_type = response.headers.get("content-type", "").partition(";")[0].strip()
     if content_type:
         text += f" ({content_type})"
     body = _sample(response.text)
-    return f"{text}: {body}" if body else text
+    return one_line(f"{text}: {body}" if body else text, _ERROR_WIDTH)
 
 
 def _sample(text: str) -> str:
-    return fit(" ".join(text.split()), _BODY_SAMPLE)
+    return one_line(text, _BODY_SAMPLE)
 
 
 def _as_int(value: object) -> int:
@@ -328,6 +332,16 @@ def fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def printable(text: str) -> str:
+    """``text`` safe on a terminal: control characters (escape sequences among them) as "?"."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+
+
+def one_line(text: str, width: int) -> str:
+    """What a server or an error said, on one line, printable, cut to ``width``."""
+    return fit(printable(" ".join(text.split())), width)
+
+
 def answered_but_not_control_plane(exc: BaseException) -> bool:
     """The URL answered, not as a control plane (else it did not answer: unreachable)."""
     return isinstance(_leaf(exc), NotControlPlane)
@@ -335,8 +349,7 @@ def answered_but_not_control_plane(exc: BaseException) -> bool:
 
 def describe_error(exc: BaseException) -> str:
     """One line for an error: what it was, never a traceback."""
-    text = _describe_leaf(_leaf(exc))
-    return fit(" ".join(text.split()), _ERROR_WIDTH)
+    return one_line(_describe_leaf(_leaf(exc)), _ERROR_WIDTH)
 
 
 def _leaf(exc: BaseException) -> BaseException:

@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import Final, TextIO
 
-from tubeworker.cli.top_feed import PoolView, fit
+from tubeworker.cli.top_feed import PoolView, fit, printable
 from tubeworker.cli.top_model import (
     LONG,
     SHORT,
@@ -262,7 +262,8 @@ def _key(model: TopModel) -> list[str]:
 
 
 def render(model: TopModel, now: float, *, stamp: str, interval: float) -> list[str]:
-    """The whole screen, as lines (no trailing spaces, no escape sequences)."""
+    """The whole screen, as lines (no trailing spaces, no escape sequences: whatever a
+    daemon's documents hold is shown, never obeyed by the terminal)."""
     count = len(model.daemons)
     every = f"{interval:g}s"
     title = f"tubeworker top  {count} daemon{'s' if count != 1 else ''}  every {every}  {stamp}"
@@ -270,7 +271,7 @@ def render(model: TopModel, now: float, *, stamp: str, interval: float) -> list[
     for view in model.daemons.values():
         lines.append("")
         lines += render_daemon(view, now)
-    return lines + _key(model)
+    return [printable(line) for line in lines + _key(model)]
 
 
 def _daemon_summary(view: DaemonView, now: float) -> str:
@@ -293,7 +294,8 @@ def _daemon_summary(view: DaemonView, now: float) -> str:
 
 def summary_line(model: TopModel, now: float, *, stamp: str) -> str:
     """One line for every daemon, for logs and pipes."""
-    return stamp + "  " + " | ".join(_daemon_summary(v, now) for v in model.daemons.values())
+    daemons = " | ".join(_daemon_summary(v, now) for v in model.daemons.values())
+    return printable(f"{stamp}  {daemons}")
 
 
 # --------------------------------------------------------------------------- the screen

@@ -5,6 +5,7 @@ its screen read with `capture-pane`)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -15,12 +16,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import greenstalk
 import httpx
 import pytest
+import trio
 
-from tests.e2e.test_control_plane import start_with_control
+from tests.e2e.test_control_plane import metrics, start_with_control, value
 from tests.e2e.test_daemon_process import put_jobs
 from tests.support.beanstalkd import BeanstalkdProcess, free_port
+from tests.support.httpserver import Reply, open_http_api
 from tests.support.process import REPO, DaemonProcess
 from tests.support.waiting import wait_until_sync
 
@@ -58,8 +62,10 @@ def test_given_a_daemon_that_did_jobs_then_top_once_prints_it_and_its_tube(
     assert lines[0].startswith("tubeworker top  1 daemon  every 1s  ")
     assert lines[2].startswith(f"{base}  pid {daemon.pid}  running  jobs 0  lanes 1/1  up ")
     assert lines[3].startswith("  pool pool0            tubes e2e ")
-    # DONE, then no rates (no events stream in a snapshot), FLIGHT, READY, BACKLOG, API.
-    assert row(done.stdout, "e2e") == ["e2e", "12", "—", "—", "—", "—", "0", "0", "0s", "—"]
+    # DONE, then no rates (no events stream in a snapshot), FLIGHT, READY, BURIED, BACKLOG,
+    # API; then the key to the columns.
+    assert row(done.stdout, "e2e") == ["e2e", "12", "—", "—", "—", "—", "0", "0", "0", "0s", "—"]
+    assert "key: DONE jobs deleted since the daemon started" in done.stdout
     assert row(done.stdout, "  sleepy") == ["sleepy", "12", "—", "—", "—", "—", "—"]
 
     # A daemon that is not there: shown with the error, exit 69, no traceback.
@@ -70,6 +76,74 @@ def test_given_a_daemon_that_did_jobs_then_top_once_prints_it_and_its_tube(
     assert (partly.returncode, partly.stderr) == (69, "")
     assert f"{nowhere}  unreachable: ConnectError: Connection refused" in partly.stdout
     assert row(partly.stdout, "e2e") is not None
+
+
+def test_given_a_pool_of_several_tubes_then_top_shows_each_tubes_jobs_in_flight_and_buried(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    # Given two tubes of one pattern pool: three jobs that take a minute (held while top
+    # looks), one job with no handler (buried by the daemon, its reason recorded in
+    # tubeworker.buried.job-a, a tube of tubeworker's own).
+    with greenstalk.Client((beanstalkd.host, beanstalkd.port)) as client:
+        for tube, task in (("job-a", "sleepy"), ("job-a", "sleepy"), ("job-b", "sleepy"),
+                           ("job-a", "no.such.task")):  # fmt: skip
+            client.use(tube)
+            client.put(json.dumps({"task": task, "payload": {"n": 0, "seconds": 60}}), ttr=120)
+    _, base = start_with_control(
+        beanstalkd, tmp_path, daemons, tubes=["job-*"], concurrency=4, drain_timeout=1
+    )
+
+    def settled() -> bool:
+        status = httpx.get(f"{base}/status", timeout=5).json()
+        buried = value(metrics(base), "tubeworker_tube_jobs", tube="job-a", state="buried")
+        return status["in_flight_by_tube"] == {"job-a": 2, "job-b": 1} and buried == 1
+
+    wait_until_sync(settled, timeout=20, what="3 jobs held, 1 buried and its depth polled")
+
+    # When top takes a snapshot
+    done = subprocess.run(
+        top_command("--once", base), capture_output=True, text=True, timeout=30, cwd=REPO
+    )
+
+    # Then FLIGHT and BURIED are each tube's (FLIGHT was "—" for a pool of several tubes)
+    assert (done.returncode, done.stderr) == (0, "")
+    flight_ready_buried = slice(6, 9)
+    assert (row(done.stdout, "job-a") or [])[flight_ready_buried] == ["2", "0", "1"]
+    assert (row(done.stdout, "job-b") or [])[flight_ready_buried] == ["1", "0", "0"]
+    assert "tubeworker." not in done.stdout.replace("tubeworker top", "")
+
+
+async def test_given_urls_that_answer_but_are_not_control_planes_then_top_says_so_not_running() -> (
+    None
+):
+    # Given a web server's 404 page and a service whose /status is some other JSON
+    html = (("content-type", "text/html"),)
+    with trio.fail_after(30):
+        async with open_http_api() as web, open_http_api() as service:
+            web.reply = Reply(404, html, b"<html><body><h1>Not Found</h1></body></html>")
+            service.reply = Reply(200, (("content-type", "application/json"),), b'{"ok": true}')
+            # When top takes a snapshot of both, and of a port nobody listens on
+            nowhere = f"http://127.0.0.1:{free_port()}"
+            done = await trio.run_process(
+                top_command("--once", web.url, service.url, nowhere),
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                cwd=REPO,
+            )
+    # Then each says what it answered, apart from the unreachable one; no table, exit 76
+    lines = done.stdout.decode().splitlines()
+    assert (done.returncode, done.stderr) == (76, b"")
+    assert lines[1:] == [
+        "",
+        f"{web.url}  not a tubeworker control plane: /status answered 404 (text/html):"
+        " <html><body><h1>Not Found</h1></body></html>",  # (this server sends no reason)
+        "",
+        f"{service.url}  not a tubeworker control plane: /status answered JSON without pid,"
+        ' pools, counters: {"ok": true}',
+        "",
+        f"{nowhere}  unreachable: ConnectError: Connection refused",
+    ]
 
 
 # --------------------------------------------------------------------------- under a terminal

@@ -1,12 +1,17 @@
-"""`tubeworker top`'s pure half: the model under fed events with an injected clock (rates over
-windows, summaries, drops, state), what it reads of /status and /metrics, and the renderer's
-exact lines for a known model. No server, no terminal."""
+"""`tubeworker top`'s modules: the model under fed events with an injected clock (top_model:
+rates over windows, summaries, drops, state, in flight, backlog), what it reads of /status
+and /metrics (top_feed: a URL that answers but is not a control plane told apart from one
+that does not answer, through httpx's in-memory transport), and the renderer's exact lines
+for a known model (top_view). No server, no terminal."""
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
+import random
+from functools import partial
 from typing import Any
 
 import httpx
@@ -14,25 +19,22 @@ import pytest
 import trio
 from trio_websocket import CloseReason, ConnectionClosed
 
-from tubeworker.cli.top import (
-    DASH,
-    DaemonView,
+from tests.support.waiting import wait_until
+from tubeworker.cli.top import poll_once, top, watch_daemon
+from tubeworker.cli.top_feed import (
+    ApiTotals,
     MetricsSnapshot,
-    RateWindow,
-    Screen,
-    TopModel,
+    NotControlPlane,
+    StatusSnapshot,
     TubeFacts,
     describe_error,
-    format_count,
-    format_seconds,
     normalize_url,
     parse_metrics,
-    poll_once,
-    render,
-    summary_line,
-    top,
-    tube_rows,
+    parse_status,
+    read_status,
 )
+from tubeworker.cli.top_model import DaemonView, RateWindow, TopModel, backlog_seconds, tube_rows
+from tubeworker.cli.top_view import DASH, Screen, format_count, format_seconds, render, summary_line
 from tubeworker.observe.events import EventBus
 
 URL = "http://127.0.0.1:9090"
@@ -106,7 +108,7 @@ def test_given_failures_then_released_and_buried_are_counted_per_minute() -> Non
 
 def test_given_no_events_stream_then_there_are_no_rates() -> None:
     view = DaemonView(URL)
-    view.on_status({"pid": 1, "pools": {}}, 50.0, 5000.0)
+    view.on_status(status(pid=1, pools={}), 50.0, 5000.0)
     view.on_metrics(MetricsSnapshot(jobs={("e2e", "sleepy", "deleted"): 3}))
     [row, _] = tube_rows(view, 60.0)
     assert (row.done, row.rate_short, row.rate_long, row.released_per_min) == (3, None, None, None)
@@ -148,7 +150,7 @@ def test_given_events_after_a_scrape_then_totals_move_until_the_next_one() -> No
 
 def test_given_drops_then_they_add_up_and_are_noted() -> None:
     view = streaming()
-    view.on_status({"pools": {}}, 1000.0, 5000.0)
+    view.on_status(status(pools={}), 1000.0, 5000.0)
     view.on_event({"type": "dropped", "count": 7}, 1001.0)
     view.on_event({"type": "dropped", "count": 5}, 1002.0)
     view.on_event({"type": "dropped", "count": "junk"}, 1002.0)
@@ -159,14 +161,14 @@ def test_given_drops_then_they_add_up_and_are_noted() -> None:
     model.daemons[URL] = view
     assert (
         "  note: events: 12 missed (this viewer fell behind), 0 summarised (over "
-        "events_per_second)" in render(model, 1002.0, stamp="", interval=1)
+        "events_per_second; not in the tubes' rates)" in render(model, 1002.0, stamp="", interval=1)
     )
 
 
 def test_given_a_new_stream_then_old_windows_are_forgotten_and_pid_taken() -> None:
     view = streaming(1000.0)
     view.on_event(job("emails", "send"), 1001.0)
-    view.on_unreachable("gone", 1002.0, retry_at=1003.0, attempt=1)
+    view.on_down("unreachable", "gone", 1002.0, retry_at=1003.0, attempt=1)
     assert view.rate(list(view.flows.values()), "done", 1002.0, 10) is None
     view.on_event({"type": "hello", "pid": 7}, 1010.0)
     assert view.pid == 7
@@ -210,39 +212,43 @@ def test_given_events_from_the_real_bus_then_the_model_reads_them() -> None:
 
 def test_given_a_status_then_pools_lanes_uptime_and_in_flight_are_read() -> None:
     view = DaemonView(URL)
-    view.on_status(STATUS, 1000.0, 5000.0)
+    view.on_status(status(), 1000.0, 5000.0)
     assert view.state == "up"
     assert view.pid == 4242
     assert view.up_since == 700.0  # started 300 s before the wall clock's 5000
     assert [(p.name, p.lanes, p.lanes_connected, p.jobs) for p in view.pools] == [
         ("pool0", 2, 1, 3),
-        ("pool1", 1, 1, 1),
+        ("pool1", 2, 2, 1),
     ]
+    tubes = {"emails", "tenant-a", "tenant-b"}
+    # The daemon says it per tube: a pool of several tubes too, 0 for a tube with none.
+    assert [view.in_flight(t, tubes) for t in sorted(tubes)] == [3, 0, 1]
+
+
+def test_given_a_daemon_without_in_flight_by_tube_then_a_pools_count_goes_to_its_only_tube() -> (
+    None
+):
+    view = DaemonView(URL)
+    older = {key: value for key, value in STATUS.items() if key != "in_flight_by_tube"}
+    view.on_status(parse_status(older), 1000.0, 5000.0)
+    assert view.in_flight_by_tube is None
     tubes = {"emails", "tenant-a", "tenant-b"}
     assert view.in_flight("emails", tubes) == 3
     assert view.in_flight("tenant-a", tubes) is None  # its pool works on two tubes
     assert view.in_flight("tenant-a", {"tenant-a"}) == 1
     assert view.in_flight("elsewhere", tubes) is None
+    # A pattern never matches tubeworker's own tubes (tubeworker.tubes.matches_any).
+    view.on_status(parse_status({**older, "pools": {"p": {"tubes": ["*"], "jobs": 2}}}), 0, 0)
+    assert view.in_flight("work", {"work", "tubeworker.buried.work"}) == 2
 
 
-def test_given_a_status_with_tubes_and_apis_then_they_are_preferred_and_kept() -> None:
-    view = DaemonView(URL)
-    view.on_metrics(METRICS_SNAPSHOT)
-    status = {
-        **STATUS,
-        "tubes": {"emails": {"ready": 9, "backlog_seconds": 4.5}},
-        "apis": [{"api": "mailer", "state": "open", "calls": 20, "failures": 12}, "junk"],
-    }
-    view.on_status(status, 1000.0, 5000.0)
-    assert view.tube_facts() == {"emails": TubeFacts(ready=9, backlog_seconds=4.5)}
-    assert [(a.name, a.state, a.calls, a.failures) for a in view.apis.values()] == [
-        ("mailer", "open", 20, 12)
-    ]
-
-
-def test_given_a_status_that_is_not_an_object_then_it_is_refused() -> None:
-    with pytest.raises(ValueError, match="JSON object"):
-        TopModel([URL]).on_status(URL, [1, 2], 0.0, 0.0)
+def test_given_a_status_with_apis_then_their_breaker_windows_are_kept() -> None:
+    apis = [{"api": "mailer", "state": "open", "calls": 20, "failures": 12, "trips": 2}, "junk"]
+    assert [
+        (a.name, a.state, a.window_calls, a.window_failures, a.trips)
+        for a in status(apis=apis).apis.values()
+    ] == [("mailer", "open", 20, 12, 2)]
+    assert status(apis={"m": {"state": "closed"}}).apis["m"].window_calls is None
 
 
 # --------------------------------------------------------------------------- /metrics
@@ -261,8 +267,12 @@ tubeworker_jobs_total{cause="poison",handler="resize",outcome="buried",tube="ten
 tubeworker_tube_jobs{server="a:11300",state="ready",tube="emails"} 30.0
 tubeworker_tube_jobs{server="b:11300",state="ready",tube="emails"} 10.0
 tubeworker_tube_jobs{server="a:11300",state="buried",tube="emails"} 99.0
+tubeworker_tube_jobs{server="b:11300",state="buried",tube="emails"} 1.0
+tubeworker_tube_jobs{server="a:11300",state="delayed",tube="emails"} 7.0
 tubeworker_tube_jobs{server="a:11300",state="ready",tube="tenant-a"} 0.0
+tubeworker_tube_jobs{server="a:11300",state="buried",tube="tenant-a"} 0.0
 tubeworker_tube_jobs{server="a:11300",state="ready",tube="tenant-b"} 3.0
+tubeworker_tube_jobs{server="a:11300",state="buried",tube="tenant-b"} 2.0
 # HELP tubeworker_tube_backlog_seconds Ready jobs divided by this process's recent throughput
 # TYPE tubeworker_tube_backlog_seconds gauge
 tubeworker_tube_backlog_seconds{server="a:11300",tube="emails"} 56.25
@@ -272,6 +282,11 @@ tubeworker_tube_backlog_seconds{server="a:11300",tube="tenant-b"} +Inf
 # HELP tubeworker_jobs_in_flight Handlers running now
 # TYPE tubeworker_jobs_in_flight gauge
 tubeworker_jobs_in_flight 4.0
+# HELP tubeworker_api_calls Calls reported per API, by result
+# TYPE tubeworker_api_calls counter
+tubeworker_api_calls_total{api="mailer",result="success"} 1480.0
+tubeworker_api_calls_total{api="mailer",result="failure"} 37.0
+tubeworker_api_calls_total{api="mailer",result="caller_fault"} 3.0
 """
 
 METRICS_SNAPSHOT = parse_metrics(METRICS_TEXT)
@@ -282,7 +297,8 @@ STATUS: dict[str, Any] = {
     "draining": False,
     "drain_reason": None,
     "quiet": False,
-    "jobs_running": 3,
+    "jobs_running": 4,
+    "in_flight_by_tube": {"emails": 3, "tenant-b": 1},
     "counters": {"deleted": 132},
     "pools": {
         "pool0": {
@@ -291,9 +307,19 @@ STATUS: dict[str, Any] = {
             "jobs": 3,
             "lanes": [{"connected": True}, {"connected": False}],
         },
-        "pool1": {"tubes": ["tenant-*"], "slots": 4, "jobs": 1, "lanes": [{"connected": True}]},
+        "pool1": {  # a pattern pool lists the tubes it found
+            "tubes": ["tenant-a", "tenant-b"],
+            "slots": 4,
+            "jobs": 1,
+            "lanes": [{"connected": True}, {"connected": True}],
+        },
     },
 }
+
+
+def status(**fields: Any) -> StatusSnapshot:
+    """A /status as the daemon sends it (STATUS), with ``fields`` changed."""
+    return parse_status({**STATUS, **fields})
 
 
 def test_given_metrics_text_then_totals_by_outcome_and_depths_summed_over_servers() -> None:
@@ -305,11 +331,13 @@ def test_given_metrics_text_then_totals_by_outcome_and_depths_summed_over_server
         ("tenant-a", "resize", "deleted"): 5,
         ("tenant-b", "resize", "buried"): 2,
     }
-    assert snapshot.tubes["emails"] == TubeFacts(ready=40, backlog_seconds=75.0)
-    assert snapshot.tubes["tenant-a"] == TubeFacts(ready=0, backlog_seconds=0.0)
+    assert snapshot.tubes["emails"] == TubeFacts(ready=40, buried=100, backlog_seconds=75.0)
+    assert snapshot.tubes["tenant-a"] == TubeFacts(ready=0, buried=0, backlog_seconds=0.0)
     backlog = snapshot.tubes["tenant-b"].backlog_seconds
     assert backlog is not None
     assert math.isinf(backlog)
+    # Calls count caller faults (as the breaker does); failures are the API's.
+    assert snapshot.apis == {"mailer": ApiTotals(calls=1520, failures=37)}
 
 
 def test_given_text_that_is_not_prometheus_then_parsing_fails_with_value_error() -> None:
@@ -325,7 +353,7 @@ def known_model() -> TopModel:
     down = "http://10.0.0.2:9090"
     model = TopModel([URL, down])
     view = model.daemons[URL]
-    view.on_status(STATUS, 1000.0, 5000.0)
+    view.on_status(status(), 1000.0, 5000.0)
     view.on_event({"type": "hello", "pid": 4242}, 1000.0)
     for second in range(1, 11):
         view.on_event(job("emails", "send"), 1000.0 + second)
@@ -334,8 +362,8 @@ def known_model() -> TopModel:
     view.on_event({"type": "jobs_summarised", "outcomes": {"deleted": 30}}, 1009.0)
     view.on_event({"type": "dropped", "count": 4}, 1009.0)
     view.on_metrics(METRICS_SNAPSHOT)  # scraped after those events: they are in its totals
-    model.on_unreachable(down, "ConnectError: Connection refused", 1008.0, retry_at=1012.0,
-                         attempt=3)  # fmt: skip
+    model.on_down(down, "unreachable", "ConnectError: Connection refused", 1008.0,
+                  retry_at=1012.0, attempt=3)  # fmt: skip
     return model
 
 
@@ -343,22 +371,27 @@ def known_model() -> TopModel:
 KNOWN_SCREEN = """\
 tubeworker top  2 daemons  every 1s  12:00:00
 
-http://127.0.0.1:9090  pid 4242  running  jobs 3  lanes 2/3  up 5m10s  10s 4.1/s  1m 4.1/s
+http://127.0.0.1:9090  pid 4242  running  jobs 4  lanes 3/4  up 5m10s  10s 4.1/s  1m 4.1/s
   pool pool0            tubes emails                         lanes 1/2  jobs 3/10
-  pool pool1            tubes tenant-*                       lanes 1/1  jobs 1/4
-  TUBE / HANDLER               DONE   10s/s    1m/s  REL/m  BUR/m  FLIGHT   READY  BACKLOG  API
-  emails                        127     1.0     1.0    6.0    0.0       3      40    1m15s  —
-    audit                         7     0.0     0.0    0.0    0.0                           —
-    send                        120     1.0     1.0    6.0    0.0                           —
-  tenant-a                        5     0.1     0.1    0.0    0.0       —       0       0s  —
-    resize                        5     0.1     0.1    0.0    0.0                           —
-  tenant-b                        0     0.0     0.0    0.0    0.0       —       3        ∞  —
-    resize                        0     0.0     0.0    0.0    0.0                           —
-  (summarised)                          3.0     3.0    0.0    0.0                           —
-  note: events: 4 missed (this viewer fell behind), 30 summarised (over events_per_second)
+  pool pool1            tubes tenant-a, tenant-b             lanes 2/2  jobs 1/4
+  TUBE / HANDLER               DONE   10s/s    1m/s  REL/m  BUR/m  FLIGHT   READY  BURIED  BACKLOG  API
+  emails                        127     1.0     1.0    6.0    0.0       3      40     100      40s  —
+    audit                         7     0.0     0.0    0.0    0.0                                   —
+    send                        120     1.0     1.0    6.0    0.0                                   —
+  tenant-a                        5     0.1     0.1    0.0    0.0       0       0       0       0s  —
+    resize                        5     0.1     0.1    0.0    0.0                                   —
+  tenant-b                        0     0.0     0.0    0.0    0.0       1       3       2        ∞  —
+    resize                        0     0.0     0.0    0.0    0.0                                   —
+  (summarised)                          3.0     3.0    0.0    0.0                                   —
+  note: events: 4 missed (this viewer fell behind), 30 summarised (over events_per_second; not in the tubes' rates)
 
 http://10.0.0.2:9090  unreachable: ConnectError: Connection refused  (retry in 2s, attempt 3)
-"""
+
+key: DONE jobs deleted since the daemon started · 10s/s, 1m/s jobs done a second over 10 s, 1 min ·
+     REL/m, BUR/m released, buried a minute over 1 min · FLIGHT jobs held now · READY, BURIED jobs
+     in beanstalkd now, servers summed · BACKLOG READY ÷ 1m/s, the time the ready jobs take at that
+     rate (without events: the daemon's own estimate)
+"""  # noqa: E501 (the screen as drawn)
 
 
 def test_given_a_known_model_then_the_screen_is_these_exact_lines() -> None:
@@ -369,36 +402,101 @@ def test_given_a_known_model_then_the_screen_is_these_exact_lines() -> None:
 def test_given_a_known_model_then_the_plain_line_sums_each_daemon() -> None:
     line = summary_line(known_model(), 1010.0, stamp="12:00:00")
     assert line == (
-        "12:00:00  http://127.0.0.1:9090 pid 4242 running jobs 3 lanes 2/3 done 132 released 3"
+        "12:00:00  http://127.0.0.1:9090 pid 4242 running jobs 4 lanes 3/4 done 132 released 3"
         " buried 2 10s 4.1/s 1m 4.1/s | http://10.0.0.2:9090  unreachable: ConnectError: "
         "Connection refused  (retry in 2s, attempt 3)"
     )
 
 
+def test_given_a_known_model_then_each_tubes_backlog_is_its_ready_jobs_at_its_own_rate() -> None:
+    """The daemon's estimate (1m15s for emails: 40 ready ÷ a moving average of its
+    throughput) would contradict the 1.0/s on the same row: the row's figure is used."""
+    rows = {row.name: row for row in tube_rows(known_model().daemons[URL], 1010.0)}
+    emails = rows["emails"]
+    assert (emails.ready, emails.rate_long) == (40, pytest.approx(1.0))
+    assert emails.backlog == pytest.approx(40.0)
+    assert (rows["tenant-a"].backlog, rows["tenant-b"].backlog) == (0.0, math.inf)
+
+
+@pytest.mark.parametrize(
+    ("ready", "rate", "estimate", "backlog"),
+    [
+        (40, 2.0, 75.0, 20.0),  # at the row's rate
+        (40, 0.0, 75.0, math.inf),  # not moving
+        (0, 0.0, 75.0, 0.0),  # nothing to do
+        (40, None, 75.0, 75.0),  # no events stream (--once): the daemon's estimate
+        (None, 2.0, None, None),  # depth unknown
+    ],
+)
+def test_backlog_is_ready_over_the_rate(
+    ready: int | None, rate: float | None, estimate: float | None, backlog: float | None
+) -> None:
+    assert backlog_seconds(ready, rate, estimate) == backlog
+
+
 def test_given_apis_drain_and_lost_connections_then_they_are_rendered() -> None:
     model = known_model()
     view = model.daemons[URL]
-    view.on_status({**STATUS, "apis": {"mailer": {"state": "half_open"}}}, 1010.0, 5010.0)
+    apis = {
+        "mailer": {"state": "half_open", "calls": 20, "failures": 12, "trips": 2},
+        "sms": {"state": "closed"},
+    }
+    view.on_status(status(apis=apis), 1010.0, 5010.0)
     view.on_event({"type": "drain", "reason": "SIGTERM"}, 1010.0)
     view.on_event({"type": "connection_lost", "pool": "pool0", "lane": 1, "error": "EOF"}, 1010.0)
     lines = render(model, 1010.0, stamp="", interval=0.5)
     assert lines[0] == "tubeworker top  2 daemons  every 0.5s"
-    assert lines[2].startswith("http://127.0.0.1:9090  pid 4242  draining  jobs 3")
-    assert lines[14:20] == [
-        "  API                      STATE         CALLS FAILURES",
-        "  mailer                   half_open         —        —",
+    assert lines[2].startswith("http://127.0.0.1:9090  pid 4242  draining  jobs 4")
+    # Totals since the daemon started (/metrics), as the header says; the breaker's window
+    # (/status) apart, in words.
+    assert lines[14:22] == [
+        "  API                      STATE      TOTAL CALLS   FAILED  TRIPS  IN BREAKER WINDOW",
+        "  mailer                   half_open         1520       37      2  12 of 20 failed",
+        "  sms                      closed               —        —      —  —",
         "  note: draining: SIGTERM",
         "  note: events: 4 missed (this viewer fell behind), 30 summarised "
-        "(over events_per_second)",
+        "(over events_per_second; not in the tubes' rates)",
         "  note: beanstalkd connections lost: 1 (pool0 lane 1: EOF)",
         "",
+        "http://10.0.0.2:9090  unreachable: ConnectError: Connection refused  (retry in 2s, "
+        "attempt 3)",
     ]
+    assert "IN BREAKER WINDOW the calls the breaker judges now (its sliding window)" in " ".join(
+        " ".join(line.split()) for line in lines[-4:]
+    )
+
+
+def test_given_tubes_of_tubeworkers_own_then_they_get_no_row() -> None:
+    view = streaming()
+    view.on_status(status(pools={"p": {"tubes": ["work", "tubeworker.limit.x.running"]}}), 0, 0)
+    view.on_event(job("tubeworker.buried.work", "h"), 1001.0)
+    view.on_metrics(
+        parse_metrics(
+            'tubeworker_tube_jobs{server="a",state="ready",tube="tubeworker.buried.work"} 5\n'
+            'tubeworker_jobs_total{tube="tubeworker.x",handler="h",outcome="deleted"} 1\n'
+        )
+    )
+    assert [row.name for row in tube_rows(view, 1001.0)] == ["work"]
+
+
+def test_given_text_from_a_daemon_with_control_characters_then_the_terminal_never_gets_them() -> (
+    None
+):
+    model = TopModel([URL])
+    view = model.daemons[URL]
+    view.on_status(status(pools={"p\x1b[2J": {"tubes": ["t"]}}), 0.0, 0.0)
+    view.on_event({"type": "drain", "reason": "bye\x1b]0;title\x07"}, 0.0)
+    lines = render(model, 0.0, stamp="", interval=1)
+    assert "  pool p?[2J" in "\n".join(lines)
+    assert "  note: draining: bye?]0;title?" in lines
+    assert all(line.isprintable() for line in lines)
+    assert summary_line(model, 0.0, stamp="").isprintable()
 
 
 def test_given_a_daemon_that_was_seen_then_went_away_then_it_says_when() -> None:
     view = DaemonView(URL)
-    view.on_status(STATUS, 1000.0, 5000.0)
-    view.on_unreachable("events stream closed", 1090.0, retry_at=None, attempt=0)
+    view.on_status(status(), 1000.0, 5000.0)
+    view.on_down("unreachable", "events stream closed", 1090.0, retry_at=None, attempt=0)
     model = TopModel([URL])
     model.daemons[URL] = view
     assert render(model, 1100.0, stamp="", interval=1)[2] == (
@@ -408,7 +506,7 @@ def test_given_a_daemon_that_was_seen_then_went_away_then_it_says_when() -> None
 
 def test_given_an_idle_tube_then_it_has_a_row_and_no_handler_rows() -> None:
     view = streaming()
-    view.on_status({**STATUS, "pools": {"p": {"tubes": ["quiet-tube"], "lanes": []}}}, 0.0, 0.0)
+    view.on_status(status(pools={"p": {"tubes": ["quiet-tube"], "lanes": []}}), 0.0, 0.0)
     rows = tube_rows(view, 1000.0)
     assert [(r.name, r.done, r.in_flight) for r in rows] == [("quiet-tube", 0, 0)]
 
@@ -418,7 +516,7 @@ def test_given_a_long_tube_name_then_columns_stay_in_place() -> None:
     view.on_event(job("a-tube-name-much-longer-than-the-column", ""), 1001.0)
     model = TopModel([URL])
     model.daemons[URL] = view
-    view.on_status({"pools": {}}, 1001.0, 0.0)
+    view.on_status(status(pools={}), 1001.0, 0.0)
     lines = render(model, 1001.0, stamp="", interval=1)
     header, tube, handler = lines[3:6]
     assert tube.startswith("  a-tube-name-much-longer…        1     1.0")
@@ -466,6 +564,151 @@ def test_given_no_terminal_then_lines_are_plain() -> None:
     with Screen(out, tty=False) as screen:
         screen.line("one summary")
     assert out.getvalue() == "one summary\n"
+
+
+# --------------------------------------------------------------------------- not a control plane
+
+
+def answer(status_code: int, body: bytes, content_type: str, **headers: str) -> httpx.Response:
+    request = httpx.Request("GET", f"{URL}/status")
+    headers["content-type"] = content_type
+    return httpx.Response(status_code, content=body, headers=headers, request=request)
+
+
+@pytest.mark.parametrize(
+    ("response", "said"),
+    [
+        (
+            answer(404, b"<html>\n<title>404</title></html>", "text/html; charset=utf-8"),
+            "/status answered 404 Not Found (text/html): <html> <title>404</title></html>",
+        ),
+        (
+            answer(200, b"<!doctype html><p>welcome</p>", "text/html"),
+            "/status answered 200 OK (text/html): <!doctype html><p>welcome</p>, not JSON",
+        ),
+        (
+            answer(200, b'{"status": "ok"}', "application/json"),
+            '/status answered JSON without pid, pools, counters: {"status": "ok"}',
+        ),
+        (
+            answer(200, b'[{"pid": 1}]', "application/json"),
+            '/status answered JSON without pid, pools, counters: [{"pid": 1}]',
+        ),
+        (
+            answer(200, json.dumps({**STATUS, "pools": []}).encode(), "application/json"),
+            "/status answered JSON without pools: {",  # and the start of the document
+        ),
+        (
+            answer(301, b"", "text/plain", location="https://h/status"),
+            "/status answered 301 Moved Permanently to https://h/status (text/plain)",
+        ),
+        (
+            answer(404, b"\x1b[2J\x1b]0;owned\x07gone", "text/plain"),
+            "/status answered 404 Not Found (text/plain): ?[2J?]0;owned?gone",  # not a terminal's
+        ),
+    ],
+)
+def test_given_an_answer_that_is_not_a_tubeworker_status_then_it_says_what_it_was(
+    response: httpx.Response, said: str
+) -> None:
+    with pytest.raises(NotControlPlane) as raised:
+        read_status(response)
+    assert str(raised.value).startswith(said)
+    assert len(str(raised.value)) < 140
+
+
+def test_given_a_tubeworker_status_or_a_server_error_then_neither_is_not_a_control_plane() -> None:
+    assert read_status(answer(200, json.dumps(STATUS).encode(), "application/json")).pid == 4242
+    with pytest.raises(httpx.HTTPStatusError):  # a proxy whose daemon is gone: unreachable
+        read_status(answer(502, b"bad gateway", "text/plain"))
+
+
+def fake_server(reply: httpx.Response | Exception) -> httpx.AsyncClient:
+    """A client whose every request gets ``reply`` (an answer, or an error: no answer)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if isinstance(reply, Exception):
+            raise reply
+        if request.url.path != "/status":
+            return httpx.Response(404)
+        return httpx.Response(reply.status_code, headers=reply.headers, content=reply.content)
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle))
+
+
+@pytest.mark.parametrize(
+    ("reply", "state", "header"),
+    [
+        (
+            answer(404, b"<h1>Not Found</h1>", "text/html"),
+            "not_control_plane",
+            f"{URL}  not a tubeworker control plane: /status answered 404 Not Found (text/html):"
+            " <h1>Not Found</h1>",
+        ),
+        (
+            answer(200, b'{"healthy": true}', "application/json"),
+            "not_control_plane",
+            f"{URL}  not a tubeworker control plane: /status answered JSON without pid, pools,"
+            ' counters: {"healthy": true}',
+        ),
+        (
+            httpx.ConnectError("refused"),
+            "unreachable",
+            f"{URL}  unreachable: ConnectError: refused",
+        ),
+        (
+            httpx.ReadTimeout("timed out"),
+            "unreachable",
+            f"{URL}  unreachable: no answer within 3s (ReadTimeout)",
+        ),
+        (
+            answer(503, b"", "text/plain"),
+            "unreachable",
+            f"{URL}  unreachable: /status answered 503",
+        ),
+    ],
+)
+async def test_given_a_url_that_answers_otherwise_or_not_at_all_then_top_says_which(
+    reply: httpx.Response | Exception, state: str, header: str
+) -> None:
+    model = TopModel([URL])
+    with trio.fail_after(5):
+        async with fake_server(reply) as http:
+            await poll_once(model, http, URL)
+    assert model.daemons[URL].state == state
+    assert render(model, 0.0, stamp="", interval=1)[2:] == [header]  # no table, no key
+    assert summary_line(model, 0.0, stamp="s") == f"s  {header}"
+
+
+async def test_given_a_url_that_is_not_a_control_plane_then_the_live_view_says_so_and_retries(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    model = TopModel([URL])
+    view = model.daemons[URL]
+    reply = answer(200, b'{"status": "ok"}', "application/json")
+    async with fake_server(reply) as http, trio.open_nursery() as nursery:
+        nursery.start_soon(partial(watch_daemon, model, http, URL, 1.0, rng=random.Random(7)))
+        await wait_until(lambda: view.attempt == 3, timeout=60, what="a third attempt")
+        nursery.cancel_scope.cancel()
+    assert (view.state, view.pid) == ("not_control_plane", None)  # never "running"
+    assert render(model, 0.0, stamp="", interval=1)[2].startswith(
+        f"{URL}  not a tubeworker control plane: /status answered JSON without pid, pools,"
+        ' counters: {"status": "ok"}  (retry in '
+    )
+
+
+async def test_given_a_control_plane_then_poll_once_reads_status_and_metrics() -> None:
+    pages = {"/status": json.dumps(STATUS).encode(), "/metrics": METRICS_TEXT.encode()}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=pages[request.url.path])
+
+    model = TopModel([URL])
+    with trio.fail_after(5):
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+            await poll_once(model, http, URL)
+    view = model.daemons[URL]
+    assert (view.state, view.metrics) == ("up", METRICS_SNAPSHOT)
 
 
 # --------------------------------------------------------------------------- errors, URLs

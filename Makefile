@@ -1,15 +1,18 @@
 # The commands the README names. `make test` and `make demo` work on a fresh machine:
-# they create .venv, install the package with its dev extra, and install beanstalkd from
-# Debian's packages when it is missing.
+# they create .venv and install the package in it (the demo: tubeworker and what it needs
+# to run; the tests: with its dev extra too), and install from Debian's packages what is
+# missing (the demo: beanstalkd only; the tests: everything their real parts need).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: test lint typecheck unit reliability demo bench beanstalkd clean
+.PHONY: test lint typecheck unit reliability demo bench beanstalkd system-packages install-missing clean
 
-test: $(STAMP) beanstalkd lint typecheck
+test: $(STAMP) system-packages lint typecheck
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -28,29 +31,36 @@ unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
 # The reliability suite's long run (a short run is part of `make test`).
-reliability: $(STAMP) beanstalkd
+reliability: $(STAMP) system-packages
 	TUBEWORKER_RELIABILITY=long $(BIN)/pytest tests/reliability -p no:cacheprovider
 
-demo: $(STAMP) beanstalkd
+# Only beanstalkd and tubeworker's runtime dependencies: no root needed when beanstalkd is
+# already on PATH.
+demo: $(RUNTIME) beanstalkd
 	$(BIN)/tubeworker demo
 
 # Not part of `make test`: speed lives in the benchmark, never in timed tests.
 bench: $(STAMP) beanstalkd
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(PIP) install -e '.[dev,bench]'
 	$(BIN)/python -m tests.bench --scenario client
 	$(BIN)/python -m tests.bench --scenario overhead
 	$(BIN)/python -m tests.bench --scenario io
 	$(BIN)/python -m tests.bench --scenario outage
 	$(BIN)/python -m tests.bench --scenario limits
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PIP) install --upgrade pip
+	$(PIP) install -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
+	$(PIP) install -e '.[dev]'
 	touch $(STAMP)
 
-# Debian's packages the tests need, only those missing (root, or passwordless sudo). Each
-# entry is COMMAND=PACKAGE: the package is installed when the command is not found.
+# Debian's packages, only those missing (root, or passwordless sudo). Each entry is
+# COMMAND=PACKAGE: the package is installed when the command is not found. `beanstalkd`
+# installs the first (the demo's), `system-packages` all of them (the tests').
 #   beanstalkd       every server test
 #   supervisord      tests/e2e/test_deploy.py runs deploy/supervisor for real
 #   systemd-analyze  tests/e2e/test_deploy.py verifies deploy/systemd (systemd need not run)
@@ -67,8 +77,14 @@ SYSTEM_PACKAGES := \
 	chromedriver=chromium-driver
 
 beanstalkd:
+	@$(MAKE) --no-print-directory install-missing PACKAGES="$(firstword $(SYSTEM_PACKAGES))"
+
+system-packages:
+	@$(MAKE) --no-print-directory install-missing PACKAGES="$(SYSTEM_PACKAGES)"
+
+install-missing:
 	@missing=; \
-	for entry in $(SYSTEM_PACKAGES); do \
+	for entry in $(PACKAGES); do \
 		cmd=$${entry%%=*}; pkg=$${entry#*=}; \
 		PATH="$$PATH:/usr/sbin:/sbin" command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
@@ -81,7 +97,7 @@ beanstalkd:
 	else echo "missing:$$missing: run 'sudo apt-get install -y$$missing', then make again." >&2; exit 1; fi; \
 	echo "installing$$missing from Debian's packages"; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
-	for entry in $(SYSTEM_PACKAGES); do \
+	for entry in $(PACKAGES); do \
 		cmd=$${entry%%=*}; pkg=$${entry#*=}; \
 		PATH="$$PATH:/usr/sbin:/sbin" command -v $$cmd >/dev/null 2>&1 || { echo "apt-get did not install $$pkg ($$cmd)" >&2; exit 1; }; \
 	done

@@ -8,7 +8,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
-PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
+# Quiet: setuptools warns about every editable install (a note for its own developers).
+PIP := PYTHONWARNINGS=ignore $(BIN)/python -m pip --quiet --disable-pip-version-check
 
 .PHONY: test lint typecheck unit reliability demo bench beanstalkd system-packages install-missing clean
 

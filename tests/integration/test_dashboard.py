@@ -21,7 +21,7 @@ from tests.support.httpserver import Reply, open_http_api
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, open_client, parse_address
 from tubeworker.burials import new_record, write_record
-from tubeworker.control.dashboard import DETAIL_LIMIT
+from tubeworker.control.dashboard_reads import DETAIL_LIMIT
 from tubeworker.control.standalone import run_dashboard
 
 TOKEN = "dashboard-token"

@@ -36,3 +36,9 @@ async def bury_once(job: Job) -> None:
 
 async def work(job: Job) -> None:
     _log("end", job.payload["n"])
+
+
+async def bury_always(job: Job) -> None:
+    """Buried with a reason, every time."""
+    _log("buried", job.payload["n"])
+    raise Bury(f"job {job.payload['n']} cannot be done")

@@ -30,7 +30,11 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @asynccontextmanager
 async def serving(
-    server: BeanstalkdProcess, *, daemons: Sequence[str] = (), interval: float = 60.0
+    server: BeanstalkdProcess,
+    *,
+    daemons: Sequence[str] = (),
+    interval: float = 60.0,
+    token: str | None = TOKEN,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The dashboard on a free port, and an HTTP client for it; stopped at the end."""
     async with trio.open_nursery() as nursery:
@@ -39,7 +43,7 @@ async def serving(
                 run_dashboard,
                 [parse_address(server.address)],
                 Address("127.0.0.1", free_port()),
-                token=TOKEN,
+                token=token,
                 daemons=daemons,
                 interval=interval,
             )
@@ -165,6 +169,25 @@ async def test_given_actions_then_the_token_is_needed_and_each_is_done_and_logge
     assert done[1]["seconds"] == "30s"
     refused = [e for e in logs if e["event"] == "dashboard action refused"]
     assert [e["action"] for e in refused] == ["put", "put"]
+
+
+async def test_given_no_token_configured_then_the_dashboard_is_read_only(
+    beanstalkd: BeanstalkdProcess,
+) -> None:
+    with trio.fail_after(20), capture_logs() as logs:
+        async with serving(beanstalkd, token=None) as http:
+            overview = (await http.get("/api/overview")).json()
+            put = {"tube": "never", "body": "x"}
+            refused = await http.post("/api/put", json=put, headers=AUTH)
+            tubes = (await http.get("/api/tubes")).json()  # reads need no token
+    assert overview["actions_enabled"] is False
+    assert refused.status_code == 403  # not 401: no token could be accepted
+    assert refused.json()["error"].startswith("read-only: no token is configured")
+    assert tubes["total"] >= 1
+    (line,) = [e for e in logs if e["event"] == "dashboard action refused"]
+    assert (line["action"], line["why"]) == ("put", "no token configured")
+    async with open_client(beanstalkd.address) as client:
+        assert "never" not in await client.list_tubes()
 
 
 async def test_given_buried_jobs_then_reasons_and_safely_rendered_bodies_are_listed(

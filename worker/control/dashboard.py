@@ -14,7 +14,9 @@ Reads (no token, like the rest of the control plane: keep it on loopback)::
     GET /api/peek?server=&tube=&state=ready|delayed|buried
     GET /api/workers, /api/apis    the daemons' status; breakers; paused tubes and why
 
-Actions (``Authorization: Bearer <token>``, 401 without it; each one a log line)::
+Actions (``Authorization: Bearer <token>``, 401 without it; each one a log line; with no
+token configured the dashboard is read-only: 403, and ``/api/overview`` says
+``"actions_enabled": false`` so the page shows none)::
 
     POST /api/kick {server, tube, count?}        POST /api/kick-job {server, id}
     POST /api/kick-reason {server, tube, reason} POST /api/delete {server, id}
@@ -78,6 +80,10 @@ log = structlog.get_logger("tubeworker")
 WATCH_SECONDS: Final = 60.0  # every tube is polled this long after the page was last seen
 REQUEST_DEADLINE: Final = 30.0
 MAX_REQUEST_BODY: Final = 4 * 1024 * 1024
+READ_ONLY: Final = (
+    "read-only: no token is configured ([control] token_file, or tubeworker dashboard "
+    "--token-file), so the dashboard takes no actions"
+)
 #: Fields of an action's request that its log line and ``action`` event repeat.
 _LOGGED_FIELDS: Final = ("server", "tube", "id", "count", "seconds", "worker")
 
@@ -219,6 +225,11 @@ class Dashboard:
     async def _act(self, scope: Scope, receive: Receive, path: str) -> Response:
         name = path.removeprefix("/api/")
         client = (scope.get("client") or ("?",))[0]
+        if not self.context.actions_enabled:
+            log.warning(
+                "dashboard action refused", action=name, client=client, why="no token configured"
+            )
+            return json_response(403, {"error": READ_ONLY})
         if not authorized(scope, self.context.token):
             log.warning(
                 "dashboard action refused", action=name, client=client, why="no or wrong token"

@@ -82,6 +82,12 @@ class DashboardContext:
             interval=interval,
         )
 
+    @property
+    def actions_enabled(self) -> bool:
+        """Actions need the token: with none configured the dashboard is read-only (no
+        token could ever be accepted, so the page offers no actions)."""
+        return self.token is not None
+
     def server(self, params: Mapping[str, Any]) -> Address:
         """The server a request names (it may name none when there is one)."""
         name = params.get("server")

@@ -85,6 +85,7 @@ class DashboardReads:
                 "interval": ctx.interval,
                 "sample_every": ctx.board.sample_every,
                 "token_configured": ctx.token is not None,
+                "actions_enabled": ctx.actions_enabled,
                 "workers": len(ctx.fleet.workers),
                 "now": round(time.time(), 3),
             },

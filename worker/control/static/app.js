@@ -153,6 +153,10 @@
 
   // An action: confirmed, then sent with the token; the server decides (401 without it).
   async function act(path, body, question) {
+    if (document.body.dataset.actions !== "enabled") {
+      toast("Read-only: no token is configured, so the dashboard takes no actions.", "error");
+      return null;
+    }
     if (!(await confirmAction(question))) return null;
     const headers = { "Content-Type": "application/json" };
     const token = getToken();
@@ -350,8 +354,7 @@
 
   async function loadOverview() {
     const data = await api("/api/overview");
-    state.servers = data.servers;
-    $("servers").textContent = data.servers.join(", ");
+    applySettings(data);
     renderErrors(data.errors);
     state.trend = { ready: [], done: [], failure: [], buried: [] };
     for (const point of data.trend) pushTrend({ ready: point.ready, done_per_min: point.done_per_min, failure_rate: point.failure_rate, buried: point.buried });
@@ -535,8 +538,8 @@
       el("td", { class: "body-col" }, preview(job.preview)),
       el("td", { class: "row-actions" },
         el("button", { type: "button", dataset: { action: "view" }, onclick: () => showJob(server, job.id, job) }, "View"),
-        el("button", { type: "button", dataset: { action: "kick-job" }, onclick: () => kickJob(server, tube, job.id) }, "Kick"),
-        el("button", { type: "button", class: "danger", dataset: { action: "delete" }, onclick: () => deleteJob(server, job.id) }, "Delete"))
+        el("button", { type: "button", class: "act", dataset: { action: "kick-job" }, onclick: () => kickJob(server, tube, job.id) }, "Kick"),
+        el("button", { type: "button", class: "danger act", dataset: { action: "delete" }, onclick: () => deleteJob(server, job.id) }, "Delete"))
     );
   }
 
@@ -675,8 +678,8 @@
       el("td", { class: "num" }, fmtRate(w.done_per_min)),
       el("td", { dataset: { col: "state" } }, workerState(w)),
       el("td", { class: "row-actions" },
-        el("button", { type: "button", dataset: { action: "quiet" }, disabled: !w.ok || w.quiet, onclick: () => quietWorker(w, "quiet") }, "Quiet"),
-        el("button", { type: "button", dataset: { action: "resume" }, disabled: !w.ok || !w.quiet, onclick: () => quietWorker(w, "resume") }, "Resume"))
+        el("button", { type: "button", class: "act", dataset: { action: "quiet" }, disabled: !w.ok || w.quiet, onclick: () => quietWorker(w, "quiet") }, "Quiet"),
+        el("button", { type: "button", class: "act", dataset: { action: "resume" }, disabled: !w.ok || !w.quiet, onclick: () => quietWorker(w, "resume") }, "Resume"))
     )));
     if (workers.length === 0) {
       body.append(el("tr", {}, el("td", { colspan: 9, class: "muted" }, "No daemons: list their control planes in [control] daemons, or pass --daemon.")));
@@ -721,7 +724,7 @@
       el("td", {}, p.server),
       el("td", { class: "num" }, fmtSeconds(p.pause_left)),
       el("td", {}, p.reason || ""),
-      el("td", { class: "row-actions" }, el("button", { type: "button", onclick: async () => {
+      el("td", { class: "row-actions" }, el("button", { type: "button", class: "act", onclick: async () => {
         const done = await act("/api/pause", { server: p.server, tube: p.tube, seconds: 0 }, `Resume tube ${p.tube}?`);
         if (done) { toast(`Resumed ${p.tube}.`); reloadApis(); }
       } }, "Resume")))));
@@ -836,6 +839,16 @@
 
   // ------------------------------------------------------------------ views
 
+  // What every view needs of /api/overview: the servers (for the put dialog), and whether
+  // the server takes actions (with no token configured it is read-only: none are shown).
+  function applySettings(data) {
+    state.servers = data.servers;
+    $("servers").textContent = data.servers.join(", ");
+    const enabled = data.actions_enabled !== false;
+    document.body.dataset.actions = enabled ? "enabled" : "read-only";
+    $("read-only").hidden = enabled;
+  }
+
   function showLoadError(error) {
     toast(`Could not load: ${error.message}`, "error");
   }
@@ -865,9 +878,7 @@
   (async () => {
     if (!(location.hash || "#/overview").startsWith("#/overview")) {
       try {
-        const data = await api("/api/overview"); // the servers, for the put dialog
-        state.servers = data.servers;
-        $("servers").textContent = data.servers.join(", ");
+        applySettings(await api("/api/overview")); // the servers; whether actions are taken
       } catch (error) {
         showLoadError(error);
       }

@@ -167,3 +167,34 @@ def visible_controls(page: Page) -> list[str]:
         """
     )
     return found
+
+
+#: The overview's charts and the cards they must agree with.
+CHART_CARDS = {
+    "chart-ready": "ready",
+    "chart-done": "done-min",
+    "chart-failure": "failure-rate",
+    "chart-buried": "buried",
+}
+
+
+def charts_and_cards(page: Page) -> dict[str, tuple[str | None, str | None]]:
+    """Each overview chart's value now and its card's, read at one instant."""
+    found: dict[str, list[str | None]] = page.js(
+        """
+        const text = (css) => document.querySelector(css)?.textContent ?? null;
+        const out = {};
+        for (const [chart, card] of Object.entries(arguments[0])) {
+          const cardValue = text(`#totals [data-card="${card}"] .card-value`);
+          out[chart] = [text(`#${chart} .chart-value`), cardValue];
+        }
+        return out;
+        """,
+        CHART_CARDS,
+    )
+    return {chart: (pair[0], pair[1]) for chart, pair in found.items()}
+
+
+def charts_agree_with_cards(page: Page) -> bool:
+    pairs = charts_and_cards(page)
+    return all(chart == card and card is not None for chart, card in pairs.values())

@@ -20,6 +20,8 @@ from tests.browser.conftest import Fleet, require_beanstalkd, running_fleet
 from tests.browser.page import (
     DEADLINE,
     Page,
+    charts_agree_with_cards,
+    charts_and_cards,
     client,
     envelope,
     tube_view,
@@ -68,6 +70,9 @@ def look_everywhere(page: Page, fleet_base: str, tube_fragment: str) -> None:
     """Every view, with a buried job's row and its detail open: nothing to act with."""
     page.open("#/overview")
     shows_no_action(page, "overview")
+    wait_until_sync(  # unknown on both where nothing is known yet (a chart once drew 0.0 %)
+        lambda: charts_agree_with_cards(page), what=f"charts = cards: {charts_and_cards(page)}"
+    )
     page.open(tube_fragment)
     wait_until_sync(
         lambda: page.js("return document.querySelectorAll('#buried tr[data-job]').length") > 0,

@@ -26,7 +26,9 @@ token configured the dashboard is read-only: 403, and ``/api/overview`` says
 ``POST /api/refresh`` (no token) asks the tube poller for a round soon; the poller keeps
 its own minimum gap, so viewers never set the rate of ``stats-tube``. Tube data comes from
 that poller's snapshot (``TubeBoard``), never from a request's own polling; the servers and
-daemons a request may name are the configured ones only.
+daemons a request may name are the configured ones only. The poller asks for every tube,
+and the fleet poller reads the daemons, whether or not a page is open: the board keeps
+their history (``/api/overview``'s ``trend`` and ``history``) for the next page.
 
 Three modules: this one routes (Host check, static files, the token, the deadline, the
 log line of an action); ``dashboard_reads`` answers the reads and ``dashboard_actions``
@@ -36,6 +38,8 @@ does the actions, over what both share (``dashboard_context``).
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any, Final
@@ -77,7 +81,7 @@ __all__ = ["Dashboard"]
 
 log = structlog.get_logger("tubeworker")
 
-WATCH_SECONDS: Final = 60.0  # every tube is polled this long after the page was last seen
+WATCH_SECONDS: Final = 60.0  # a page counts as open this long after it was last seen
 REQUEST_DEADLINE: Final = 30.0
 MAX_REQUEST_BODY: Final = 4 * 1024 * 1024
 READ_ONLY: Final = (
@@ -152,18 +156,27 @@ class Dashboard:
         self.actions = DashboardActions(self.context)
         self._reads = self.reads.routes()
         self._actions = self.actions.routes()
+        # The history a page shows when it opens is kept before it opens: every tube is
+        # polled at every round, whether or not a page is open (the board samples them).
+        depths.watch_every_tube(math.inf)
+        self._viewed_until = -math.inf
+        board.viewed = self.viewed
 
     @staticmethod
     def handles(path: str) -> bool:
         return path in ("/", "/index.html") or path.startswith(("/static/", "/api/"))
 
     def watch(self) -> None:
-        """The page is being looked at: every tube is polled, and the daemons are read, for
-        the next WATCH_SECONDS (the pollers are woken when this starts)."""
-        depths = self.context.depths
-        if not depths.every_tube:
+        """A page is being looked at: its ``tubes`` events are built for the next
+        WATCH_SECONDS (and the daemons are read again now, when it starts)."""
+        now = time.monotonic()
+        if now >= self._viewed_until:
             self.context.fleet.poke()
-        depths.watch_every_tube(WATCH_SECONDS)
+        self._viewed_until = now + WATCH_SECONDS
+
+    def viewed(self) -> bool:
+        """Whether a page was looked at in the last WATCH_SECONDS."""
+        return time.monotonic() < self._viewed_until
 
     async def keep_watching(self) -> None:
         """While a page listens to /events: keep watching."""

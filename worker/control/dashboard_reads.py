@@ -80,6 +80,7 @@ class DashboardReads:
                 "round": ctx.board.round,
                 "totals": ctx.board.totals(),
                 "trend": list(ctx.board.totals_trend),
+                "history": ctx.board.history(),
                 "servers": sorted(ctx.servers),
                 "errors": dict(ctx.depths.server_errors),
                 "interval": ctx.interval,
@@ -123,6 +124,7 @@ class DashboardReads:
                 **ctx.board.row(key, depth),
                 "round": ctx.board.round,
                 "trend": ctx.board.trend(key),
+                "sample_every": ctx.board.sample_every,
                 "pause_reason": ctx.pause_reason(*key),
             },
         )

@@ -38,6 +38,20 @@ def daemon_url(text: str) -> str:
     return url if url.startswith(("http://", "https://")) else f"http://{url}"
 
 
+Counts = tuple[int, int]  # (succeeded, failed)
+
+
+def _tube_outcomes(status: Status) -> dict[str, Counts]:
+    """Tube → (succeeded, failed) totals of one daemon's ``/status``."""
+    found: dict[str, Counts] = {}
+    outcomes = status.get("tube_outcomes")
+    for tube, counts in outcomes.items() if isinstance(outcomes, Mapping) else ():
+        if isinstance(counts, Mapping):
+            failed = int(counts.get("released", 0)) + int(counts.get("buried", 0))
+            found[str(tube)] = (int(counts.get("deleted", 0)), failed)
+    return found
+
+
 @dataclass
 class _Worker:
     id: str
@@ -46,9 +60,28 @@ class _Worker:
     error: str | None = None
     seen_at: float | None = None  # wall clock
     done: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
+    outcomes: dict[str, Counts] | None = None  # its tube outcomes at the last read
 
-    def record(self, status: Status, now: float) -> None:
+    def record(self, status: Status, now: float) -> dict[str, Counts]:
+        """Take a new ``/status``; the outcomes it counted since the last one, per tube
+        (none at a first read: when its totals happened is not known)."""
+        before, started = self.outcomes, (self.status or {}).get("started")
         self.status, self.error, self.seen_at = status, None, time.time()
+        self._record_done(status, now)
+        self.outcomes = current = _tube_outcomes(status)
+        if before is None:
+            return {}
+        if status.get("started") != started:
+            before = {}  # restarted since: its totals are all new
+        new = {}
+        for tube, (succeeded, failed) in current.items():
+            was = before.get(tube, (0, 0))
+            counted = (max(0, succeeded - was[0]), max(0, failed - was[1]))
+            if counted != (0, 0):
+                new[tube] = counted
+        return new
+
+    def _record_done(self, status: Status, now: float) -> None:
         counters = status.get("counters")
         deleted = counters.get("deleted") if isinstance(counters, Mapping) else None
         if isinstance(deleted, int):
@@ -97,11 +130,15 @@ class Fleet:
         self.clock = clock
         self.workers: dict[str, _Worker] = {}
         if local_status is not None:
-            self.workers[LOCAL] = _Worker(LOCAL, None)
+            # This daemon started with its dashboard: every outcome it counts is new.
+            self.workers[LOCAL] = _Worker(LOCAL, None, outcomes={})
         for text in daemons:
             url = daemon_url(text)
             self.workers.setdefault(url, _Worker(url, url))
-        self._outcomes: dict[str, tuple[int, int]] = {}
+        #: Tube → (succeeded, failed) outcomes seen to happen since the dashboard started,
+        #: over every daemon: they only grow (a daemon's restart, or a first read, never
+        #: makes them jump back or count what came before).
+        self._outcomes: dict[str, Counts] = {}
         self._wake = trio.Event()
         self._refreshed = trio.Event()
 
@@ -124,14 +161,13 @@ class Fleet:
         async with trio.open_nursery() as nursery:
             for worker in self.workers.values():
                 nursery.start_soon(self._refresh_one, http, worker)
-        self._outcomes = self._sum_outcomes()
         self._refreshed.set()
         self._refreshed = trio.Event()
 
     async def _refresh_one(self, http: httpx.AsyncClient, worker: _Worker) -> None:
         if worker.url is None:
             assert self.local_status is not None
-            worker.record(self.local_status(), self.clock())
+            self._count(worker.record(self.local_status(), self.clock()))
             return
         try:
             response = await http.get(f"{worker.url}/status", timeout=REQUEST_TIMEOUT)
@@ -142,7 +178,12 @@ class Fleet:
         except (httpx.HTTPError, ValueError) as exc:
             worker.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return
-        worker.record(status, self.clock())
+        self._count(worker.record(status, self.clock()))
+
+    def _count(self, new: Mapping[str, Counts]) -> None:
+        for tube, (succeeded, failed) in new.items():
+            was = self._outcomes.get(tube, (0, 0))
+            self._outcomes[tube] = (was[0] + succeeded, was[1] + failed)
 
     # ------------------------------------------------------------------ reading
 
@@ -205,20 +246,9 @@ class Fleet:
                         names.append(str(api))
         return pauses
 
-    def _sum_outcomes(self) -> dict[str, tuple[int, int]]:
-        sums: dict[str, tuple[int, int]] = {}
-        for worker in self.workers.values():
-            outcomes = (worker.status or {}).get("tube_outcomes")
-            for tube, counts in outcomes.items() if isinstance(outcomes, Mapping) else ():
-                if isinstance(counts, Mapping):
-                    ok, failed = sums.get(str(tube), (0, 0))
-                    ok += int(counts.get("deleted", 0))
-                    failed += int(counts.get("released", 0)) + int(counts.get("buried", 0))
-                    sums[str(tube)] = (ok, failed)
-        return sums
-
-    def outcomes(self) -> Mapping[str, tuple[int, int]]:
-        """Tube → (succeeded, failed) totals over every daemon (for failure rates)."""
+    def outcomes(self) -> Mapping[str, Counts]:
+        """Tube → (succeeded, failed) seen since the dashboard started, over every daemon
+        (for failure rates: a tube not in it had none)."""
         return self._outcomes
 
     # ------------------------------------------------------------------ acting

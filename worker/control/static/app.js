@@ -9,7 +9,6 @@
 (() => {
   const TOKEN_KEY = "tubeworker.token";
   const SVG = "http://www.w3.org/2000/svg";
-  const CHART_POINTS = 120;
 
   const $ = (id) => document.getElementById(id);
   const state = {
@@ -19,6 +18,7 @@
     rows: new Map(), // key -> {row, tr}
     pages: 1,
     trend: { ready: [], done: [], failure: [], buried: [] },
+    trendMax: 360, // points the server keeps (its history): the page keeps as many
     round: 0, // the poller's round the page shows (an answer older than it is stale)
     tube: null, // {server, tube}
     tubeRow: null,
@@ -187,6 +187,10 @@
 
   // ------------------------------------------------------------------ charts
 
+  const known = (v) => v !== null && v !== undefined;
+
+  // A line over the values; an unknown value (null: no outcome counted yet, say) is a gap,
+  // never drawn as 0.
   function sparkline(values, width, height, cls) {
     const svg = document.createElementNS(SVG, "svg");
     svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
@@ -194,29 +198,33 @@
     svg.setAttribute("height", height);
     svg.setAttribute("class", cls || "spark");
     svg.setAttribute("aria-hidden", "true");
-    if (values.length > 0) {
-      const max = Math.max(1, ...values);
-      const step = values.length > 1 ? width / (values.length - 1) : 0;
-      const points = values.map((v, i) => {
-        const x = values.length > 1 ? i * step : width;
-        const y = height - 1 - (Math.max(0, v) / max) * (height - 2);
-        return `${x.toFixed(1)},${y.toFixed(1)}`;
-      });
+    const max = Math.max(1, ...values.filter(known));
+    const step = values.length > 1 ? width / (values.length - 1) : 0;
+    const runs = [[]];
+    values.forEach((v, i) => {
+      if (!known(v)) { runs.push([]); return; }
+      const x = values.length > 1 ? i * step : width;
+      const y = height - 1 - (Math.max(0, v) / max) * (height - 2);
+      runs[runs.length - 1].push([x.toFixed(1), y.toFixed(1)]);
+    });
+    for (const run of runs.filter((r) => r.length > 0)) {
+      const points = run.map(([x, y]) => `${x},${y}`).join(" ");
       const area = document.createElementNS(SVG, "polygon");
-      area.setAttribute("points", `0,${height} ${points.join(" ")} ${width},${height}`);
+      area.setAttribute("points", `${run[0][0]},${height} ${points} ${run[run.length - 1][0]},${height}`);
       area.setAttribute("class", "area");
       const line = document.createElementNS(SVG, "polyline");
-      line.setAttribute("points", points.join(" "));
+      line.setAttribute("points", points);
       line.setAttribute("class", "line");
       svg.append(area, line);
     }
     return svg;
   }
 
+  // A chart and its value now: the last value, formatted as its card formats it.
   function chart(container, values, format) {
     const last = values.length ? values[values.length - 1] : null;
     container.replaceChildren(
-      sparkline(values.slice(-CHART_POINTS), 230, 52, "chart-svg"),
+      sparkline(values.slice(-(state.trendMax + 1)), 230, 52, "chart-svg"),
       el("span", { class: "chart-value" }, format(last))
     );
   }
@@ -224,7 +232,7 @@
   // The sampled history, then the totals now (so a chart ends where the cards are).
   function drawOverviewCharts(now) {
     const t = state.trend;
-    const plus = (series, value) => (now ? [...series, value || 0] : series);
+    const plus = (series, value) => (now ? [...series, known(value) ? value : null] : series);
     chart($("chart-ready"), plus(t.ready, now && now.ready), fmtInt);
     chart($("chart-done"), plus(t.done, now && now.done_per_min), fmtRate);
     chart($("chart-failure"), plus(t.failure, now && now.failure_rate), fmtPct);
@@ -234,10 +242,25 @@
   function pushTrend(totals) {
     const t = state.trend;
     t.ready.push(totals.ready);
-    t.done.push(totals.done_per_min || 0);
-    t.failure.push(totals.failure_rate || 0);
+    t.done.push(known(totals.done_per_min) ? totals.done_per_min : null);
+    t.failure.push(known(totals.failure_rate) ? totals.failure_rate : null);
     t.buried.push(totals.buried);
-    for (const series of Object.values(t)) if (series.length > CHART_POINTS) series.shift();
+    for (const series of Object.values(t)) while (series.length > state.trendMax) series.shift();
+  }
+
+  const clock = (wall) => new Date(wall * 1000).toLocaleTimeString();
+  const span = (seconds) => (seconds % 60 === 0 ? `${seconds / 60} min` : fmtSeconds(seconds));
+
+  // What the charts cover: the server keeps their history whether or not a page is open;
+  // until it has kept all it keeps, say since when it collects.
+  function showHistory(history) {
+    if (!history) return;
+    state.trendMax = history.points;
+    const note = $("history-note");
+    note.dataset.since = String(history.since);
+    note.textContent = history.full
+      ? `Charts: the last ${span(history.seconds)}, a point every ${fmtSeconds(history.sample_every)}.`
+      : `Charts: since ${clock(history.since)}, when the dashboard began collecting (it keeps ${span(history.seconds)}), a point every ${fmtSeconds(history.sample_every)}.`;
   }
 
   // ------------------------------------------------------------------ overview
@@ -356,8 +379,9 @@
     const data = await api("/api/overview");
     applySettings(data);
     renderErrors(data.errors);
+    showHistory(data.history);
     state.trend = { ready: [], done: [], failure: [], buried: [] };
-    for (const point of data.trend) pushTrend({ ready: point.ready, done_per_min: point.done_per_min, failure_rate: point.failure_rate, buried: point.buried });
+    for (const point of data.trend) pushTrend(point);
     renderTotals(data.totals);
     drawOverviewCharts(data.totals);
     await loadTubes();
@@ -457,8 +481,12 @@
     const trend = state.tubeTrend || [];
     const row = state.tubeRow;
     chart($("tube-chart-ready"), [...trend.map((p) => p.ready), row.ready], fmtInt);
-    chart($("tube-chart-done"), [...trend.map((p) => p.done_per_min), row.done_per_min || 0], fmtRate);
+    chart($("tube-chart-done"), [...trend.map((p) => p.done_per_min), known(row.done_per_min) ? row.done_per_min : null], fmtRate);
     chart($("tube-chart-buried"), [...trend.map((p) => p.buried), row.buried], fmtInt);
+    const oldest = trend.length ? trend[0].ago : 0;
+    $("tube-history-note").textContent = trend.length
+      ? `Charts: since ${new Date(Date.now() - oldest * 1000).toLocaleTimeString()} (${fmtSeconds(oldest)}), a point every ${fmtSeconds(state.tubeRow.sample_every)}.`
+      : "";
   }
 
   async function loadTube() {

@@ -235,3 +235,45 @@ def test_given_the_workers_view_then_the_daemon_is_listed_and_can_be_quieted(
     wait_until_sync(lambda: not httpx.get(status, timeout=5).json()["quiet"], what="resumed")
     page.go("#/apis")
     page.shot("apis")
+
+
+def test_given_ready_jobs_no_worker_watches_then_the_page_says_so(fleet: Fleet, page: Page) -> None:
+    # Given 32 ready jobs in a tube nobody watches, and 1 in a tube a connection watches
+    with client(fleet, "nobody-home") as c:
+        for n in range(32):
+            c.put(f"job {n}")
+    with client(fleet, "somebody-home") as watcher:  # watches it, never reserves
+        watcher.put("waits for its worker's turn")
+        page.open()
+
+        def backlog(tube: str) -> str | None:
+            cells = page.row(f"{fleet.server.address}|{tube}")
+            return None if cells is None else cells["backlog"]
+
+        # Then the overview says it plainly (it used to show only the ∞ of jobs not moving)
+        wait_until_sync(lambda: backlog("nobody-home") == "no worker", what="no worker")
+        wait_until_sync(lambda: backlog("somebody-home") == "\u221e", what="watched: not moving")
+
+        def unwatched_on_server() -> int:  # as beanstalkd says it (this probe watches neither)
+            with greenstalk.Client(
+                (fleet.server.host, fleet.server.port), watch="probe-watcher"
+            ) as probe:
+                tubes = [t for t in probe.tubes() if not t.startswith("tubeworker.")]
+                stats = [probe.stats_tube(t) for t in tubes]
+            return sum(
+                1 for st in stats if st["current-jobs-ready"] > 0 and st["current-watching"] == 0
+            )
+
+        wait_until_sync(
+            lambda: page.card("totals", "no-worker") == str(unwatched_on_server()),
+            what="the count of tubes no worker watches",
+        )
+        page.go(tube_view(fleet, "nobody-home"))
+        wait_until_sync(lambda: page.js("return !document.getElementById('tube-unwatched').hidden"))
+        assert page.text("#tube-unwatched").startswith(
+            "No worker watches this tube: its 32 ready jobs wait until one does"
+        )
+        assert page.card("tube-counts", "watching") == "0"
+        page.go(tube_view(fleet, "somebody-home"))
+        wait_until_sync(lambda: page.card("tube-counts", "watching") == "1", what="1 watching")
+        assert page.js("return document.getElementById('tube-unwatched').hidden")

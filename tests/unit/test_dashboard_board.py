@@ -73,6 +73,22 @@ def test_given_ready_jobs_that_do_not_move_then_the_backlog_is_unknown_not_zero(
     assert row(board, "empty")["backlog_seconds"] == 0.0
 
 
+def test_given_ready_jobs_no_connection_watches_then_the_row_says_no_worker() -> None:
+    board = board_with(
+        {
+            "orphan": TubeDepth(ready=32, watching=0),
+            "served": TubeDepth(ready=5, watching=2),
+            "idle": TubeDepth(ready=0, watching=0),
+        }
+    )
+    board.on_round()
+    assert row(board, "orphan")["unwatched"] is True
+    assert row(board, "orphan")["backlog_seconds"] is None  # and not moving, as before
+    assert row(board, "served")["unwatched"] is False
+    assert row(board, "idle")["unwatched"] is False
+    assert board.totals()["unwatched"] == 1
+
+
 def test_given_a_tube_freed_and_made_again_then_its_history_starts_again() -> None:
     clock = Clock()
     depth = TubeDepth(deletes=500)

@@ -18,6 +18,8 @@ arrays of numbers: about 6 KB a tube). Until a ring is full, it says since when 
 - *failure rate*: of the job outcomes the known tubeworker daemons counted for the tube
   over the same window, the share released or buried; None when no daemon reported any.
 - *backlog seconds*: ready ÷ done per second (None when ready jobs are not moving).
+- *unwatched*: ready jobs, and no connection watches the tube (``current-watching`` 0, the
+  poller's own connection not counted): no worker will take them until one watches it.
 """
 
 from __future__ import annotations
@@ -233,6 +235,8 @@ class TubeBoard:
         server, tube = key
         done = self.done_per_min(key, depth)
         failure = self.failure_rate(tube)
+        # Ready jobs no connection watches wait for a worker, not their turn: said plainly.
+        unwatched = depth.ready > 0 and depth.watching <= 0
         if depth.ready == 0:
             backlog: float | None = 0.0
         elif done:
@@ -249,6 +253,8 @@ class TubeBoard:
             "buried": depth.buried,
             "urgent": depth.urgent,
             "waiting": depth.waiting,
+            "watching": max(0, depth.watching),
+            "unwatched": unwatched,
             "pause_left": depth.pause_left,
             "pause": depth.pause,
             "total_jobs": depth.total_jobs,
@@ -322,6 +328,7 @@ class TubeBoard:
             "buried": sum(r["buried"] for r in rows),
             "urgent": sum(r["urgent"] for r in rows),
             "paused": sum(1 for r in rows if r["pause_left"] > 0),
+            "unwatched": sum(1 for r in rows if r["unwatched"]),
             "done_per_min": round(sum(done), 1),
             "failure_rate": round(failed / (failed + succeeded), 4) if failed + succeeded else None,
         }

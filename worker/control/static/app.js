@@ -61,7 +61,10 @@
     return `${Math.floor(s / 86400)}d${Math.floor((s % 86400) / 3600)}h`;
   }
 
+  const UNWATCHED_TITLE = "No connection watches this tube (beanstalkd's current-watching is 0): its ready jobs wait until a worker watches it.";
+
   function fmtBacklog(row) {
+    if (row.unwatched) return "no worker";
     if (row.backlog_seconds === null || row.backlog_seconds === undefined) {
       return row.ready > 0 ? "∞" : "–";
     }
@@ -265,8 +268,9 @@
 
   // ------------------------------------------------------------------ overview
 
-  function card(label, value, extra) {
-    return el("div", { class: "card", dataset: { card: label.toLowerCase().replace(/[^a-z]+/g, "-") } },
+  function card(label, value, extra, warning) {
+    const name = label.toLowerCase().replace(/[^a-z]+/g, "-");
+    return el("div", { class: warning ? "card warn" : "card", title: warning, dataset: { card: name } },
       el("div", { class: "card-value" }, value),
       el("div", { class: "card-label" }, label),
       extra ? el("div", { class: "card-extra muted" }, extra) : null);
@@ -281,6 +285,7 @@
       card("Buried", fmtInt(totals.buried)),
       card("Urgent", fmtInt(totals.urgent)),
       card("Paused", fmtInt(totals.paused)),
+      card("No worker", fmtInt(totals.unwatched), null, totals.unwatched > 0 ? UNWATCHED_TITLE : null),
       card("Done / min", fmtRate(totals.done_per_min)),
       card("Failure rate", fmtPct(totals.failure_rate))
     );
@@ -323,7 +328,15 @@
     );
     if (row.buried > 0) tr.classList.add("has-buried");
     if (row.pause_left > 0) tr.classList.add("paused");
+    markUnwatched(tr, row);
     return tr;
+  }
+
+  function markUnwatched(tr, row) {
+    tr.classList.toggle("unwatched", !!row.unwatched);
+    const td = tr.querySelector('td[data-col="backlog"]');
+    if (row.unwatched) td.title = UNWATCHED_TITLE;
+    else td.removeAttribute("title");
   }
 
   function patchRow(entry, row) {
@@ -339,6 +352,7 @@
     }
     entry.tr.classList.toggle("has-buried", row.buried > 0);
     entry.tr.classList.toggle("paused", row.pause_left > 0);
+    markUnwatched(entry.tr, row);
     entry.row = { ...entry.row, ...row, spark: entry.row.spark };
   }
 
@@ -469,8 +483,14 @@
       card("Done / min", fmtRate(row.done_per_min)),
       card("Failure rate", fmtPct(row.failure_rate)),
       card("Backlog", fmtBacklog(row)),
+      card("Watching", fmtInt(row.watching)),
       card("Put in total", fmtInt(row.total_jobs))
     );
+    const unwatched = $("tube-unwatched");
+    unwatched.hidden = !row.unwatched;
+    unwatched.textContent = row.unwatched
+      ? `No worker watches this tube: its ${fmtInt(row.ready)} ready jobs wait until one does (beanstalkd: current-watching 0). Check the workers' tubes.`
+      : "";
     const reason = $("tube-pause-reason");
     reason.hidden = !(row.pause_left > 0 && row.pause_reason);
     reason.textContent = row.pause_reason ? `Paused: ${row.pause_reason}` : "";

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import trio
+
 from tubeworker import Bury, Job
 
 
@@ -35,6 +37,8 @@ async def bury_once(job: Job) -> None:
 
 
 async def work(job: Job) -> None:
+    """Done (after ``sleep`` seconds, when the payload says so)."""
+    await trio.sleep(job.payload.get("sleep", 0))
     _log("end", job.payload["n"])
 
 

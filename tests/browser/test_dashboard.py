@@ -4,6 +4,7 @@ file). Every wait is on a condition with a deadline; the views' screenshots are 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,7 +225,6 @@ def test_given_the_workers_view_then_the_daemon_is_listed_and_can_be_quieted(
 
     wait_until_sync(lambda: cell("state") == "running", what="the daemon listed, running")
     assert str(fleet.daemon.pid) in page.text("#workers")
-    page.shot("workers")
     page.click('#workers tr[data-worker="local"] button[data-action="quiet"]')
     page.confirm()
     status = f"{fleet.base}/status"
@@ -277,3 +277,46 @@ def test_given_ready_jobs_no_worker_watches_then_the_page_says_so(fleet: Fleet, 
         page.go(tube_view(fleet, "somebody-home"))
         wait_until_sync(lambda: page.card("tube-counts", "watching") == "1", what="1 watching")
         assert page.js("return document.getElementById('tube-unwatched').hidden")
+
+
+def seconds_shown(text: str) -> float:
+    """ "130 ms" or "1.25 s" (as the page shows run times) in seconds."""
+    value, unit = text.split()
+    return float(value) / 1000 if unit == "ms" else float(value)
+
+
+def test_given_jobs_run_then_the_workers_view_shows_each_handlers_rate_and_run_time(
+    fleet: Fleet, page: Page
+) -> None:
+    # Given ten jobs of the `work` handler that take 0.2 s each
+    ns = set(range(100, 110))
+    with client(fleet, "browser-sentinel") as c:
+        for n in sorted(ns):
+            c.put(json.dumps({"task": "work", "payload": {"n": n, "sleep": 0.2}}))
+    wait_until_sync(lambda: ns <= set(fleet.runs("end")), timeout=DEADLINE, what="the jobs")
+    # When the Workers view is open
+    page.open("#/workers")
+
+    def cell(col: str) -> str | None:
+        text: str | None = page.js(
+            'const td = document.querySelector(`#handlers tr[data-handler="work"] '
+            'td[data-col="${arguments[0]}"]`); return td ? td.textContent : null;',
+            col,
+        )
+        return text
+
+    # Then the handler's totals are the daemon's, with its rate and run time of the minute
+    def done_per_status() -> str:
+        work = httpx.get(f"{fleet.base}/status", timeout=5).json()["handlers"]["work"]
+        return str(work["outcomes"]["deleted"])
+
+    wait_until_sync(lambda: cell("done") == done_per_status(), what="work's done total")
+    wait_until_sync(lambda: cell("done-rate") not in (None, "\u2013"), what="work's rate")
+    assert float(cell("done-rate") or 0) > 0
+    mean = seconds_shown(cell("run-mean") or "")
+    assert 0.1 <= mean < 5  # mostly 0.2 s runs (a few instant ones of other tests)
+    within = cell("run-p95") or ""
+    assert within.startswith("\u2264 ")  # "≤ 250 ms": the bucket 95 % of the runs fell in
+    assert seconds_shown(within[2:]) >= 0.2
+    assert cell("failed") == "0"
+    page.shot("workers")

@@ -358,6 +358,43 @@ async def test_given_a_remote_daemon_then_outcomes_count_from_its_first_read() -
     assert fleet.outcomes() == {"emails": (8, 2), "sms": (0, 1)}
 
 
+def handler_status(deleted: int, buried: int, runs: int, seconds: float, slow: int) -> Any:
+    """A /status "handlers" section: ``runs`` runs, ``slow`` of them over 300 s."""
+    fast = runs - slow
+    buckets = [["0.1", fast], ["300.0", fast], ["+Inf", runs]]
+    return {
+        "send": {
+            "tubes": ["emails"],
+            "outcomes": {"deleted": deleted, "buried": buried},
+            "run_seconds": {"count": runs, "sum": seconds, "buckets": buckets},
+        }
+    }
+
+
+def test_given_two_daemons_then_a_handler_is_summed_over_the_last_minute() -> None:
+    clock = Clock()
+    fleet = Fleet(["10.0.0.2:9090", "10.0.0.3:9090"], clock=clock)
+    one, two = fleet.workers.values()
+    one.record(status(handlers=handler_status(100, 0, 100, 5.0, 0)), clock.now)
+    two.record(status(handlers=handler_status(50, 5, 55, 2.0, 0)), clock.now)
+    assert fleet.handlers()[0]["done_per_min"] is None  # one read each: no rate yet
+    clock.now += 30
+    one.record(status(handlers=handler_status(130, 0, 130, 6.5, 0)), clock.now)  # 30 in 30 s
+    two.record(status(handlers=handler_status(60, 10, 70, 3.0, 0)), clock.now)
+    (send,) = fleet.handlers()
+    assert (send["handler"], send["tubes"], send["workers"]) == ("send", ["emails"], 2)
+    assert (send["done"], send["failed"]) == (190, 10)  # totals since each daemon started
+    assert send["done_per_min"] == 80.0  # 60 + 20
+    assert send["buried_per_min"] == 10.0
+    assert send["runs"] == 45
+    assert send["run_mean"] == round(2.5 / 45, 6)
+    assert (send["run_p95"], send["run_p95_above"]) == (0.1, False)
+    clock.now += 30
+    one.record(status(handlers=handler_status(131, 0, 140, 3006.5, 10)), clock.now)
+    (send,) = fleet.handlers()
+    assert (send["run_p95"], send["run_p95_above"]) == (300.0, True)  # over the last bound
+
+
 def test_given_daemon_addresses_then_they_become_urls() -> None:
     assert daemon_url("127.0.0.1:9090") == "http://127.0.0.1:9090"
     assert daemon_url("https://w.example:9090/") == "https://w.example:9090"

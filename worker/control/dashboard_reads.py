@@ -223,7 +223,8 @@ class DashboardReads:
 
     async def workers(self, params: Params) -> Response:
         await self._wait_for_fleet()
-        return json_response(200, {"workers": self.context.fleet.summaries()})
+        fleet = self.context.fleet
+        return json_response(200, {"workers": fleet.summaries(), "handlers": fleet.handlers()})
 
     async def apis(self, params: Params) -> Response:
         ctx = self.context

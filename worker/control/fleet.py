@@ -39,6 +39,107 @@ def daemon_url(text: str) -> str:
 
 
 Counts = tuple[int, int]  # (succeeded, failed)
+Buckets = tuple[tuple[str, int], ...]  # (upper bound, cumulative count), "+Inf" last
+
+
+@dataclass(frozen=True, slots=True)
+class _HandlerCounts:
+    """One handler's totals in one daemon's ``/status``: outcomes and run time."""
+
+    deleted: int = 0
+    released: int = 0
+    buried: int = 0
+    runs: int = 0
+    run_seconds: float = 0.0
+    buckets: Buckets = ()
+
+
+def _handler_counts(status: Status) -> dict[str, _HandlerCounts]:
+    found: dict[str, _HandlerCounts] = {}
+    handlers = status.get("handlers")
+    for name, item in handlers.items() if isinstance(handlers, Mapping) else ():
+        if not isinstance(item, Mapping):
+            continue
+        outcomes = item.get("outcomes")
+        outcomes = outcomes if isinstance(outcomes, Mapping) else {}
+        run = item.get("run_seconds")
+        run = run if isinstance(run, Mapping) else {}
+        found[str(name)] = _HandlerCounts(
+            deleted=int(outcomes.get("deleted", 0)),
+            released=int(outcomes.get("released", 0)),
+            buried=int(outcomes.get("buried", 0)),
+            runs=int(run.get("count", 0)),
+            run_seconds=float(run.get("sum", 0.0)),
+            buckets=tuple((str(bound), int(n)) for bound, n in run.get("buckets", ())),
+        )
+    return found
+
+
+def _upper_quantile(buckets: Buckets, q: float) -> tuple[float | None, bool]:
+    """The bucket bound under which ``q`` of the runs fell: (bound, False); (the last
+    finite bound, True) when they fell above it; (None, False) without runs."""
+    total = buckets[-1][1] if buckets else 0
+    finite = [float(b) for b, _ in buckets if b != "+Inf"]
+    for bound, cumulative in buckets if total > 0 else ():
+        if cumulative >= q * total:
+            if bound == "+Inf":
+                return (finite[-1] if finite else None), True
+            return float(bound), False
+    return None, False
+
+
+@dataclass
+class _HandlerWindow:
+    """One handler over the last minute, summed over the daemons that ran it."""
+
+    tubes: set[str] = field(default_factory=set)
+    workers: int = 0
+    done: int = 0  # totals, since each daemon started
+    failed: int = 0
+    timed: bool = False  # some daemon was read twice: the rates are known
+    per_min: dict[str, float] = field(
+        default_factory=lambda: {"deleted": 0.0, "released": 0.0, "buried": 0.0}
+    )
+    runs: int = 0  # in the window
+    run_seconds: float = 0.0
+    buckets: dict[str, int] = field(default_factory=dict)
+
+    def add(self, last: _HandlerCounts, first: _HandlerCounts, span: float) -> None:
+        self.workers += 1
+        self.done += last.deleted
+        self.failed += last.released + last.buried
+        if span <= 0:
+            return
+        self.timed = True
+        for outcome in self.per_min:
+            grew = getattr(last, outcome) - getattr(first, outcome)
+            self.per_min[outcome] += max(0, grew) / span * 60
+        self.runs += max(0, last.runs - first.runs)
+        self.run_seconds += max(0.0, last.run_seconds - first.run_seconds)
+        before = dict(first.buckets)
+        for bound, cumulative in last.buckets:
+            grew = max(0, cumulative - before.get(bound, 0))
+            self.buckets[bound] = self.buckets.get(bound, 0) + grew
+
+    def summary(self, name: str) -> dict[str, Any]:
+        def rate(outcome: str) -> float | None:
+            return round(self.per_min[outcome], 1) if self.timed else None
+
+        p95, above = _upper_quantile(tuple(self.buckets.items()), 0.95)
+        return {
+            "handler": name,
+            "tubes": sorted(self.tubes),
+            "workers": self.workers,
+            "done": self.done,
+            "failed": self.failed,
+            "done_per_min": rate("deleted"),
+            "released_per_min": rate("released"),
+            "buried_per_min": rate("buried"),
+            "runs": self.runs if self.timed else None,
+            "run_mean": round(self.run_seconds / self.runs, 6) if self.runs else None,
+            "run_p95": p95,
+            "run_p95_above": above,
+        }
 
 
 def _tube_outcomes(status: Status) -> dict[str, Counts]:
@@ -61,18 +162,22 @@ class _Worker:
     seen_at: float | None = None  # wall clock
     done: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
     outcomes: dict[str, Counts] | None = None  # its tube outcomes at the last read
+    #: (when, its handlers' totals) over the last minute.
+    handlers: deque[tuple[float, dict[str, _HandlerCounts]]] = field(default_factory=deque)
 
     def record(self, status: Status, now: float) -> dict[str, Counts]:
         """Take a new ``/status``; the outcomes it counted since the last one, per tube
         (none at a first read: when its totals happened is not known)."""
         before, started = self.outcomes, (self.status or {}).get("started")
         self.status, self.error, self.seen_at = status, None, time.time()
+        restarted = before is not None and status.get("started") != started
         self._record_done(status, now)
+        self._record_handlers(status, now, restarted)
         self.outcomes = current = _tube_outcomes(status)
         if before is None:
             return {}
-        if status.get("started") != started:
-            before = {}  # restarted since: its totals are all new
+        if restarted:
+            before = {}  # its totals are all new
         new = {}
         for tube, (succeeded, failed) in current.items():
             was = before.get(tube, (0, 0))
@@ -90,6 +195,26 @@ class _Worker:
             self.done.append((now, deleted))
         while self.done and now - self.done[0][0] > _RATE_WINDOW:
             self.done.popleft()
+
+    def _record_handlers(self, status: Status, now: float, restarted: bool) -> None:
+        if restarted:
+            self.handlers.clear()  # its counts began again
+        self.handlers.append((now, _handler_counts(status)))
+        while len(self.handlers) > 2 and now - self.handlers[1][0] >= _RATE_WINDOW:
+            self.handlers.popleft()  # keep the newest point at least a window old
+
+    def handler_windows(self, windows: dict[str, _HandlerWindow]) -> None:
+        """Add this daemon's handlers over its last minute to ``windows``."""
+        if not self.handlers:
+            return
+        (first_at, first), (last_at, last) = self.handlers[0], self.handlers[-1]
+        tubes = (self.status or {}).get("handlers")
+        for name, counts in last.items():
+            window = windows.setdefault(name, _HandlerWindow())
+            window.add(counts, first.get(name, _HandlerCounts()), last_at - first_at)
+            listed = tubes.get(name, {}).get("tubes") if isinstance(tubes, Mapping) else None
+            if isinstance(listed, list):
+                window.tubes.update(str(t) for t in listed)
 
     def done_per_min(self) -> float | None:
         if len(self.done) < 2:
@@ -234,6 +359,15 @@ class Fleet:
             for name, workers in sorted(found.items())
         ]
 
+    def handlers(self) -> list[dict[str, Any]]:
+        """Per handler, over every daemon: jobs done, released and buried per minute and
+        their run time (mean, and the bucket 95 % fell under) over the last minute; the
+        totals since each daemon started."""
+        windows: dict[str, _HandlerWindow] = {}
+        for worker in self.workers.values():
+            worker.handler_windows(windows)
+        return [windows[name].summary(name) for name in sorted(windows)]
+
     def flow_pauses(self) -> dict[str, list[str]]:
         """Tube → the open APIs whose flow control pauses it (per the daemons' status)."""
         pauses: dict[str, list[str]] = {}
@@ -291,6 +425,11 @@ async def run_fleet_poller(
             if watched():
                 await fleet.refresh(http)
                 if events.listening:
-                    events.publish("workers", workers=fleet.summaries(), apis=fleet.apis())
+                    events.publish(
+                        "workers",
+                        workers=fleet.summaries(),
+                        apis=fleet.apis(),
+                        handlers=fleet.handlers(),
+                    )
             with trio.move_on_after(period):
                 await fleet._wake.wait()

@@ -63,6 +63,14 @@
 
   const UNWATCHED_TITLE = "No connection watches this tube (beanstalkd's current-watching is 0): its ready jobs wait until a worker watches it.";
 
+  // A run time: milliseconds under a second, then seconds.
+  function fmtDuration(s) {
+    if (s === null || s === undefined) return "–";
+    if (s < 1) return `${(s * 1000).toFixed(s < 0.01 ? 1 : 0)} ms`;
+    if (s < 60) return `${s.toFixed(s < 10 ? 2 : 1)} s`;
+    return fmtSeconds(s);
+  }
+
   function fmtBacklog(row) {
     if (row.unwatched) return "no worker";
     if (row.backlog_seconds === null || row.backlog_seconds === undefined) {
@@ -745,7 +753,28 @@
   }
 
   async function loadWorkers() {
-    renderWorkers((await api("/api/workers")).workers);
+    const data = await api("/api/workers");
+    renderWorkers(data.workers);
+    renderHandlers(data.handlers || []);
+  }
+
+  // Per handler, over the daemons: the last minute's rates and run times (the bucket of
+  // tubeworker_job_duration_seconds 95 % of its runs fell within), totals since start.
+  function renderHandlers(handlers) {
+    const p95 = (h) => (h.run_p95 === null ? "–" : `${h.run_p95_above ? ">" : "≤"} ${fmtDuration(h.run_p95)}`);
+    $("handlers").tBodies[0].replaceChildren(...handlers.map((h) => el("tr", { dataset: { handler: h.handler } },
+      el("td", {}, h.handler || "(no handler)", h.workers > 1 ? el("span", { class: "muted small" }, ` on ${h.workers} daemons`) : null),
+      el("td", {}, h.tubes.join(", ")),
+      el("td", { class: "num", dataset: { col: "done-rate" } }, fmtRate(h.done_per_min)),
+      el("td", { class: "num", dataset: { col: "released-rate" } }, fmtRate(h.released_per_min)),
+      el("td", { class: "num", dataset: { col: "buried-rate" } }, fmtRate(h.buried_per_min)),
+      el("td", { class: "num", dataset: { col: "run-mean" } }, fmtDuration(h.run_mean)),
+      el("td", { class: "num", dataset: { col: "run-p95" } }, p95(h)),
+      el("td", { class: "num", dataset: { col: "done" } }, fmtInt(h.done)),
+      el("td", { class: "num", dataset: { col: "failed" } }, fmtInt(h.failed)))));
+    $("handlers-note").textContent = handlers.length
+      ? "Rates and run times over the last minute; Done and Failed (released or buried) since each daemon started."
+      : "No handler has run yet on the daemons read.";
   }
 
   // ------------------------------------------------------------------ APIs and paused tubes
@@ -847,7 +876,10 @@
         onTubesEvent(event);
         break;
       case "workers":
-        if (state.view === "workers") renderWorkers(event.workers);
+        if (state.view === "workers") {
+          renderWorkers(event.workers);
+          renderHandlers(event.handlers || []);
+        }
         if (state.view === "apis") reloadApis();
         break;
       case "job":

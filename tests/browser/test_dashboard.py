@@ -17,6 +17,7 @@ import pytest
 from tests.browser.conftest import TOKEN, Fleet
 from tests.browser.page import DEADLINE, Page, client, envelope, tube_stats, tube_view
 from tests.support.waiting import wait_until_sync
+from tubeworker.burials import records_tube
 
 pytestmark = pytest.mark.slow
 
@@ -320,3 +321,51 @@ def test_given_jobs_run_then_the_workers_view_shows_each_handlers_rate_and_run_t
     assert seconds_shown(within[2:]) >= 0.2
     assert cell("failed") == "0"
     page.shot("workers")
+
+
+def test_given_tubeworkers_own_tubes_then_the_overview_hides_them_and_never_sums_them(
+    fleet: Fleet, page: Page
+) -> None:
+    # Given a tube of tubeworker's own: the burial record the daemon writes
+    with client(fleet, "browser-fail") as c:
+        c.put(envelope("bury_always", 200))
+    records = records_tube("browser-fail")
+    wait_until_sync(lambda: 200 in fleet.runs("buried"), timeout=DEADLINE, what="the burial")
+
+    def jobs_in(tube: str) -> int:
+        try:
+            return int(tube_stats(fleet, tube)["current-jobs-ready"]) + int(
+                tube_stats(fleet, tube)["current-jobs-buried"]
+            )
+        except greenstalk.NotFoundError:
+            return 0
+
+    wait_until_sync(lambda: jobs_in(records) > 0, timeout=DEADLINE, what="the record")
+
+    def sums(internal: bool) -> dict[str, str]:
+        """The totals beanstalkd reports over the tubes of work (with tubeworker's own)."""
+        with client(fleet) as c:
+            tubes = [t for t in c.tubes() if internal or not t.startswith("tubeworker.")]
+            stats = [c.stats_tube(t) for t in tubes]
+        return {
+            state: str(sum(int(st[f"current-jobs-{state}"]) for st in stats))
+            for state in ("ready", "delayed", "buried")
+        }
+
+    def cards() -> dict[str, str]:
+        return {state: page.card("totals", state) for state in ("ready", "delayed", "buried")}
+
+    page.open()
+    key = f"{fleet.server.address}|{records}"
+    # Then the overview shows only the tubes of work, and its totals are theirs
+    wait_until_sync(lambda: cards() == sums(False), what="totals without tubeworker's tubes")
+    assert sums(False) != sums(True)  # the record is a job: summing it would show
+    assert page.row(key) is None
+    assert "of tubeworker's own hidden" in page.text("#page-info")
+    # When asked, they are listed, marked, and still not summed
+    page.click("#show-internal")
+    wait_until_sync(lambda: page.row(key) is not None, what="the records tube listed")
+    assert "tubeworker's" in page.text(f'#tubes tr[data-key="{key}"] td[data-col="tube"]')
+    assert cards() == sums(False)
+    page.click("#show-internal")
+    wait_until_sync(lambda: page.row(key) is None, what="hidden again")

@@ -43,6 +43,7 @@ READS = {
     "View",
     "#filter",
     "#per-page",
+    "#show-internal",
 }
 BADGE = "read-only (no token configured)"
 

@@ -89,6 +89,33 @@ def test_given_ready_jobs_no_connection_watches_then_the_row_says_no_worker() ->
     assert board.totals()["unwatched"] == 1
 
 
+def test_given_tubeworkers_own_tubes_then_they_are_shown_only_when_asked_and_never_summed() -> None:
+    board = board_with(
+        {
+            "emails": TubeDepth(ready=3, buried=1),
+            "tubeworker.buried.emails": TubeDepth(ready=1),  # the burial's record
+            "tubeworker.limit.api.rate": TubeDepth(ready=50),  # tokens
+        }
+    )
+    board.outcomes = lambda: {"emails": (1, 1), "tubeworker.limit.api.rate": (0, 9)}
+    board.on_round()
+    totals = board.totals()
+    assert (totals["tubes"], totals["ready"], totals["buried"]) == (1, 3, 1)
+    assert totals["failure_rate"] == 0.5  # emails' only
+    page = board.page()
+    assert [r["tube"] for r in page["rows"]] == ["emails"]
+    assert (page["total"], page["internal_tubes"]) == (1, 2)
+    shown = board.page(internal=True)
+    assert [r["tube"] for r in shown["rows"]] == [
+        "emails",
+        "tubeworker.buried.emails",
+        "tubeworker.limit.api.rate",
+    ]
+    assert [r["internal"] for r in shown["rows"]] == [False, True, True]
+    assert board.page(sort="ready", desc=True)["rows"][0]["tube"] == "emails"
+    assert [p["ready"] for p in board.totals_trend] == [3]  # the charts: never summed either
+
+
 def test_given_a_tube_freed_and_made_again_then_its_history_starts_again() -> None:
     clock = Clock()
     depth = TubeDepth(deletes=500)

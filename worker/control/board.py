@@ -34,6 +34,7 @@ from typing import Any, Final
 
 from tubeworker.control.metrics import TubeDepth, TubeDepths
 from tubeworker.observe.events import EventBus
+from tubeworker.tubes import is_internal
 
 __all__ = ["HISTORY_SECONDS", "RATE_WINDOW", "SORTS", "TUBE_HISTORY_SECONDS", "TubeBoard"]
 
@@ -247,6 +248,7 @@ class TubeBoard:
             "key": f"{server}|{tube}",
             "server": server,
             "tube": tube,
+            "internal": is_internal(tube),
             "ready": depth.ready,
             "reserved": depth.reserved,
             "delayed": depth.delayed,
@@ -263,8 +265,14 @@ class TubeBoard:
             "backlog_seconds": backlog,
         }
 
-    def rows(self) -> list[dict[str, Any]]:
-        return [self.row(key, depth) for key, depth in self.depths.tubes.items()]
+    def rows(self, *, internal: bool = False) -> list[dict[str, Any]]:
+        """Every tube's row; tubeworker's own tubes (burial records, limit tokens) only
+        when asked for."""
+        return [
+            self.row(key, depth)
+            for key, depth in self.depths.tubes.items()
+            if internal or not is_internal(key[1])
+        ]
 
     def spark(self, key: Key) -> list[int]:
         trend = self.trends.get(key)
@@ -311,11 +319,13 @@ class TubeBoard:
         }
 
     def totals(self) -> dict[str, Any]:
+        """The sums over the tubes of work: never over tubeworker's own (their records and
+        tokens are not jobs), whatever the overview shows."""
         rows = self.rows()
         done = [r["done_per_min"] for r in rows if r["done_per_min"] is not None]
         failed = succeeded = 0
         for tube in self._outcome_trends:
-            counted = self._outcomes_in_window(tube)
+            counted = None if is_internal(tube) else self._outcomes_in_window(tube)
             if counted is not None:
                 succeeded += counted[0]
                 failed += counted[1]
@@ -341,11 +351,14 @@ class TubeBoard:
         desc: bool = False,
         page: int = 1,
         per_page: int = 50,
+        internal: bool = False,
     ) -> dict[str, Any]:
-        """One page of the overview: rows whose tube name contains ``q``, sorted."""
+        """One page of the overview: rows whose tube name contains ``q``, sorted;
+        tubeworker's own tubes only with ``internal`` (how many there are is said)."""
         per_page = max(1, min(per_page, MAX_PER_PAGE))
         needle = q.strip().lower()
-        rows = [r for r in self.rows() if needle in r["tube"].lower()]
+        every = self.rows(internal=True)
+        rows = [r for r in every if (internal or not r["internal"]) and needle in r["tube"].lower()]
         rows.sort(key=_sort_key(sort), reverse=desc)
         pages = max(1, math.ceil(len(rows) / per_page))
         page = max(1, min(page, pages))
@@ -361,6 +374,8 @@ class TubeBoard:
             "sort": sort,
             "desc": desc,
             "q": q,
+            "internal": internal,
+            "internal_tubes": sum(1 for r in every if r["internal"]),
             "rows": shown,
         }
 

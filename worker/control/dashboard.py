@@ -6,7 +6,8 @@ Reads (no token, like the rest of the control plane: keep it on loopback)::
 
     GET /                          the page
     GET /api/overview              totals, their recent history, servers and their errors
-    GET /api/tubes?q=&sort=&desc=&page=&per_page=      one page of tubes (from the poller)
+    GET /api/tubes?q=&sort=&desc=&page=&per_page=&internal=1   one page of tubes (from the
+                                   poller; tubeworker's own, tubeworker.*, with internal=1)
     GET /api/tube?server=&tube=    one tube, its history, why it is paused
     GET /api/buried?server=&tube=&offset=&limit=       buried jobs with their reasons
     GET /api/job?server=&id=       a job: stats and its body, rendered safely

@@ -33,6 +33,7 @@ from tubeworker.control.dashboard_context import (
     number_of,
     tube_of,
 )
+from tubeworker.tubes import INTERNAL_PREFIX
 
 __all__ = ["DETAIL_LIMIT", "PREVIEW_LIMIT", "DashboardReads"]
 
@@ -87,6 +88,7 @@ class DashboardReads:
                 "sample_every": ctx.board.sample_every,
                 "token_configured": ctx.token is not None,
                 "actions_enabled": ctx.actions_enabled,
+                "internal_prefix": INTERNAL_PREFIX,
                 "workers": len(ctx.fleet.workers),
                 "now": round(time.time(), 3),
             },
@@ -101,6 +103,7 @@ class DashboardReads:
             desc=params.get("desc", "") in ("1", "true"),
             page=number_of(params, "page", 1),
             per_page=number_of(params, "per_page", 50),
+            internal=params.get("internal", "") in ("1", "true"),
         )
         return json_response(200, {**page, "totals": board.totals()})
 

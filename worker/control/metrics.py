@@ -37,7 +37,6 @@ from tubeworker.beanstalk.client import Address, Client, connect, raise_for_repl
 from tubeworker.errors import ConnectionLostError, ProtocolError
 from tubeworker.observe.counters import Histogram
 from tubeworker.runtime.state import WorkerState
-from tubeworker.tubes import is_internal
 
 __all__ = ["TubeDepths", "WorkerCollector", "build_registry", "run_tube_poller"]
 
@@ -392,9 +391,8 @@ async def _poll_server(
         client = await connect(address, connect_timeout=timeout, reply_timeout=timeout)
         try:
             wanted = set(pooled)
-            if every_tube:
-                listed = await client.list_tubes()
-                wanted.update(t for t in listed if not is_internal(t))
+            if every_tube:  # tubeworker's own too: the dashboard shows them when asked
+                wanted.update(await client.list_tubes())
             found = await _stats_tubes(client, sorted(wanted))
         finally:
             await client.aclose()

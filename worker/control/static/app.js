@@ -14,7 +14,8 @@
   const state = {
     view: "overview",
     servers: [],
-    overview: { q: "", sort: "tube", desc: false, page: 1, per_page: 50 },
+    overview: { q: "", sort: "tube", desc: false, page: 1, per_page: 50, internal: false },
+    internalPrefix: "tubeworker.", // tubeworker's own tubes (the server says which)
     rows: new Map(), // key -> {row, tr}
     pages: 1,
     trend: { ready: [], done: [], failure: [], buried: [] },
@@ -328,6 +329,7 @@
     const tr = el("tr", { dataset: { key: row.key } },
       el("td", { dataset: { col: "tube" } },
         el("a", { href: tubeHref(row.server, row.tube) }, row.tube),
+        row.internal ? el("span", { class: "badge muted-badge", title: "a tube of tubeworker's own: not in the totals" }, "tubeworker's") : null,
         state.servers.length > 1 ? el("span", { class: "muted server" }, " " + row.server) : null),
       el("td", { class: "num", dataset: { col: "ready" } }, cells.ready),
       el("td", { class: "spark-col", dataset: { col: "spark" } }, sparkline(row.spark || [], 90, 20)),
@@ -366,7 +368,7 @@
 
   async function loadTubes() {
     const o = state.overview;
-    const data = await api("/api/tubes", { q: o.q, sort: o.sort, desc: o.desc ? 1 : "", page: o.page, per_page: o.per_page });
+    const data = await api("/api/tubes", { q: o.q, sort: o.sort, desc: o.desc ? 1 : "", page: o.page, per_page: o.per_page, internal: o.internal ? 1 : "" });
     if (data.round < state.round) {
       reloadTubes(); // answered before an event the page has applied since: ask again
       return;
@@ -385,7 +387,10 @@
     if (data.rows.length === 0) {
       body.append(el("tr", {}, el("td", { colspan: 11, class: "muted" }, o.q ? "No tube matches." : "No tubes yet.")));
     }
-    $("page-info").textContent = `page ${data.page} of ${data.pages} · ${fmtInt(data.total)} tubes`;
+    const own = data.internal_tubes
+      ? ` (${fmtInt(data.internal_tubes)} of tubeworker's own ${o.internal ? "shown, not in the totals" : "hidden"})`
+      : "";
+    $("page-info").textContent = `page ${data.page} of ${data.pages} · ${fmtInt(data.total)} tubes${own}`;
     $("prev").disabled = data.page <= 1;
     $("next").disabled = data.page >= data.pages;
     for (const th of $("tubes").tHead.rows[0].cells) {
@@ -416,6 +421,11 @@
     state.overview.page = 1;
     loadTubes().catch(showLoadError);
   }, 200));
+  $("show-internal").addEventListener("change", () => {
+    state.overview.internal = $("show-internal").checked;
+    state.overview.page = 1;
+    loadTubes().catch(showLoadError);
+  });
   $("per-page").addEventListener("change", () => {
     state.overview.per_page = Number($("per-page").value);
     state.overview.page = 1;
@@ -433,14 +443,19 @@
     });
   }
 
+  // Whether the overview shows this tube (tubeworker's own only when asked).
+  const listed = (tube) => state.overview.internal || !tube.startsWith(state.internalPrefix);
+
   function onTubesEvent(event) {
     state.round = Math.max(state.round, event.round);
+    const rows = event.rows.filter((row) => listed(row.tube));
+    const removed = event.removed.filter((key) => listed(key.slice(key.indexOf("|") + 1)));
     renderErrors(event.errors);
     if (event.sampled) pushTrend(event.totals);
     if (state.view === "overview") drawOverviewCharts(event.sampled ? null : event.totals);
     if (state.view === "overview") {
       renderTotals(event.totals);
-      for (const row of event.rows) {
+      for (const row of rows) {
         const entry = state.rows.get(row.key);
         if (entry) patchRow(entry, row);
       }
@@ -450,9 +465,9 @@
           entry.tr.querySelector('td[data-col="spark"]').replaceChildren(sparkline(entry.row.spark, 90, 20));
         }
       }
-      const unseen = event.rows.some((row) => !state.rows.has(row.key));
-      const sortedByCount = state.overview.sort !== "tube" && event.rows.length > 0;
-      if (event.more > 0 || event.removed.length > 0 || (unseen && state.rows.size < state.overview.per_page) || sortedByCount) {
+      const unseen = rows.some((row) => !state.rows.has(row.key));
+      const sortedByCount = state.overview.sort !== "tube" && rows.length > 0;
+      if (event.more > 0 || removed.length > 0 || (unseen && state.rows.size < state.overview.per_page) || sortedByCount) {
         reloadTubes();
       }
       document.body.dataset.round = String(event.round);
@@ -471,7 +486,7 @@
         if (pauseChanged || event.sampled) reloadTube(); // why it is paused; the charts
       }
     }
-    if (state.view === "buried" && event.rows.some((r) => r.buried > 0 || state.buriedKeys?.has(r.key))) reloadBuriedTubes();
+    if (state.view === "buried" && event.rows.filter((r) => !r.internal).some((r) => r.buried > 0 || state.buriedKeys?.has(r.key))) reloadBuriedTubes();
     if (state.view === "apis" && event.rows.some((r) => r.pause_left > 0 || state.pausedKeys?.has(r.key))) reloadApis();
     probe.applied.push({ round: event.round, at: event.at, applied: Date.now() });
     if (probe.applied.length > 100) probe.applied.shift();
@@ -924,6 +939,7 @@
   function applySettings(data) {
     state.servers = data.servers;
     $("servers").textContent = data.servers.join(", ");
+    if (data.internal_prefix) state.internalPrefix = data.internal_prefix;
     const enabled = data.actions_enabled !== false;
     document.body.dataset.actions = enabled ? "enabled" : "read-only";
     $("read-only").hidden = enabled;

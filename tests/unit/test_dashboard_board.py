@@ -12,14 +12,9 @@ import trio
 
 from tubeworker.config import load_config
 from tubeworker.control.asgi import authorized, json_response
-from tubeworker.control.board import (
-    EVENT_ROWS,
-    HISTORY_SECONDS,
-    RATE_WINDOW,
-    TUBE_HISTORY_SECONDS,
-    TubeBoard,
-)
+from tubeworker.control.board import EVENT_ROWS, TubeBoard
 from tubeworker.control.fleet import LOCAL, Fleet, daemon_url
+from tubeworker.control.history import HISTORY_SECONDS, RATE_WINDOW, TUBE_HISTORY_SECONDS
 from tubeworker.control.metrics import TubeDepth, TubeDepths
 from tubeworker.errors import ConfigError
 from tubeworker.observe.events import EventBus
@@ -113,7 +108,7 @@ def test_given_tubeworkers_own_tubes_then_they_are_shown_only_when_asked_and_nev
     ]
     assert [r["internal"] for r in shown["rows"]] == [False, True, True]
     assert board.page(sort="ready", desc=True)["rows"][0]["tube"] == "emails"
-    assert [p["ready"] for p in board.totals_trend] == [3]  # the charts: never summed either
+    assert [p["ready"] for p in board.history.totals] == [3]  # the charts: never summed either
 
 
 def test_given_a_tube_freed_and_made_again_then_its_history_starts_again() -> None:
@@ -124,7 +119,7 @@ def test_given_a_tube_freed_and_made_again_then_its_history_starts_again() -> No
     clock.now += 10
     depth.deletes = 3  # cmd-delete restarted with the tube
     board.on_round()
-    assert list(board.trends[(SERVER, "t")].columns[3]) == [3]  # deletes
+    assert list(board.history.tubes[(SERVER, "t")].columns[3]) == [3]  # deletes
 
 
 def test_given_the_daemons_outcomes_then_the_failure_rate_is_over_the_window() -> None:
@@ -154,8 +149,8 @@ def test_given_history_points_then_they_are_sampled_at_most_every_sample_every()
         board.on_round()
         depth.ready += 1
         clock.now += 1
-    assert board.spark((SERVER, "t")) == [1, 6]
-    assert len(board.totals_trend) == 2
+    assert board.history.spark((SERVER, "t")) == [1, 6]
+    assert len(board.history.totals) == 2
 
 
 def test_given_no_page_open_then_history_is_kept_for_the_first_page() -> None:
@@ -173,15 +168,15 @@ def test_given_no_page_open_then_history_is_kept_for_the_first_page() -> None:
         clock.now += 1
     # Then the first page gets the whole history: the burst where it happened, and the
     # failure rate of the window (known once outcomes were counted)
-    points = list(board.totals_trend)
+    points = list(board.history.totals)
     assert len(points) == 24  # every 5 s
     assert [p["buried"] for p in points] == [0] * 12 + [3] * 12
     assert [p["failure_rate"] for p in points[:12]] == [None] * 12  # unknown, not 0
     assert points[-1]["failure_rate"] == 0.25
     assert board.totals()["failure_rate"] == points[-1]["failure_rate"]
-    history = board.history()
+    history = board.history.describe()
     assert history["full"] is False
-    assert history["since"] == board.started_at  # said: collecting since then
+    assert history["since"] == board.history.started_at  # said: collecting since then
 
 
 def test_given_hours_of_rounds_then_the_history_is_bounded_and_says_what_it_covers() -> None:
@@ -197,13 +192,17 @@ def test_given_hours_of_rounds_then_the_history_is_bounded_and_says_what_it_cove
         depth.ready += 1
         clock.now += 5
         wall.now += 5
-    assert len(board.totals_trend) == HISTORY_SECONDS // 5 == board.points
-    assert len(board.trends[(SERVER, "t")]) == TUBE_HISTORY_SECONDS // 5 == board.tube_points
-    history = board.history()
+    assert len(board.history.totals) == HISTORY_SECONDS // 5 == board.history.points
+    assert (
+        len(board.history.tubes[(SERVER, "t")])
+        == TUBE_HISTORY_SECONDS // 5
+        == board.history.tube_points
+    )
+    history = board.history.describe()
     assert history["full"] is True
-    assert history["since"] == board.totals_trend[0]["at"] == wall.now - HISTORY_SECONDS
-    assert len(board.trend((SERVER, "t"))) == board.tube_points
-    assert len(board.spark((SERVER, "t"))) == 60
+    assert history["since"] == board.history.totals[0]["at"] == wall.now - HISTORY_SECONDS
+    assert len(board.history.trend((SERVER, "t"))) == board.history.tube_points
+    assert len(board.history.spark((SERVER, "t"))) == 60
 
 
 def test_given_deletes_long_ago_then_done_per_minute_counts_the_rate_window_only() -> None:

@@ -80,8 +80,8 @@ class DashboardReads:
             {
                 "round": ctx.board.round,
                 "totals": ctx.board.totals(),
-                "trend": list(ctx.board.totals_trend),
-                "history": ctx.board.history(),
+                "trend": list(ctx.board.history.totals),
+                "history": ctx.board.history.describe(),
                 "servers": sorted(ctx.servers),
                 "errors": dict(ctx.depths.server_errors),
                 "interval": ctx.interval,
@@ -126,7 +126,7 @@ class DashboardReads:
             {
                 **ctx.board.row(key, depth),
                 "round": ctx.board.round,
-                "trend": ctx.board.trend(key),
+                "trend": ctx.board.history.trend(key),
                 "sample_every": ctx.board.sample_every,
                 "pause_reason": ctx.pause_reason(*key),
             },

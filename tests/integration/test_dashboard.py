@@ -5,6 +5,7 @@ it) in-process, called over HTTP and WebSocket. The browser tests drive the page
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -305,13 +306,26 @@ async def test_given_a_remote_daemon_then_workers_apis_and_pause_reasons_come_fr
     assert refused.status_code == 400  # only the configured daemons are ever contacted
 
 
+async def fetch_modules(http: httpx.AsyncClient, path: str) -> dict[str, httpx.Response]:
+    """A JavaScript module and every module it imports (``from "./x.js"``), by file name."""
+    found: dict[str, httpx.Response] = {}
+    wanted = [path]
+    while wanted:
+        name = wanted.pop().rsplit("/", 1)[-1]
+        if name in found:
+            continue
+        found[name] = response = await http.get(f"/static/{name}")
+        wanted += re.findall(r'from "\./([\w-]+\.js)"', response.text)
+    return found
+
+
 async def test_given_the_page_then_it_is_served_whole_with_no_token_in_it(
     beanstalkd: BeanstalkdProcess,
 ) -> None:
     with trio.fail_after(20):
         async with serving(beanstalkd) as http:
             index = await http.get("/")
-            script = await http.get("/static/app.js")
+            scripts = await fetch_modules(http, "/static/main.js")
             style = await http.get("/static/style.css")
             escape = await http.get("/static/../dashboard.py")
             unknown = await http.get("/api/nope")
@@ -319,12 +333,16 @@ async def test_given_the_page_then_it_is_served_whole_with_no_token_in_it(
     assert index.status_code == 200
     assert index.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in index.headers["content-security-policy"]
-    assert script.headers["content-type"].startswith("text/javascript")
+    assert '<script type="module" src="/static/main.js">' in index.text
+    assert set(scripts) >= {"main.js", "common.js", "actions.js", "overview.js"}
+    for script in scripts.values():  # every module the page imports, served as a script
+        assert script.status_code == 200
+        assert script.headers["content-type"].startswith("text/javascript")
     assert style.status_code == 200
-    for response in (index, script, style):
+    for response in (index, *scripts.values(), style):
         assert TOKEN not in response.text
     shipped = files("tubeworker.control").joinpath("static")
-    assert {entry.name for entry in shipped.iterdir()} >= {"index.html", "app.js", "style.css"}
+    assert {entry.name for entry in shipped.iterdir()} >= {"index.html", *scripts, "style.css"}
     assert escape.status_code == 404
     assert unknown.status_code == 404
     assert wrong_method.status_code == 405

@@ -32,7 +32,7 @@ export function renderWorkers(workers) {
   if (workers.length === 0) {
     body.append(el("tr", {}, el("td", { colspan: 9, class: "muted" }, "No daemons: list their control planes in [control] daemons, or pass --daemon.")));
   }
-  $("workers-note").textContent = `${workers.length} daemon(s); read every few seconds while this page is open.`;
+  $("workers-note").textContent = `${workers.length} daemon(s), read every few seconds.`;
 }
 
 async function quietWorker(w, action) {

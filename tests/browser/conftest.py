@@ -33,7 +33,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 TOKEN = "browser-test-token"
 #: The tubes the daemon works on (the others in the tests are only looked at).
-WORKED_TUBES = ("browser-bury", "browser-pause", "browser-sentinel")
+WORKED_TUBES = ("browser-bury", "browser-pause", "browser-sentinel", "browser-fail")
 CHROMIUM_FLAGS = (
     "--headless=new",
     "--no-sandbox",
@@ -133,7 +133,11 @@ class Fleet:
         return [e for e in self.daemon.events() if e.get("event") == name]
 
 
-def write_daemon_config(path: Path, server: BeanstalkdProcess, token_file: Path) -> Path:
+def write_daemon_config(
+    path: Path, server: BeanstalkdProcess, token_file: Path | None, *, interval: float = 0.3
+) -> Path:
+    """The daemon's config: the worked tubes, and a control plane whose token is in
+    ``token_file`` (none: the dashboard is read-only)."""
     lines = [
         "[worker]",
         f'servers = ["{server.address}"]',
@@ -142,27 +146,26 @@ def write_daemon_config(path: Path, server: BeanstalkdProcess, token_file: Path)
         'format = "json"',
         "[handlers]",
         '"bury_once" = "tests.browser.handlers:bury_once"',
+        '"bury_always" = "tests.browser.handlers:bury_always"',
         '"work" = "tests.browser.handlers:work"',
         "[[pool]]",
         f"tubes = {json.dumps(list(WORKED_TUBES))}",
         "concurrency = 4",
         "[control]",
-        f'token_file = "{token_file}"',
-        "metrics_interval = 0.3",
+        *([f'token_file = "{token_file}"'] if token_file is not None else []),
+        f"metrics_interval = {interval}",
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    try:
-        find_beanstalkd()
-    except BeanstalkdMissing as exc:
-        _missing(str(exc))
-    workdir = tmp_path_factory.mktemp("dashboard")
-    token_file = workdir / "token"
-    token_file.write_text(TOKEN + "\n")
+@contextlib.contextmanager
+def running_fleet(workdir: Path, *, token: str | None) -> Iterator[Fleet]:
+    """A private beanstalkd and ``tubeworker run --control`` on it, both stopped at the end."""
+    token_file = None
+    if token is not None:
+        token_file = workdir / "token"
+        token_file.write_text(token + "\n")
     with BeanstalkdProcess() as server:
         config_path = write_daemon_config(workdir / "worker.toml", server, token_file)
         port = free_port()
@@ -173,3 +176,18 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             yield Fleet(server, daemon, f"http://127.0.0.1:{port}")
         finally:
             daemon.stop()
+
+
+def require_beanstalkd() -> None:
+    try:
+        find_beanstalkd()
+    except BeanstalkdMissing as exc:
+        _missing(str(exc))
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """The module's daemon, with a token file (actions enabled)."""
+    require_beanstalkd()
+    with running_fleet(tmp_path_factory.mktemp("dashboard"), token=TOKEN) as running:
+        yield running

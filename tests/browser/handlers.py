@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import trio
+
 from tubeworker import Bury, Job
 
 
@@ -35,4 +37,12 @@ async def bury_once(job: Job) -> None:
 
 
 async def work(job: Job) -> None:
+    """Done (after ``sleep`` seconds, when the payload says so)."""
+    await trio.sleep(job.payload.get("sleep", 0))
     _log("end", job.payload["n"])
+
+
+async def bury_always(job: Job) -> None:
+    """Buried with a reason, every time."""
+    _log("buried", job.payload["n"])
+    raise Bury(f"job {job.payload['n']} cannot be done")

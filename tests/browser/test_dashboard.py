@@ -9,139 +9,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import greenstalk
 import httpx
 import pytest
 
 from tests.browser.conftest import TOKEN, Fleet
+from tests.browser.page import DEADLINE, Page, client, envelope, tube_stats, tube_view
 from tests.support.waiting import wait_until_sync
+from tubeworker.burials import records_tube
 
 pytestmark = pytest.mark.slow
-
-DEADLINE = 10.0  # seconds for anything the page should show "within a few seconds"
-
-
-class Page:
-    """The dashboard as a user sees it, through the driver."""
-
-    def __init__(self, driver: Any, base: str, shots: Path) -> None:
-        self.driver = driver
-        self.base = base
-        self.shots = shots
-
-    def js(self, script: str, *args: object) -> Any:
-        return self.driver.execute_script(script, *args)
-
-    def open(self, fragment: str = "#/overview") -> None:
-        self.driver.get(f"{self.base}/{fragment}")
-        wait_until_sync(
-            lambda: self.js("return document.body.dataset.ready") == "1",
-            timeout=DEADLINE,
-            what="the page's first data",
-        )
-
-    def go(self, fragment: str) -> None:
-        """Another view of the same page (no reload)."""
-        self.js("location.hash = arguments[0]", fragment)
-        view = fragment[2:].split("/")[0]
-        wait_until_sync(
-            lambda: self.js("return document.body.dataset.view") == view, what=f"view {view}"
-        )
-
-    def click(self, css: str) -> None:
-        """Click, again if the live page redrew the element between finding and clicking."""
-        from selenium.common.exceptions import StaleElementReferenceException
-
-        def clicked() -> bool:
-            try:
-                self.driver.find_element("css selector", css).click()
-            except StaleElementReferenceException:
-                return False
-            return True
-
-        wait_until_sync(clicked, what=f"a click on {css}")
-
-    def confirm(self) -> None:
-        wait_until_sync(
-            lambda: self.js("return document.getElementById('confirm').open"),
-            what="the confirmation dialog",
-        )
-        self.click("#confirm-yes")
-
-    def set_token(self, token: str) -> None:
-        self.click("#token-button")
-        self.driver.find_element("css selector", "#token-input").send_keys(token)
-        self.click("#token-save")
-        wait_until_sync(
-            lambda: self.js("return sessionStorage.getItem('tubeworker.token')") == token,
-            what="the token kept in sessionStorage",
-        )
-
-    def forget_token(self) -> None:
-        self.click("#token-button")
-        self.click("#token-forget")
-        wait_until_sync(
-            lambda: self.js("return sessionStorage.getItem('tubeworker.token')") is None,
-            what="the token forgotten",
-        )
-
-    def row(self, key: str) -> dict[str, str] | None:
-        """The overview's cells of one tube (``server|tube``), or None if not shown."""
-        result: dict[str, str] | None = self.js(
-            """
-            const tr = document.querySelector(`#tubes tr[data-key="${CSS.escape(arguments[0])}"]`);
-            if (!tr) return null;
-            const cells = {};
-            for (const td of tr.querySelectorAll("td[data-col]")) {
-              cells[td.dataset.col] = td.textContent;
-            }
-            return cells;
-            """,
-            key,
-        )
-        return result
-
-    def buried_rows(self) -> list[dict[str, str]]:
-        rows: list[dict[str, str]] = self.js(
-            """
-            return [...document.querySelectorAll("#buried tr[data-job]")].map((tr) => ({
-              id: tr.dataset.job,
-              cause: tr.querySelector('td[data-col="cause"]').textContent,
-              reason: tr.querySelector('td[data-col="reason"]').textContent,
-            }));
-            """
-        )
-        return rows
-
-    def card(self, container: str, name: str) -> str:
-        text: str = self.js(
-            'const c = document.querySelector(`#${arguments[0]} [data-card="${arguments[1]}"] '
-            ".card-value`); return c ? c.textContent : null;",
-            container,
-            name,
-        )
-        return text
-
-    def text(self, css: str) -> str:
-        value: str = self.js("return document.querySelector(arguments[0]).textContent", css)
-        return value
-
-    def shot(self, name: str) -> Path:
-        path = self.shots / f"{name}.png"
-        self.driver.save_screenshot(str(path))
-        return path
-
-    def script_errors(self) -> list[str]:
-        """Errors in the console, but for answers the page expects (a refused action's 401,
-        a peek's 404): those are shown to the user and are part of the tests."""
-        entries = self.driver.get_log("browser")
-        return [
-            e["message"]
-            for e in entries
-            if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]
-        ]
 
 
 @pytest.fixture
@@ -149,23 +27,6 @@ def page(browser: Any, fleet: Fleet, screenshots: Path) -> Iterator[Page]:
     page = Page(browser, fleet.base, screenshots)
     yield page
     assert page.script_errors() == []
-
-
-def client(fleet: Fleet, tube: str = "default") -> greenstalk.Client:
-    return greenstalk.Client((fleet.server.host, fleet.server.port), use=tube, watch=tube)
-
-
-def tube_stats(fleet: Fleet, tube: str) -> dict[str, Any]:
-    with client(fleet) as c:
-        return dict(c.stats_tube(tube))
-
-
-def tube_view(fleet: Fleet, tube: str) -> str:
-    return f"#/tube/{quote(fleet.server.address, safe='')}/{quote(tube, safe='')}"
-
-
-def envelope(task: str, n: int) -> str:
-    return json.dumps({"task": task, "payload": {"n": n}})
 
 
 def test_given_tubes_on_the_server_then_the_overview_shows_what_stats_tube_reports(
@@ -365,7 +226,6 @@ def test_given_the_workers_view_then_the_daemon_is_listed_and_can_be_quieted(
 
     wait_until_sync(lambda: cell("state") == "running", what="the daemon listed, running")
     assert str(fleet.daemon.pid) in page.text("#workers")
-    page.shot("workers")
     page.click('#workers tr[data-worker="local"] button[data-action="quiet"]')
     page.confirm()
     status = f"{fleet.base}/status"
@@ -376,3 +236,136 @@ def test_given_the_workers_view_then_the_daemon_is_listed_and_can_be_quieted(
     wait_until_sync(lambda: not httpx.get(status, timeout=5).json()["quiet"], what="resumed")
     page.go("#/apis")
     page.shot("apis")
+
+
+def test_given_ready_jobs_no_worker_watches_then_the_page_says_so(fleet: Fleet, page: Page) -> None:
+    # Given 32 ready jobs in a tube nobody watches, and 1 in a tube a connection watches
+    with client(fleet, "nobody-home") as c:
+        for n in range(32):
+            c.put(f"job {n}")
+    with client(fleet, "somebody-home") as watcher:  # watches it, never reserves
+        watcher.put("waits for its worker's turn")
+        page.open()
+
+        def backlog(tube: str) -> str | None:
+            cells = page.row(f"{fleet.server.address}|{tube}")
+            return None if cells is None else cells["backlog"]
+
+        # Then the overview says it plainly (it used to show only the ∞ of jobs not moving)
+        wait_until_sync(lambda: backlog("nobody-home") == "no worker", what="no worker")
+        wait_until_sync(lambda: backlog("somebody-home") == "\u221e", what="watched: not moving")
+
+        def unwatched_on_server() -> int:  # as beanstalkd says it (this probe watches neither)
+            with greenstalk.Client(
+                (fleet.server.host, fleet.server.port), watch="probe-watcher"
+            ) as probe:
+                tubes = [t for t in probe.tubes() if not t.startswith("tubeworker.")]
+                stats = [probe.stats_tube(t) for t in tubes]
+            return sum(
+                1 for st in stats if st["current-jobs-ready"] > 0 and st["current-watching"] == 0
+            )
+
+        wait_until_sync(
+            lambda: page.card("totals", "no-worker") == str(unwatched_on_server()),
+            what="the count of tubes no worker watches",
+        )
+        page.go(tube_view(fleet, "nobody-home"))
+        wait_until_sync(lambda: page.js("return !document.getElementById('tube-unwatched').hidden"))
+        assert page.text("#tube-unwatched").startswith(
+            "No worker watches this tube: its 32 ready jobs wait until one does"
+        )
+        assert page.card("tube-counts", "watching") == "0"
+        page.go(tube_view(fleet, "somebody-home"))
+        wait_until_sync(lambda: page.card("tube-counts", "watching") == "1", what="1 watching")
+        assert page.js("return document.getElementById('tube-unwatched').hidden")
+
+
+def seconds_shown(text: str) -> float:
+    """ "130 ms" or "1.25 s" (as the page shows run times) in seconds."""
+    value, unit = text.split()
+    return float(value) / 1000 if unit == "ms" else float(value)
+
+
+def test_given_jobs_run_then_the_workers_view_shows_each_handlers_rate_and_run_time(
+    fleet: Fleet, page: Page
+) -> None:
+    # Given ten jobs of the `work` handler that take 0.2 s each
+    ns = set(range(100, 110))
+    with client(fleet, "browser-sentinel") as c:
+        for n in sorted(ns):
+            c.put(json.dumps({"task": "work", "payload": {"n": n, "sleep": 0.2}}))
+    wait_until_sync(lambda: ns <= set(fleet.runs("end")), timeout=DEADLINE, what="the jobs")
+    # When the Workers view is open
+    page.open("#/workers")
+
+    def cell(col: str) -> str | None:
+        text: str | None = page.js(
+            'const td = document.querySelector(`#handlers tr[data-handler="work"] '
+            'td[data-col="${arguments[0]}"]`); return td ? td.textContent : null;',
+            col,
+        )
+        return text
+
+    # Then the handler's totals are the daemon's, with its rate and run time of the minute
+    def done_per_status() -> str:
+        work = httpx.get(f"{fleet.base}/status", timeout=5).json()["handlers"]["work"]
+        return str(work["outcomes"]["deleted"])
+
+    wait_until_sync(lambda: cell("done") == done_per_status(), what="work's done total")
+    wait_until_sync(lambda: cell("done-rate") not in (None, "\u2013"), what="work's rate")
+    assert float(cell("done-rate") or 0) > 0
+    mean = seconds_shown(cell("run-mean") or "")
+    assert 0.1 <= mean < 5  # mostly 0.2 s runs (a few instant ones of other tests)
+    within = cell("run-p95") or ""
+    assert within.startswith("\u2264 ")  # "≤ 250 ms": the bucket 95 % of the runs fell in
+    assert seconds_shown(within[2:]) >= 0.2
+    assert cell("failed") == "0"
+    page.shot("workers")
+
+
+def test_given_tubeworkers_own_tubes_then_the_overview_hides_them_and_never_sums_them(
+    fleet: Fleet, page: Page
+) -> None:
+    # Given a tube of tubeworker's own: the burial record the daemon writes
+    with client(fleet, "browser-fail") as c:
+        c.put(envelope("bury_always", 200))
+    records = records_tube("browser-fail")
+    wait_until_sync(lambda: 200 in fleet.runs("buried"), timeout=DEADLINE, what="the burial")
+
+    def jobs_in(tube: str) -> int:
+        try:
+            return int(tube_stats(fleet, tube)["current-jobs-ready"]) + int(
+                tube_stats(fleet, tube)["current-jobs-buried"]
+            )
+        except greenstalk.NotFoundError:
+            return 0
+
+    wait_until_sync(lambda: jobs_in(records) > 0, timeout=DEADLINE, what="the record")
+
+    def sums(internal: bool) -> dict[str, str]:
+        """The totals beanstalkd reports over the tubes of work (with tubeworker's own)."""
+        with client(fleet) as c:
+            tubes = [t for t in c.tubes() if internal or not t.startswith("tubeworker.")]
+            stats = [c.stats_tube(t) for t in tubes]
+        return {
+            state: str(sum(int(st[f"current-jobs-{state}"]) for st in stats))
+            for state in ("ready", "delayed", "buried")
+        }
+
+    def cards() -> dict[str, str]:
+        return {state: page.card("totals", state) for state in ("ready", "delayed", "buried")}
+
+    page.open()
+    key = f"{fleet.server.address}|{records}"
+    # Then the overview shows only the tubes of work, and its totals are theirs
+    wait_until_sync(lambda: cards() == sums(False), what="totals without tubeworker's tubes")
+    assert sums(False) != sums(True)  # the record is a job: summing it would show
+    assert page.row(key) is None
+    assert "of tubeworker's own hidden" in page.text("#page-info")
+    # When asked, they are listed, marked, and still not summed
+    page.click("#show-internal")
+    wait_until_sync(lambda: page.row(key) is not None, what="the records tube listed")
+    assert "tubeworker's" in page.text(f'#tubes tr[data-key="{key}"] td[data-col="tube"]')
+    assert cards() == sums(False)
+    page.click("#show-internal")
+    wait_until_sync(lambda: page.row(key) is None, what="hidden again")

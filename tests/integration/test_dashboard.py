@@ -5,6 +5,7 @@ it) in-process, called over HTTP and WebSocket. The browser tests drive the page
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -21,7 +22,7 @@ from tests.support.httpserver import Reply, open_http_api
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, open_client, parse_address
 from tubeworker.burials import new_record, write_record
-from tubeworker.control.dashboard import DETAIL_LIMIT
+from tubeworker.control.dashboard_reads import DETAIL_LIMIT
 from tubeworker.control.standalone import run_dashboard
 
 TOKEN = "dashboard-token"
@@ -30,7 +31,11 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @asynccontextmanager
 async def serving(
-    server: BeanstalkdProcess, *, daemons: Sequence[str] = (), interval: float = 60.0
+    server: BeanstalkdProcess,
+    *,
+    daemons: Sequence[str] = (),
+    interval: float = 60.0,
+    token: str | None = TOKEN,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The dashboard on a free port, and an HTTP client for it; stopped at the end."""
     async with trio.open_nursery() as nursery:
@@ -39,7 +44,7 @@ async def serving(
                 run_dashboard,
                 [parse_address(server.address)],
                 Address("127.0.0.1", free_port()),
-                token=TOKEN,
+                token=token,
                 daemons=daemons,
                 interval=interval,
             )
@@ -167,6 +172,25 @@ async def test_given_actions_then_the_token_is_needed_and_each_is_done_and_logge
     assert [e["action"] for e in refused] == ["put", "put"]
 
 
+async def test_given_no_token_configured_then_the_dashboard_is_read_only(
+    beanstalkd: BeanstalkdProcess,
+) -> None:
+    with trio.fail_after(20), capture_logs() as logs:
+        async with serving(beanstalkd, token=None) as http:
+            overview = (await http.get("/api/overview")).json()
+            put = {"tube": "never", "body": "x"}
+            refused = await http.post("/api/put", json=put, headers=AUTH)
+            tubes = (await http.get("/api/tubes")).json()  # reads need no token
+    assert overview["actions_enabled"] is False
+    assert refused.status_code == 403  # not 401: no token could be accepted
+    assert refused.json()["error"].startswith("read-only: no token is configured")
+    assert tubes["total"] >= 1
+    (line,) = [e for e in logs if e["event"] == "dashboard action refused"]
+    assert (line["action"], line["why"]) == ("put", "no token configured")
+    async with open_client(beanstalkd.address) as client:
+        assert "never" not in await client.list_tubes()
+
+
 async def test_given_buried_jobs_then_reasons_and_safely_rendered_bodies_are_listed(
     beanstalkd: BeanstalkdProcess,
 ) -> None:
@@ -282,13 +306,26 @@ async def test_given_a_remote_daemon_then_workers_apis_and_pause_reasons_come_fr
     assert refused.status_code == 400  # only the configured daemons are ever contacted
 
 
+async def fetch_modules(http: httpx.AsyncClient, path: str) -> dict[str, httpx.Response]:
+    """A JavaScript module and every module it imports (``from "./x.js"``), by file name."""
+    found: dict[str, httpx.Response] = {}
+    wanted = [path]
+    while wanted:
+        name = wanted.pop().rsplit("/", 1)[-1]
+        if name in found:
+            continue
+        found[name] = response = await http.get(f"/static/{name}")
+        wanted += re.findall(r'from "\./([\w-]+\.js)"', response.text)
+    return found
+
+
 async def test_given_the_page_then_it_is_served_whole_with_no_token_in_it(
     beanstalkd: BeanstalkdProcess,
 ) -> None:
     with trio.fail_after(20):
         async with serving(beanstalkd) as http:
             index = await http.get("/")
-            script = await http.get("/static/app.js")
+            scripts = await fetch_modules(http, "/static/main.js")
             style = await http.get("/static/style.css")
             escape = await http.get("/static/../dashboard.py")
             unknown = await http.get("/api/nope")
@@ -296,12 +333,16 @@ async def test_given_the_page_then_it_is_served_whole_with_no_token_in_it(
     assert index.status_code == 200
     assert index.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in index.headers["content-security-policy"]
-    assert script.headers["content-type"].startswith("text/javascript")
+    assert '<script type="module" src="/static/main.js">' in index.text
+    assert set(scripts) >= {"main.js", "common.js", "actions.js", "overview.js"}
+    for script in scripts.values():  # every module the page imports, served as a script
+        assert script.status_code == 200
+        assert script.headers["content-type"].startswith("text/javascript")
     assert style.status_code == 200
-    for response in (index, script, style):
+    for response in (index, *scripts.values(), style):
         assert TOKEN not in response.text
     shipped = files("tubeworker.control").joinpath("static")
-    assert {entry.name for entry in shipped.iterdir()} >= {"index.html", "app.js", "style.css"}
+    assert {entry.name for entry in shipped.iterdir()} >= {"index.html", *scripts, "style.css"}
     assert escape.status_code == 404
     assert unknown.status_code == 404
     assert wrong_method.status_code == 405

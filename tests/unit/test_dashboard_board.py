@@ -14,6 +14,7 @@ from tubeworker.config import load_config
 from tubeworker.control.asgi import authorized, json_response
 from tubeworker.control.board import EVENT_ROWS, TubeBoard
 from tubeworker.control.fleet import LOCAL, Fleet, daemon_url
+from tubeworker.control.history import HISTORY_SECONDS, RATE_WINDOW, TUBE_HISTORY_SECONDS
 from tubeworker.control.metrics import TubeDepth, TubeDepths
 from tubeworker.errors import ConfigError
 from tubeworker.observe.events import EventBus
@@ -67,6 +68,49 @@ def test_given_ready_jobs_that_do_not_move_then_the_backlog_is_unknown_not_zero(
     assert row(board, "empty")["backlog_seconds"] == 0.0
 
 
+def test_given_ready_jobs_no_connection_watches_then_the_row_says_no_worker() -> None:
+    board = board_with(
+        {
+            "orphan": TubeDepth(ready=32, watching=0),
+            "served": TubeDepth(ready=5, watching=2),
+            "idle": TubeDepth(ready=0, watching=0),
+        }
+    )
+    board.on_round()
+    assert row(board, "orphan")["unwatched"] is True
+    assert row(board, "orphan")["backlog_seconds"] is None  # and not moving, as before
+    assert row(board, "served")["unwatched"] is False
+    assert row(board, "idle")["unwatched"] is False
+    assert board.totals()["unwatched"] == 1
+
+
+def test_given_tubeworkers_own_tubes_then_they_are_shown_only_when_asked_and_never_summed() -> None:
+    board = board_with(
+        {
+            "emails": TubeDepth(ready=3, buried=1),
+            "tubeworker.buried.emails": TubeDepth(ready=1),  # the burial's record
+            "tubeworker.limit.api.rate": TubeDepth(ready=50),  # tokens
+        }
+    )
+    board.outcomes = lambda: {"emails": (1, 1), "tubeworker.limit.api.rate": (0, 9)}
+    board.on_round()
+    totals = board.totals()
+    assert (totals["tubes"], totals["ready"], totals["buried"]) == (1, 3, 1)
+    assert totals["failure_rate"] == 0.5  # emails' only
+    page = board.page()
+    assert [r["tube"] for r in page["rows"]] == ["emails"]
+    assert (page["total"], page["internal_tubes"]) == (1, 2)
+    shown = board.page(internal=True)
+    assert [r["tube"] for r in shown["rows"]] == [
+        "emails",
+        "tubeworker.buried.emails",
+        "tubeworker.limit.api.rate",
+    ]
+    assert [r["internal"] for r in shown["rows"]] == [False, True, True]
+    assert board.page(sort="ready", desc=True)["rows"][0]["tube"] == "emails"
+    assert [p["ready"] for p in board.history.totals] == [3]  # the charts: never summed either
+
+
 def test_given_a_tube_freed_and_made_again_then_its_history_starts_again() -> None:
     clock = Clock()
     depth = TubeDepth(deletes=500)
@@ -75,21 +119,26 @@ def test_given_a_tube_freed_and_made_again_then_its_history_starts_again() -> No
     clock.now += 10
     depth.deletes = 3  # cmd-delete restarted with the tube
     board.on_round()
-    assert [p.deletes for p in board.trends[(SERVER, "t")]] == [3]
+    assert list(board.history.tubes[(SERVER, "t")].columns[3]) == [3]  # deletes
 
 
 def test_given_the_daemons_outcomes_then_the_failure_rate_is_over_the_window() -> None:
     clock = Clock()
     board = board_with({"t": TubeDepth()}, clock)
-    totals = {"t": (100, 10)}  # before the window: not counted
+    totals: dict[str, tuple[int, int]] = {}  # the fleet's counts start at 0, and only grow
     board.outcomes = lambda: totals
     board.on_round()
     clock.now += 10
-    totals = {"t": (130, 20)}  # 30 succeeded, 10 failed since
+    totals = {"t": (30, 10)}  # a tube's first outcomes are in the window, not its baseline
     board.on_round()
     assert row(board, "t")["failure_rate"] == 0.25
     assert board.totals()["failure_rate"] == 0.25
     assert board.failure_rate("unknown") is None
+    for _ in range(RATE_WINDOW // 5 + 2):  # then only successes, for longer than the window
+        clock.now += 5
+        totals = {"t": (totals["t"][0] + 1, 10)}
+        board.on_round()
+    assert row(board, "t")["failure_rate"] == 0.0
 
 
 def test_given_history_points_then_they_are_sampled_at_most_every_sample_every() -> None:
@@ -100,8 +149,75 @@ def test_given_history_points_then_they_are_sampled_at_most_every_sample_every()
         board.on_round()
         depth.ready += 1
         clock.now += 1
-    assert board.spark((SERVER, "t")) == [1, 6]
-    assert len(board.totals_trend) == 2
+    assert board.history.spark((SERVER, "t")) == [1, 6]
+    assert len(board.history.totals) == 2
+
+
+def test_given_no_page_open_then_history_is_kept_for_the_first_page() -> None:
+    # Given a board fed for two minutes while nobody looks (and nobody listens)
+    clock = Clock()
+    depth = TubeDepth(ready=10, buried=0)
+    board = board_with({"t": depth}, clock)
+    board.viewed = lambda: False
+    totals = {"t": (0, 0)}
+    board.outcomes = lambda: totals
+    for second in range(0, 120, 1):
+        if second == 60:
+            depth.buried, totals = 3, {"t": (9, 3)}  # a burst of burials, a minute in
+        board.on_round()
+        clock.now += 1
+    # Then the first page gets the whole history: the burst where it happened, and the
+    # failure rate of the window (known once outcomes were counted)
+    points = list(board.history.totals)
+    assert len(points) == 24  # every 5 s
+    assert [p["buried"] for p in points] == [0] * 12 + [3] * 12
+    assert [p["failure_rate"] for p in points[:12]] == [None] * 12  # unknown, not 0
+    assert points[-1]["failure_rate"] == 0.25
+    assert board.totals()["failure_rate"] == points[-1]["failure_rate"]
+    history = board.history.describe()
+    assert history["full"] is False
+    assert history["since"] == board.history.started_at  # said: collecting since then
+
+
+def test_given_hours_of_rounds_then_the_history_is_bounded_and_says_what_it_covers() -> None:
+    clock = Clock()
+    wall = Clock()
+    depth = TubeDepth(ready=1)
+    depths = TubeDepths()
+    depths.tubes = {(SERVER, "t"): depth}
+    depths.last_round_every_tube = True
+    board = TubeBoard(depths, EventBus(), sample_every=5.0, clock=clock, wall=wall)
+    for _ in range(2 * HISTORY_SECONDS // 5):
+        board.on_round()
+        depth.ready += 1
+        clock.now += 5
+        wall.now += 5
+    assert len(board.history.totals) == HISTORY_SECONDS // 5 == board.history.points
+    assert (
+        len(board.history.tubes[(SERVER, "t")])
+        == TUBE_HISTORY_SECONDS // 5
+        == board.history.tube_points
+    )
+    history = board.history.describe()
+    assert history["full"] is True
+    assert history["since"] == board.history.totals[0]["at"] == wall.now - HISTORY_SECONDS
+    assert len(board.history.trend((SERVER, "t"))) == board.history.tube_points
+    assert len(board.history.spark((SERVER, "t"))) == 60
+
+
+def test_given_deletes_long_ago_then_done_per_minute_counts_the_rate_window_only() -> None:
+    clock = Clock()
+    depth = TubeDepth(ready=5, deletes=0)
+    board = board_with({"t": depth}, clock)
+    board.on_round()
+    clock.now += 60
+    depth.deletes = 600  # 600 deletes in the first minute
+    board.on_round()
+    for _ in range(RATE_WINDOW // 5 + 1):  # then none, for longer than the window
+        clock.now += 5
+        board.on_round()
+    assert row(board, "t")["done_per_min"] == 0.0
+    assert row(board, "t")["backlog_seconds"] is None
 
 
 # --------------------------------------------------------------------------- pages
@@ -175,7 +291,7 @@ async def test_given_no_listener_then_no_event_is_built_and_the_next_listener_ge
 
 async def test_given_a_listener_but_no_dashboard_page_then_no_tubes_event() -> None:
     board = board_with({"a": TubeDepth(ready=1)})
-    board.depths._every_tube_until = 0.0  # only `tubeworker top` listens
+    board.viewed = lambda: False  # only `tubeworker top` listens
     with board.events.subscribe() as listener:
         board.on_round()
         board.events.publish("marker")
@@ -252,6 +368,57 @@ async def test_given_several_daemons_then_apis_show_the_worst_state_and_pauses_t
     assert fleet.flow_pauses() == {"payments": ["stripe"]}
     assert list(fleet.workers) == [LOCAL, "http://10.0.0.2:9090", "http://10.0.0.3:9090"]
     assert fleet.unread  # 10.0.0.3 was never asked
+
+
+async def test_given_a_remote_daemon_then_outcomes_count_from_its_first_read() -> None:
+    fleet = Fleet(["10.0.0.2:9090"])
+    worker = fleet.workers["http://10.0.0.2:9090"]
+    outcomes = {"emails": {"deleted": 90, "buried": 10}}  # before the dashboard: not counted
+    fleet._count(worker.record(status(tube_outcomes=outcomes), 1.0))
+    assert fleet.outcomes() == {}
+    outcomes = {"emails": {"deleted": 95, "buried": 12}, "sms": {"released": 1}}
+    fleet._count(worker.record(status(tube_outcomes=outcomes), 2.0))
+    assert fleet.outcomes() == {"emails": (5, 2), "sms": (0, 1)}
+    restarted = status(started=2.5, tube_outcomes={"emails": {"deleted": 3}})
+    fleet._count(worker.record(restarted, 3.0))  # all its counts are since the last read
+    assert fleet.outcomes() == {"emails": (8, 2), "sms": (0, 1)}
+
+
+def handler_status(deleted: int, buried: int, runs: int, seconds: float, slow: int) -> Any:
+    """A /status "handlers" section: ``runs`` runs, ``slow`` of them over 300 s."""
+    fast = runs - slow
+    buckets = [["0.1", fast], ["300.0", fast], ["+Inf", runs]]
+    return {
+        "send": {
+            "tubes": ["emails"],
+            "outcomes": {"deleted": deleted, "buried": buried},
+            "run_seconds": {"count": runs, "sum": seconds, "buckets": buckets},
+        }
+    }
+
+
+def test_given_two_daemons_then_a_handler_is_summed_over_the_last_minute() -> None:
+    clock = Clock()
+    fleet = Fleet(["10.0.0.2:9090", "10.0.0.3:9090"], clock=clock)
+    one, two = fleet.workers.values()
+    one.record(status(handlers=handler_status(100, 0, 100, 5.0, 0)), clock.now)
+    two.record(status(handlers=handler_status(50, 5, 55, 2.0, 0)), clock.now)
+    assert fleet.handlers()[0]["done_per_min"] is None  # one read each: no rate yet
+    clock.now += 30
+    one.record(status(handlers=handler_status(130, 0, 130, 6.5, 0)), clock.now)  # 30 in 30 s
+    two.record(status(handlers=handler_status(60, 10, 70, 3.0, 0)), clock.now)
+    (send,) = fleet.handlers()
+    assert (send["handler"], send["tubes"], send["workers"]) == ("send", ["emails"], 2)
+    assert (send["done"], send["failed"]) == (190, 10)  # totals since each daemon started
+    assert send["done_per_min"] == 80.0  # 60 + 20
+    assert send["buried_per_min"] == 10.0
+    assert send["runs"] == 45
+    assert send["run_mean"] == round(2.5 / 45, 6)
+    assert (send["run_p95"], send["run_p95_above"]) == (0.1, False)
+    clock.now += 30
+    one.record(status(handlers=handler_status(131, 0, 140, 3006.5, 10)), clock.now)
+    (send,) = fleet.handlers()
+    assert (send["run_p95"], send["run_p95_above"]) == (300.0, True)  # over the last bound
 
 
 def test_given_daemon_addresses_then_they_become_urls() -> None:

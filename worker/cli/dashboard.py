@@ -45,7 +45,7 @@ def add_dashboard_command(commands: argparse._SubParsersAction[argparse.Argument
     parser.add_argument(
         "--token-file",
         metavar="FILE",
-        help="the bearer token actions need (without it every action is refused)",
+        help="the bearer token actions need (without it the dashboard is read-only)",
     )
     parser.add_argument(
         "--daemon",
@@ -132,7 +132,8 @@ def dashboard(args: argparse.Namespace) -> int:
         )
     if token is None:
         print(
-            "tubeworker: note: no --token-file: every action will be refused (401)",
+            "tubeworker: note: no --token-file: the dashboard is read-only (it shows no "
+            "actions, and refuses them)",
             file=sys.stderr,
         )
     return trio.run(_serve, servers, listen, token, list(args.daemon), interval)

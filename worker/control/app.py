@@ -5,7 +5,8 @@
   second; a loop blocked by a handler stops stamping, so this turns 503 even if the
   request itself gets through late), else 503.
 - ``GET /readyz``: 200 when a lane is connected and the daemon is not draining, else 503.
-- ``GET /status``: JSON: pools and lanes, jobs in flight, counters, drain and quiet state.
+- ``GET /status``: JSON: pools and lanes, jobs in flight, counters, drain and quiet state,
+  per tube and per handler outcomes (and each handler's run times).
 - ``POST /quiet``, ``/resume``, ``/drain``: change the daemon's state; they need
   ``Authorization: Bearer <token>`` with the token from ``[control] token_file``, and
   answer 401 without it (always, when no token file is configured).
@@ -151,6 +152,7 @@ class ControlApp:
                 if apis.get(api, {}).get("state") == "open"
             },
             "tube_outcomes": _tube_outcomes(state),
+            "handlers": _handlers(state),
             "limits": [asdict(stats) for stats in state.limits.statistics()]
             if state.limits is not None
             else [],
@@ -222,6 +224,29 @@ def _tube_outcomes(state: WorkerState) -> dict[str, dict[str, int]]:
         counts = by_tube.setdefault(tube, {})
         counts[outcome] = counts.get(outcome, 0) + count
     return by_tube
+
+
+def _handlers(state: WorkerState) -> dict[str, dict[str, Any]]:
+    """Per handler, since the daemon started: its tubes, how its jobs ended, and its run
+    time (count, sum and cumulative buckets, as ``tubeworker_job_duration_seconds``)."""
+    counters = state.counters
+    found: dict[str, dict[str, Any]] = {}
+
+    def entry(handler: str) -> dict[str, Any]:
+        return found.setdefault(handler, {"tubes": [], "outcomes": {}, "run_seconds": None})
+
+    for (tube, handler, outcome, _cause), count in list(counters.outcomes.items()):
+        item = entry(handler)
+        if tube not in item["tubes"]:
+            item["tubes"].append(tube)
+        item["outcomes"][outcome] = item["outcomes"].get(outcome, 0) + count
+    for handler, histogram in list(counters.durations.items()):
+        entry(handler)["run_seconds"] = {
+            "count": histogram.count,
+            "sum": round(histogram.total, 6),
+            "buckets": histogram.cumulative(),
+        }
+    return found
 
 
 def _json(status: int, body: dict[str, Any]) -> tuple[int, str, bytes]:

@@ -38,6 +38,121 @@ def daemon_url(text: str) -> str:
     return url if url.startswith(("http://", "https://")) else f"http://{url}"
 
 
+Counts = tuple[int, int]  # (succeeded, failed)
+Buckets = tuple[tuple[str, int], ...]  # (upper bound, cumulative count), "+Inf" last
+
+
+@dataclass(frozen=True, slots=True)
+class _HandlerCounts:
+    """One handler's totals in one daemon's ``/status``: outcomes and run time."""
+
+    deleted: int = 0
+    released: int = 0
+    buried: int = 0
+    runs: int = 0
+    run_seconds: float = 0.0
+    buckets: Buckets = ()
+
+
+def _handler_counts(status: Status) -> dict[str, _HandlerCounts]:
+    found: dict[str, _HandlerCounts] = {}
+    handlers = status.get("handlers")
+    for name, item in handlers.items() if isinstance(handlers, Mapping) else ():
+        if not isinstance(item, Mapping):
+            continue
+        outcomes = item.get("outcomes")
+        outcomes = outcomes if isinstance(outcomes, Mapping) else {}
+        run = item.get("run_seconds")
+        run = run if isinstance(run, Mapping) else {}
+        found[str(name)] = _HandlerCounts(
+            deleted=int(outcomes.get("deleted", 0)),
+            released=int(outcomes.get("released", 0)),
+            buried=int(outcomes.get("buried", 0)),
+            runs=int(run.get("count", 0)),
+            run_seconds=float(run.get("sum", 0.0)),
+            buckets=tuple((str(bound), int(n)) for bound, n in run.get("buckets", ())),
+        )
+    return found
+
+
+def _upper_quantile(buckets: Buckets, q: float) -> tuple[float | None, bool]:
+    """The bucket bound under which ``q`` of the runs fell: (bound, False); (the last
+    finite bound, True) when they fell above it; (None, False) without runs."""
+    total = buckets[-1][1] if buckets else 0
+    finite = [float(b) for b, _ in buckets if b != "+Inf"]
+    for bound, cumulative in buckets if total > 0 else ():
+        if cumulative >= q * total:
+            if bound == "+Inf":
+                return (finite[-1] if finite else None), True
+            return float(bound), False
+    return None, False
+
+
+@dataclass
+class _HandlerWindow:
+    """One handler over the last minute, summed over the daemons that ran it."""
+
+    tubes: set[str] = field(default_factory=set)
+    workers: int = 0
+    done: int = 0  # totals, since each daemon started
+    failed: int = 0
+    timed: bool = False  # some daemon was read twice: the rates are known
+    per_min: dict[str, float] = field(
+        default_factory=lambda: {"deleted": 0.0, "released": 0.0, "buried": 0.0}
+    )
+    runs: int = 0  # in the window
+    run_seconds: float = 0.0
+    buckets: dict[str, int] = field(default_factory=dict)
+
+    def add(self, last: _HandlerCounts, first: _HandlerCounts, span: float) -> None:
+        self.workers += 1
+        self.done += last.deleted
+        self.failed += last.released + last.buried
+        if span <= 0:
+            return
+        self.timed = True
+        for outcome in self.per_min:
+            grew = getattr(last, outcome) - getattr(first, outcome)
+            self.per_min[outcome] += max(0, grew) / span * 60
+        self.runs += max(0, last.runs - first.runs)
+        self.run_seconds += max(0.0, last.run_seconds - first.run_seconds)
+        before = dict(first.buckets)
+        for bound, cumulative in last.buckets:
+            grew = max(0, cumulative - before.get(bound, 0))
+            self.buckets[bound] = self.buckets.get(bound, 0) + grew
+
+    def summary(self, name: str) -> dict[str, Any]:
+        def rate(outcome: str) -> float | None:
+            return round(self.per_min[outcome], 1) if self.timed else None
+
+        p95, above = _upper_quantile(tuple(self.buckets.items()), 0.95)
+        return {
+            "handler": name,
+            "tubes": sorted(self.tubes),
+            "workers": self.workers,
+            "done": self.done,
+            "failed": self.failed,
+            "done_per_min": rate("deleted"),
+            "released_per_min": rate("released"),
+            "buried_per_min": rate("buried"),
+            "runs": self.runs if self.timed else None,
+            "run_mean": round(self.run_seconds / self.runs, 6) if self.runs else None,
+            "run_p95": p95,
+            "run_p95_above": above,
+        }
+
+
+def _tube_outcomes(status: Status) -> dict[str, Counts]:
+    """Tube → (succeeded, failed) totals of one daemon's ``/status``."""
+    found: dict[str, Counts] = {}
+    outcomes = status.get("tube_outcomes")
+    for tube, counts in outcomes.items() if isinstance(outcomes, Mapping) else ():
+        if isinstance(counts, Mapping):
+            failed = int(counts.get("released", 0)) + int(counts.get("buried", 0))
+            found[str(tube)] = (int(counts.get("deleted", 0)), failed)
+    return found
+
+
 @dataclass
 class _Worker:
     id: str
@@ -46,9 +161,32 @@ class _Worker:
     error: str | None = None
     seen_at: float | None = None  # wall clock
     done: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
+    outcomes: dict[str, Counts] | None = None  # its tube outcomes at the last read
+    #: (when, its handlers' totals) over the last minute.
+    handlers: deque[tuple[float, dict[str, _HandlerCounts]]] = field(default_factory=deque)
 
-    def record(self, status: Status, now: float) -> None:
+    def record(self, status: Status, now: float) -> dict[str, Counts]:
+        """Take a new ``/status``; the outcomes it counted since the last one, per tube
+        (none at a first read: when its totals happened is not known)."""
+        before, started = self.outcomes, (self.status or {}).get("started")
         self.status, self.error, self.seen_at = status, None, time.time()
+        restarted = before is not None and status.get("started") != started
+        self._record_done(status, now)
+        self._record_handlers(status, now, restarted)
+        self.outcomes = current = _tube_outcomes(status)
+        if before is None:
+            return {}
+        if restarted:
+            before = {}  # its totals are all new
+        new = {}
+        for tube, (succeeded, failed) in current.items():
+            was = before.get(tube, (0, 0))
+            counted = (max(0, succeeded - was[0]), max(0, failed - was[1]))
+            if counted != (0, 0):
+                new[tube] = counted
+        return new
+
+    def _record_done(self, status: Status, now: float) -> None:
         counters = status.get("counters")
         deleted = counters.get("deleted") if isinstance(counters, Mapping) else None
         if isinstance(deleted, int):
@@ -57,6 +195,26 @@ class _Worker:
             self.done.append((now, deleted))
         while self.done and now - self.done[0][0] > _RATE_WINDOW:
             self.done.popleft()
+
+    def _record_handlers(self, status: Status, now: float, restarted: bool) -> None:
+        if restarted:
+            self.handlers.clear()  # its counts began again
+        self.handlers.append((now, _handler_counts(status)))
+        while len(self.handlers) > 2 and now - self.handlers[1][0] >= _RATE_WINDOW:
+            self.handlers.popleft()  # keep the newest point at least a window old
+
+    def handler_windows(self, windows: dict[str, _HandlerWindow]) -> None:
+        """Add this daemon's handlers over its last minute to ``windows``."""
+        if not self.handlers:
+            return
+        (first_at, first), (last_at, last) = self.handlers[0], self.handlers[-1]
+        tubes = (self.status or {}).get("handlers")
+        for name, counts in last.items():
+            window = windows.setdefault(name, _HandlerWindow())
+            window.add(counts, first.get(name, _HandlerCounts()), last_at - first_at)
+            listed = tubes.get(name, {}).get("tubes") if isinstance(tubes, Mapping) else None
+            if isinstance(listed, list):
+                window.tubes.update(str(t) for t in listed)
 
     def done_per_min(self) -> float | None:
         if len(self.done) < 2:
@@ -97,11 +255,15 @@ class Fleet:
         self.clock = clock
         self.workers: dict[str, _Worker] = {}
         if local_status is not None:
-            self.workers[LOCAL] = _Worker(LOCAL, None)
+            # This daemon started with its dashboard: every outcome it counts is new.
+            self.workers[LOCAL] = _Worker(LOCAL, None, outcomes={})
         for text in daemons:
             url = daemon_url(text)
             self.workers.setdefault(url, _Worker(url, url))
-        self._outcomes: dict[str, tuple[int, int]] = {}
+        #: Tube → (succeeded, failed) outcomes seen to happen since the dashboard started,
+        #: over every daemon: they only grow (a daemon's restart, or a first read, never
+        #: makes them jump back or count what came before).
+        self._outcomes: dict[str, Counts] = {}
         self._wake = trio.Event()
         self._refreshed = trio.Event()
 
@@ -124,14 +286,13 @@ class Fleet:
         async with trio.open_nursery() as nursery:
             for worker in self.workers.values():
                 nursery.start_soon(self._refresh_one, http, worker)
-        self._outcomes = self._sum_outcomes()
         self._refreshed.set()
         self._refreshed = trio.Event()
 
     async def _refresh_one(self, http: httpx.AsyncClient, worker: _Worker) -> None:
         if worker.url is None:
             assert self.local_status is not None
-            worker.record(self.local_status(), self.clock())
+            self._count(worker.record(self.local_status(), self.clock()))
             return
         try:
             response = await http.get(f"{worker.url}/status", timeout=REQUEST_TIMEOUT)
@@ -142,7 +303,12 @@ class Fleet:
         except (httpx.HTTPError, ValueError) as exc:
             worker.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return
-        worker.record(status, self.clock())
+        self._count(worker.record(status, self.clock()))
+
+    def _count(self, new: Mapping[str, Counts]) -> None:
+        for tube, (succeeded, failed) in new.items():
+            was = self._outcomes.get(tube, (0, 0))
+            self._outcomes[tube] = (was[0] + succeeded, was[1] + failed)
 
     # ------------------------------------------------------------------ reading
 
@@ -193,6 +359,15 @@ class Fleet:
             for name, workers in sorted(found.items())
         ]
 
+    def handlers(self) -> list[dict[str, Any]]:
+        """Per handler, over every daemon: jobs done, released and buried per minute and
+        their run time (mean, and the bucket 95 % fell under) over the last minute; the
+        totals since each daemon started."""
+        windows: dict[str, _HandlerWindow] = {}
+        for worker in self.workers.values():
+            worker.handler_windows(windows)
+        return [windows[name].summary(name) for name in sorted(windows)]
+
     def flow_pauses(self) -> dict[str, list[str]]:
         """Tube → the open APIs whose flow control pauses it (per the daemons' status)."""
         pauses: dict[str, list[str]] = {}
@@ -205,20 +380,9 @@ class Fleet:
                         names.append(str(api))
         return pauses
 
-    def _sum_outcomes(self) -> dict[str, tuple[int, int]]:
-        sums: dict[str, tuple[int, int]] = {}
-        for worker in self.workers.values():
-            outcomes = (worker.status or {}).get("tube_outcomes")
-            for tube, counts in outcomes.items() if isinstance(outcomes, Mapping) else ():
-                if isinstance(counts, Mapping):
-                    ok, failed = sums.get(str(tube), (0, 0))
-                    ok += int(counts.get("deleted", 0))
-                    failed += int(counts.get("released", 0)) + int(counts.get("buried", 0))
-                    sums[str(tube)] = (ok, failed)
-        return sums
-
-    def outcomes(self) -> Mapping[str, tuple[int, int]]:
-        """Tube → (succeeded, failed) totals over every daemon (for failure rates)."""
+    def outcomes(self) -> Mapping[str, Counts]:
+        """Tube → (succeeded, failed) seen since the dashboard started, over every daemon
+        (for failure rates: a tube not in it had none)."""
         return self._outcomes
 
     # ------------------------------------------------------------------ acting
@@ -261,6 +425,11 @@ async def run_fleet_poller(
             if watched():
                 await fleet.refresh(http)
                 if events.listening:
-                    events.publish("workers", workers=fleet.summaries(), apis=fleet.apis())
+                    events.publish(
+                        "workers",
+                        workers=fleet.summaries(),
+                        apis=fleet.apis(),
+                        handlers=fleet.handlers(),
+                    )
             with trio.move_on_after(period):
                 await fleet._wake.wait()

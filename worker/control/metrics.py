@@ -3,8 +3,8 @@
 The hot path pays nothing here: the collector turns the process's plain counters
 (``JobCounters``) and the latest tube depths into metric families when ``/metrics`` is
 scraped. Tube depths come from one task per process (:func:`run_tube_poller`) that asks
-``stats-tube`` for every tube the pools work on, at ``metrics_interval`` with jitter. While
-the dashboard is watched it asks for every tube of the servers too (``list-tubes``, then
+``stats-tube`` for every tube the pools work on, at ``metrics_interval`` with jitter. Where
+the dashboard is served it asks for every tube of the servers too (``list-tubes``, then
 one pipelined write of ``stats-tube``s), and it can be woken early (``TubeDepths.poke``),
 never more often than every ``min_gap``: the rate is the poller's, whatever the viewers.
 
@@ -37,7 +37,6 @@ from tubeworker.beanstalk.client import Address, Client, connect, raise_for_repl
 from tubeworker.errors import ConnectionLostError, ProtocolError
 from tubeworker.observe.counters import Histogram
 from tubeworker.runtime.state import WorkerState
-from tubeworker.tubes import is_internal
 
 __all__ = ["TubeDepths", "WorkerCollector", "build_registry", "run_tube_poller"]
 
@@ -60,6 +59,7 @@ class TubeDepth:
     throughput: float = 0.0  # jobs deleted per second by this process, recent
     pause: int = 0  # the pause's length (pause_left is what remains of it)
     total_jobs: int = 0  # put since the tube was created
+    watching: int = 0  # connections watching it (stats-tube current-watching), not ours
     deletes: int = 0  # stats-tube cmd-delete: deletes by every client since then
     pooled: bool = True  # a tube this process's pools work on: exported in /metrics
     _deleted: int = 0
@@ -405,6 +405,8 @@ def _apply(depth: TubeDepth, stats: p.TubeStats, done: int, now: float) -> None:
     depth.pause_left = stats.pause_time_left
     depth.pause = stats.pause
     depth.total_jobs = stats.total_jobs
+    # The poller's own connection watches "default" (every connection does) while it asks.
+    depth.watching = stats.current_watching - (stats.name == "default")
     depth.deletes = stats.cmd_delete
     if depth._at:
         rate = (done - depth._deleted) / max(now - depth._at, 1e-3)
@@ -441,9 +443,8 @@ async def _poll_server(
         client = await connect(address, connect_timeout=timeout, reply_timeout=timeout)
         try:
             wanted = set(pooled)
-            if every_tube:
-                listed = await client.list_tubes()
-                wanted.update(t for t in listed if not is_internal(t))
+            if every_tube:  # tubeworker's own too: the dashboard shows them when asked
+                wanted.update(await client.list_tubes())
             found = await _stats_tubes(client, sorted(wanted))
         finally:
             await client.aclose()

@@ -510,9 +510,9 @@ async def peek_job(
 async def buried_records(
     address: Address, tube: str, *, limit: int | None = None
 ) -> tuple[int, list[tuple[BurialRecord, p.JobStats]]]:
-    """How many jobs of ``tube`` are buried on this server, and the burial records of
-    those that have one (at most ``limit``), each with the job's stats. Stale records are
-    cleaned up on the way (``tubeworker.burials``)."""
+    """How many jobs of ``tube`` are buried on this server, and the latest burial record
+    of those that have one (at most ``limit`` jobs), each with the job's stats: one per
+    job. Stale records are cleaned up on the way (``tubeworker.burials``)."""
     async with admin_client(address) as client:
         try:
             count = (await client.stats_tube(tube)).current_jobs_buried
@@ -530,8 +530,8 @@ def attempts(stats: p.JobStats) -> int:
 
 
 async def kick_by_reason(address: Address, tube: str, text: str) -> int:
-    """Kick the buried jobs of ``tube`` whose recorded reason contains ``text`` (or whose
-    cause is ``text``); how many were kicked. A kicked job's record is deleted."""
+    """Kick the buried jobs of ``tube`` whose latest recorded reason contains ``text`` (or
+    whose cause is ``text``); how many were kicked. A kicked job's record is deleted."""
     _, records = await buried_records(address, tube)
     matching = [r for r, _ in records if text in r.reason or text == r.cause]
     kicked = 0

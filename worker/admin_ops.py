@@ -27,7 +27,7 @@ import greenstalk
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect
 from tubeworker.beanstalk.protocol import MAX_INT
-from tubeworker.burials import BurialRecord, read_records
+from tubeworker.burials import BurialRecord, read_record, read_records
 from tubeworker.config import duration_seconds
 from tubeworker.errors import (
     ConnectionLostError,
@@ -52,6 +52,7 @@ __all__ = [
     "RenderedBody",
     "admin_client",
     "attempts",
+    "burial_of",
     "buried_records",
     "count_buried",
     "delete_buried",
@@ -505,6 +506,13 @@ async def peek_job(
         except greenstalk.NotFoundError:
             stats = None
     return found, stats
+
+
+async def burial_of(address: Address, job_id: int, stats: p.JobStats) -> BurialRecord | None:
+    """The latest burial record of buried job ``job_id`` (``stats``: its stats), if it has
+    one. Its stale records are cleaned up on the way (``tubeworker.burials``)."""
+    async with admin_client(address) as reader:
+        return await read_record(reader, job_id, stats)
 
 
 async def buried_records(

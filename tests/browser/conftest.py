@@ -143,6 +143,7 @@ def write_daemon_config(path: Path, server: BeanstalkdProcess, token_file: Path)
         "[handlers]",
         '"bury_once" = "tests.browser.handlers:bury_once"',
         '"work" = "tests.browser.handlers:work"',
+        '"fail_hard" = "tests.browser.handlers:fail_hard"',
         "[[pool]]",
         f"tubes = {json.dumps(list(WORKED_TUBES))}",
         "concurrency = 4",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tubeworker import Bury, Job
+from tubeworker import Bury, Job, handler
 
 
 def _log(event: str, n: object) -> None:
@@ -36,3 +36,13 @@ async def bury_once(job: Job) -> None:
 
 async def work(job: Job) -> None:
     _log("end", job.payload["n"])
+
+
+def _charge(card: str) -> None:
+    raise ValueError(f"card {card} declined")
+
+
+@handler(max_attempts=1)
+async def fail_hard(job: Job) -> None:
+    """Fails on its one attempt: buried with the handler's traceback."""
+    _charge(str(job.payload["n"]))

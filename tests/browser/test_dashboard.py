@@ -376,3 +376,35 @@ def test_given_the_workers_view_then_the_daemon_is_listed_and_can_be_quieted(
     wait_until_sync(lambda: not httpx.get(status, timeout=5).json()["quiet"], what="resumed")
     page.go("#/apis")
     page.shot("apis")
+
+
+def test_given_a_handler_error_buries_a_job_then_its_panel_shows_the_traceback(
+    fleet: Fleet, page: Page
+) -> None:
+    page.open(tube_view(fleet, "browser-bury"))
+    with client(fleet, "browser-bury") as c:
+        failed = c.put(envelope("fail_hard", 3))
+        asked = c.put(envelope("bury_once", 4))  # buried by Bury: no traceback
+
+    def listed() -> bool:
+        return {str(failed), str(asked)} <= {r["id"] for r in page.buried_rows()}
+
+    wait_until_sync(listed, timeout=DEADLINE, what="both buried jobs in the list")
+    page.click(f'#buried tr[data-job="{failed}"] button[data-action="view"]')
+    wait_until_sync(
+        lambda: page.js("return !document.getElementById('job-traceback').hidden"),
+        what="the traceback under the reason",
+    )
+    traceback = page.text("#job-traceback")
+    assert traceback.startswith("Traceback (most recent call last):")
+    assert ", in fail_hard" in traceback
+    assert ", in _charge" in traceback
+    assert traceback.endswith("ValueError: card 3 declined\n")
+    page.click(f'#buried tr[data-job="{asked}"] button[data-action="view"]')
+    wait_until_sync(
+        lambda: page.text("#job-title").startswith(f"Job {asked} "), what="the other job"
+    )
+    assert page.js("return document.getElementById('job-traceback').hidden")
+    with client(fleet) as c:
+        c.delete(failed)
+        c.delete(asked)

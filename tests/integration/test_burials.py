@@ -1,5 +1,6 @@
 """Burial records against a real beanstalkd: one row per buried job, from its latest
-record, however the records were written; stale ones deleted when read."""
+record, however the records were written; stale ones deleted when read; records at their
+size bound accepted by a default beanstalkd."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from tests.support.beanstalkd import BeanstalkdProcess
 from tubeworker.admin_ops import buried_records, kick_by_reason
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Client, connect, open_client, parse_address
-from tubeworker.burials import new_record, read_records, records_tube, write_record
+from tubeworker.burials import (
+    MAX_RECORD_BYTES,
+    new_record,
+    read_record,
+    read_records,
+    records_tube,
+    trim_traceback,
+    write_record,
+)
 
 TUBE = "graves"
 
@@ -81,3 +90,55 @@ async def test_given_a_job_kicked_and_buried_by_another_client_then_its_record_i
 
             assert await read_records(await reader(beanstalkd), TUBE) == []
             assert await records_left(client) == 0
+
+
+async def test_given_a_buried_job_then_its_latest_record_is_found_and_others_left_alone(
+    beanstalkd: BeanstalkdProcess,
+) -> None:
+    with trio.fail_after(10):
+        async with open_client(beanstalkd.address) as client:
+            await client.use(TUBE)
+            job_id = await client.put(b"job", ttr=60)
+            other = await client.put(b"other", ttr=60)
+            first = await bury(client, job_id)
+            await write_record(client, new_record(job_id, first, "handler_error", "old", 1))
+            other_stats = await bury(client, other)
+            await write_record(client, new_record(other, other_stats, "bad_body", "x", 1))
+            await client.kick_job(job_id)
+            second = await bury(client, job_id)
+            await write_record(
+                client,
+                new_record(job_id, second, "handler_error", "new", 2, traceback="T\n"),
+            )
+            now = await client.stats_job(job_id)
+
+            found = await read_record(await reader(beanstalkd), job_id, now)
+            assert found is not None
+            assert (found.attempt, found.reason, found.traceback) == (2, "new", "T\n")
+            assert await records_left(client) == 2  # the other job's record is still there
+            rows = await read_records(await reader(beanstalkd), TUBE)
+            assert sorted((r.job_id, r.reason) for r, _ in rows) == [
+                (job_id, "new"),
+                (other, "x"),
+            ]
+
+
+async def test_given_a_record_at_its_size_bound_then_a_default_beanstalkd_keeps_it(
+    beanstalkd: BeanstalkdProcess,
+) -> None:
+    frames = "".join(f'  File "h.py", line {i}, in h\n    "😀\\x00😀"\n' for i in range(2000))
+    text = trim_traceback(frames + "ValueError: 😀\n", "ValueError: 😀\n")
+    with trio.fail_after(10):
+        async with open_client(beanstalkd.address) as client:
+            await client.use(TUBE)
+            job_id = await client.put(b"job", ttr=60)
+            stats = await bury(client, job_id)
+            record = new_record(job_id, stats, "handler_error", "😀" * 5000, 1, traceback=text)
+            assert len(record.to_body()) <= MAX_RECORD_BYTES
+            await write_record(client, record)
+
+            now = await client.stats_job(job_id)
+            found = await read_record(await reader(beanstalkd), job_id, now)
+            assert found is not None
+            assert found.traceback.endswith("ValueError: 😀\n")
+            assert len(found.reason) == 1000

@@ -27,7 +27,7 @@ import greenstalk
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect
 from tubeworker.beanstalk.protocol import MAX_INT
-from tubeworker.burials import BurialRecord, read_records
+from tubeworker.burials import BurialRecord, read_record, read_records
 from tubeworker.config import duration_seconds
 from tubeworker.errors import (
     ConnectionLostError,
@@ -52,6 +52,7 @@ __all__ = [
     "RenderedBody",
     "admin_client",
     "attempts",
+    "burial_of",
     "buried_records",
     "count_buried",
     "delete_buried",
@@ -507,12 +508,19 @@ async def peek_job(
     return found, stats
 
 
+async def burial_of(address: Address, job_id: int, stats: p.JobStats) -> BurialRecord | None:
+    """The latest burial record of buried job ``job_id`` (``stats``: its stats), if it has
+    one. Its stale records are cleaned up on the way (``tubeworker.burials``)."""
+    async with admin_client(address) as reader:
+        return await read_record(reader, job_id, stats)
+
+
 async def buried_records(
     address: Address, tube: str, *, limit: int | None = None
 ) -> tuple[int, list[tuple[BurialRecord, p.JobStats]]]:
-    """How many jobs of ``tube`` are buried on this server, and the burial records of
-    those that have one (at most ``limit``), each with the job's stats. Stale records are
-    cleaned up on the way (``tubeworker.burials``)."""
+    """How many jobs of ``tube`` are buried on this server, and the latest burial record
+    of those that have one (at most ``limit`` jobs), each with the job's stats: one per
+    job. Stale records are cleaned up on the way (``tubeworker.burials``)."""
     async with admin_client(address) as client:
         try:
             count = (await client.stats_tube(tube)).current_jobs_buried
@@ -530,8 +538,8 @@ def attempts(stats: p.JobStats) -> int:
 
 
 async def kick_by_reason(address: Address, tube: str, text: str) -> int:
-    """Kick the buried jobs of ``tube`` whose recorded reason contains ``text`` (or whose
-    cause is ``text``); how many were kicked. A kicked job's record is deleted."""
+    """Kick the buried jobs of ``tube`` whose latest recorded reason contains ``text`` (or
+    whose cause is ``text``); how many were kicked. A kicked job's record is deleted."""
     _, records = await buried_records(address, tube)
     matching = [r for r, _ in records if text in r.reason or text == r.cause]
     kicked = 0

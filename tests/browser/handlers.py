@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from tubeworker import Bury, Job
+from tubeworker import Bury, Job, handler
 
 
 def _log(event: str, n: object) -> None:
@@ -46,3 +46,13 @@ async def bury_always(job: Job) -> None:
     """Buried with a reason, every time."""
     _log("buried", job.payload["n"])
     raise Bury(f"job {job.payload['n']} cannot be done")
+
+
+def _charge(card: str) -> None:
+    raise ValueError(f"card {card} declined")
+
+
+@handler(max_attempts=1)
+async def fail_hard(job: Job) -> None:
+    """Fails on its one attempt: buried with the handler's traceback."""
+    _charge(str(job.payload["n"]))

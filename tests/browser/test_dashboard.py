@@ -369,3 +369,35 @@ def test_given_tubeworkers_own_tubes_then_the_overview_hides_them_and_never_sums
     assert cards() == sums(False)
     page.click("#show-internal")
     wait_until_sync(lambda: page.row(key) is None, what="hidden again")
+
+
+def test_given_a_handler_error_buries_a_job_then_its_panel_shows_the_traceback(
+    fleet: Fleet, page: Page
+) -> None:
+    page.open(tube_view(fleet, "browser-bury"))
+    with client(fleet, "browser-bury") as c:
+        failed = c.put(envelope("fail_hard", 3))
+        asked = c.put(envelope("bury_once", 4))  # buried by Bury: no traceback
+
+    def listed() -> bool:
+        return {str(failed), str(asked)} <= {r["id"] for r in page.buried_rows()}
+
+    wait_until_sync(listed, timeout=DEADLINE, what="both buried jobs in the list")
+    page.click(f'#buried tr[data-job="{failed}"] button[data-action="view"]')
+    wait_until_sync(
+        lambda: page.js("return !document.getElementById('job-traceback').hidden"),
+        what="the traceback under the reason",
+    )
+    traceback = page.text("#job-traceback")
+    assert traceback.startswith("Traceback (most recent call last):")
+    assert ", in fail_hard" in traceback
+    assert ", in _charge" in traceback
+    assert traceback.endswith("ValueError: card 3 declined\n")
+    page.click(f'#buried tr[data-job="{asked}"] button[data-action="view"]')
+    wait_until_sync(
+        lambda: page.text("#job-title").startswith(f"Job {asked} "), what="the other job"
+    )
+    assert page.js("return document.getElementById('job-traceback').hidden")
+    with client(fleet) as c:
+        c.delete(failed)
+        c.delete(asked)

@@ -115,3 +115,12 @@ def record_followup_pid(job: Job) -> None:
         os.write(fd, f"put-by {job.payload['pid']}\n".encode())
     finally:
         os.close(fd)
+
+
+def _parse_rows(rows: list[str]) -> int:
+    return sum(int(row) for row in rows)
+
+
+def fail_in_process(job: Job) -> None:
+    """Sync, for compute pools: fails two frames deep, in a worker process."""
+    _parse_rows(["1", "two"])

@@ -374,3 +374,32 @@ async def test_given_another_sites_name_or_origin_then_the_dashboard_refuses_it(
     assert by_name.status_code == 200
     assert by_ip.status_code == 200
     assert upgrade.status_code == 403  # closed before the handshake: refused
+
+
+async def test_given_a_burial_with_a_traceback_then_the_job_panel_gets_it_once_per_job(
+    beanstalkd: BeanstalkdProcess,
+) -> None:
+    address = beanstalkd.address
+    failed, bad = await put_in_tubes(address, [("graves", b"{}"), ("graves", b"x")])
+    await bury_all(address, "graves")
+    traceback = 'Traceback (most recent call last):\n  File "h.py", line 3\nValueError: no\n'
+    async with open_client(address) as client:
+        stats = await client.stats_job(failed)
+        await write_record(client, new_record(failed, stats, "handler_error", "old", 1))
+        await client.kick_job(failed)  # kicked, run again and buried again
+        await client.reserve_job(failed)
+        stats = await client.stats_job(failed)
+        await client.bury(failed)
+        record = new_record(
+            failed, stats, "handler_error", "ValueError: no", 2, traceback=traceback
+        )
+        await write_record(client, record)
+        stats = await client.stats_job(bad)
+        await write_record(client, new_record(bad, stats, "bad_body", "not JSON", 1))
+    with trio.fail_after(30):
+        async with serving(beanstalkd) as http:
+            listed = (await http.get("/api/buried", params={"tube": "graves"})).json()
+    assert (listed["buried"], listed["recorded"]) == (2, 2)
+    jobs = {job["id"]: job for job in listed["jobs"]}
+    assert (jobs[failed]["reason"], jobs[failed]["traceback"]) == ("ValueError: no", traceback)
+    assert jobs[bad]["traceback"] is None

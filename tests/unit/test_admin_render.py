@@ -8,6 +8,8 @@ import json
 import pytest
 
 from tubeworker.beanstalk.client import Address
+from tubeworker.beanstalk.protocol import JobStats
+from tubeworker.burials import BurialRecord
 from tubeworker.cli.admin import (
     EX_DATAERR,
     EX_USAGE,
@@ -24,6 +26,8 @@ from tubeworker.cli.admin import (
     server_list,
     single_server,
 )
+from tubeworker.cli.buried import indented, one_line
+from tubeworker.cli.peek import render_job
 
 # --------------------------------------------------------------------------- JSON
 
@@ -239,3 +243,58 @@ def test_a_bad_server_is_a_usage_error() -> None:
 def test_render_table_aligns_names_left_and_numbers_right() -> None:
     table = render_table(["TUBE", "READY"], [["a", "1"], ["longer", "100"]])
     assert table.splitlines() == ["TUBE    READY", "a           1", "longer    100"]
+
+
+# --------------------------------------------------------------------------- burials
+
+
+def _buried_stats(state: str = "buried") -> JobStats:
+    return JobStats(
+        id=32, tube="shout", state=state, pri=1024, age=65, delay=0, ttr=60, time_left=0,
+        file=0, reserves=2, timeouts=0, releases=0, buries=2, kicks=1,
+    )  # fmt: skip
+
+
+def _burial(traceback: str = "") -> BurialRecord:
+    return BurialRecord(
+        job_id=32,
+        tube="shout",
+        created_at=1000.0,
+        buried_at=1060.0,
+        cause="handler_error",
+        reason="ValueError: \x1b[31mred\x1b[0m\nsecond line",
+        attempt=2,
+        kicks=1,
+        traceback=traceback,
+    )
+
+
+def test_given_a_buried_job_with_a_record_then_peek_says_why_and_where_safely() -> None:
+    traceback = 'Traceback (most recent call last):\n  File "h.py", line 3\nValueError: \x1b[2J\n'
+    text = render_job(32, _buried_stats(), b"{}", 100, _burial(traceback), now=1065.0)
+    assert "\x1b" not in text
+    lines = text.splitlines()
+    assert lines[lines.index("state: buried") + 6 :][:7] == [
+        "burial: handler_error, attempt 2, 5s ago",
+        "reason: ValueError: \\x1b[31mred\\x1b[0m\\nsecond line",
+        "traceback:",
+        "  Traceback (most recent call last):",
+        '    File "h.py", line 3',
+        "  ValueError: \\x1b[2J",
+        "body: 2 bytes, JSON",
+    ]
+
+
+def test_given_a_buried_job_without_a_record_or_traceback_then_peek_says_so() -> None:
+    bare = render_job(32, _buried_stats(), b"x", 100, None, now=1065.0)
+    assert "burial: no recorded reason (buried by another client" in bare
+    plain = render_job(32, _buried_stats(), b"x", 100, _burial(), now=1065.0)
+    assert "reason: ValueError" in plain
+    assert "traceback" not in plain
+    ready = render_job(32, _buried_stats("ready"), b"x", 100, None, now=1065.0)
+    assert "burial" not in ready
+
+
+def test_given_reasons_with_newlines_and_escapes_then_table_cells_stay_one_line() -> None:
+    assert one_line("a\nb\tc\x1b[0m") == "a\\nb\\tc\\x1b[0m"
+    assert indented("Traceback\n  File\x07\n") == "  Traceback\n    File\\x07"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import pickle
 import random
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import trio
@@ -189,6 +192,37 @@ async def test_given_exception_on_last_attempt_when_run_then_buried() -> None:
     assert outcome.priority == PRIORITY
     assert "ValueError: still bad" in outcome.reason
     assert "attempt 3 of 3" in outcome.reason
+
+
+async def test_given_exception_on_last_attempt_then_the_burial_keeps_its_traceback() -> None:
+    def parse(text: str) -> int:
+        return int(text)
+
+    async def broken(job: Job) -> None:
+        parse("seven")
+
+    outcome = await run(broken, attempt=3)
+    assert isinstance(outcome, BuryJob)
+    assert outcome.traceback.startswith("Traceback (most recent call last):\n")
+    assert ", in broken\n" in outcome.traceback
+    assert ", in parse\n" in outcome.traceback
+    assert outcome.traceback.endswith(
+        "ValueError: invalid literal for int() with base 10: 'seven'\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "request_", [Bury("malformed"), Retry(delay=5)], ids=["bury", "retry-at-the-last-attempt"]
+)
+async def test_given_the_handler_asks_for_its_burial_then_no_traceback(
+    request_: Exception,
+) -> None:
+    async def asks(job: Job) -> None:
+        raise request_
+
+    outcome = await run(asks, attempt=3)
+    assert isinstance(outcome, BuryJob)
+    assert outcome.traceback == ""
 
 
 async def test_given_retry_on_last_attempt_when_run_then_buried() -> None:
@@ -502,3 +536,38 @@ class _Exited:
 def test_which_worker_deaths_are_a_stop_of_the_group(exitcode: int, signum: int | None) -> None:
     error = RuntimeError("Worker died unexpectedly:", _Exited(exitcode))
     assert _stop_signal_of(error) == signum
+
+
+class _PickledWorkers:
+    """A process pool as trio-parallel is one: the function runs elsewhere and what it
+    raises comes back pickled (its frames lost on the way)."""
+
+    async def run(self, func: Callable[..., Any], *args: Any, limiter: object) -> object:
+        try:
+            return func(*args)
+        except Exception as exc:
+            raise pickle.loads(pickle.dumps(exc)) from None
+
+
+def _split_rows(text: str) -> list[int]:
+    return [int(row) for row in text.split(",")]
+
+
+def crunch_rows(job: Job) -> None:  # module level: a compute handler is pickled
+    _split_rows("1,two")
+
+
+async def test_given_a_compute_handler_fails_in_its_process_then_its_frames_come_back() -> None:
+    outcome = await run_job(
+        make_job(attempt=3),
+        spec_of(crunch_rows),
+        budget(attempt=3),
+        POLICY,
+        timeout=None,
+        profile="compute",
+        processes=_PickledWorkers(),
+    )
+    assert isinstance(outcome, BuryJob)
+    assert ", in crunch_rows\n" in outcome.traceback
+    assert ", in _split_rows\n" in outcome.traceback
+    assert outcome.traceback.endswith("ValueError: invalid literal for int() with base 10: 'two'\n")

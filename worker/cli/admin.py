@@ -139,7 +139,9 @@ def _add_peek(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="show a job: its stats and its body",
         description="peek ID, or peek TUBE ready|delayed|buried (the next job in that "
         "state). Bodies are shown safely: JSON pretty-printed, text with control characters "
-        "escaped, anything else as a hex dump; --raw writes the exact bytes.",
+        "escaped, anything else as a hex dump; --raw writes the exact bytes. A buried job "
+        "also shows why it was buried: the cause, reason and attempt the daemon recorded, "
+        "and the handler's traceback when an error buried it.",
     )
     peek.add_argument("target", metavar="ID|TUBE", help="a job id, or a tube with STATE")
     peek.add_argument("state", nargs="?", choices=("ready", "delayed", "buried"), help="STATE")
@@ -177,6 +179,9 @@ def _add_kick(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     buried.add_argument("tube", metavar="TUBE")
     buried.add_argument("--json", action="store_true", help="one JSON document instead")
+    buried.add_argument(
+        "-v", "--verbose", action="store_true", help="also each handler error's traceback"
+    )
     _server_option(buried, repeatable=True)
     kick_job = commands.add_parser(
         "kick-job",

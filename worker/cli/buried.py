@@ -1,6 +1,8 @@
 """``tubeworker buried TUBE``: each buried job with its age, attempts and why it was buried
-(the records the daemon keeps in beanstalkd: ``tubeworker.burials``); ``tubeworker kick
-TUBE --reason TEXT`` kicks only the jobs buried for a reason that contains TEXT."""
+(the latest of the records the daemon keeps in beanstalkd: ``tubeworker.burials``), with
+``--verbose`` the traceback of each job a handler error buried; ``tubeworker kick TUBE
+--reason TEXT`` kicks only the jobs whose latest burial was for a reason that contains
+TEXT."""
 
 from __future__ import annotations
 
@@ -12,9 +14,12 @@ from functools import partial
 from tubeworker.admin_ops import attempts, buried_records
 from tubeworker.admin_ops import kick_by_reason as kick_by_reason_op
 from tubeworker.beanstalk.client import Address
+from tubeworker.beanstalk.protocol import JobStats
+from tubeworker.burials import BurialRecord
 from tubeworker.cli.admin import (
     EX_OK,
     AdminError,
+    escape_text,
     fail,
     format_duration,
     render_table,
@@ -22,52 +27,93 @@ from tubeworker.cli.admin import (
     server_list,
 )
 
-__all__ = ["buried", "kick_by_reason"]
+__all__ = ["buried", "indented", "kick_by_reason", "one_line"]
+
+Listing = tuple[Address, int, list[tuple[BurialRecord, JobStats]]]
 
 
-async def _buried(addresses: Sequence[Address], tube: str, as_json: bool) -> int:
-    everything = []
+def one_line(text: str) -> str:
+    """``text`` safe in a table cell: control characters escaped, newlines and tabs too."""
+    return escape_text(text).replace("\n", "\\n").replace("\t", "\\t")
+
+
+def indented(text: str, prefix: str = "  ") -> str:
+    """A traceback safe on a terminal (control characters escaped), each line indented."""
+    return "\n".join(prefix + line for line in escape_text(text).rstrip("\n").split("\n"))
+
+
+def _document(everything: Sequence[Listing]) -> str:
+    document = [
+        {
+            "server": str(address),
+            "buried": count,
+            "jobs": [
+                {
+                    "id": record.job_id,
+                    "age": stats.age,
+                    "attempts": attempts(stats),
+                    "cause": record.cause,
+                    "reason": record.reason,
+                    "attempt": record.attempt,
+                    "buried_at": record.buried_at,
+                    "traceback": record.traceback or None,
+                }
+                for record, stats in records
+            ],
+        }
+        for address, count, records in everything
+    ]
+    return json.dumps(document, indent=2)
+
+
+def _listing(
+    tube: str,
+    address: Address,
+    count: int,
+    records: list[tuple[BurialRecord, JobStats]],
+    verbose: bool,
+) -> str:
+    records = sorted(records, key=lambda pair: pair[0].job_id)
+    lines = [f"{address}: {count} buried in {tube!r}"]
+    rows = [
+        [
+            str(r.job_id),
+            format_duration(s.age),
+            str(attempts(s)),
+            one_line(r.cause),
+            one_line(r.reason),
+        ]
+        for r, s in records
+    ]
+    if rows:
+        lines.append(
+            render_table(
+                ["ID", "AGE", "ATTEMPTS", "CAUSE", "REASON"], rows, left=frozenset({0, 3, 4})
+            )
+        )
+    if count > len(records):
+        lines.append(
+            f"({count - len(records)} buried with no recorded reason: by another "
+            "client, or before tubeworker kept reasons)"
+        )
+    if verbose:
+        for record, _ in records:
+            if record.traceback:
+                heading = f"job {record.job_id}, attempt {record.attempt}, {record.cause}:"
+                lines += ["", one_line(heading), indented(record.traceback)]
+    return "\n".join(lines)
+
+
+async def _buried(addresses: Sequence[Address], tube: str, as_json: bool, verbose: bool) -> int:
+    everything: list[Listing] = []
     for address in addresses:
         count, records = await buried_records(address, tube)
         everything.append((address, count, records))
     if as_json:
-        document = [
-            {
-                "server": str(address),
-                "buried": count,
-                "jobs": [
-                    {
-                        "id": record.job_id,
-                        "age": stats.age,
-                        "attempts": attempts(stats),
-                        "cause": record.cause,
-                        "reason": record.reason,
-                        "buried_at": record.buried_at,
-                    }
-                    for record, stats in records
-                ],
-            }
-            for address, count, records in everything
-        ]
-        print(json.dumps(document, indent=2))
+        print(_document(everything))
         return EX_OK
     for address, count, records in everything:
-        rows = [
-            [str(r.job_id), format_duration(s.age), str(attempts(s)), r.cause, r.reason]
-            for r, s in sorted(records, key=lambda pair: pair[0].job_id)
-        ]
-        print(f"{address}: {count} buried in {tube!r}")
-        if rows:
-            print(
-                render_table(
-                    ["ID", "AGE", "ATTEMPTS", "CAUSE", "REASON"], rows, left=frozenset({0, 3, 4})
-                )
-            )
-        if count > len(records):
-            print(
-                f"({count - len(records)} buried with no recorded reason: by another "
-                "client, or before tubeworker kept reasons)"
-            )
+        print(_listing(tube, address, count, records, verbose))
     return EX_OK
 
 
@@ -76,7 +122,7 @@ def buried(args: argparse.Namespace) -> int:
         addresses = server_list(args)
     except AdminError as exc:
         return fail(exc)
-    return run_admin(partial(_buried, addresses, args.tube, args.json))
+    return run_admin(partial(_buried, addresses, args.tube, args.json, args.verbose))
 
 
 async def _kick_by_reason(addresses: Sequence[Address], tube: str, text: str) -> int:

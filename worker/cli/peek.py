@@ -1,16 +1,19 @@
-"""``tubeworker peek ID`` and ``tubeworker peek TUBE ready|delayed|buried``: a job's stats
-and its body shown safely, or with ``--raw`` the body's exact bytes."""
+"""``tubeworker peek ID`` and ``tubeworker peek TUBE ready|delayed|buried``: a job's stats,
+why it was buried (for a buried job: its latest burial record, traceback included), and its
+body shown safely, or with ``--raw`` the body's exact bytes."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from functools import partial
 
-from tubeworker.admin_ops import peek_job, task_of
+from tubeworker.admin_ops import burial_of, peek_job, task_of
 from tubeworker.beanstalk.client import Address
 from tubeworker.beanstalk.protocol import MAX_INT, JobStats
+from tubeworker.burials import BurialRecord
 from tubeworker.cli.admin import (
     EX_OK,
     EX_USAGE,
@@ -22,6 +25,7 @@ from tubeworker.cli.admin import (
     run_admin,
     single_server,
 )
+from tubeworker.cli.buried import indented, one_line
 
 __all__ = ["peek", "render_job"]
 
@@ -36,8 +40,34 @@ def _timing(stats: JobStats) -> list[str]:
     return [f"age: {format_duration(stats.age)}", delay, ttr]
 
 
-def render_job(job_id: int, stats: JobStats | None, body: bytes, limit: int) -> str:
-    """The job's facts, then its body, safe for a terminal."""
+def _burial(record: BurialRecord | None, now: float) -> list[str]:
+    """Why a buried job was buried, from its record (safe for a terminal)."""
+    if record is None:
+        return [
+            "burial: no recorded reason (buried by another client, or before tubeworker "
+            "kept reasons)"
+        ]
+    ago = format_duration(max(0, int(now - record.buried_at)))
+    lines = [
+        f"burial: {one_line(record.cause)}, attempt {record.attempt}, {ago} ago",
+        f"reason: {one_line(record.reason)}",
+    ]
+    if record.traceback:
+        lines += ["traceback:", indented(record.traceback)]
+    return lines
+
+
+def render_job(
+    job_id: int,
+    stats: JobStats | None,
+    body: bytes,
+    limit: int,
+    burial: BurialRecord | None = None,
+    *,
+    now: float | None = None,
+) -> str:
+    """The job's facts (for a buried job, why: ``burial``), then its body, safe for a
+    terminal."""
     lines = [f"id: {job_id}"]
     if stats is None:
         lines.append("(its stats are gone: the job was deleted meanwhile)")
@@ -51,6 +81,8 @@ def render_job(job_id: int, stats: JobStats | None, body: bytes, limit: int) -> 
             f"counters: reserves {stats.reserves}, timeouts {stats.timeouts}, releases "
             f"{stats.releases}, buries {stats.buries}, kicks {stats.kicks}",
         ]
+        if stats.state == "buried":
+            lines += _burial(burial, time.time() if now is None else now)
     task = task_of(body)
     if task is not None:
         lines.append(f"task: {json.dumps(task, ensure_ascii=True)}")
@@ -68,8 +100,11 @@ async def _peek(address: Address, target: str, state: str | None, raw: bool, lim
     if raw:
         sys.stdout.buffer.write(found.body)
         sys.stdout.buffer.flush()
-    else:
-        print(render_job(found.id, stats, found.body, limit), flush=True)
+        return EX_OK
+    burial = None
+    if stats is not None and stats.state == "buried":
+        burial = await burial_of(address, found.id, stats)
+    print(render_job(found.id, stats, found.body, limit, burial), flush=True)
     return EX_OK
 
 

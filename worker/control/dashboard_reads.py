@@ -152,6 +152,7 @@ class DashboardReads:
                 "priority": stats.pri,
                 "cause": record.cause,
                 "reason": record.reason,
+                "traceback": record.traceback or None,
                 "buried_at": record.buried_at,
                 "preview": previews.get(record.job_id),
             }

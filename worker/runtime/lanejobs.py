@@ -265,7 +265,12 @@ class LaneJobs:
         if records is not None and isinstance(outcome, BuryJob):
             stats = finished.stats
             record = new_record(
-                finished.job_id, stats, outcome.cause.value, outcome.detail, attempt_number(stats)
+                finished.job_id,
+                stats,
+                outcome.cause.value,
+                outcome.detail,
+                attempt_number(stats),
+                traceback=outcome.traceback,
             )
             records.add(self.address, record)
         if self.excuses._counts and not isinstance(command, p.Release):

@@ -80,11 +80,13 @@ class ReleaseJob(_Described):
 
 @dataclass(frozen=True, slots=True)
 class BuryJob(_Described):
-    """Stop trying: ``bury`` at the job's priority; the reason goes to the log."""
+    """Stop trying: ``bury`` at the job's priority; the reason goes to the log. The
+    traceback (bounded) of the error that buried it goes to its burial record only."""
 
     priority: int
     cause: Cause
     detail: str
+    traceback: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, Literal, Protocol
 
 import structlog
 import trio
 
+from tubeworker.burials import format_traceback
 from tubeworker.job import Bury, HandlerSpec, Job, JobRecord, Middleware, Retry, Verdict
 from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob, ReturnJob
 from tubeworker.runtime.policy import Budget, RetryPolicy, failure_outcome
@@ -40,8 +42,23 @@ class ProcessPool(Protocol):
 
 
 def run_in_process(func: Callable[[Job], Any], record: JobRecord) -> None:
-    """In a worker process: the handler gets a Job rebuilt from plain data."""
-    func(Job.from_record(record))
+    """In a worker process: the handler gets a Job rebuilt from plain data. What it raises
+    takes its traceback along as text (a pickled exception loses its frames)."""
+    try:
+        func(Job.from_record(record))
+    except Exception as exc:
+        exc.__dict__[_TRACEBACK] = format_traceback(exc)
+        raise
+
+
+_TRACEBACK = "_tubeworker_traceback"  # set on exceptions raised in a worker process
+
+
+def _traceback_of(exc: BaseException) -> str:
+    """The handler's traceback, bounded (tubeworker.burials), from its worker process if
+    it ran in one."""
+    remote = getattr(exc, _TRACEBACK, None)
+    return remote if isinstance(remote, str) else format_traceback(exc)
 
 
 _DELETE = DeleteJob()
@@ -254,7 +271,7 @@ def _outcome_for(
             delay=retry.delay,
             rng=rng,
         )
-    return failure_outcome(
+    outcome = failure_outcome(
         budget,
         policy,
         priority=job.priority,
@@ -262,3 +279,6 @@ def _outcome_for(
         detail=_describe(exc),
         rng=rng,
     )
+    if isinstance(outcome, BuryJob):  # its burial record keeps where it failed
+        return replace(outcome, traceback=_traceback_of(exc))
+    return outcome

@@ -154,6 +154,8 @@ function renderJob(doc, record) {
     : [["stats", "gone (deleted meanwhile)"]];
   if (record) facts.push(["cause", record.cause], ["reason", record.reason]);
   $("job-stats").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+  $("job-traceback").hidden = !(record && record.traceback);
+  $("job-traceback").textContent = (record && record.traceback) || "";
   $("job-kind").textContent = `body: ${fmtInt(doc.body.size)} bytes, ${doc.body.kind}`;
   $("job-body").textContent = doc.body.text;
   $("job-note").hidden = !doc.body.note;

@@ -63,10 +63,10 @@ from tubeworker.flow import (
 )
 from tubeworker.job import HandlerSpec, Middleware, Verdict, spec_of
 from tubeworker.runtime.dispatch import DispatchRules, Plan, effective_policy, plan_job
+from tubeworker.runtime.invoke import run_job, verdict_of
 from tubeworker.runtime.outcome import BuryJob, DeleteJob, ReleaseJob, ReturnJob
 from tubeworker.runtime.policy import RetryPolicy
-from tubeworker.runtime.runner import run_job, verdict_of
-from tubeworker.runtime.running import handler_timeout
+from tubeworker.runtime.run import handler_timeout
 
 __all__ = ["ApiCall", "HttpStub", "Outcome", "Put", "run", "run_async"]
 

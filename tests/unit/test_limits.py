@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tubeworker.config import LimitConfig, load_config
 from tubeworker.errors import ConfigError
 from tubeworker.flow.limits import Lease, Limits, TokenBucket, Wait, key_of
-from tubeworker.runtime.tokens import token_tubes
+from tubeworker.flow.tokens import token_tubes
 
 
 class Clock:

@@ -47,7 +47,7 @@ from tubeworker.producer import (
     to_seconds,
 )
 from tubeworker.runtime import processes
-from tubeworker.runtime.runner import run_in_process
+from tubeworker.runtime.invoke import run_in_process
 from tubeworker.runtime.services import put_servers
 
 A = parse_address("10.0.0.1:11300")

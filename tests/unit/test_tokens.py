@@ -9,7 +9,7 @@ import greenstalk
 
 from tubeworker.beanstalk.client import Address, Client
 from tubeworker.config import Config, LimitConfig
-from tubeworker.runtime.tokens import (
+from tubeworker.flow.tokens import (
     TOKEN_TTR,
     TokenBroker,
     TokenGroup,

@@ -23,7 +23,7 @@ from tubeworker.control.board import TubeBoard
 from tubeworker.control.dashboard import Dashboard
 from tubeworker.control.fleet import Fleet, run_fleet_poller
 from tubeworker.control.metrics import TubeDepths, build_registry, run_tube_poller
-from tubeworker.runtime.apis import tube_apis
+from tubeworker.flow.apis import tube_apis
 from tubeworker.runtime.state import WorkerState
 
 __all__ = ["hypercorn_config", "read_token", "run_control_plane"]

@@ -20,7 +20,7 @@ Everything here is synchronous and pure (an injected clock); the runtime asks::
         ...wait ``outcome.seconds`` (None: until a running job ends) or defer the job...
 
 Limits with ``fleet`` set are not enforced here: the runtime takes a token from beanstalkd
-for them (``tubeworker.runtime.tokens``), so that every worker on the server shares them.
+for them (``tubeworker.flow.tokens``), so that every worker on the server shares them.
 """
 
 from __future__ import annotations

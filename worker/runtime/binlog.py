@@ -18,7 +18,11 @@ shown in ``/status`` and the metrics.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, TypeGuard
 
 import greenstalk
 import structlog
@@ -27,14 +31,19 @@ import trio
 from tubeworker.beanstalk.client import Address, connect
 from tubeworker.config import Config
 from tubeworker.errors import ConnectionLostError, ProtocolError
+from tubeworker.runtime.outcome import BuryJob, Cause, Outcome, ReleaseJob
 from tubeworker.tubes import INTERNAL_PREFIX
 
-__all__ = ["PROBE_EVERY", "BinlogHealth", "run_binlog_probe"]
+if TYPE_CHECKING:
+    from tubeworker.runtime.run import Run
+
+__all__ = ["PROBE_EVERY", "BinlogHealth", "hold_for_binlog", "needs_room", "run_binlog_probe"]
 
 log = structlog.get_logger("tubeworker")
 
 PROBE_EVERY = 5.0  # seconds between probes of a full server
 _PROBE_TUBE = INTERNAL_PREFIX + "probe"
+_HELD_POLL = 1.0  # a job held for binlog room looks again at least this often (a drain)
 
 
 class BinlogHealth:
@@ -115,3 +124,41 @@ async def _probe(config: Config, address: Address) -> bool:
     except (ConnectionLostError, ProtocolError, trio.TooSlowError, OSError, greenstalk.Error):
         return False  # cannot tell: ask again later
     return True
+
+
+def needs_room(outcome: Outcome) -> TypeGuard[ReleaseJob | BuryJob]:
+    """An outcome beanstalkd must write to its binlog: a release with a delay, a bury."""
+    return isinstance(outcome, BuryJob) or (isinstance(outcome, ReleaseJob) and outcome.delay > 0)
+
+
+async def hold_for_binlog(
+    run: Run,
+    outcome: ReleaseJob | BuryJob,
+    binlog: BinlogHealth,
+    draining: Callable[[], bool],
+) -> Outcome:
+    """The run's server has no binlog room: hold the job, touched, for its backoff, then
+    release it with delay 0 (no record needed); hold a burial until the server has room.
+    A drain releases a held failure at once and hands back a held burial (cancelling the
+    run's scope)."""
+    now = trio.current_time()
+    due = now + outcome.delay if isinstance(outcome, ReleaseJob) else math.inf
+    run.hold()
+    binlog.held += 1
+    try:
+        while binlog.full and not draining() and trio.current_time() < due:
+            with trio.move_on_at(min(due, trio.current_time() + _HELD_POLL)):
+                await binlog.wait_recovered()
+    finally:
+        binlog.held -= 1
+    if not binlog.full:  # room again: its outcome as decided, the rest of its backoff
+        if isinstance(outcome, ReleaseJob):
+            left = max(1, math.ceil(due - trio.current_time()))
+            return replace(outcome, delay=min(outcome.delay, left))
+        return outcome
+    if isinstance(outcome, BuryJob):  # draining: it cannot be buried, it goes back
+        run.give_back(Cause.BINLOG_FULL, "draining while its burial waited for binlog room")
+        await trio.lowlevel.checkpoint()  # the cancelled scope ends the run here
+    waited = round(trio.current_time() - now)
+    detail = f"{outcome.detail} (binlog full: released with delay 0 after {waited} s)"
+    return ReleaseJob(0, outcome.priority, outcome.cause, detail)

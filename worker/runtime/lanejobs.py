@@ -24,10 +24,11 @@ from tubeworker.returns import new_return
 from tubeworker.runtime.dispatch import Plan, plan_job
 from tubeworker.runtime.outbox import Entry, Outbox
 from tubeworker.runtime.outcome import BuryJob, Cause, Outcome, ReturnJob
+from tubeworker.runtime.outcome_log import Finished, OutcomeLog, command_for, refused, unapplied
 from tubeworker.runtime.policy import attempt_number
 from tubeworker.runtime.pool import Pool
-from tubeworker.runtime.record import Finished, OutcomeLog, command_for, refused, unapplied
-from tubeworker.runtime.running import Run, Runs
+from tubeworker.runtime.run import Run
+from tubeworker.runtime.runs import Runs
 from tubeworker.runtime.slots import Slot
 
 if TYPE_CHECKING:
@@ -104,15 +105,10 @@ class LaneJobs:
             profile=pool.config.profile,
             limiter=pool.limiter,
             processes=pool.processes,
+            admission=pool.admission,
             middleware=services.middleware,
-            tracker=services.tracker,
             draining=lambda: self.state.draining,
-            log=log,
             defer=self._put_copy,
-            other_work=lambda: bool(pool.watchable()[0]),
-            limits=services.limits,
-            tokens=services.token_groups,
-            limits_changed=services.limit_released,
             binlog=services.binlog(address),
         )
         self.server_id = str(address)  # the server's instance id once connected

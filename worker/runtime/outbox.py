@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import trio
 
 from tubeworker.beanstalk import protocol as p
-from tubeworker.runtime.record import Finished
+from tubeworker.runtime.outcome_log import Finished
 from tubeworker.runtime.slots import Slot
 
 __all__ = ["Entry", "Outbox"]

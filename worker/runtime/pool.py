@@ -11,9 +11,10 @@ import trio
 from tubeworker.beanstalk.client import Address, connect
 from tubeworker.config import PoolConfig
 from tubeworker.errors import ConnectionLostError, ProtocolError
+from tubeworker.runtime.admission import Admission
 from tubeworker.runtime.dispatch import DispatchRules
+from tubeworker.runtime.invoke import ProcessPool
 from tubeworker.runtime.policy import RetryPolicy
-from tubeworker.runtime.runner import ProcessPool
 from tubeworker.runtime.services import Services
 from tubeworker.tubes import is_pattern, matches_any
 
@@ -63,6 +64,17 @@ class Pool:
         # per tube ([api.NAME] tubes). Without either, lanes never ask the tracker.
         self.bound_apis = frozenset(self.rules.bound.apis) if self.rules.bound else frozenset()
         self.gated = bool(self.bound_apis or services.tube_apis)
+        state = services.state
+        self.admission = Admission(
+            tracker=services.tracker,
+            limits=services.limits,
+            tokens=services.token_groups,
+            counters=state.counters,
+            draining=lambda: state.draining,
+            other_work=lambda: bool(self.watchable()[0]),
+            limits_changed=services.limit_released,
+            log=self.log,
+        )
 
     def apis_of(self, tube: str) -> frozenset[str]:
         """The APIs every job of ``tube`` needs (before its handler is known)."""

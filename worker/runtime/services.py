@@ -23,11 +23,11 @@ if TYPE_CHECKING:
     import httpx
 
     from tubeworker.config import Config
+    from tubeworker.flow.tokens import TokenGroup
     from tubeworker.job import Middleware
     from tubeworker.registry import Registry
     from tubeworker.runtime.slots import InFlight
     from tubeworker.runtime.state import WorkerState
-    from tubeworker.runtime.tokens import TokenGroup
 
 __all__ = ["LaneProducer", "Services", "SharedHttp", "put_servers"]
 

@@ -19,11 +19,11 @@ import trio
 from tubeworker.beanstalk.client import Address
 from tubeworker.flow import ApiTracker
 from tubeworker.flow.limits import Limits
+from tubeworker.flow.tokens import FleetTokens, TokenGroup
 from tubeworker.observe.counters import JobCounters
 from tubeworker.observe.events import EventBus
 from tubeworker.runtime.binlog import BinlogHealth
 from tubeworker.runtime.outcome import Cause
-from tubeworker.runtime.tokens import FleetTokens, TokenGroup
 
 __all__ = ["BusyLane", "LaneStatistics", "LaneView", "WorkerState"]
 

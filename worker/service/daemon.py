@@ -17,10 +17,11 @@ import structlog
 import trio
 
 from tubeworker.config import Config
+from tubeworker.flow.apis import build_tracker, log_transitions, run_tube_pauser, tube_apis
 from tubeworker.flow.limits import Limits
+from tubeworker.flow.tokens import fleet_tokens
 from tubeworker.observe.logs import line_buffer
 from tubeworker.registry import Registry
-from tubeworker.runtime.apis import build_tracker, log_transitions, run_tube_pauser, tube_apis
 from tubeworker.runtime.binlog import run_binlog_probe
 from tubeworker.runtime.lane import Lane
 from tubeworker.runtime.records import (
@@ -33,7 +34,6 @@ from tubeworker.runtime.serve import run_pool
 from tubeworker.runtime.services import Services
 from tubeworker.runtime.slots import InFlight
 from tubeworker.runtime.state import WorkerState
-from tubeworker.runtime.tokens import fleet_tokens
 from tubeworker.service.notify import Notifier
 from tubeworker.service.stall import run_stall_detector
 from tubeworker.service.status import DRAIN_MARGIN, run_drain_updates, run_status_updates

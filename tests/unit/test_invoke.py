@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from tubeworker.job import Bury, HandlerSpec, Job, Retry, handler, spec_of
+from tubeworker.runtime.invoke import run_job
 from tubeworker.runtime.outcome import (
     BuryJob,
     Cause,
@@ -25,7 +26,6 @@ from tubeworker.runtime.outcome import (
 )
 from tubeworker.runtime.policy import Budget, RetryPolicy
 from tubeworker.runtime.processes import WorkerStopped, _stop_signal_of
-from tubeworker.runtime.runner import run_job
 
 PRIORITY = 77
 POLICY = RetryPolicy(max_attempts=3, backoff_base=4.0, backoff_cap=3600.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tubeworker.job import handler
-from tubeworker.runtime.running import handler_timeout, touch_interval
+from tubeworker.runtime.run import handler_timeout, touch_interval
 
 
 async def _noop(job: object) -> None:

@@ -7,7 +7,7 @@ from structlog.testing import capture_logs
 from tubeworker.beanstalk import protocol as p
 from tubeworker.observe.counters import JobCounters
 from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, ReleaseJob, ReturnJob
-from tubeworker.runtime.record import Finished, OutcomeLog, command_for, unapplied
+from tubeworker.runtime.outcome_log import Finished, OutcomeLog, command_for, unapplied
 
 STATS = p.JobStats(7, "jobs", "reserved", 99, 0, 0, 60, 59, 0, 1, 0, 0, 0, 0)
 

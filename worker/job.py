@@ -27,6 +27,7 @@ __all__ = [
     "Middleware",
     "Retry",
     "Verdict",
+    "attach_services",
     "handler",
     "services_for_records",
     "spec_of",
@@ -98,6 +99,12 @@ def services_for_records(services: _JobServices | None) -> Iterator[None]:
         yield
     finally:
         _record_services.reset(token)
+
+
+def attach_services(job: Job, services: _JobServices) -> None:
+    """Give ``job`` what ``touch``, ``put``, ``http`` and ``api`` reach (its lane does, once
+    dispatch has built the job; the test kit gives its recorder)."""
+    job._services = services
 
 
 def _put_body(

@@ -61,7 +61,7 @@ from tubeworker.flow import (
     TrackingTransport,
     call_api,
 )
-from tubeworker.job import HandlerSpec, Middleware, Verdict, spec_of
+from tubeworker.job import HandlerSpec, Middleware, Verdict, attach_services, spec_of
 from tubeworker.runtime.dispatch import DispatchRules, Plan, effective_policy, plan_job
 from tubeworker.runtime.invoke import run_job, verdict_of
 from tubeworker.runtime.outcome import BuryJob, DeleteJob, ReleaseJob, ReturnJob
@@ -299,7 +299,7 @@ async def run_async(
             return recorder.outcome(plan, attempt, budget, None, ran=False)
         margin = ttr_margin if ttr_margin is not None else defaults.ttr_margin
         deadline = handler_timeout(plan.spec, timeout, plan.job.ttr, margin)
-        plan.job._services = recorder  # as the lane gives a job its own services
+        attach_services(plan.job, recorder)  # as the lane gives a job its own services
         recorder.caller = Caller(plan.handler, tuple(sorted(set(plan.spec.apis))))
         declared = CALLER.set(recorder.caller if plan.spec.apis else None)  # as the lane does
         try:

@@ -139,7 +139,7 @@ async def test_given_jobs_held_when_more_come_then_reserves_fill_the_free_slots(
     async with lane_rig(held, slots=4) as rig:
         for _ in range(6):
             rig.server.put()
-        await wait_for(lambda: len(rig.lane.runs) == 4)
+        await wait_for(lambda: len(rig.lane.jobs) == 4)
         assert rig.in_flight.statistics().held == 4
         release.set()
         await wait_for(lambda: not rig.server.jobs)
@@ -159,7 +159,7 @@ async def test_given_a_connection_lost_mid_batch_then_no_slot_leaks_and_nothing_
 
     async with lane_rig(held, slots=3, max_in_flight=3) as rig:
         first = [rig.server.put() for _ in range(3)]
-        await wait_for(lambda: len(rig.lane.runs) == 3)
+        await wait_for(lambda: len(rig.lane.jobs) == 3)
         # The server dies on the lane's next write, with the handlers' outcomes unsent.
         rig.server.close_on = lambda command: command.startswith("delete")
         release.set()
@@ -193,7 +193,7 @@ async def test_given_a_handler_running_when_the_connection_dies_then_it_is_cance
 
     async with lane_rig(slow, slots=2) as rig:
         job_id = rig.server.put()
-        await wait_for(lambda: len(rig.lane.runs) == 1)
+        await wait_for(lambda: len(rig.lane.jobs) == 1)
         conn = rig.server.connections[0]
         rig.server._give_back(conn)  # the server side goes away: EOF on our idle socket
         await trio.aclose_forcefully(conn.stream)
@@ -230,7 +230,7 @@ async def test_given_a_touch_answered_not_found_then_the_handler_stops_and_nothi
 
     async with lane_rig(long) as rig:
         job_id = rig.server.put(ttr=4)
-        await wait_for(lambda: len(rig.lane.runs) == 1)
+        await wait_for(lambda: len(rig.lane.jobs) == 1)
         rig.server.jobs[job_id].owner = 99  # its TTR ran out and another worker has it
         await wait_for(lambda: bool(rig.events("job returned")))
         assert rig.events("job returned")[0]["cause"] == "not_ours"
@@ -252,7 +252,7 @@ async def test_given_deadline_soon_then_it_counts_as_no_job(
 
     async with lane_rig(held, slots=3) as rig:
         first = rig.server.put()
-        await wait_for(lambda: len(rig.lane.runs) == 1)
+        await wait_for(lambda: len(rig.lane.jobs) == 1)
         rig.server.deadline_soon = True  # the held job is in its safety margin
         second = rig.server.put()
         await trio.sleep(1)
@@ -285,10 +285,10 @@ async def test_given_stats_job_not_found_then_that_job_is_skipped_and_the_lane_g
 
     async with lane_rig(held, slots=3) as rig:
         first = rig.server.put()
-        await wait_for(lambda: len(rig.lane.runs) == 1)
+        await wait_for(lambda: len(rig.lane.jobs) == 1)
         stale, fresh = rig.server.put(), rig.server.put()
         rig.server.stats_not_found.add(stale)
-        await wait_for(lambda: len(rig.lane.runs) == 2)
+        await wait_for(lambda: len(rig.lane.jobs) == 2)
         rig.server.stats_not_found.clear()
         release.set()
         await wait_for(lambda: first not in rig.server.jobs and fresh not in rig.server.jobs)
@@ -309,7 +309,7 @@ async def test_given_jobs_running_when_draining_then_they_finish_and_their_delet
 
     async with lane_rig(slowish, slots=3) as rig:
         ids = [rig.server.put() for _ in range(3)]
-        await wait_for(lambda: len(rig.lane.runs) == 3)
+        await wait_for(lambda: len(rig.lane.jobs) == 3)
         assert rig.state.in_flight_by_tube() == {"jobs": 3}  # what /status reports
         rig.state.begin_drain("test")
         extra = rig.server.put()
@@ -345,7 +345,7 @@ async def test_given_a_busy_lane_when_the_link_goes_silent_then_a_heartbeat_find
 
     async with lane_rig(long, slots=1) as rig:
         rig.server.put(ttr=100)
-        await wait_for(lambda: len(rig.lane.runs) == 1)
+        await wait_for(lambda: len(rig.lane.jobs) == 1)
         silenced = trio.current_time()
         rig.server.silent = True
         await wait_for(lambda: bool(rig.events("connection lost")), timeout=60)

@@ -157,6 +157,11 @@ class Transport:
 
     # ---- state
 
+    def learned(self, stats: p.ServerStats) -> None:
+        """The server's ``stats`` (taken when connecting): its limits apply from now on."""
+        self.server = stats
+        self._proto.max_job_size = stats.max_job_size
+
     @property
     def is_usable(self) -> bool:
         return self._lost is None
@@ -517,8 +522,7 @@ async def connect(
         ) from None
     except OSError as exc:
         raise ConnectionLostError(f"cannot connect to beanstalkd at {address}: {exc}") from exc
-    client.server = stats
-    client._proto.max_job_size = stats.max_job_size
+    client.learned(stats)
     return client
 
 

@@ -23,6 +23,7 @@ Never silently stop:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import trio
 
@@ -38,11 +39,24 @@ from tubeworker.runtime.pool import Pool
 from tubeworker.runtime.slots import Slot
 from tubeworker.runtime.state import LaneStatistics
 
-__all__ = ["Lane"]
+__all__ = ["Done", "Lane", "Lost"]
 
 # While a lane holds jobs it cannot block in reserve; with free slots it looks for new
 # jobs at least this often (and after every outcome).
 _POLL_INTERVAL = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The pump stopped: fetching stopped (drain, quiet, a job handed back by closing the
+    connection) and the lane holds nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """The pump stopped: the connection was lost (why)."""
+
+    error: str
 
 
 class Lane:
@@ -60,7 +74,6 @@ class Lane:
         self.connected_once = trio.Event()
         self._outbox = Outbox()
         self.jobs = LaneJobs(pool, address, self._outbox, self.log)
-        self.runs = self.jobs.runs
         self._batch = BatchLimits(slots, self.config.batch_bytes)
         self._watched: frozenset[str] = frozenset({"default"})
         self._last_io = 0.0  # trio time of the last exchange: heartbeats after silence
@@ -74,8 +87,7 @@ class Lane:
             client = await self._connect()
             if client is None:
                 continue  # fetching stopped while connecting
-            lost: str | None = None
-            self.jobs.confirmed = 0
+            ended: Done | Lost = Done()
             self._connected = True
             try:
                 async with trio.open_nursery() as connection:
@@ -83,11 +95,11 @@ class Lane:
                     # per read on this path).
                     await connection.start(client.run_watchdog)
                     async with trio.open_nursery() as handlers:
-                        lost = await self._pump(client, handlers)
-                        if lost is not None:
+                        ended = await self._pump(client, handlers)
+                        if isinstance(ended, Lost):
                             self.jobs.return_job(
                                 Cause.CONNECTION_LOST,
-                                f"connection lost while the handler ran ({lost})",
+                                f"connection lost while the handler ran ({ended.error})",
                                 lost=True,
                             )
                     connection.cancel_scope.cancel()
@@ -95,11 +107,11 @@ class Lane:
                 self._connected = False
                 await client.aclose()
                 owed = self.jobs.connection_ended()
-            if lost is None:
+            if isinstance(ended, Done):
                 failures = 0
                 continue
             failures += 1
-            self._lost(lost, owed)
+            self._lost(ended.error, owed)
             await self._pause_before_reconnect(failures)
 
     def statistics(self) -> LaneStatistics:
@@ -108,7 +120,7 @@ class Lane:
             index=self.index,
             address=self.address,
             slots=self.slots,
-            jobs=len(self.runs),
+            jobs=len(self.jobs),
             connected=self._connected,
             batch_cap=self._batch.cap,
             tubes=tuple(sorted(self.pool.tubes)),
@@ -140,8 +152,7 @@ class Lane:
             client = await open_lane_connection(self)
             self._watched = frozenset({"default"})
             self._last_io = trio.current_time()
-            if client.server is not None and client.server.id:
-                self.jobs.server_id = client.server.id
+            self.jobs.connected(client.server.id if client.server is not None else None)
             self.connected_once.set()
             return client
         return None  # fetching stopped while connecting
@@ -152,35 +163,35 @@ class Lane:
 
     # ---- the pump
 
-    async def _pump(self, client: Client, handlers: trio.Nursery) -> str | None:
-        """Serve the connection until fetching stops and no job is left (None), or until
-        the connection is lost (the reason)."""
+    async def _pump(self, client: Client, handlers: trio.Nursery) -> Done | Lost:
+        """Serve the connection until fetching stops and no job is left, or until the
+        connection is lost."""
         try:
             with self.state.fetch_scope() as scope:
                 await self.pool.wait_for_tubes()
             if scope.cancelled_caught:
-                return None
+                return Done()
             while True:
                 wanted, until = self.pool.watchable()
                 blocked = not wanted and until is not None  # every tube waits for its API
                 fetching = self.state.may_fetch and not self.jobs.must_close and not blocked
                 got_all = await self._exchange(client, handlers, fetching, wanted)
-                if not len(self.runs) and not self._outbox:
+                if not len(self.jobs) and not self._outbox:
                     if blocked and self.state.may_fetch and not self.jobs.must_close:
                         await self._wait(client, fetching, until=until)
                         continue
                     if not fetching:
-                        return None  # drained, quiet, or a returned job: close the connection
+                        return Done()  # drained, quiet, or a returned job: close it
                     if not got_all:
                         # Nothing ready and nothing held: block, cancellable by drain/quiet.
                         if not await self._reserve_blocking(client, handlers):
-                            return None
+                            return Done()
                         continue
-                if got_all and fetching and len(self.runs) < self.slots:
+                if got_all and fetching and len(self.jobs) < self.slots:
                     continue  # every reserve got a job: there may be more
                 await self._wait(client, fetching, until=until)
         except (ConnectionLostError, ProtocolError) as exc:
-            return str(exc)
+            return Lost(str(exc))
 
     async def _exchange(
         self, client: Client, handlers: trio.Nursery, fetching: bool, wanted: frozenset[str]
@@ -189,8 +200,8 @@ class Lane:
         entries = self._outbox.take()
         if wanted is not self._watched and wanted != self._watched:
             entries += self._rewatch(wanted)
-        entries += [Entry(touch) for touch in self.runs.due_touches()]
-        slots = self.services.in_flight.take(self._batch.wanted(len(self.runs))) if fetching else []
+        entries += [Entry(touch) for touch in self.jobs.due_touches()]
+        slots = self.services.in_flight.take(self._batch.wanted(len(self.jobs))) if fetching else []
         reserve = p.ReserveWithTimeout(0)
         entries += [Entry(reserve, slot=slot) for slot in slots]
         if not entries and self._heartbeat_due():
@@ -224,7 +235,7 @@ class Lane:
         reply is bounded by ``reply_timeout``) and beanstalkd re-arms its TTR timers
         (docs/beanstalkd.md#b1)."""
         silent = trio.current_time() - self._last_io
-        return len(self.runs) > 0 and silent >= self.config.reserve_timeout
+        return len(self.jobs) > 0 and silent >= self.config.reserve_timeout
 
     def _apply(self, entry: Entry, reply: p.Reply) -> tuple[p.Reserved, Slot] | None:
         """What a reply means for the command it answers."""
@@ -238,8 +249,7 @@ class Lane:
                 raise UnexpectedReplyError(f"reserve answered {type(reply).__name__}")
             return None
         if isinstance(command, p.Touch):
-            self.runs.touched(command.id, reply)
-            self._outbox.touch_answered(command.id)
+            self.jobs.touch_answered(command.id, reply)
             return None
         if entry.finishes is not None:
             finished, entry.finishes = entry.finishes, None
@@ -287,11 +297,11 @@ class Lane:
         if self._outbox:
             return
         now = trio.current_time()
-        looking = fetching and self._batch.wanted(len(self.runs)) > 0
+        looking = fetching and self._batch.wanted(len(self.jobs)) > 0
         heartbeat = (
-            self._last_io + self.config.reserve_timeout - now if len(self.runs) else math.inf
+            self._last_io + self.config.reserve_timeout - now if len(self.jobs) else math.inf
         )
-        timeout = min(self.runs.next_touch_in(), _POLL_INTERVAL if looking else heartbeat)
+        timeout = min(self.jobs.next_touch_in(), _POLL_INTERVAL if looking else heartbeat)
         if until is not None:
             timeout = min(timeout, until - now)
         with trio.move_on_after(max(0.0, timeout)) as scope:

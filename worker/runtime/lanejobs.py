@@ -19,7 +19,7 @@ from tubeworker.config import LimitConfig
 from tubeworker.errors import JobLostError, UnexpectedReplyError
 from tubeworker.flow import Caller, TrackedCall, call_api
 from tubeworker.flow.limits import key_of
-from tubeworker.job import Job
+from tubeworker.job import Job, attach_services
 from tubeworker.returns import new_return
 from tubeworker.runtime.dispatch import Plan, plan_job
 from tubeworker.runtime.outbox import Entry, Outbox
@@ -118,6 +118,26 @@ class LaneJobs:
     def __len__(self) -> int:
         return len(self.runs)
 
+    # ---- for the lane
+
+    def connected(self, server_id: str | None) -> None:
+        """A new connection: nothing confirmed on it yet; the server's instance id (which
+        tells a restarted server apart, for excuses)."""
+        self.confirmed = 0
+        if server_id:
+            self.server_id = server_id
+
+    def due_touches(self) -> list[p.Command]:
+        return self.runs.due_touches()
+
+    def next_touch_in(self) -> float:
+        return self.runs.next_touch_in()
+
+    def touch_answered(self, job_id: int, reply: p.Reply) -> None:
+        """beanstalkd answered a touch: the run's deadline, and whoever waits for it."""
+        self.runs.touched(job_id, reply)
+        self.outbox.touch_answered(job_id)
+
     async def _put_copy(self, run: Run, delay: int) -> int:
         """A deferral: the job again, delayed, in its tube (the original is then deleted:
         put first, so a crash in between leaves a duplicate, never a loss)."""
@@ -188,7 +208,7 @@ class LaneJobs:
             slot.release()
             raise UnexpectedReplyError(f"stats-job {job.id} answered {stats!r}")
         # Most processes have no excuses at all: skip the lookup (the per-job path).
-        excused = self.excuses.of(self.server_id, job.id) if self.excuses._counts else 0
+        excused = self.excuses.of(self.server_id, job.id) if self.excuses else 0
         excused = max(excused, returned)  # a return this process saw may be on record too
         plan = plan_job(job.id, job.body, stats, self.pool.rules, log=self.log, excused=excused)
         counters = self.state.counters
@@ -206,7 +226,7 @@ class LaneJobs:
         apis = self.pool.apis_of(stats.tube) if self.pool.gated else _NO_APIS
         if plan.spec.apis:
             apis = apis | frozenset(plan.spec.apis)
-        plan.job._services = _JobServices(self, self.address, job.id, plan.handler, apis)
+        attach_services(plan.job, _JobServices(self, self.address, job.id, plan.handler, apis))
         limits = self.pool.services.limits
         if limits:
             applied = limits.applied(stats.tube, plan.handler, apis)
@@ -269,7 +289,7 @@ class LaneJobs:
                 traceback=outcome.traceback,
             )
             records.add(self.address, record)
-        if self.excuses._counts and not isinstance(command, p.Release):
+        if self.excuses and not isinstance(command, p.Release):
             self.excuses.forget(self.server_id, finished.job_id)
 
     def connection_ended(self) -> int:

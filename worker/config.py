@@ -797,13 +797,28 @@ ENV_PREFIX: Final = "TUBEWORKER_"
 def _read_file(path: str | Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = f.read()
     except FileNotFoundError:
         raise ConfigError("no such file", source=str(path)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(_not_utf8(data, exc), source=str(path)) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
+
+
+def _not_utf8(data: bytes, exc: UnicodeDecodeError) -> str:
+    """Where a file stops being UTF-8 (TOML is UTF-8 only), in a form an editor can find."""
+    line = data.count(b"\n", 0, exc.start) + 1
+    return (
+        f"not UTF-8 (TOML files must be): byte 0x{data[exc.start]:02x} at byte offset "
+        f"{exc.start} (line {line}): {exc.reason}; save the file as UTF-8"
+    )
 
 
 def _apply_layers(

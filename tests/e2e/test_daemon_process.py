@@ -231,6 +231,22 @@ def test_bad_config_exits_78_naming_the_key(tmp_path: Path, toml: str, expected:
         assert expected in result.stderr
 
 
+def test_a_config_file_not_in_utf8_is_one_line_and_exit_78(tmp_path: Path) -> None:
+    # Given a config saved as Latin-1 (not UTF-8, which TOML requires)
+    config = tmp_path / "latin1.toml"
+    config.write_bytes('[[pool]]\ntubes = ["café"]\n'.encode("latin-1"))
+    for command in ("run", "check"):
+        # When the daemon or check reads it
+        result = run_cli(command, "-c", str(config))
+        # Then one line naming the file and where, and 78 (a supervisor does not restart)
+        assert result.returncode == 78, result.stderr
+        assert "Traceback" not in result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert str(config) in result.stderr
+        assert "not UTF-8" in result.stderr
+        assert "byte offset 22 (line 2)" in result.stderr
+
+
 def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
     config = tmp_path / "ok.toml"
     config.write_text('[[pool]]\ntubes = ["a"]\n')

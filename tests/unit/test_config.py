@@ -324,6 +324,17 @@ def test_given_invalid_toml_when_loaded_then_error_says_toml_and_line(write) -> 
     assert "line" in str(error)
 
 
+def test_given_latin1_file_when_loaded_then_config_error_names_the_byte_offset(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[[pool]]\ntubes = ["café"]\n'.encode("latin-1"))
+    error = config_error(path)
+    assert error.source == str(path)
+    assert "not UTF-8" in str(error)
+    assert "byte 0xe9 at byte offset 22 (line 2)" in str(error)
+
+
 def test_given_no_pools_when_loaded_then_error_says_how_to_add_one(write) -> None:
     error = config_error(write("[worker]\ndrain_timeout = 5\n"))
     assert "no pools" in str(error)

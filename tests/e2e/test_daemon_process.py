@@ -271,6 +271,66 @@ def test_check_and_handlers_commands(tmp_path: Path) -> None:
         assert name in handlers.stdout
 
 
+THREE_MISTAKES = """
+[worker]
+drain_timout = 5
+[handlers]
+"good" = "tests.e2e.handlers:sleepy"
+"missing" = "no_such_module_for_tubeworker:run"
+[[pool]]
+tubes = ["a"]
+concurrency = "lots"
+"""
+
+
+def test_check_lists_every_problem_in_one_run(tmp_path: Path) -> None:
+    # Given a config with three mistakes, one of them a [handlers] entry that cannot load
+    config = tmp_path / "three.toml"
+    config.write_text(THREE_MISTAKES)
+    for command in ("check", "run"):
+        # When it is checked (or run)
+        result = run_cli(command, "-c", str(config))
+        # Then all three, one a line, naming the file and the key; exit 78
+        assert result.returncode == 78, result.stderr
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.splitlines()
+        assert len(lines) == 3, result.stderr
+        for line, key in zip(
+            lines, ("worker.drain_timout", "pool[0].concurrency", "handlers.missing"), strict=True
+        ):
+            assert line.startswith(f"tubeworker: bad config: {config}: {key}: "), line
+
+
+def test_handlers_lists_a_config_entry_that_cannot_load_as_broken(tmp_path: Path) -> None:
+    # Given a [handlers] table with one good entry and two bad ones
+    config = tmp_path / "handlers.toml"
+    config.write_text(
+        "[handlers]\n"
+        '"good" = "tests.e2e.handlers:sleepy"\n'
+        '"missing" = "no_such_module_for_tubeworker:run"\n'
+        '"malformed" = "nocolon"\n'
+        "[[pool]]\n"
+        'tubes = ["a"]\n'
+    )
+    # When the handlers are listed with that config
+    result = run_cli("handlers", "-c", str(config))
+    # Then every handler is listed, the bad ones as BROKEN with their error...
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "demo.echo" in rows
+    assert "BROKEN" not in rows["good"]
+    assert "(config)" in rows["good"]
+    assert "BROKEN: ModuleNotFoundError" in rows["missing"]
+    assert "BROKEN: must be 'module:function'" in rows["malformed"]
+    # ...and exit 78, as `run` would refuse this config, each problem one line on stderr
+    assert result.returncode == 78, result.stderr
+    assert "Traceback" not in result.stderr
+    problems = result.stderr.splitlines()
+    assert len(problems) == 2, result.stderr
+    assert all(line.startswith(f"tubeworker: bad config: {config}: handlers.") for line in problems)
+    assert "--config" in run_cli("handlers", "--help").stdout
+    assert "78" in run_cli("handlers", "--help").stdout
+
+
 def _next_stopping(sock: socket.socket) -> str:
     """The STOPPING=1 datagram (STATUS summaries may come before it)."""
     while True:

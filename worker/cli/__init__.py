@@ -32,7 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a config and show what would run")
     add_run_options(check)
     handlers = commands.add_parser(
-        "handlers", help="list handlers (entry points, and with -c the config's [handlers])"
+        "handlers",
+        help="list handlers (entry points, and with -c the config's [handlers])",
+        description="Every handler the daemon would know: the entry points of group "
+        "tubeworker.handlers and, with -c, the config's [handlers] table. One that cannot "
+        "be loaded is listed as BROKEN with its error. Exit status: 0; with -c, 78 when "
+        "the config has a problem 'tubeworker run' would refuse to start with (a BROKEN "
+        "[handlers] entry is one), each printed on stderr. A broken entry point alone "
+        "keeps 0: the daemon starts without it unless a pool binds it.",
     )
     handlers.add_argument("-c", "--config", help="also load this config's [handlers]")
     dev = commands.add_parser("dev", help="run the daemon with a private beanstalkd")

@@ -331,6 +331,50 @@ def test_handlers_lists_a_config_entry_that_cannot_load_as_broken(tmp_path: Path
     assert "78" in run_cli("handlers", "--help").stdout
 
 
+def test_check_shows_the_control_plane(tmp_path: Path) -> None:
+    config = tmp_path / "control.toml"
+    config.write_text('[[pool]]\ntubes = ["a"]\n')
+    # Given no control plane: check says so
+    off = run_cli("check", "-c", str(config))
+    assert off.returncode == 0, off.stderr
+    assert "control: off" in off.stdout
+
+    # Given a listen address, a token file and allowed host names
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    config.write_text(
+        '[[pool]]\ntubes = ["a"]\n'
+        "[control]\n"
+        'listen = "127.0.0.1:9191"\n'
+        f'token_file = "{token}"\n'
+        'allowed_hosts = ["workers.example", "Ops.Example"]\n'
+    )
+    on = run_cli("check", "-c", str(config))
+    assert on.returncode == 0, on.stderr
+    lines = on.stdout.splitlines()
+    assert "control: 127.0.0.1:9191 (metrics, health, status, events, dashboard)" in lines
+    assert f"  token file: {token} (readable): POST /quiet, /resume and /drain need its token" in (
+        lines
+    )
+    assert any(
+        line.startswith("  allowed_hosts: workers.example, ops.example ") for line in lines
+    ), on.stdout
+    assert "s3cret" not in on.stdout
+
+    # Given an empty token file: every action would be refused, and check says so
+    token.write_text("")
+    empty = run_cli("check", "-c", str(config))
+    assert f"  token file: {token} (readable, empty): " in empty.stdout
+    assert "always refused (401)" in empty.stdout
+
+    # Given a token file that cannot be read: a problem, not a crash at start
+    token.unlink()
+    token.mkdir()
+    unreadable = run_cli("check", "-c", str(config))
+    assert unreadable.returncode == 78
+    assert f"{config}: control.token_file: cannot read {token}" in unreadable.stderr
+
+
 def _next_stopping(sock: socket.socket) -> str:
     """The STOPPING=1 datagram (STATUS summaries may come before it)."""
     while True:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final
 
 from tubeworker.cli.startup import EX_CONFIG, EX_OK, load_all, print_problems
@@ -82,6 +83,34 @@ def _show_pool(pool: PoolConfig, config: Config, registry: Registry) -> None:
     )
 
 
+def show_control(config: Config, registry: Registry) -> None:
+    """The control plane: where it listens, whether actions can be authorised, and the
+    host names its dashboard answers under."""
+    control = config.control
+    if control.listen is None:
+        print("control: off (no [control] listen, --control or TUBEWORKER_CONTROL)")
+        return
+    print(f"control: {control.listen} (metrics, health, status, events, dashboard)")
+    print(f"  token file: {_token_state(control.token_file)}")
+    hosts = ", ".join(control.allowed_hosts) or "none"
+    print(f"  allowed_hosts: {hosts} (besides IP addresses, localhost and the listen host)")
+    if control.daemons:
+        print(f"  daemons: {', '.join(control.daemons)}")
+
+
+def _token_state(path: Path | None) -> str:
+    actions = "POST /quiet, /resume and /drain"
+    if path is None:
+        return f"none: {actions} are always refused (401)"
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:  # it was readable a moment ago
+        return f"{path} (not readable: {exc}): {actions} are always refused (401)"
+    if not token:
+        return f"{path} (readable, empty): {actions} are always refused (401)"
+    return f"{path} (readable): {actions} need its token"
+
+
 def show_broken(config: Config, registry: Registry) -> None:
     """Entry points that failed to load (no pool binds them: that would be a problem)."""
     for broken in registry.broken.values():
@@ -89,4 +118,4 @@ def show_broken(config: Config, registry: Registry) -> None:
 
 
 #: The report's sections, in order.
-SECTIONS: Final[tuple[Section, ...]] = (show_worker, show_pools, show_broken)
+SECTIONS: Final[tuple[Section, ...]] = (show_worker, show_pools, show_control, show_broken)

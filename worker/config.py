@@ -250,6 +250,7 @@ class Overrides:
     log_format: str | None = None
     log_level: str | None = None
     control: str | None = None
+    control_token_file: str | None = None
 
 
 # --------------------------------------------------------------------------- reading
@@ -875,6 +876,12 @@ _LAYERS: Final[tuple[tuple[str, str, str, _Setter], ...]] = (
     ("LOG_FORMAT", "log_format", "--log-format", _set_in("logging", "format")),
     ("LOG_LEVEL", "log_level", "--log-level", _set_in("logging", "level")),
     ("CONTROL", "control", "--control", _set_in("control", "listen")),
+    (
+        "CONTROL_TOKEN_FILE",
+        "control_token_file",
+        "--control-token-file",
+        _set_in("control", "token_file"),
+    ),
 )
 ENV_PREFIX: Final = "TUBEWORKER_"
 

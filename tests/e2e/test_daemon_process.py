@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import greenstalk
+import httpx
 import pytest
 
-from tests.support.beanstalkd import BeanstalkdProcess
+from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tests.support.process import REPO, DaemonProcess
 from tests.support.waiting import wait_until_sync
 
@@ -373,6 +374,31 @@ def test_check_shows_the_control_plane(tmp_path: Path) -> None:
     unreadable = run_cli("check", "-c", str(config))
     assert unreadable.returncode == 78
     assert f"{config}: control.token_file: cannot read {token}" in unreadable.stderr
+
+
+def test_run_takes_the_control_token_file_from_a_flag_over_the_environment(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    # Given a token file named by the flag and another by the environment
+    flag_token, env_token = tmp_path / "flag-token", tmp_path / "env-token"
+    flag_token.write_text("from-the-flag\n")
+    env_token.write_text("from-the-env\n")
+    config = write_config(tmp_path / "w.toml", beanstalkd)
+    port = free_port()
+    daemon = DaemonProcess(config, tmp_path, env={"TUBEWORKER_CONTROL_TOKEN_FILE": str(env_token)})
+    daemons.append(
+        daemon.start("--control", f"127.0.0.1:{port}", "--control-token-file", str(flag_token))
+    )
+    daemon.wait_ready()
+    # When actions are called: then the flag's token authorises them, the variable's does not
+    quiet = f"http://127.0.0.1:{port}/quiet"
+
+    def post(token: str) -> int:
+        headers = {"Authorization": f"Bearer {token}"}
+        return httpx.post(quiet, headers=headers, timeout=5).status_code
+
+    assert post("from-the-env") == 401
+    assert post("from-the-flag") == 200
 
 
 def _next_stopping(sock: socket.socket) -> str:

@@ -756,3 +756,41 @@ def test_given_worker_not_a_table_and_a_server_variable_when_validated_then_a_pr
     error = config_error(path, env={"TUBEWORKER_SERVERS": "a:1"})
     assert error.key == "worker"
     assert "must be a table" in str(error)
+
+
+# --------------------------------------------------------------------------- the control token file
+
+
+def test_given_token_file_in_file_env_and_flag_when_loaded_then_flag_wins(
+    write, tmp_path: Path
+) -> None:
+    files = {name: tmp_path / name for name in ("file", "env", "flag")}
+    for path in files.values():
+        path.write_text("token\n")
+    config_file = pool_file(write, f'[control]\ntoken_file = "{files["file"]}"\n')
+    env = {"TUBEWORKER_CONTROL_TOKEN_FILE": str(files["env"])}
+    assert load_config(config_file, env={}).control.token_file == files["file"]
+    assert load_config(config_file, env=env).control.token_file == files["env"]
+    flag = Overrides(control_token_file=str(files["flag"]))
+    assert load_config(config_file, env=env, overrides=flag).control.token_file == files["flag"]
+
+
+def test_given_missing_token_file_from_the_variable_when_loaded_then_error_names_it(
+    write, tmp_path: Path
+) -> None:
+    env = {"TUBEWORKER_CONTROL_TOKEN_FILE": str(tmp_path / "nope")}
+    error = config_error(pool_file(write), env=env)
+    assert str(error).startswith("environment TUBEWORKER_CONTROL_TOKEN_FILE: control.token_file: ")
+    assert "no such file" in str(error)
+    flag = Overrides(control_token_file=str(tmp_path / "nope"))
+    assert config_error(pool_file(write), overrides=flag).source == "--control-token-file"
+
+
+def test_every_environment_variable_is_in_the_readme_list() -> None:
+    from tubeworker.config import _LAYERS, ENV_PREFIX
+
+    readme = (CONFIG_DIR.parent / "README.md").read_text(encoding="utf-8")
+    for suffix, _attr, _flag, _setter in _LAYERS:
+        assert f"`{ENV_PREFIX}{suffix}`" in readme, suffix
+    reference = (CONFIG_DIR / "reference.toml").read_text(encoding="utf-8")
+    assert "--control-token-file PATH; environment: TUBEWORKER_CONTROL_TOKEN_FILE" in reference

@@ -82,6 +82,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="serve the control plane (metrics, health, status, events) here; "
         "127.0.0.1 keeps it local",
     )
+    parser.add_argument(
+        "--control-token-file",
+        metavar="PATH",
+        help="the control plane's actions (POST /quiet, /resume, /drain) need the token "
+        "in this file (or TUBEWORKER_CONTROL_TOKEN_FILE, or [control] token_file)",
+    )
 
 
 def overrides_from(args: argparse.Namespace) -> Overrides:
@@ -96,6 +102,7 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
         log_format=args.log_format,
         log_level=args.log_level,
         control=args.control,
+        control_token_file=args.control_token_file,
     )
 
 

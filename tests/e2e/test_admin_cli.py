@@ -239,6 +239,7 @@ def test_stats_json(beanstalkd: BeanstalkdProcess, client: greenstalk.Client) ->
 def test_stats_of_a_missing_tube_is_not_found(beanstalkd: BeanstalkdProcess) -> None:
     result = tw("stats", "no-such-tube", "--server", beanstalkd.address)
     assert_one_line_error(result, 66, "no-such-tube", "not found")
+    assert out(result) == ""  # no summary, no empty table before the error
 
 
 def test_stats_asks_every_server_and_says_which_one_is_down(
@@ -261,6 +262,65 @@ def test_stats_asks_every_server_and_says_which_one_is_down(
     assert f"server {beanstalkd.address}:" in text
     assert f"server {second.address}:" in text
     assert table_row(text, TUBE)[1] == "1"
+
+
+RECORDS = f"tubeworker.buried.{TUBE}"  # burial records: tubeworker's own tube
+TOKENS = "tubeworker.limit.partner"  # fleet-limit tokens: another of its own
+
+
+def put_internal_jobs(client: greenstalk.Client) -> None:
+    """5 jobs in tubeworker's own tubes (3 records, 2 tokens), beside the test's work."""
+    for tube, count in ((RECORDS, 3), (TOKENS, 2)):
+        client.use(tube)
+        for n in range(count):
+            client.put(f"{tube} {n}".encode())
+    client.use(TUBE)
+
+
+def summary_counts(text: str) -> list[int]:
+    """ready, urgent, reserved, delayed, buried, put since start: from the jobs line."""
+    line = next(line for line in text.splitlines() if line.startswith("  jobs: "))
+    return [
+        int(word)
+        for word in re.findall(r"\b(\d+) (?:ready|urgent|reserved|delayed|buried|put)", line)
+    ]
+
+
+def test_stats_leaves_out_tubeworkers_own_tubes_unless_all(
+    beanstalkd: BeanstalkdProcess, client: greenstalk.Client
+) -> None:
+    # Given 2 ready and 1 buried job of work, and 5 jobs in tubeworker's own tubes
+    client.put(b"a")
+    client.put(b"b")
+    bury(client, 1)
+    put_internal_jobs(client)
+
+    # When stats is asked: then its own tubes are neither listed nor counted
+    result = tw("stats", "--server", beanstalkd.address)
+    assert result.returncode == 0, result.stderr
+    text = out(result)
+    assert "tubeworker." not in text.split("TUBE ", 1)[1]
+    assert summary_counts(text) == [2, 0, 0, 0, 1, 3]
+    assert "not counted above: tubeworker's own 2 tubes (5 jobs; --all" in text
+
+    # With --all: listed, and counted as the server counts them
+    every = tw("stats", "--all", "--server", beanstalkd.address)
+    assert every.returncode == 0, every.stderr
+    assert table_row(out(every), RECORDS)[1] == "3"
+    assert table_row(out(every), TOKENS)[1] == "2"
+    assert summary_counts(out(every)) == [7, 0, 0, 0, 1, 8]
+    assert "not counted" not in out(every)
+
+    # Named: shown (still not counted in the summary)
+    named = tw("stats", RECORDS, "--server", beanstalkd.address)
+    assert table_row(out(named), RECORDS)[1] == "3"
+
+    # JSON: the same tubes and counts, and which tubes were left out
+    document = json.loads(out(tw("stats", "--json", "--server", beanstalkd.address)))
+    [server] = document["servers"]
+    assert {t["name"] for t in server["tubes"]} == {"default", TUBE}
+    assert server["server"]["current_jobs_ready"] == 2
+    assert sorted(server["hidden_tubes"]) == sorted([RECORDS, TOKENS])
 
 
 def _read_until(fd: int, needle: bytes, count: int, deadline: float) -> bytes:
@@ -548,6 +608,20 @@ def test_pause_list_and_resume(beanstalkd: BeanstalkdProcess, client: greenstalk
     assert out(resumed) == f"resumed tube {TUBE!r}\n"
     assert int(client.stats_tube(TUBE)["pause-time-left"]) == 0
     assert out(tw("pause", "--list", "--server", beanstalkd.address)) == "no paused tubes\n"
+
+
+def test_pause_list_leaves_out_tubeworkers_own_tubes_unless_all(
+    beanstalkd: BeanstalkdProcess, client: greenstalk.Client
+) -> None:
+    client.put(b"x")
+    put_internal_jobs(client)
+    for tube in (TUBE, TOKENS):
+        client.pause_tube(tube, 3600)
+    listed = tw("pause", "--list", "--server", beanstalkd.address)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in out(listed).splitlines()[1:]] == [TUBE]
+    every = tw("pause", "--list", "--all", "--server", beanstalkd.address)
+    assert [line.split()[0] for line in out(every).splitlines()[1:]] == [TUBE, TOKENS]
 
 
 def test_pause_errors(beanstalkd: BeanstalkdProcess) -> None:

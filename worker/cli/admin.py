@@ -64,6 +64,7 @@ __all__ = [
     "parse_int",
     "parse_interval",
     "parse_job_id",
+    "plural",
     "pretty_json",
     "render_body",
     "render_table",
@@ -119,9 +120,14 @@ def _add_stats(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "stats",
         help="server summary and per-tube counts",
         description="The server's summary and a table of tubes: ready, reserved, delayed, "
-        "buried, urgent, waiting workers, pause time left, total jobs put.",
+        "buried, urgent, waiting workers, pause time left, total jobs put. tubeworker's own "
+        "tubes (tubeworker.buried.*, tubeworker.limit.*) are not work: they are left out of "
+        "the table and their jobs out of the summary's counts, unless named or --all.",
     )
     stats.add_argument("tubes", nargs="*", metavar="TUBE", help="tubes to show (default: all)")
+    stats.add_argument(
+        "--all", action="store_true", help="show and count tubeworker's own tubes too"
+    )
     stats.add_argument("--json", action="store_true", help="one JSON document instead")
     stats.add_argument(
         "--watch",
@@ -232,6 +238,7 @@ def _add_pause(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pause.add_argument("tube", nargs="?", metavar="TUBE")
     pause.add_argument("duration", nargs="?", metavar="DURATION")
     pause.add_argument("--list", action="store_true", help="list tubes with pause time left")
+    pause.add_argument("--all", action="store_true", help="with --list: tubeworker's own tubes too")
     _server_option(pause, repeatable=True)
 
 
@@ -296,7 +303,12 @@ def run_admin(main: Callable[[], Awaitable[int]]) -> int:
         return EX_OK
 
 
-# --------------------------------------------------------------------------- tables
+# --------------------------------------------------------------------------- words and tables
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """``1 job``, ``2 jobs``, ``0 jobs`` (``words``: the plural when not ``word + "s"``)."""
+    return f"{count} {word}" if count == 1 else f"{count} {words or word + 's'}"
 
 
 def render_table(

@@ -5,8 +5,13 @@ The broker is read with greenstalk, an independent client.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import re
+import select
+import shlex
 import signal
 import socket
 import subprocess
@@ -399,6 +404,78 @@ def test_run_takes_the_control_token_file_from_a_flag_over_the_environment(
 
     assert post("from-the-env") == 401
     assert post("from-the-flag") == 200
+
+
+def _said(proc: subprocess.Popen[bytes], prefixes: tuple[str, ...], deadline: float) -> list[str]:
+    """The rest of the first stderr line of ``proc`` starting with each of ``prefixes``
+    (read as it comes, with a deadline)."""
+    assert proc.stderr is not None
+    buffered = b""
+    while True:
+        lines = buffered.decode(errors="replace").splitlines()
+        found = [next((ln[len(p) :] for ln in lines if ln.startswith(p)), None) for p in prefixes]
+        if all(rest is not None for rest in found):
+            return [rest for rest in found if rest is not None]
+        left = deadline - time.monotonic()
+        assert left > 0, f"not all of {prefixes!r} said: {buffered.decode(errors='replace')}"
+        ready, _, _ = select.select([proc.stderr], [], [], left)
+        if ready:
+            chunk = os.read(proc.stderr.fileno(), 65536)
+            assert chunk, f"stderr ended before {prefixes!r}: {buffered!r}"
+            buffered += chunk
+
+
+def test_dev_suggests_a_put_command_that_works(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUBEWORKER_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tubeworker", "dev", "--log-format", "json"],
+        cwd=tmp_path,  # not the repository: nothing of it on the path but the install
+        env={**env, "PYTHONPATH": str(REPO)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    server_pid = None
+    try:
+        started, suggestion = _said(
+            proc,
+            ("[tubeworker] private beanstalkd at ", "[tubeworker] put a job: "),
+            time.monotonic() + 30,
+        )
+        match = re.fullmatch(r"(\S+) \(pid (\d+)\); Ctrl-C drains", started)
+        assert match is not None, started
+        address, server_pid = match[1], int(match[2])
+        # Given the command dev suggests
+        suggested = shlex.split(suggestion)
+        assert suggested[:3] == ["tubeworker", "put", "default"]
+        assert suggested[-2:] == ["--server", address]
+        # When it is run (as the installed command would be)
+        put = run_cli(*suggested[1:], env={**env, "PYTHONPATH": str(REPO)})
+        assert put.returncode == 0, put.stderr
+        job_id = int(put.stdout)
+        # Then the daemon runs the job and deletes it
+        host, port = address.rsplit(":", 1)
+        with greenstalk.Client((host, int(port))) as client:
+
+            def done() -> bool:
+                try:
+                    client.stats_job(job_id)
+                except greenstalk.NotFoundError:
+                    return True
+                return False
+
+            wait_until_sync(done, timeout=20, what="the suggested job done")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+        if server_pid is not None:  # dev stops it; only a failed test may leave it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server_pid, signal.SIGKILL)
 
 
 def _next_stopping(sock: socket.socket) -> str:

@@ -681,6 +681,13 @@ def test_a_draining_server_is_unavailable(
 
 def test_usage_errors_are_exit_64(beanstalkd: BeanstalkdProcess) -> None:
     server = ["--server", beanstalkd.address]
+    # What argparse finds: one line naming the command's --help, and 64 (not argparse's 2)
+    assert_one_line_error(tw("peek", *server), 64, "required: ID|TUBE", "tubeworker peek --help")
+    assert_one_line_error(tw("stats", "--bogus", *server), 64, "unrecognized arguments: --bogus")
+    assert_one_line_error(tw("no-such-command"), 64, "invalid choice", "'tubeworker --help'")
+    assert_one_line_error(tw("run", "--concurrency", "many"), 64, "--concurrency", "run --help")
+    assert_one_line_error(tw("check", "--profile", "gpu"), 64, "invalid choice: 'gpu'")
+    assert_one_line_error(tw("pause", "--all", TUBE, "5m", *server), 64, "--list")
     assert_one_line_error(tw("put", TUBE, *server), 64, "BODY")
     assert_one_line_error(tw("put", TUBE, "x", "--task", "t", *server), 64, "not both")
     assert_one_line_error(tw("delete", *server), 64, "--buried")

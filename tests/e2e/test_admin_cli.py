@@ -11,8 +11,10 @@ import pty
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -22,6 +24,7 @@ import pytest
 from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tests.support.process import REPO
 from tests.support.waiting import wait_until_sync
+from tubeworker.admin_ops import EX_DATAERR, EX_NOINPUT, EX_PROTOCOL, EX_UNAVAILABLE, EX_USAGE
 from tubeworker.envelope import encode_envelope
 
 pytestmark = pytest.mark.slow
@@ -211,6 +214,8 @@ def test_stats_shows_the_server_and_a_row_per_tube(
     # ready reserved delayed buried urgent waiting paused total
     assert table_row(text, TUBE)[1:] == ["1", "0", "1", "2", "1", "0", "-", "4"]
     assert table_row(text, "other-tube")[1:] == ["1", "0", "0", "0", "0", "0", "-", "1"]
+    # The test's client put and reserved: one producer, one worker (not "1 workers")
+    assert "(1 producer, 1 worker, 0 waiting)" in text
 
     only = tw("stats", "other-tube", "--server", beanstalkd.address)
     assert only.returncode == 0, only.stderr
@@ -694,3 +699,64 @@ def test_usage_errors_are_exit_64(beanstalkd: BeanstalkdProcess) -> None:
     assert_one_line_error(tw("pause", TUBE, *server), 64, "DURATION")
     two = [*server, "--server", f"127.0.0.1:{free_port()}"]
     assert_one_line_error(tw("delete", "1", *two), 64, "one server")
+
+
+def test_put_help_says_which_server_of_several() -> None:
+    result = tw("put", "--help")
+    assert result.returncode == 0
+    text = " ".join(out(result).split())
+    assert "with several listed, the first is used" in text
+    assert "TUBE the tube to put the job into" in text
+
+
+def test_delete_buried_counts_servers_in_words(beanstalkd: BeanstalkdProcess) -> None:
+    # Given buried jobs of the tube on one of two servers
+    with (
+        greenstalk.Client((beanstalkd.host, beanstalkd.port), use=TUBE, watch=TUBE) as client,
+        BeanstalkdProcess() as second,
+    ):
+        bury(client, 2)
+        servers = ["--server", beanstalkd.address, "--server", second.address]
+        result = tw("delete", "--buried", TUBE, *servers)
+    assert_one_line_error(result, 64, "2 buried jobs of tube 'admin-e2e' on 1 server without")
+
+
+@contextlib.contextmanager
+def not_beanstalkd() -> Iterator[str]:
+    """A TCP server on loopback that answers every connection like a web server would; its
+    address. Stopped (and its thread joined) on the way out."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(1024)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=TIMEOUT)
+        listener.close()
+
+
+def test_a_server_that_is_not_beanstalkd_is_exit_76_as_the_readme_says() -> None:
+    with not_beanstalkd() as address:
+        for command in (["stats"], ["put", TUBE, "x"], ["pause", "--list"]):
+            result = tw(*command, "--server", address)
+            assert_one_line_error(result, 76, address, "does not speak beanstalkd")
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    admin = readme[readme.index("picks the server(s). Errors are one line") :][:400]
+    for code in (EX_UNAVAILABLE, EX_DATAERR, EX_NOINPUT, EX_USAGE, EX_PROTOCOL):
+        assert re.search(rf"\b{code} [a-z]", admin), (code, admin)

@@ -270,7 +270,9 @@ def test_check_and_handlers_commands(tmp_path: Path) -> None:
     result = run_cli("check", "-c", str(config))
     assert result.returncode == 0, result.stderr
     assert "tenant-*" in result.stdout
-    assert "concurrency: 3" in result.stdout
+    assert "concurrency: 3 jobs at once (io profile) on 1 connection of up to 50 jobs" in (
+        result.stdout
+    )
     handlers = run_cli("handlers")
     assert handlers.returncode == 0
     for name in ("demo.echo", "demo.sleep", "demo.fail", "demo.flaky"):

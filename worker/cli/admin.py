@@ -101,7 +101,7 @@ def _server_option(parser: argparse.ArgumentParser, *, repeatable: bool) -> None
         parser.add_argument(
             "--server",
             metavar="HOST:PORT",
-            help=f"{_SERVER_HELP}; with several listed, the first",
+            help=f"{_SERVER_HELP}; with several listed, the first is used",
         )
 
 
@@ -217,7 +217,7 @@ def _add_put(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Put BODY (as given; '-' reads the bytes of stdin) or, with --task, the "
         f'JSON envelope {{"task": NAME, "payload": JSON}} into TUBE. {_DURATIONS_HELP}',
     )
-    put.add_argument("tube", metavar="TUBE")
+    put.add_argument("tube", metavar="TUBE", help="the tube to put the job into")
     put.add_argument("body", nargs="?", metavar="BODY|-", help="the body; '-': read stdin")
     put.add_argument("--task", metavar="NAME", help="build an envelope for this task")
     put.add_argument("--payload", metavar="JSON", help="the envelope's payload (JSON)")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+from tubeworker.cli.admin import plural
 from tubeworker.cli.startup import EX_CONFIG, EX_OK, load_all, print_problems
 from tubeworker.config import Config, PoolConfig
 from tubeworker.registry import Registry
@@ -59,8 +60,9 @@ def _show_pool(pool: PoolConfig, config: Config, registry: Registry) -> None:
     servers = len(pool.servers or config.servers)
     connections = len(lane_sizes(pool.concurrency, pool.jobs_per_connection, servers))
     print(
-        f"  concurrency: {pool.concurrency} jobs at once ({pool.profile} profile) on "
-        f"{connections} connection(s) of up to {pool.jobs_per_connection} jobs"
+        f"  concurrency: {plural(pool.concurrency, 'job')} at once ({pool.profile} profile) "
+        f"on {plural(connections, 'connection')} of up to "
+        f"{plural(pool.jobs_per_connection, 'job')}"
     )
     r = pool.retry
     policy = RetryPolicy(r.max_attempts, r.backoff_base, r.backoff_cap, r.redelivery_limit)

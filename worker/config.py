@@ -1,8 +1,10 @@
 """Configuration: TOML file, ``TUBEWORKER_*`` environment, command-line flags, defaults.
 
 Precedence: flags > environment > file > defaults. Everything is validated before anything
-connects; a problem raises :class:`ConfigError` naming where it came from (the file, the
-variable or the flag), the key, and what is wrong. The CLI turns that into exit code 78.
+connects; each problem is a :class:`ConfigError` naming where it came from (the file, the
+variable or the flag), the key, and what is wrong. :func:`validate_config` finds every
+problem in one pass; :func:`load_config` raises the first. The CLI prints them, one a
+line, and exits 78.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from tubeworker.beanstalk.client import Address, parse_address
 from tubeworker.beanstalk.protocol import MAX_INT, validate_tube_name
@@ -26,6 +28,7 @@ from tubeworker.errors import ConfigError, LocalProtocolError
 __all__ = [
     "ApiConfig",
     "Config",
+    "ConfigReport",
     "ControlConfig",
     "LoggingConfig",
     "MiddlewareConfig",
@@ -34,6 +37,7 @@ __all__ = [
     "RecycleConfig",
     "RetrySettings",
     "load_config",
+    "validate_config",
 ]
 
 Profile = Literal["io", "compute"]
@@ -43,6 +47,7 @@ _GLOB_CHARS: Final = re.compile(r"[*?\[\]!]")  # "!" negates inside [...]
 # Durations everywhere (config, environment, flags, admin commands): 30, 30s, 5m, 1h, 250ms.
 DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _ASCII_DIGITS: Final = re.compile(r"[0-9]+\Z")  # str.isdigit() also accepts "²"
+_T = TypeVar("_T")
 _UNITS: Final = {"ms": Fraction(1, 1000), "s": Fraction(1), "m": Fraction(60), "h": Fraction(3600)}
 
 
@@ -245,18 +250,42 @@ class Overrides:
     log_format: str | None = None
     log_level: str | None = None
     control: str | None = None
+    control_token_file: str | None = None
 
 
 # --------------------------------------------------------------------------- reading
 
 
-class _Reader:
-    """Reads one TOML table, remembering where each key came from for error messages."""
+class _Problems:
+    """Every problem found in one pass, at most one per key: a bad value is read as its
+    default so that the rest can be checked, and must not lead to a second, made-up
+    complaint about the same key."""
 
-    def __init__(self, table: Mapping[str, Any], path: str, origins: Mapping[str, str]):
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+        self._keys: set[tuple[str | None, str | None]] = set()
+
+    def add(self, error: ConfigError) -> None:
+        where = (error.source, error.key)
+        if where not in self._keys:
+            self._keys.add(where)
+            self.errors.append(error)
+
+
+class _Reader:
+    """Reads one TOML table, remembering where each key came from for error messages.
+
+    A getter that finds a bad value records the problem and returns the default, so that
+    one pass finds every problem.
+    """
+
+    def __init__(
+        self, table: Mapping[str, Any], path: str, origins: Mapping[str, str], problems: _Problems
+    ):
         self.table = table
         self.path = path  # dotted, e.g. "pool[0].retry"
         self.origins = origins
+        self.problems = problems
         self.used: set[str] = set()
 
     def key(self, name: str) -> str:
@@ -265,6 +294,18 @@ class _Reader:
     def fail(self, name: str, problem: str) -> ConfigError:
         key = self.key(name)
         return ConfigError(problem, key=key, source=self.origins.get(key, self.origins[""]))
+
+    def report(self, name: str, problem: str) -> None:
+        self.problems.add(self.fail(name, problem))
+
+    def bad(self, name: str, problem: str, default: _T) -> _T:
+        """Record the problem; the default stands in for the value meanwhile."""
+        self.report(name, problem)
+        return default
+
+    def reader(self, table: Mapping[str, Any], path: str) -> _Reader:
+        """A reader of another table, reporting to the same place."""
+        return _Reader(table, path, self.origins, self.problems)
 
     def get(self, name: str) -> Any:
         self.used.add(name)
@@ -275,7 +316,7 @@ class _Reader:
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise self.fail(name, f"unknown key{hint}; known keys: {', '.join(known)}")
+                self.report(name, f"unknown key{hint}; known keys: {', '.join(known)}")
 
     def integer(self, name: str, default: int, *, low: int = 0, high: int = MAX_INT) -> int:
         value = self.get(name)
@@ -284,9 +325,9 @@ class _Reader:
         if isinstance(value, str) and _ASCII_DIGITS.match(value.strip()):
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):
-            raise self.fail(name, f"must be a whole number, got {value!r}")
+            return self.bad(name, f"must be a whole number, got {value!r}", default)
         if not low <= value <= high:
-            raise self.fail(name, f"must be between {low} and {high}, got {value}")
+            return self.bad(name, f"must be between {low} and {high}, got {value}", default)
         return value
 
     def fraction(self, name: str, default: float) -> float:
@@ -294,7 +335,7 @@ class _Reader:
         if value is None:
             return default
         if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 1:
-            raise self.fail(name, f"must be a fraction in (0, 1], got {value!r}")
+            return self.bad(name, f"must be a fraction in (0, 1], got {value!r}", default)
         return float(value)
 
     def seconds(self, name: str, default: float, *, low: float = 0, high: float = MAX_INT) -> float:
@@ -304,14 +345,14 @@ class _Reader:
         if isinstance(value, str):
             match = DURATION.match(value)
             if not match:
-                raise self.fail(
-                    name, f"must be seconds or a duration like '30s', '5m', got {value!r}"
-                )
+                problem = f"must be seconds or a duration like '30s', '5m', got {value!r}"
+                return self.bad(name, problem, default)
             value = float(Fraction(match.group(1)) * _UNITS.get(match.group(2), Fraction(1)))
         if not isinstance(value, int | float) or isinstance(value, bool):
-            raise self.fail(name, f"must be a number of seconds, got {value!r}")
+            return self.bad(name, f"must be a number of seconds, got {value!r}", default)
         if not low <= value <= high:
-            raise self.fail(name, f"must be between {low} and {high} seconds, got {value}")
+            problem = f"must be between {low} and {high} seconds, got {value}"
+            return self.bad(name, problem, default)
         return float(value)
 
     def boolean(self, name: str, default: bool) -> bool:
@@ -330,7 +371,7 @@ class _Reader:
         ):
             return value.lower() in ("1", "true", "yes", "on")
         if not isinstance(value, bool):
-            raise self.fail(name, f"must be true or false, got {value!r}")
+            return self.bad(name, f"must be true or false, got {value!r}", default)
         return value
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -338,13 +379,13 @@ class _Reader:
         if value is None:
             return default
         if not isinstance(value, str) or value.lower() not in choices:
-            raise self.fail(name, f"must be one of {', '.join(choices)}, got {value!r}")
+            return self.bad(name, f"must be one of {', '.join(choices)}, got {value!r}", default)
         return value.lower()
 
     def text(self, name: str) -> str | None:
         value = self.get(name)
         if value is not None and (not isinstance(value, str) or not value):
-            raise self.fail(name, f"must be a non-empty string, got {value!r}")
+            return self.bad(name, f"must be a non-empty string, got {value!r}", None)
         return value
 
     def strings(self, name: str) -> tuple[str, ...] | None:
@@ -354,7 +395,7 @@ class _Reader:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.fail(name, f"must be a list of strings, got {value!r}")
+            return self.bad(name, f"must be a list of strings, got {value!r}", None)
         return tuple(value)
 
     def table_at(self, name: str) -> _Reader:
@@ -362,34 +403,34 @@ class _Reader:
         if value is None:
             value = {}
         if not isinstance(value, dict):
-            raise self.fail(name, f"must be a table, got {value!r}")
-        return _Reader(value, self.key(name), self.origins)
+            self.report(name, f"must be a table, got {value!r}")
+            value = {}
+        return self.reader(value, self.key(name))
 
     def servers(self, name: str) -> tuple[Address, ...] | None:
         texts = self.strings(name)
         if texts is None:
             return None
         if not texts:
-            raise self.fail(name, "needs at least one server")
+            return self.bad(name, "needs at least one server", None)
         try:
             return tuple(parse_address(t) for t in texts)
         except ValueError as exc:
-            raise self.fail(name, str(exc)) from None
+            return self.bad(name, str(exc), None)
 
 
 def _tube_patterns(reader: _Reader, name: str) -> tuple[str, ...]:
     tubes = reader.strings(name)
     if not tubes:
-        raise reader.fail(name, "needs at least one tube name or pattern")
+        return reader.bad(name, "needs at least one tube name or pattern", ())
     for tube in tubes:
         # A pattern must be a legal name once its glob characters are taken out.
         literal = _GLOB_CHARS.sub("x", tube)
         try:
             validate_tube_name(literal, "tube")
         except LocalProtocolError as exc:
-            raise reader.fail(
-                name, f"{tube!r} is not a valid tube name or pattern: {exc}"
-            ) from None
+            problem = f"{tube!r} is not a valid tube name or pattern: {exc}"
+            return reader.bad(name, problem, ())
     return tubes
 
 
@@ -418,25 +459,31 @@ def _retry(reader: _Reader, base: RetrySettings) -> RetrySettings:
         ),
     )
     if settings.backoff_cap < settings.backoff_base:
-        raise reader.fail("backoff_cap", "must be >= backoff_base")
+        # Pools inherit these: the base stands in for the cap, or each would repeat it.
+        settings = reader.bad(
+            "backoff_cap",
+            "must be >= backoff_base",
+            replace(settings, backoff_cap=settings.backoff_base),
+        )
     return settings
 
 
 def _pool(reader: _Reader, index: int, retry: RetrySettings) -> PoolConfig:
     reader.check_unknown(_POOL_KEYS)
+    name = reader.text("name") or f"pool{index}"
+    tubes = _tube_patterns(reader, "tubes")
     profile = reader.choice("profile", "io", ("io", "compute"))
     default_concurrency = max(1, (os.cpu_count() or 2) - 1) if profile == "compute" else 10
-    timeout = reader.seconds("timeout", 0.0, high=MAX_INT)
     return PoolConfig(
-        name=reader.text("name") or f"pool{index}",
-        tubes=_tube_patterns(reader, "tubes"),
+        name=name,
+        tubes=tubes,
         concurrency=reader.integer("concurrency", default_concurrency, low=1, high=100_000),
         profile="compute" if profile == "compute" else "io",
         handler=reader.text("handler"),
-        timeout=timeout or None,
+        timeout=reader.seconds("timeout", 0.0, high=MAX_INT) or None,
         servers=reader.servers("servers") or (),
-        retry=_retry(reader.table_at("retry"), retry),
         jobs_per_connection=reader.integer("jobs_per_connection", 50, low=1, high=1000),
+        retry=_retry(reader.table_at("retry"), retry),
     )
 
 
@@ -470,31 +517,55 @@ def _control(reader: _Reader) -> ControlConfig:
             "allowed_hosts",
         )
     )
-    listen = reader.text("listen")
-    address: Address | None = None
-    if listen:
-        try:
-            address = parse_address(listen)
-        except ValueError as exc:
-            raise reader.fail("listen", f"must be HOST:PORT: {exc}") from None
-        if address.unix_path is not None or ":" not in listen:
-            raise reader.fail("listen", f"must be HOST:PORT, got {listen!r}")
-    token = reader.text("token_file")
-    token_file = Path(token) if token else None
-    if token_file is not None and not token_file.is_file():
-        raise reader.fail("token_file", f"no such file: {token_file}")
+    listen = _listen(reader)
+    token_file = _token_file(reader)
+    metrics_interval = reader.seconds("metrics_interval", 5.0, low=0.1, high=3600)
+    events_per_second = reader.integer("events_per_second", 100, low=1, high=100_000)
     daemons = reader.strings("daemons") or ()
     for url in daemons:
         if not re.fullmatch(r"(https?://)?(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):[0-9]{1,5}/?", url):
-            raise reader.fail("daemons", f"each must be HOST:PORT or http://HOST:PORT: {url!r}")
+            problem = f"each must be HOST:PORT or http://HOST:PORT: {url!r}"
+            daemons = reader.bad("daemons", problem, ())
+            break
     return ControlConfig(
-        listen=address,
+        listen=listen,
         token_file=token_file,
-        metrics_interval=reader.seconds("metrics_interval", 5.0, low=0.1, high=3600),
-        events_per_second=reader.integer("events_per_second", 100, low=1, high=100_000),
+        metrics_interval=metrics_interval,
+        events_per_second=events_per_second,
         daemons=daemons,
         allowed_hosts=tuple(h.lower() for h in reader.strings("allowed_hosts") or ()),
     )
+
+
+def _listen(reader: _Reader) -> Address | None:
+    listen = reader.text("listen")
+    if not listen:
+        return None
+    try:
+        address = parse_address(listen)
+    except ValueError as exc:
+        return reader.bad("listen", f"must be HOST:PORT: {exc}", None)
+    if address.unix_path is not None or ":" not in listen:
+        return reader.bad("listen", f"must be HOST:PORT, got {listen!r}", None)
+    return address
+
+
+def _token_file(reader: _Reader) -> Path | None:
+    """The token file's path, once it is known to be readable UTF-8 text: the control plane
+    reads it when it starts."""
+    name = reader.text("token_file")
+    if not name:
+        return None
+    path = Path(name)
+    try:
+        path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return reader.bad("token_file", f"no such file: {path}", None)
+    except OSError as exc:
+        return reader.bad("token_file", f"cannot read {path}: {exc.strerror}", None)
+    except UnicodeDecodeError:
+        return reader.bad("token_file", f"{path} is not UTF-8 text", None)
+    return path
 
 
 # The limit of an [api.NAME] table (a [[limit]] applying to the API's jobs).
@@ -537,7 +608,7 @@ def _apis(reader: _Reader) -> tuple[ApiConfig, ...]:
         config = ApiConfig(
             name=name,
             hosts=api.strings("hosts") or (),
-            tubes=api.strings("tubes") or (),
+            tubes=_api_tubes(api),
             pause_tubes=api.boolean("pause_tubes", False),
             window=api.seconds("window", 60.0, low=1, high=86_400),
             failure_rate=api.fraction("failure_rate", 0.5),
@@ -548,28 +619,34 @@ def _apis(reader: _Reader) -> tuple[ApiConfig, ...]:
             probes=api.integer("probes", 1, low=1, high=1000),
             limit=_limit(api, name, apis=(name,)),
         )
-        for tube in config.tubes:
-            try:
-                validate_tube_name(tube)
-            except LocalProtocolError as exc:
-                raise api.fail("tubes", str(exc)) from None
         apis.append(config)
     return tuple(apis)
 
 
+def _api_tubes(api: _Reader) -> tuple[str, ...]:
+    tubes = api.strings("tubes") or ()
+    for tube in tubes:
+        try:
+            validate_tube_name(tube)
+        except LocalProtocolError as exc:
+            return api.bad("tubes", str(exc), ())
+    return tubes
+
+
 def _limit(reader: _Reader, name: str, *, apis: tuple[str, ...] = ()) -> LimitConfig | None:
     """One limit's caps from ``reader`` (a [[limit]] table or an [api.NAME] table); None
-    when it sets none."""
+    when it sets none. A bad value is reported and a valid one stands in for it, so the
+    rest of the limit is still checked."""
     rate = reader.get("rate")
     if rate is not None and (
         not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 < rate <= 1e6
     ):
-        raise reader.fail("rate", f"must be jobs per second, above 0, got {rate!r}")
+        rate = reader.bad("rate", f"must be jobs per second, above 0, got {rate!r}", 1.0)
     burst = reader.get("burst")
     if burst is not None:
         burst = reader.integer("burst", 1, low=1, high=1_000_000)
         if rate is None:
-            raise reader.fail("burst", "needs a rate")
+            burst = reader.bad("burst", "needs a rate", None)
     concurrent = reader.get("max_concurrent")
     if concurrent is not None:
         concurrent = reader.integer("max_concurrent", 1, low=1, high=1_000_000)
@@ -578,13 +655,13 @@ def _limit(reader: _Reader, name: str, *, apis: tuple[str, ...] = ()) -> LimitCo
     if rate is None and concurrent is None:
         for option in ("fleet", "defer_after"):
             if reader.table.get(option) is not None:
-                raise reader.fail(option, "applies to a limit: set rate or max_concurrent too")
+                reader.report(option, "applies to a limit: set rate or max_concurrent too")
         return None
     if not _LIMIT_NAME.match(name):
-        raise reader.fail("name", f"must be letters, digits, '_', '.' or '-', got {name!r}")
+        reader.report("name", f"must be letters, digits, '_', '.' or '-', got {name!r}")
     key = reader.text("key") if "key" in reader.table else None
     if key is not None and fleet:
-        raise reader.fail("key", "a fleet-wide limit cannot have a key (one per value)")
+        key = reader.bad("key", "a fleet-wide limit cannot have a key (one per value)", None)
     return LimitConfig(
         name=name,
         tubes=reader.strings("tubes") or () if not apis else (),
@@ -603,19 +680,20 @@ def _limits(top: _Reader, apis: tuple[ApiConfig, ...]) -> tuple[LimitConfig, ...
     limits = [api.limit for api in apis if api.limit is not None]
     raw = top.get("limit") or []
     if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
-        raise top.fail("limit", "must be an array of tables ([[limit]])")
+        raw = top.bad("limit", "must be an array of tables ([[limit]])", [])
     for i, table in enumerate(raw):
-        reader = _Reader(table, f"limit[{i}]", top.origins)
+        reader = top.reader(table, f"limit[{i}]")
         reader.check_unknown(_LIMIT_KEYS)
         name = reader.text("name") or f"limit{i}"
         limit = _limit(reader, name)
         if limit is None:
-            raise reader.fail("rate", "a [[limit]] needs a rate, a max_concurrent or both")
+            reader.report("rate", "a [[limit]] needs a rate, a max_concurrent or both")
+            continue
         limits.append(limit)
     names = [limit.name for limit in limits]
-    for name in names:
+    for name in dict.fromkeys(names):
         if names.count(name) > 1:
-            raise top.fail("limit", f"two limits are named {name!r} ([api.{name}] is one)")
+            top.report("limit", f"two limits are named {name!r} ([api.{name}] is one)")
     return tuple(limits)
 
 
@@ -625,12 +703,13 @@ def _middleware(reader: _Reader) -> MiddlewareConfig:
     for name, value in reader.table.items():
         if name == "enabled":
             continue
-        if name not in enabled:
-            raise reader.fail(name, f"options for middleware {name!r}, which is not enabled")
-        if not isinstance(value, dict):
-            raise reader.fail(name, "must be a table of options ([middleware.NAME])")
         reader.used.add(name)
-        options[name] = MappingProxyType(dict(value))
+        if name not in enabled:
+            reader.report(name, f"options for middleware {name!r}, which is not enabled")
+        elif not isinstance(value, dict):
+            reader.report(name, "must be a table of options ([middleware.NAME])")
+        else:
+            options[name] = MappingProxyType(dict(value))
     return MiddlewareConfig(enabled=tuple(enabled), options=MappingProxyType(options))
 
 
@@ -664,65 +743,86 @@ _TARGET: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 def _handlers(reader: _Reader) -> tuple[tuple[str, str], ...]:
+    targets: list[tuple[str, str]] = []
     for name, target in reader.table.items():
         if not isinstance(target, str) or not _TARGET.match(target):
-            raise reader.fail(name, f"must be 'module:function', got {target!r}")
-    return tuple(sorted(reader.table.items()))
+            reader.report(name, f"must be 'module:function', got {target!r}")
+        else:
+            targets.append((name, target))
+    return tuple(sorted(targets))
 
 
 def _handler_settings(reader: _Reader) -> Mapping[str, Mapping[str, object]]:
     settings: dict[str, Mapping[str, object]] = {}
     for name, value in reader.table.items():
-        if not isinstance(value, dict):
-            raise reader.fail(name, 'must be a table of options ([settings."HANDLER"])')
         reader.used.add(name)
-        settings[name] = MappingProxyType(dict(value))
+        if not isinstance(value, dict):
+            reader.report(name, 'must be a table of options ([settings."HANDLER"])')
+        else:
+            settings[name] = MappingProxyType(dict(value))
     return MappingProxyType(settings)
 
 
-def _build(raw: dict[str, Any], origins: dict[str, str]) -> Config:
-    top = _Reader(raw, "", origins)
-    top.check_unknown(_TOP_KEYS)
-    worker = top.table_at("worker")
-    worker.check_unknown(_WORKER_KEYS)
-    retry = _retry(top.table_at("retry"), RetrySettings())
-    pools_raw = top.get("pool") or []
-    if not isinstance(pools_raw, list) or not all(isinstance(p, dict) for p in pools_raw):
-        raise top.fail("pool", "must be an array of tables ([[pool]])")
-    if not pools_raw:
-        raise top.fail("pool", "no pools: add a [[pool]] table with tubes, or pass --tube")
-    pools = tuple(
-        _pool(_Reader(p, f"pool[{i}]", origins), i, retry) for i, p in enumerate(pools_raw)
+def _worker(reader: _Reader, source: str) -> Config:
+    """A config holding the [worker] values (its pools and sections come after)."""
+    reader.check_unknown(_WORKER_KEYS)
+    return Config(
+        pools=(),
+        servers=reader.servers("servers") or (Address(),),
+        drain_timeout=reader.seconds("drain_timeout", 25.0, high=86_400),
+        connect_timeout=reader.seconds("connect_timeout", 5.0, low=0.1, high=600),
+        reserve_timeout=reader.integer("reserve_timeout", 5, low=1, high=3600),
+        ttr_margin=reader.seconds("ttr_margin", 1.0, low=0.1, high=3600),
+        max_in_flight=reader.integer("max_in_flight", 0, high=1_000_000),
+        tube_poll_interval=reader.seconds("tube_poll_interval", 5.0, low=0.1, high=3600),
+        stall_threshold=reader.seconds("stall_threshold", 1.0, high=3600),
+        reply_timeout=reader.seconds("reply_timeout", 10.0, low=0.5, high=3600),
+        keepalive=reader.seconds("keepalive", 10.0, high=3600),
+        batch_bytes=reader.integer("batch_bytes", 256 * 1024, low=1024, high=2**31),
+        source=source,
     )
+
+
+def _pools(top: _Reader, retry: RetrySettings) -> tuple[PoolConfig, ...]:
+    raw = top.get("pool") or []
+    if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
+        return top.bad("pool", "must be an array of tables ([[pool]])", ())
+    if not raw:
+        return top.bad("pool", "no pools: add a [[pool]] table with tubes, or pass --tube", ())
+    pools = tuple(_pool(top.reader(p, f"pool[{i}]"), i, retry) for i, p in enumerate(raw))
     names = [p.name for p in pools]
-    for name in names:
+    for name in dict.fromkeys(names):
         if names.count(name) > 1:
-            raise top.fail("pool", f"two pools are named {name!r}")
+            top.report("pool", f"two pools are named {name!r}")
+    return pools
+
+
+def _build(raw: dict[str, Any], origins: dict[str, str], problems: _Problems) -> Config:
+    """The config, reading the sections in the order of config/reference.toml (so problems
+    are listed in that order); each problem goes to ``problems``, a default standing in."""
+    top = _Reader(raw, "", origins, problems)
+    top.check_unknown(_TOP_KEYS)
+    config = _worker(top.table_at("worker"), origins[""])
+    retry = _retry(top.table_at("retry"), RetrySettings())
+    logging = _logging(top.table_at("logging"))
+    recycle = _recycle(top.table_at("recycle"))
+    handlers = _handlers(top.table_at("handlers"))
+    pools = _pools(top, retry)
+    control = _control(top.table_at("control"))
+    middleware = _middleware(top.table_at("middleware"))
     apis = _apis(top.table_at("api"))
-    config = Config(
+    return replace(
+        config,
         pools=pools,
-        servers=worker.servers("servers") or (Address(),),
-        drain_timeout=worker.seconds("drain_timeout", 25.0, high=86_400),
-        connect_timeout=worker.seconds("connect_timeout", 5.0, low=0.1, high=600),
-        reserve_timeout=worker.integer("reserve_timeout", 5, low=1, high=3600),
-        ttr_margin=worker.seconds("ttr_margin", 1.0, low=0.1, high=3600),
-        max_in_flight=worker.integer("max_in_flight", 0, high=1_000_000),
-        tube_poll_interval=worker.seconds("tube_poll_interval", 5.0, low=0.1, high=3600),
-        stall_threshold=worker.seconds("stall_threshold", 1.0, high=3600),
-        reply_timeout=worker.seconds("reply_timeout", 10.0, low=0.5, high=3600),
-        keepalive=worker.seconds("keepalive", 10.0, high=3600),
-        batch_bytes=worker.integer("batch_bytes", 256 * 1024, low=1024, high=2**31),
-        logging=_logging(top.table_at("logging")),
-        recycle=_recycle(top.table_at("recycle")),
-        control=_control(top.table_at("control")),
-        middleware=_middleware(top.table_at("middleware")),
+        logging=logging,
+        recycle=recycle,
+        handlers=handlers,
+        control=control,
+        middleware=middleware,
         apis=apis,
         limits=_limits(top, apis),
-        handlers=_handlers(top.table_at("handlers")),
         handler_settings=_handler_settings(top.table_at("settings")),
-        source=origins[""],
     )
-    return config
 
 
 # --------------------------------------------------------------------------- layering
@@ -731,26 +831,12 @@ def _build(raw: dict[str, Any], origins: dict[str, str]) -> Config:
 _Setter = Callable[[dict[str, Any], dict[str, str], Any, str], None]
 
 
-def _set_worker(key: str) -> _Setter:
+def _set_in(table: str, key: str) -> _Setter:
     def setter(raw: dict[str, Any], origins: dict[str, str], value: Any, origin: str) -> None:
-        raw.setdefault("worker", {})[key] = value
-        origins[f"worker.{key}"] = origin
-
-    return setter
-
-
-def _set_logging(key: str) -> _Setter:
-    def setter(raw: dict[str, Any], origins: dict[str, str], value: Any, origin: str) -> None:
-        raw.setdefault("logging", {})[key] = value
-        origins[f"logging.{key}"] = origin
-
-    return setter
-
-
-def _set_control(key: str) -> _Setter:
-    def setter(raw: dict[str, Any], origins: dict[str, str], value: Any, origin: str) -> None:
-        raw.setdefault("control", {})[key] = value
-        origins[f"control.{key}"] = origin
+        section = raw.setdefault(table, {})
+        if isinstance(section, dict):  # else the file's own value is reported as not a table
+            section[key] = value
+            origins[f"{table}.{key}"] = origin
 
     return setter
 
@@ -781,15 +867,21 @@ def _set_tubes(raw: dict[str, Any], origins: dict[str, str], value: Any, origin:
 # it replaces the pools that the others then adjust.
 _LAYERS: Final[tuple[tuple[str, str, str, _Setter], ...]] = (
     ("TUBES", "tubes", "--tube", _set_tubes),
-    ("SERVERS", "servers", "--server", _set_worker("servers")),
-    ("DRAIN_TIMEOUT", "drain_timeout", "--drain-timeout", _set_worker("drain_timeout")),
+    ("SERVERS", "servers", "--server", _set_in("worker", "servers")),
+    ("DRAIN_TIMEOUT", "drain_timeout", "--drain-timeout", _set_in("worker", "drain_timeout")),
     ("CONCURRENCY", "concurrency", "--concurrency", _set_every_pool("concurrency")),
     ("HANDLER", "handler", "--handler", _set_every_pool("handler")),
     ("PROFILE", "profile", "--profile", _set_every_pool("profile")),
     ("MAX_ATTEMPTS", "max_attempts", "--max-attempts", _set_every_pool("max_attempts", retry=True)),
-    ("LOG_FORMAT", "log_format", "--log-format", _set_logging("format")),
-    ("LOG_LEVEL", "log_level", "--log-level", _set_logging("level")),
-    ("CONTROL", "control", "--control", _set_control("listen")),
+    ("LOG_FORMAT", "log_format", "--log-format", _set_in("logging", "format")),
+    ("LOG_LEVEL", "log_level", "--log-level", _set_in("logging", "level")),
+    ("CONTROL", "control", "--control", _set_in("control", "listen")),
+    (
+        "CONTROL_TOKEN_FILE",
+        "control_token_file",
+        "--control-token-file",
+        _set_in("control", "token_file"),
+    ),
 )
 ENV_PREFIX: Final = "TUBEWORKER_"
 
@@ -797,13 +889,28 @@ ENV_PREFIX: Final = "TUBEWORKER_"
 def _read_file(path: str | Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = f.read()
     except FileNotFoundError:
         raise ConfigError("no such file", source=str(path)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(_not_utf8(data, exc), source=str(path)) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
+
+
+def _not_utf8(data: bytes, exc: UnicodeDecodeError) -> str:
+    """Where a file stops being UTF-8 (TOML is UTF-8 only), in a form an editor can find."""
+    line = data.count(b"\n", 0, exc.start) + 1
+    return (
+        f"not UTF-8 (TOML files must be): byte 0x{data[exc.start]:02x} at byte offset "
+        f"{exc.start} (line {line}): {exc.reason}; save the file as UTF-8"
+    )
 
 
 def _apply_layers(
@@ -823,20 +930,51 @@ def _apply_layers(
                 setter(raw, origins, list(value) if isinstance(value, tuple) else value, flag)
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigReport:
+    """What :func:`validate_config` found. ``config`` is meaningful only when ``problems``
+    is empty: with problems it is read with defaults in place of the bad values (``check``
+    and ``handlers`` still show what they can from it), and None when the file could not
+    be read at all."""
+
+    config: Config | None
+    problems: tuple[ConfigError, ...]
+
+
+def validate_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Overrides | None = None,
+) -> ConfigReport:
+    """Read, layer and validate, finding every problem in one pass (at most one per key),
+    each a ConfigError naming source, key and problem."""
+    env = os.environ if env is None else env
+    if path is None and env.get(ENV_PREFIX + "CONFIG"):
+        path = env[ENV_PREFIX + "CONFIG"]
+    try:
+        raw = _read_file(path) if path is not None else {}
+    except ConfigError as exc:
+        return ConfigReport(None, (exc,))
+    origins = {"": str(path) if path else "command line"}
+    _apply_layers(raw, origins, env, overrides or Overrides())
+    problems = _Problems()
+    config = _build(raw, origins, problems)
+    if path is not None:
+        config = replace(config, config_dir=Path(path).resolve().parent)
+    return ConfigReport(config, tuple(problems.errors))
+
+
 def load_config(
     path: str | Path | None = None,
     *,
     env: Mapping[str, str] | None = None,
     overrides: Overrides | None = None,
 ) -> Config:
-    """Read, layer and validate. Raises ConfigError naming source, key and problem."""
-    env = os.environ if env is None else env
-    if path is None and env.get(ENV_PREFIX + "CONFIG"):
-        path = env[ENV_PREFIX + "CONFIG"]
-    raw = _read_file(path) if path is not None else {}
-    origins = {"": str(path) if path else "command line"}
-    _apply_layers(raw, origins, env, overrides or Overrides())
-    config = _build(raw, origins)
-    if path is not None:
-        config = replace(config, config_dir=Path(path).resolve().parent)
-    return config
+    """Read, layer and validate. Raises ConfigError (the first problem :func:`validate_config`
+    finds) naming source, key and problem."""
+    report = validate_config(path, env=env, overrides=overrides)
+    if report.problems:
+        raise report.problems[0]
+    assert report.config is not None
+    return report.config

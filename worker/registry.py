@@ -19,6 +19,7 @@ from tubeworker.errors import ConfigError
 from tubeworker.job import HandlerSpec, Middleware, spec_of
 
 __all__ = [
+    "CONFIG_DISTRIBUTION",
     "GROUP",
     "MIDDLEWARE_GROUP",
     "BrokenHandler",
@@ -31,6 +32,8 @@ __all__ = [
 
 GROUP: Final = "tubeworker.handlers"
 MIDDLEWARE_GROUP: Final = "tubeworker.middleware"
+#: The distribution shown for handlers named in the config's [handlers] table.
+CONFIG_DISTRIBUTION: Final = "(config)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +130,13 @@ def load_targets(
     *,
     source: str,
     search: Path | None = None,
-) -> None:
-    """Add handlers named in the config (``[handlers] name = "module:function"``).
+) -> tuple[ConfigError, ...]:
+    """Add handlers named in the config (``[handlers] name = "module:function"``); the
+    problems, one ConfigError per entry that cannot be used (nothing is raised).
+
+    An entry that fails to load is recorded in ``registry.broken`` (distribution
+    ``(config)``), as a broken entry point is, so ``tubeworker handlers -c`` lists it; a
+    name an entry point already has keeps the entry point's handler.
 
     The rule for finding their modules: ``search`` (the config file's folder) goes first on
     the import path, then the usual path (installed packages, PYTHONPATH). It stays there,
@@ -137,13 +145,18 @@ def load_targets(
     targets = list(targets)
     if targets and search is not None and str(search) not in sys.path:
         sys.path.insert(0, str(search))
+    problems: list[ConfigError] = []
     for name, target in targets:
+        key = f"handlers.{name}"
         if name in registry.handlers or name in registry.broken:
-            raise ConfigError(
-                f"handler {name!r} is also registered by an entry point",
-                key=f"handlers.{name}",
-                source=source,
+            problems.append(
+                ConfigError(
+                    f"handler {name!r} is also registered by an entry point",
+                    key=key,
+                    source=source,
+                )
             )
+            continue
         module, _, attribute = target.partition(":")
         try:
             obj: Any = importlib.import_module(module)
@@ -151,12 +164,12 @@ def load_targets(
                 obj = getattr(obj, part)
             spec = _spec_for(name, obj)
         except Exception as exc:  # the user's module: report any import-time error
-            raise ConfigError(
-                f"cannot load {target}: {type(exc).__name__}: {exc}",
-                key=f"handlers.{name}",
-                source=source,
-            ) from None
-        registry.handlers[name] = RegisteredHandler(name, spec, "(config)", target)
+            error = f"{type(exc).__name__}: {exc}"
+            registry.broken[name] = BrokenHandler(name, CONFIG_DISTRIBUTION, target, error)
+            problems.append(ConfigError(f"cannot load {target}: {error}", key=key, source=source))
+            continue
+        registry.handlers[name] = RegisteredHandler(name, spec, CONFIG_DISTRIBUTION, target)
+    return tuple(problems)
 
 
 def discover(group: str = GROUP) -> Registry:

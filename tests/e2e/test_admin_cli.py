@@ -11,8 +11,10 @@ import pty
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -22,6 +24,7 @@ import pytest
 from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tests.support.process import REPO
 from tests.support.waiting import wait_until_sync
+from tubeworker.admin_ops import EX_DATAERR, EX_NOINPUT, EX_PROTOCOL, EX_UNAVAILABLE, EX_USAGE
 from tubeworker.envelope import encode_envelope
 
 pytestmark = pytest.mark.slow
@@ -211,6 +214,8 @@ def test_stats_shows_the_server_and_a_row_per_tube(
     # ready reserved delayed buried urgent waiting paused total
     assert table_row(text, TUBE)[1:] == ["1", "0", "1", "2", "1", "0", "-", "4"]
     assert table_row(text, "other-tube")[1:] == ["1", "0", "0", "0", "0", "0", "-", "1"]
+    # The test's client put and reserved: one producer, one worker (not "1 workers")
+    assert "(1 producer, 1 worker, 0 waiting)" in text
 
     only = tw("stats", "other-tube", "--server", beanstalkd.address)
     assert only.returncode == 0, only.stderr
@@ -239,6 +244,7 @@ def test_stats_json(beanstalkd: BeanstalkdProcess, client: greenstalk.Client) ->
 def test_stats_of_a_missing_tube_is_not_found(beanstalkd: BeanstalkdProcess) -> None:
     result = tw("stats", "no-such-tube", "--server", beanstalkd.address)
     assert_one_line_error(result, 66, "no-such-tube", "not found")
+    assert out(result) == ""  # no summary, no empty table before the error
 
 
 def test_stats_asks_every_server_and_says_which_one_is_down(
@@ -261,6 +267,65 @@ def test_stats_asks_every_server_and_says_which_one_is_down(
     assert f"server {beanstalkd.address}:" in text
     assert f"server {second.address}:" in text
     assert table_row(text, TUBE)[1] == "1"
+
+
+RECORDS = f"tubeworker.buried.{TUBE}"  # burial records: tubeworker's own tube
+TOKENS = "tubeworker.limit.partner"  # fleet-limit tokens: another of its own
+
+
+def put_internal_jobs(client: greenstalk.Client) -> None:
+    """5 jobs in tubeworker's own tubes (3 records, 2 tokens), beside the test's work."""
+    for tube, count in ((RECORDS, 3), (TOKENS, 2)):
+        client.use(tube)
+        for n in range(count):
+            client.put(f"{tube} {n}".encode())
+    client.use(TUBE)
+
+
+def summary_counts(text: str) -> list[int]:
+    """ready, urgent, reserved, delayed, buried, put since start: from the jobs line."""
+    line = next(line for line in text.splitlines() if line.startswith("  jobs: "))
+    return [
+        int(word)
+        for word in re.findall(r"\b(\d+) (?:ready|urgent|reserved|delayed|buried|put)", line)
+    ]
+
+
+def test_stats_leaves_out_tubeworkers_own_tubes_unless_all(
+    beanstalkd: BeanstalkdProcess, client: greenstalk.Client
+) -> None:
+    # Given 2 ready and 1 buried job of work, and 5 jobs in tubeworker's own tubes
+    client.put(b"a")
+    client.put(b"b")
+    bury(client, 1)
+    put_internal_jobs(client)
+
+    # When stats is asked: then its own tubes are neither listed nor counted
+    result = tw("stats", "--server", beanstalkd.address)
+    assert result.returncode == 0, result.stderr
+    text = out(result)
+    assert "tubeworker." not in text.split("TUBE ", 1)[1]
+    assert summary_counts(text) == [2, 0, 0, 0, 1, 3]
+    assert "not counted above: tubeworker's own 2 tubes (5 jobs; --all" in text
+
+    # With --all: listed, and counted as the server counts them
+    every = tw("stats", "--all", "--server", beanstalkd.address)
+    assert every.returncode == 0, every.stderr
+    assert table_row(out(every), RECORDS)[1] == "3"
+    assert table_row(out(every), TOKENS)[1] == "2"
+    assert summary_counts(out(every)) == [7, 0, 0, 0, 1, 8]
+    assert "not counted" not in out(every)
+
+    # Named: shown (still not counted in the summary)
+    named = tw("stats", RECORDS, "--server", beanstalkd.address)
+    assert table_row(out(named), RECORDS)[1] == "3"
+
+    # JSON: the same tubes and counts, and which tubes were left out
+    document = json.loads(out(tw("stats", "--json", "--server", beanstalkd.address)))
+    [server] = document["servers"]
+    assert {t["name"] for t in server["tubes"]} == {"default", TUBE}
+    assert server["server"]["current_jobs_ready"] == 2
+    assert sorted(server["hidden_tubes"]) == sorted([RECORDS, TOKENS])
 
 
 def _read_until(fd: int, needle: bytes, count: int, deadline: float) -> bytes:
@@ -550,6 +615,20 @@ def test_pause_list_and_resume(beanstalkd: BeanstalkdProcess, client: greenstalk
     assert out(tw("pause", "--list", "--server", beanstalkd.address)) == "no paused tubes\n"
 
 
+def test_pause_list_leaves_out_tubeworkers_own_tubes_unless_all(
+    beanstalkd: BeanstalkdProcess, client: greenstalk.Client
+) -> None:
+    client.put(b"x")
+    put_internal_jobs(client)
+    for tube in (TUBE, TOKENS):
+        client.pause_tube(tube, 3600)
+    listed = tw("pause", "--list", "--server", beanstalkd.address)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in out(listed).splitlines()[1:]] == [TUBE]
+    every = tw("pause", "--list", "--all", "--server", beanstalkd.address)
+    assert [line.split()[0] for line in out(every).splitlines()[1:]] == [TUBE, TOKENS]
+
+
 def test_pause_errors(beanstalkd: BeanstalkdProcess) -> None:
     assert_one_line_error(
         tw("pause", "no-such-tube", "5m", "--server", beanstalkd.address), 66, "not found"
@@ -607,9 +686,77 @@ def test_a_draining_server_is_unavailable(
 
 def test_usage_errors_are_exit_64(beanstalkd: BeanstalkdProcess) -> None:
     server = ["--server", beanstalkd.address]
+    # What argparse finds: one line naming the command's --help, and 64 (not argparse's 2)
+    assert_one_line_error(tw("peek", *server), 64, "required: ID|TUBE", "tubeworker peek --help")
+    assert_one_line_error(tw("stats", "--bogus", *server), 64, "unrecognized arguments: --bogus")
+    assert_one_line_error(tw("no-such-command"), 64, "invalid choice", "'tubeworker --help'")
+    assert_one_line_error(tw("run", "--concurrency", "many"), 64, "--concurrency", "run --help")
+    assert_one_line_error(tw("check", "--profile", "gpu"), 64, "invalid choice: 'gpu'")
+    assert_one_line_error(tw("pause", "--all", TUBE, "5m", *server), 64, "--list")
     assert_one_line_error(tw("put", TUBE, *server), 64, "BODY")
     assert_one_line_error(tw("put", TUBE, "x", "--task", "t", *server), 64, "not both")
     assert_one_line_error(tw("delete", *server), 64, "--buried")
     assert_one_line_error(tw("pause", TUBE, *server), 64, "DURATION")
     two = [*server, "--server", f"127.0.0.1:{free_port()}"]
     assert_one_line_error(tw("delete", "1", *two), 64, "one server")
+
+
+def test_put_help_says_which_server_of_several() -> None:
+    result = tw("put", "--help")
+    assert result.returncode == 0
+    text = " ".join(out(result).split())
+    assert "with several listed, the first is used" in text
+    assert "TUBE the tube to put the job into" in text
+
+
+def test_delete_buried_counts_servers_in_words(beanstalkd: BeanstalkdProcess) -> None:
+    # Given buried jobs of the tube on one of two servers
+    with (
+        greenstalk.Client((beanstalkd.host, beanstalkd.port), use=TUBE, watch=TUBE) as client,
+        BeanstalkdProcess() as second,
+    ):
+        bury(client, 2)
+        servers = ["--server", beanstalkd.address, "--server", second.address]
+        result = tw("delete", "--buried", TUBE, *servers)
+    assert_one_line_error(result, 64, "2 buried jobs of tube 'admin-e2e' on 1 server without")
+
+
+@contextlib.contextmanager
+def not_beanstalkd() -> Iterator[str]:
+    """A TCP server on loopback that answers every connection like a web server would; its
+    address. Stopped (and its thread joined) on the way out."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(1024)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=TIMEOUT)
+        listener.close()
+
+
+def test_a_server_that_is_not_beanstalkd_is_exit_76_as_the_readme_says() -> None:
+    with not_beanstalkd() as address:
+        for command in (["stats"], ["put", TUBE, "x"], ["pause", "--list"]):
+            result = tw(*command, "--server", address)
+            assert_one_line_error(result, 76, address, "does not speak beanstalkd")
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    admin = readme[readme.index("picks the server(s). Errors are one line") :][:400]
+    for code in (EX_UNAVAILABLE, EX_DATAERR, EX_NOINPUT, EX_USAGE, EX_PROTOCOL):
+        assert re.search(rf"\b{code} [a-z]", admin), (code, admin)

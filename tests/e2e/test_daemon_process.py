@@ -5,8 +5,13 @@ The broker is read with greenstalk, an independent client.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import re
+import select
+import shlex
 import signal
 import socket
 import subprocess
@@ -15,9 +20,10 @@ import time
 from pathlib import Path
 
 import greenstalk
+import httpx
 import pytest
 
-from tests.support.beanstalkd import BeanstalkdProcess
+from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tests.support.process import REPO, DaemonProcess
 from tests.support.waiting import wait_until_sync
 
@@ -262,6 +268,22 @@ def test_bad_config_exits_78_naming_the_key(tmp_path: Path, toml: str, expected:
         assert expected in result.stderr
 
 
+def test_a_config_file_not_in_utf8_is_one_line_and_exit_78(tmp_path: Path) -> None:
+    # Given a config saved as Latin-1 (not UTF-8, which TOML requires)
+    config = tmp_path / "latin1.toml"
+    config.write_bytes('[[pool]]\ntubes = ["café"]\n'.encode("latin-1"))
+    for command in ("run", "check"):
+        # When the daemon or check reads it
+        result = run_cli(command, "-c", str(config))
+        # Then one line naming the file and where, and 78 (a supervisor does not restart)
+        assert result.returncode == 78, result.stderr
+        assert "Traceback" not in result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert str(config) in result.stderr
+        assert "not UTF-8" in result.stderr
+        assert "byte offset 22 (line 2)" in result.stderr
+
+
 def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
     config = tmp_path / "ok.toml"
     config.write_text('[[pool]]\ntubes = ["a"]\n')
@@ -279,11 +301,214 @@ def test_check_and_handlers_commands(tmp_path: Path) -> None:
     result = run_cli("check", "-c", str(config))
     assert result.returncode == 0, result.stderr
     assert "tenant-*" in result.stdout
-    assert "concurrency: 3" in result.stdout
+    assert "concurrency: 3 jobs at once (io profile) on 1 connection of up to 50 jobs" in (
+        result.stdout
+    )
     handlers = run_cli("handlers")
     assert handlers.returncode == 0
     for name in ("demo.echo", "demo.sleep", "demo.fail", "demo.flaky"):
         assert name in handlers.stdout
+
+
+THREE_MISTAKES = """
+[worker]
+drain_timout = 5
+[handlers]
+"good" = "tests.e2e.handlers:sleepy"
+"missing" = "no_such_module_for_tubeworker:run"
+[[pool]]
+tubes = ["a"]
+concurrency = "lots"
+"""
+
+
+def test_check_lists_every_problem_in_one_run(tmp_path: Path) -> None:
+    # Given a config with three mistakes, one of them a [handlers] entry that cannot load
+    config = tmp_path / "three.toml"
+    config.write_text(THREE_MISTAKES)
+    for command in ("check", "run"):
+        # When it is checked (or run)
+        result = run_cli(command, "-c", str(config))
+        # Then all three, one a line, naming the file and the key; exit 78
+        assert result.returncode == 78, result.stderr
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.splitlines()
+        assert len(lines) == 3, result.stderr
+        for line, key in zip(
+            lines, ("worker.drain_timout", "pool[0].concurrency", "handlers.missing"), strict=True
+        ):
+            assert line.startswith(f"tubeworker: bad config: {config}: {key}: "), line
+
+
+def test_handlers_lists_a_config_entry_that_cannot_load_as_broken(tmp_path: Path) -> None:
+    # Given a [handlers] table with one good entry and two bad ones
+    config = tmp_path / "handlers.toml"
+    config.write_text(
+        "[handlers]\n"
+        '"good" = "tests.e2e.handlers:sleepy"\n'
+        '"missing" = "no_such_module_for_tubeworker:run"\n'
+        '"malformed" = "nocolon"\n'
+        "[[pool]]\n"
+        'tubes = ["a"]\n'
+    )
+    # When the handlers are listed with that config
+    result = run_cli("handlers", "-c", str(config))
+    # Then every handler is listed, the bad ones as BROKEN with their error...
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "demo.echo" in rows
+    assert "BROKEN" not in rows["good"]
+    assert "(config)" in rows["good"]
+    assert "BROKEN: ModuleNotFoundError" in rows["missing"]
+    assert "BROKEN: must be 'module:function'" in rows["malformed"]
+    # ...and exit 78, as `run` would refuse this config, each problem one line on stderr
+    assert result.returncode == 78, result.stderr
+    assert "Traceback" not in result.stderr
+    problems = result.stderr.splitlines()
+    assert len(problems) == 2, result.stderr
+    assert all(line.startswith(f"tubeworker: bad config: {config}: handlers.") for line in problems)
+    assert "--config" in run_cli("handlers", "--help").stdout
+    assert "78" in run_cli("handlers", "--help").stdout
+
+
+def test_check_shows_the_control_plane(tmp_path: Path) -> None:
+    config = tmp_path / "control.toml"
+    config.write_text('[[pool]]\ntubes = ["a"]\n')
+    # Given no control plane: check says so
+    off = run_cli("check", "-c", str(config))
+    assert off.returncode == 0, off.stderr
+    assert "control: off" in off.stdout
+
+    # Given a listen address, a token file and allowed host names
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    config.write_text(
+        '[[pool]]\ntubes = ["a"]\n'
+        "[control]\n"
+        'listen = "127.0.0.1:9191"\n'
+        f'token_file = "{token}"\n'
+        'allowed_hosts = ["workers.example", "Ops.Example"]\n'
+    )
+    on = run_cli("check", "-c", str(config))
+    assert on.returncode == 0, on.stderr
+    lines = on.stdout.splitlines()
+    assert "control: 127.0.0.1:9191 (metrics, health, status, events, dashboard)" in lines
+    assert f"  token file: {token} (readable): POST /quiet, /resume and /drain need its token" in (
+        lines
+    )
+    assert any(
+        line.startswith("  allowed_hosts: workers.example, ops.example ") for line in lines
+    ), on.stdout
+    assert "s3cret" not in on.stdout
+
+    # Given an empty token file: every action would be refused, and check says so
+    token.write_text("")
+    empty = run_cli("check", "-c", str(config))
+    assert f"  token file: {token} (readable, empty): " in empty.stdout
+    assert "always refused (401)" in empty.stdout
+
+    # Given a token file that cannot be read: a problem, not a crash at start
+    token.unlink()
+    token.mkdir()
+    unreadable = run_cli("check", "-c", str(config))
+    assert unreadable.returncode == 78
+    assert f"{config}: control.token_file: cannot read {token}" in unreadable.stderr
+
+
+def test_run_takes_the_control_token_file_from_a_flag_over_the_environment(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    # Given a token file named by the flag and another by the environment
+    flag_token, env_token = tmp_path / "flag-token", tmp_path / "env-token"
+    flag_token.write_text("from-the-flag\n")
+    env_token.write_text("from-the-env\n")
+    config = write_config(tmp_path / "w.toml", beanstalkd)
+    port = free_port()
+    daemon = DaemonProcess(config, tmp_path, env={"TUBEWORKER_CONTROL_TOKEN_FILE": str(env_token)})
+    daemons.append(
+        daemon.start("--control", f"127.0.0.1:{port}", "--control-token-file", str(flag_token))
+    )
+    daemon.wait_ready()
+    # When actions are called: then the flag's token authorises them, the variable's does not
+    quiet = f"http://127.0.0.1:{port}/quiet"
+
+    def post(token: str) -> int:
+        headers = {"Authorization": f"Bearer {token}"}
+        return httpx.post(quiet, headers=headers, timeout=5).status_code
+
+    assert post("from-the-env") == 401
+    assert post("from-the-flag") == 200
+
+
+def _said(proc: subprocess.Popen[bytes], prefixes: tuple[str, ...], deadline: float) -> list[str]:
+    """The rest of the first stderr line of ``proc`` starting with each of ``prefixes``
+    (read as it comes, with a deadline)."""
+    assert proc.stderr is not None
+    buffered = b""
+    while True:
+        lines = buffered.decode(errors="replace").splitlines()
+        found = [next((ln[len(p) :] for ln in lines if ln.startswith(p)), None) for p in prefixes]
+        if all(rest is not None for rest in found):
+            return [rest for rest in found if rest is not None]
+        left = deadline - time.monotonic()
+        assert left > 0, f"not all of {prefixes!r} said: {buffered.decode(errors='replace')}"
+        ready, _, _ = select.select([proc.stderr], [], [], left)
+        if ready:
+            chunk = os.read(proc.stderr.fileno(), 65536)
+            assert chunk, f"stderr ended before {prefixes!r}: {buffered!r}"
+            buffered += chunk
+
+
+def test_dev_suggests_a_put_command_that_works(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUBEWORKER_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tubeworker", "dev", "--log-format", "json"],
+        cwd=tmp_path,  # not the repository: nothing of it on the path but the install
+        env={**env, "PYTHONPATH": str(REPO)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    server_pid = None
+    try:
+        started, suggestion = _said(
+            proc,
+            ("[tubeworker] private beanstalkd at ", "[tubeworker] put a job: "),
+            time.monotonic() + 30,
+        )
+        match = re.fullmatch(r"(\S+) \(pid (\d+)\); Ctrl-C drains", started)
+        assert match is not None, started
+        address, server_pid = match[1], int(match[2])
+        # Given the command dev suggests
+        suggested = shlex.split(suggestion)
+        assert suggested[:3] == ["tubeworker", "put", "default"]
+        assert suggested[-2:] == ["--server", address]
+        # When it is run (as the installed command would be)
+        put = run_cli(*suggested[1:], env={**env, "PYTHONPATH": str(REPO)})
+        assert put.returncode == 0, put.stderr
+        job_id = int(put.stdout)
+        # Then the daemon runs the job and deletes it
+        host, port = address.rsplit(":", 1)
+        with greenstalk.Client((host, int(port))) as client:
+
+            def done() -> bool:
+                try:
+                    client.stats_job(job_id)
+                except greenstalk.NotFoundError:
+                    return True
+                return False
+
+            wait_until_sync(done, timeout=20, what="the suggested job done")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+        if server_pid is not None:  # dev stops it; only a failed test may leave it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server_pid, signal.SIGKILL)
 
 
 def _next_stopping(sock: socket.socket) -> str:

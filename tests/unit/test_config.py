@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tubeworker.beanstalk.client import Address
-from tubeworker.config import Config, Overrides, load_config
+from tubeworker.config import Config, Overrides, load_config, validate_config
 from tubeworker.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
@@ -324,6 +324,17 @@ def test_given_invalid_toml_when_loaded_then_error_says_toml_and_line(write) -> 
     assert "line" in str(error)
 
 
+def test_given_latin1_file_when_loaded_then_config_error_names_the_byte_offset(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[[pool]]\ntubes = ["café"]\n'.encode("latin-1"))
+    error = config_error(path)
+    assert error.source == str(path)
+    assert "not UTF-8" in str(error)
+    assert "byte 0xe9 at byte offset 22 (line 2)" in str(error)
+
+
 def test_given_no_pools_when_loaded_then_error_says_how_to_add_one(write) -> None:
     error = config_error(write("[worker]\ndrain_timeout = 5\n"))
     assert "no pools" in str(error)
@@ -631,3 +642,155 @@ def test_handler_settings_are_read_per_handler_and_must_be_tables(write) -> None
     error = config_error(pool_file(write, '[settings]\n"http.request" = "no"\n'))
     assert error.key == "settings.http.request"
     assert "table of options" in str(error)
+
+
+# --------------------------------------------------------------------------- every problem at once
+
+
+def problems_of(path: Path, **kwargs) -> list[tuple[str | None, str | None]]:
+    kwargs.setdefault("env", {})
+    report = validate_config(path, **kwargs)
+    return [(p.key, p.source) for p in report.problems]
+
+
+def test_given_three_mistakes_when_validated_then_all_three_in_one_pass(write) -> None:
+    path = write(
+        """
+        [worker]
+        drain_timout = 5
+        [[pool]]
+        tubes = ["a"]
+        concurrency = "lots"
+        [[pool]]
+        tubes = ["b"]
+        profile = "gpu"
+        """
+    )
+    report = validate_config(path, env={})
+    assert [(p.key, p.source) for p in report.problems] == [
+        ("worker.drain_timout", str(path)),
+        ("pool[0].concurrency", str(path)),
+        ("pool[1].profile", str(path)),
+    ]
+    assert "did you mean 'drain_timeout'" in str(report.problems[0])
+    # load_config still raises, with the first of them
+    assert config_error(path).key == "worker.drain_timout"
+
+
+def test_given_a_bad_value_when_validated_then_no_made_up_second_problem_for_its_key(
+    write,
+) -> None:
+    # tubes = 5 is not a list; read as no tubes it must not also be "needs at least one"
+    (problem,) = validate_config(write("[[pool]]\ntubes = 5\n"), env={}).problems
+    assert problem.key == "pool[0].tubes"
+    assert "list of strings" in problem.problem
+
+
+def test_given_mistakes_in_every_kind_of_section_when_validated_then_each_is_listed(
+    write,
+) -> None:
+    path = write(
+        """
+        wrker = 1
+        [retry]
+        backoff_base = 60
+        backoff_cap = 30
+        [logging]
+        level = "loud"
+        [handlers]
+        "x" = "nocolon"
+        [[pool]]
+        tubes = ["bad name"]
+        [control]
+        listen = "nowhere"
+        daemons = ["not a url"]
+        [middleware]
+        sentry = {}
+        [api.partner]
+        tubes = ["bad name"]
+        probes = 0
+        [[limit]]
+        rate = -1
+        burst = 0
+        [settings]
+        "http.request" = 3
+        """
+    )
+    assert [key for key, _ in problems_of(path)] == [
+        "wrker",
+        "retry.backoff_cap",
+        "logging.level",
+        "handlers.x",
+        "pool[0].tubes",
+        "control.listen",
+        "control.daemons",
+        "middleware.sentry",
+        "api.partner.tubes",
+        "api.partner.probes",
+        "limit[0].rate",
+        "limit[0].burst",
+        "settings.http.request",
+    ]
+
+
+def test_given_a_file_that_cannot_be_read_when_validated_then_one_problem_and_no_config(
+    tmp_path: Path,
+) -> None:
+    report = validate_config(tmp_path / "nope.toml", env={})
+    assert report.config is None
+    assert [p.problem for p in report.problems] == ["no such file"]
+
+
+def test_given_a_good_file_when_validated_then_no_problem_and_the_config(write) -> None:
+    report = validate_config(pool_file(write), env={})
+    assert report.problems == ()
+    assert report.config is not None
+    assert report.config.pools[0].tubes == ("t",)
+
+
+def test_given_worker_not_a_table_and_a_server_variable_when_validated_then_a_problem(
+    write,
+) -> None:
+    # The variable has no table to go into: the file's value is the problem (not a crash).
+    path = write('worker = 5\n[[pool]]\ntubes = ["t"]\n')
+    error = config_error(path, env={"TUBEWORKER_SERVERS": "a:1"})
+    assert error.key == "worker"
+    assert "must be a table" in str(error)
+
+
+# --------------------------------------------------------------------------- the control token file
+
+
+def test_given_token_file_in_file_env_and_flag_when_loaded_then_flag_wins(
+    write, tmp_path: Path
+) -> None:
+    files = {name: tmp_path / name for name in ("file", "env", "flag")}
+    for path in files.values():
+        path.write_text("token\n")
+    config_file = pool_file(write, f'[control]\ntoken_file = "{files["file"]}"\n')
+    env = {"TUBEWORKER_CONTROL_TOKEN_FILE": str(files["env"])}
+    assert load_config(config_file, env={}).control.token_file == files["file"]
+    assert load_config(config_file, env=env).control.token_file == files["env"]
+    flag = Overrides(control_token_file=str(files["flag"]))
+    assert load_config(config_file, env=env, overrides=flag).control.token_file == files["flag"]
+
+
+def test_given_missing_token_file_from_the_variable_when_loaded_then_error_names_it(
+    write, tmp_path: Path
+) -> None:
+    env = {"TUBEWORKER_CONTROL_TOKEN_FILE": str(tmp_path / "nope")}
+    error = config_error(pool_file(write), env=env)
+    assert str(error).startswith("environment TUBEWORKER_CONTROL_TOKEN_FILE: control.token_file: ")
+    assert "no such file" in str(error)
+    flag = Overrides(control_token_file=str(tmp_path / "nope"))
+    assert config_error(pool_file(write), overrides=flag).source == "--control-token-file"
+
+
+def test_every_environment_variable_is_in_the_readme_list() -> None:
+    from tubeworker.config import _LAYERS, ENV_PREFIX
+
+    readme = (CONFIG_DIR.parent / "README.md").read_text(encoding="utf-8")
+    for suffix, _attr, _flag, _setter in _LAYERS:
+        assert f"`{ENV_PREFIX}{suffix}`" in readme, suffix
+    reference = (CONFIG_DIR / "reference.toml").read_text(encoding="utf-8")
+    assert "--control-token-file PATH; environment: TUBEWORKER_CONTROL_TOKEN_FILE" in reference

@@ -39,9 +39,9 @@ def write_plugin(path: Path, source: str) -> None:
 
 
 def config_error_from_load(registry: Registry, name: str, target: str) -> ConfigError:
-    with pytest.raises(ConfigError) as info:
-        load_targets(registry, [(name, target)], source="tubeworker.toml")
-    return info.value
+    """The one problem ``load_targets`` returns for the entry (it raises nothing)."""
+    (problem,) = load_targets(registry, [(name, target)], source="tubeworker.toml")
+    return problem
 
 
 # --------------------------------------------------------------------------- Registry
@@ -162,11 +162,34 @@ def test_given_dotted_attribute_target_when_loaded_then_found(plugin: Path) -> N
 
 
 def test_given_missing_module_when_loaded_then_config_error() -> None:
-    error = config_error_from_load(Registry({}), "x", "no_such_module_for_tubeworker:f")
+    registry = Registry({})
+    error = config_error_from_load(registry, "x", "no_such_module_for_tubeworker:f")
     assert error.key == "handlers.x"
     assert error.source == "tubeworker.toml"
     assert "ModuleNotFoundError" in str(error)
     assert "no_such_module_for_tubeworker:f" in str(error)
+    # Listed as broken, as a broken entry point is (`tubeworker handlers -c`).
+    broken = registry.broken["x"]
+    assert (broken.distribution, broken.target) == ("(config)", "no_such_module_for_tubeworker:f")
+    assert broken.error.startswith("ModuleNotFoundError")
+    assert registry.get("x") is None
+
+
+def test_given_a_bad_entry_among_good_ones_when_loaded_then_the_others_still_load() -> None:
+    registry = Registry({})
+    problems = load_targets(
+        registry,
+        [
+            ("a", "tubeworker.handlers.demo:echo"),
+            ("b", "no_such_module_for_tubeworker:f"),
+            ("c", "tubeworker.handlers.demo:no_such_function"),
+            ("d", "tubeworker.handlers.demo:fail"),
+        ],
+        source="f.toml",
+    )
+    assert [p.key for p in problems] == ["handlers.b", "handlers.c"]
+    assert sorted(registry.handlers) == ["a", "d"]
+    assert sorted(registry.broken) == ["b", "c"]
 
 
 def test_given_missing_attribute_when_loaded_then_config_error() -> None:
@@ -220,12 +243,15 @@ def test_given_name_of_a_broken_handler_when_loaded_then_config_error() -> None:
 
 def test_given_same_name_twice_in_targets_when_loaded_then_config_error() -> None:
     registry = Registry({})
-    with pytest.raises(ConfigError):
-        load_targets(
-            registry,
-            [("x", "tubeworker.handlers.demo:echo"), ("x", "tubeworker.handlers.demo:fail")],
-            source="f.toml",
-        )
+    (problem,) = load_targets(
+        registry,
+        [("x", "tubeworker.handlers.demo:echo"), ("x", "tubeworker.handlers.demo:fail")],
+        source="f.toml",
+    )
+    assert problem.key == "handlers.x"
+    spec = registry.get("x")
+    assert spec is not None
+    assert spec.func is tubeworker.handlers.demo.echo  # the first one stays
 
 
 # --------------------------------------------------------------------------- discover

@@ -2,7 +2,8 @@
 
 Exit codes follow sysexits: 0 after a clean drain (also when recycling), 78 (EX_CONFIG) for
 a bad config so service managers can refuse to restart on it, 69 (EX_UNAVAILABLE) when
-beanstalkd cannot be started for ``dev``/``demo``.
+beanstalkd cannot be started for ``dev``/``demo``, 64 (EX_USAGE) for a command line that
+cannot be parsed (argparse's own 2 would be read as "no such file" by sysexits readers).
 """
 
 from __future__ import annotations
@@ -10,29 +11,50 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn, cast
 
 import trio
 
 from tubeworker import __version__
-from tubeworker.cli.admin import add_admin_commands
+from tubeworker.cli.admin import EX_USAGE, add_admin_commands
 from tubeworker.cli.dashboard import add_dashboard_command
 from tubeworker.cli.startup import EX_OK, add_run_options
 
 __all__ = ["main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tubeworker", description="A Trio worker daemon for beanstalkd."
-    )
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line and exit 64 (EX_USAGE) like every other
+    usage error of the commands, instead of the usage text and exit 2. The subcommands'
+    parsers are of this class too (add_subparsers makes them of the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EX_USAGE, f"tubeworker: {message} (see '{self.prog} --help')\n")
+
+
+if TYPE_CHECKING:  # not subscriptable at run time
+    Commands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, Commands]:
+    """The parser, and its subcommands' (each a :class:`_Parser`)."""
+    parser = _Parser(prog="tubeworker", description="A Trio worker daemon for beanstalkd.")
     parser.add_argument("--version", action="version", version=f"tubeworker {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Typed as the ArgumentParser they are, for the add_*_command functions.
+    commands = cast("Commands", parser.add_subparsers(dest="command", metavar="COMMAND"))
     run = commands.add_parser("run", help="run the daemon in the foreground")
     add_run_options(run)
     check = commands.add_parser("check", help="validate a config and show what would run")
     add_run_options(check)
     handlers = commands.add_parser(
-        "handlers", help="list handlers (entry points, and with -c the config's [handlers])"
+        "handlers",
+        help="list handlers (entry points, and with -c the config's [handlers])",
+        description="Every handler the daemon would know: the entry points of group "
+        "tubeworker.handlers and, with -c, the config's [handlers] table. One that cannot "
+        "be loaded is listed as BROKEN with its error. Exit status: 0; with -c, 78 when "
+        "the config has a problem 'tubeworker run' would refuse to start with (a BROKEN "
+        "[handlers] entry is one), each printed on stderr. A broken entry point alone "
+        "keeps 0: the daemon starts without it unless a pool binds it.",
     )
     handlers.add_argument("-c", "--config", help="also load this config's [handlers]")
     dev = commands.add_parser("dev", help="run the daemon with a private beanstalkd")
@@ -55,12 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--once", action="store_true", help="print one snapshot and exit")
     add_admin_commands(commands)  # stats, peek, kick, kick-job, delete, put, pause
     add_dashboard_command(commands)
-    return parser
+    return parser, commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser, commands = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's parser: its --help is the one to see
+        owner = commands.choices.get(args.command or "", parser)
+        owner.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return _dispatch(args) if args.command else _help(parser)
     except KeyboardInterrupt:  # only before the signal receiver is installed

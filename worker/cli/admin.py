@@ -64,6 +64,7 @@ __all__ = [
     "parse_int",
     "parse_interval",
     "parse_job_id",
+    "plural",
     "pretty_json",
     "render_body",
     "render_table",
@@ -100,7 +101,7 @@ def _server_option(parser: argparse.ArgumentParser, *, repeatable: bool) -> None
         parser.add_argument(
             "--server",
             metavar="HOST:PORT",
-            help=f"{_SERVER_HELP}; with several listed, the first",
+            help=f"{_SERVER_HELP}; with several listed, the first is used",
         )
 
 
@@ -119,9 +120,14 @@ def _add_stats(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "stats",
         help="server summary and per-tube counts",
         description="The server's summary and a table of tubes: ready, reserved, delayed, "
-        "buried, urgent, waiting workers, pause time left, total jobs put.",
+        "buried, urgent, waiting workers, pause time left, total jobs put. tubeworker's own "
+        "tubes (tubeworker.buried.*, tubeworker.limit.*) are not work: they are left out of "
+        "the table and their jobs out of the summary's counts, unless named or --all.",
     )
     stats.add_argument("tubes", nargs="*", metavar="TUBE", help="tubes to show (default: all)")
+    stats.add_argument(
+        "--all", action="store_true", help="show and count tubeworker's own tubes too"
+    )
     stats.add_argument("--json", action="store_true", help="one JSON document instead")
     stats.add_argument(
         "--watch",
@@ -216,7 +222,7 @@ def _add_put(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Put BODY (as given; '-' reads the bytes of stdin) or, with --task, the "
         f'JSON envelope {{"task": NAME, "payload": JSON}} into TUBE. {_DURATIONS_HELP}',
     )
-    put.add_argument("tube", metavar="TUBE")
+    put.add_argument("tube", metavar="TUBE", help="the tube to put the job into")
     put.add_argument("body", nargs="?", metavar="BODY|-", help="the body; '-': read stdin")
     put.add_argument("--task", metavar="NAME", help="build an envelope for this task")
     put.add_argument("--payload", metavar="JSON", help="the envelope's payload (JSON)")
@@ -237,6 +243,7 @@ def _add_pause(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pause.add_argument("tube", nargs="?", metavar="TUBE")
     pause.add_argument("duration", nargs="?", metavar="DURATION")
     pause.add_argument("--list", action="store_true", help="list tubes with pause time left")
+    pause.add_argument("--all", action="store_true", help="with --list: tubeworker's own tubes too")
     _server_option(pause, repeatable=True)
 
 
@@ -301,7 +308,12 @@ def run_admin(main: Callable[[], Awaitable[int]]) -> int:
         return EX_OK
 
 
-# --------------------------------------------------------------------------- tables
+# --------------------------------------------------------------------------- words and tables
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """``1 job``, ``2 jobs``, ``0 jobs`` (``words``: the plural when not ``word + "s"``)."""
+    return f"{count} {word}" if count == 1 else f"{count} {words or word + 's'}"
 
 
 def render_table(

@@ -1,38 +1,56 @@
 """``tubeworker check``: validate a config and show what would run, with the values that
-apply (a handler's own options over its pool's)."""
+apply (a handler's own options over its pool's).
+
+Every problem is found in one pass and printed one a line (file, key, problem), exit 78.
+A valid config is shown section by section: each section is one function of
+``(config, registry)`` in :data:`SECTIONS`, printed in that order; a new section is a new
+function added there.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
 
-from tubeworker.cli.startup import EX_CONFIG, EX_OK, ConfigExit, load_or_exit
+from tubeworker.cli.admin import plural
+from tubeworker.cli.startup import EX_CONFIG, EX_OK, load_all, print_problems
 from tubeworker.config import Config, PoolConfig
 from tubeworker.registry import Registry
 from tubeworker.runtime.dispatch import effective_policy
 from tubeworker.runtime.policy import RetryPolicy
 from tubeworker.runtime.pool import lane_sizes
 
-__all__ = ["check"]
+__all__ = ["SECTIONS", "check"]
+
+Section = Callable[[Config, Registry], None]
 
 
 def check(args: argparse.Namespace) -> int:
-    try:
-        config, registry = load_or_exit(args)
-    except ConfigExit:
+    loaded = load_all(args)
+    if loaded.problems or loaded.config is None:
+        print_problems(loaded.problems)
         return EX_CONFIG
-    print(f"config: {config.source}")
+    print(f"config: {loaded.config.source}")
+    for section in SECTIONS:
+        section(loaded.config, loaded.registry)
+    print("ok")
+    return EX_OK
+
+
+def show_worker(config: Config, registry: Registry) -> None:
     print(f"servers: {', '.join(str(s) for s in config.servers)}")
     print(
         f"drain_timeout: {config.drain_timeout:g} s; "
         f"max_in_flight: {config.max_in_flight or config.total_concurrency}; "
         f"reply_timeout: {config.reply_timeout:g} s; keepalive: {config.keepalive:g} s"
     )
+
+
+def show_pools(config: Config, registry: Registry) -> None:
     for pool in config.pools:
         _show_pool(pool, config, registry)
-    for broken in registry.broken.values():
-        print(f"warning: handler {broken.name!r} failed to load: {broken.error}")
-    print("ok")
-    return EX_OK
 
 
 def _show_pool(pool: PoolConfig, config: Config, registry: Registry) -> None:
@@ -42,8 +60,9 @@ def _show_pool(pool: PoolConfig, config: Config, registry: Registry) -> None:
     servers = len(pool.servers or config.servers)
     connections = len(lane_sizes(pool.concurrency, pool.jobs_per_connection, servers))
     print(
-        f"  concurrency: {pool.concurrency} jobs at once ({pool.profile} profile) on "
-        f"{connections} connection(s) of up to {pool.jobs_per_connection} jobs"
+        f"  concurrency: {plural(pool.concurrency, 'job')} at once ({pool.profile} profile) "
+        f"on {plural(connections, 'connection')} of up to "
+        f"{plural(pool.jobs_per_connection, 'job')}"
     )
     r = pool.retry
     policy = RetryPolicy(r.max_attempts, r.backoff_base, r.backoff_cap, r.redelivery_limit)
@@ -64,3 +83,41 @@ def _show_pool(pool: PoolConfig, config: Config, registry: Registry) -> None:
         f"{policy.backoff_base:g} s doubling to {policy.backoff_cap:g} s with full jitter, "
         f"redelivery_limit {policy.redelivery_limit}"
     )
+
+
+def show_control(config: Config, registry: Registry) -> None:
+    """The control plane: where it listens, whether actions can be authorised, and the
+    host names its dashboard answers under."""
+    control = config.control
+    if control.listen is None:
+        print("control: off (no [control] listen, --control or TUBEWORKER_CONTROL)")
+        return
+    print(f"control: {control.listen} (metrics, health, status, events, dashboard)")
+    print(f"  token file: {_token_state(control.token_file)}")
+    hosts = ", ".join(control.allowed_hosts) or "none"
+    print(f"  allowed_hosts: {hosts} (besides IP addresses, localhost and the listen host)")
+    if control.daemons:
+        print(f"  daemons: {', '.join(control.daemons)}")
+
+
+def _token_state(path: Path | None) -> str:
+    actions = "POST /quiet, /resume and /drain"
+    if path is None:
+        return f"none: {actions} are always refused (401)"
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:  # it was readable a moment ago
+        return f"{path} (not readable: {exc}): {actions} are always refused (401)"
+    if not token:
+        return f"{path} (readable, empty): {actions} are always refused (401)"
+    return f"{path} (readable): {actions} need its token"
+
+
+def show_broken(config: Config, registry: Registry) -> None:
+    """Entry points that failed to load (no pool binds them: that would be a problem)."""
+    for broken in registry.broken.values():
+        print(f"warning: handler {broken.name!r} failed to load: {broken.error}")
+
+
+#: The report's sections, in order.
+SECTIONS: Final[tuple[Section, ...]] = (show_worker, show_pools, show_control, show_broken)

@@ -26,6 +26,7 @@ from tubeworker.cli.admin import (
     admin_client,
     fail,
     parse_job_id,
+    plural,
     run_admin,
     server_list,
 )
@@ -33,10 +34,6 @@ from tubeworker.cli.admin import (
 __all__ = ["delete"]
 
 EX_DECLINED = 1  # the user answered no: nothing was deleted
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 async def _delete_ids(address: Address, ids: Sequence[int]) -> int:
@@ -75,9 +72,9 @@ async def _delete_buried(counts: Sequence[tuple[Address, int]], tube: str) -> in
     for address, count in counts:
         deleted = await delete_buried(address, tube, count)
         if len(counts) > 1:
-            print(f"{address}: deleted {_plural(deleted, 'job')}", flush=True)
+            print(f"{address}: deleted {plural(deleted, 'job')}", flush=True)
         total += deleted
-    print(f"deleted {_plural(total, 'buried job')} of tube {tube!r}")
+    print(f"deleted {plural(total, 'buried job')} of tube {tube!r}")
     return EX_OK
 
 
@@ -96,8 +93,8 @@ def _delete_buried_command(args: argparse.Namespace, addresses: list[Address]) -
     if total == 0:
         print(f"tube {tube!r} has no buried job: nothing to delete")
         return EX_OK
-    where = "" if len(addresses) == 1 else f" on {len(counts)} servers"
-    question = f"delete {_plural(total, 'buried job')} of tube {tube!r}{where}?"
+    where = "" if len(addresses) == 1 else f" on {plural(len(counts), 'server')}"
+    question = f"delete {plural(total, 'buried job')} of tube {tube!r}{where}?"
     if not args.yes:
         if not sys.stdin.isatty():
             raise AdminError(

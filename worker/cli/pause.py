@@ -1,5 +1,6 @@
 """``tubeworker pause TUBE DURATION`` (``0`` resumes) on every server, and
-``tubeworker pause --list``: the tubes with pause time left."""
+``tubeworker pause --list``: the tubes with pause time left (tubeworker's own tubes only
+with ``--all``)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from tubeworker.cli.admin import (
     run_admin,
     server_list,
 )
+from tubeworker.tubes import is_internal
 
 __all__ = ["pause"]
 
@@ -52,10 +54,12 @@ async def _pause(addresses: Sequence[Address], tube: str, seconds: int) -> int:
     return EX_OK
 
 
-async def _paused_rows(address: Address, with_server: bool) -> list[list[str]]:
+async def _paused_rows(address: Address, with_server: bool, show_all: bool) -> list[list[str]]:
     rows: list[list[str]] = []
     async with admin_client(address) as client:
         for name in await client.list_tubes():
+            if is_internal(name) and not show_all:
+                continue
             try:
                 stats = await client.stats_tube(name)
             except greenstalk.NotFoundError:
@@ -66,11 +70,11 @@ async def _paused_rows(address: Address, with_server: bool) -> list[list[str]]:
     return rows
 
 
-async def _list(addresses: Sequence[Address]) -> int:
+async def _list(addresses: Sequence[Address], show_all: bool) -> int:
     with_server = len(addresses) > 1
     rows: list[list[str]] = []
     for address in addresses:
-        rows += await _paused_rows(address, with_server)
+        rows += await _paused_rows(address, with_server, show_all)
     if not rows:
         print("no paused tubes")
         return EX_OK
@@ -82,10 +86,12 @@ async def _list(addresses: Sequence[Address]) -> int:
 def pause(args: argparse.Namespace) -> int:
     try:
         addresses = server_list(args)
+        if args.all and not args.list:
+            raise AdminError("--all goes with --list", EX_USAGE)
         if args.list:
             if args.tube is not None:
                 raise AdminError("pause --list takes no TUBE", EX_USAGE)
-            return run_admin(partial(_list, addresses))
+            return run_admin(partial(_list, addresses, args.all))
         if args.tube is None or args.duration is None:
             raise AdminError("give TUBE and DURATION (0 resumes), or --list", EX_USAGE)
         validate_tube_name(args.tube)

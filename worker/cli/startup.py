@@ -6,15 +6,23 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Final
 
 import trio
 
-from tubeworker.config import Config, Overrides, load_config
+from tubeworker.config import Config, Overrides, validate_config
 from tubeworker.errors import ConfigError
+from tubeworker.job import Middleware
 from tubeworker.observe.logs import configure_logging
-from tubeworker.registry import Registry, discover, load_middleware, load_targets
+from tubeworker.registry import (
+    CONFIG_DISTRIBUTION,
+    Registry,
+    discover,
+    load_middleware,
+    load_targets,
+)
 from tubeworker.runtime.state import WorkerState
 from tubeworker.service.daemon import run_daemon
 
@@ -23,10 +31,14 @@ __all__ = [
     "EX_OK",
     "EX_UNAVAILABLE",
     "ConfigExit",
+    "Loaded",
     "add_run_options",
     "build_registry",
+    "collect_registry",
+    "load_all",
     "load_or_exit",
     "overrides_from",
+    "print_problems",
     "serve",
 ]
 
@@ -70,6 +82,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="serve the control plane (metrics, health, status, events) here; "
         "127.0.0.1 keeps it local",
     )
+    parser.add_argument(
+        "--control-token-file",
+        metavar="PATH",
+        help="the control plane's actions (POST /quiet, /resume, /drain) need the token "
+        "in this file (or TUBEWORKER_CONTROL_TOKEN_FILE, or [control] token_file)",
+    )
 
 
 def overrides_from(args: argparse.Namespace) -> Overrides:
@@ -84,31 +102,81 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
         log_format=args.log_format,
         log_level=args.log_level,
         control=args.control,
+        control_token_file=args.control_token_file,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """The config, the handler registry, and every problem found in both in one pass.
+    ``config`` and ``registry`` are what the daemon runs only when ``problems`` is empty;
+    with problems they hold what could be read (``config`` is None when the file could not
+    be read at all)."""
+
+    config: Config | None
+    registry: Registry
+    problems: tuple[ConfigError, ...]
+
+
+def collect_registry(config: Config) -> tuple[Registry, tuple[ConfigError, ...]]:
+    """Entry points plus the config's [handlers] (found beside the config file first), and
+    every problem: a [handlers] entry that cannot load (also in ``registry.broken``), a
+    handler a pool binds that is missing or broken, a middleware that cannot be set up."""
+    registry = discover()
+    problems = list(
+        load_targets(registry, config.handlers, source=config.source, search=config.config_dir)
+    )
+    for index, pool in enumerate(config.pools):
+        broken = registry.broken.get(pool.handler or "")
+        if pool.handler is None or (broken and broken.distribution == CONFIG_DISTRIBUTION):
+            continue  # not bound, or its [handlers] entry is reported already
+        try:
+            registry.require([pool.handler], source=config.source)
+        except ConfigError as exc:
+            key = f"pool[{index}].handler"
+            problems.append(ConfigError(exc.problem, key=key, source=exc.source))
+    middleware: list[Middleware] = []
+    for name in config.middleware.enabled:
+        try:
+            middleware += load_middleware([name], config.middleware.options, source=config.source)
+        except ConfigError as exc:
+            problems.append(exc)
+    registry.middleware = tuple(middleware)
+    return registry, tuple(problems)
 
 
 def build_registry(config: Config) -> Registry:
-    """Entry points plus the config's [handlers] (found beside the config file first);
-    every handler a pool binds must load."""
-    registry = discover()
-    load_targets(registry, config.handlers, source=config.source, search=config.config_dir)
-    registry.require((pool.handler for pool in config.pools if pool.handler), source=config.source)
-    registry.middleware = load_middleware(
-        config.middleware.enabled, config.middleware.options, source=config.source
-    )
+    """The registry :func:`collect_registry` builds; raises its first problem."""
+    registry, problems = collect_registry(config)
+    if problems:
+        raise problems[0]
     return registry
+
+
+def load_all(args: argparse.Namespace, *, overrides: Overrides | None = None) -> Loaded:
+    """The config of ``-c`` and the flags, its registry, and every problem in either."""
+    report = validate_config(args.config, overrides=overrides or overrides_from(args))
+    if report.config is None:
+        return Loaded(None, discover(), report.problems)
+    registry, problems = collect_registry(report.config)
+    return Loaded(report.config, registry, report.problems + problems)
+
+
+def print_problems(problems: Iterable[ConfigError]) -> None:
+    """Each problem as one line on stderr: file (or variable, or flag), key, problem."""
+    for problem in problems:
+        print(f"tubeworker: bad config: {problem}", file=sys.stderr)
 
 
 def load_or_exit(
     args: argparse.Namespace, *, overrides: Overrides | None = None
 ) -> tuple[Config, Registry]:
-    """The config and registry, or ConfigExit after printing the problem in one line."""
-    try:
-        config = load_config(args.config, overrides=overrides or overrides_from(args))
-        return config, build_registry(config)
-    except ConfigError as exc:
-        print(f"tubeworker: bad config: {exc}", file=sys.stderr)
-        raise ConfigExit from None
+    """The config and registry, or ConfigExit after printing every problem, one a line."""
+    loaded = load_all(args, overrides=overrides)
+    if loaded.problems or loaded.config is None:
+        print_problems(loaded.problems)
+        raise ConfigExit
+    return loaded.config, loaded.registry
 
 
 def warn_broken(registry: Registry) -> None:

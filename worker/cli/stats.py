@@ -1,15 +1,20 @@
 """``tubeworker stats [TUBE...]``: each server's summary and a table of its tubes; ``--json``;
 ``--watch [SECONDS]`` redraws in place on a terminal (plain repeated tables otherwise)
-until Ctrl-C."""
+until Ctrl-C.
+
+tubeworker's own tubes (``tubeworker.buried.*`` burial records, ``tubeworker.limit.*``
+tokens: :func:`tubeworker.tubes.is_internal`) are not work: they are left out of the table
+and their jobs out of the summary's counts, unless named or ``--all``."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final
@@ -28,10 +33,12 @@ from tubeworker.cli.admin import (
     fail,
     format_duration,
     parse_interval,
+    plural,
     render_table,
     run_admin,
     server_list,
 )
+from tubeworker.tubes import is_internal
 
 __all__ = ["ServerReport", "render_report", "stats"]
 
@@ -55,6 +62,9 @@ class ServerReport:
     server: ServerStats | None = None
     tubes: list[TubeStats] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    # tubeworker's own tubes, left out of ``tubes`` and of ``server``'s job counts
+    hidden: list[TubeStats] = field(default_factory=list)
+    named: bool = False  # tubes were named: only those are in ``tubes``
     error: str | None = None
     code: int = EX_OK
 
@@ -63,29 +73,58 @@ class ServerReport:
             "address": self.address,
             "server": dataclasses.asdict(self.server) if self.server else None,
             "tubes": [dataclasses.asdict(t) for t in self.tubes],
+            "hidden_tubes": [t.name for t in self.hidden],
             "missing": self.missing,
             "error": self.error,
         }
 
 
-async def gather(address: Address, names: Sequence[str]) -> ServerReport:
-    """One server's stats; a failure is kept in the report (the others are still shown)."""
-    report = ServerReport(str(address))
+async def gather(address: Address, names: Sequence[str], *, show_all: bool = False) -> ServerReport:
+    """One server's stats; a failure is kept in the report (the others are still shown).
+
+    Unless ``show_all``, tubeworker's own tubes are left out of the table (when not named)
+    and their jobs are taken out of the server's counts, so that the summary counts work.
+    """
+    report = ServerReport(str(address), named=bool(names))
     try:
         async with admin_client(address) as client:
-            report.server = await client.stats()
-            wanted = names or await client.list_tubes()
+            server = await client.stats()
+            listed = await client.list_tubes()
+            internal = [] if show_all else [t for t in listed if is_internal(t)]
+            wanted = names or [t for t in listed if t not in internal]
             for name in wanted:
                 try:
                     report.tubes.append(await client.stats_tube(name))
                 except greenstalk.NotFoundError:
                     if names:  # a listed tube freed meanwhile is simply gone
                         report.missing.append(name)
+            for name in internal:
+                with contextlib.suppress(greenstalk.NotFoundError):  # freed meanwhile
+                    report.hidden.append(await client.stats_tube(name))
+            report.server = _without(server, report.hidden)
     except (AdminError, greenstalk.Error) as exc:
         report.error, report.code = error_line(exc)
     if report.missing and report.code == EX_OK:
         report.code = EX_NOINPUT
     return report
+
+
+def _without(server: ServerStats, tubes: Sequence[TubeStats]) -> ServerStats:
+    """The server's job counts without those of ``tubes`` (read a moment later: never
+    below 0). Jobs put into tubes since freed cannot be taken out of ``total_jobs``."""
+
+    def less(count: int, of_tube: Callable[[TubeStats], int]) -> int:
+        return max(0, count - sum(of_tube(t) for t in tubes))
+
+    return dataclasses.replace(
+        server,
+        current_jobs_urgent=less(server.current_jobs_urgent, lambda t: t.current_jobs_urgent),
+        current_jobs_ready=less(server.current_jobs_ready, lambda t: t.current_jobs_ready),
+        current_jobs_reserved=less(server.current_jobs_reserved, lambda t: t.current_jobs_reserved),
+        current_jobs_delayed=less(server.current_jobs_delayed, lambda t: t.current_jobs_delayed),
+        current_jobs_buried=less(server.current_jobs_buried, lambda t: t.current_jobs_buried),
+        total_jobs=less(server.total_jobs, lambda t: t.total_jobs),
+    )
 
 
 def _tube_row(tube: TubeStats) -> list[str]:
@@ -114,17 +153,38 @@ def render_report(report: ServerReport) -> str:
         f"{s.current_jobs_reserved} reserved, {s.current_jobs_delayed} delayed, "
         f"{s.current_jobs_buried} buried; {s.total_jobs} put since start; "
         f"max job size {s.max_job_size} bytes",
-        f"  connections: {s.current_connections} ({s.current_producers} producers, "
-        f"{s.current_workers} workers, {s.current_waiting} waiting)",
-        "",
+        f"  connections: {s.current_connections} ({plural(s.current_producers, 'producer')}, "
+        f"{plural(s.current_workers, 'worker')}, {s.current_waiting} waiting)",
     ]
+    if report.hidden:
+        jobs = sum(_jobs(t) for t in report.hidden)
+        lines.append(
+            f"  not counted above: tubeworker's own {plural(len(report.hidden), 'tube')} "
+            f"({plural(jobs, 'job')}; --all counts and shows them)"
+        )
     rows = [_tube_row(t) for t in sorted(report.tubes, key=lambda t: t.name)]
-    lines.append(render_table(_HEADERS, rows, left=frozenset({0, 7})))
+    if rows:
+        lines += ["", render_table(_HEADERS, rows, left=frozenset({0, 7}))]
     return "\n".join(lines)
 
 
+def _jobs(tube: TubeStats) -> int:
+    return (
+        tube.current_jobs_ready
+        + tube.current_jobs_reserved
+        + tube.current_jobs_delayed
+        + tube.current_jobs_buried
+    )
+
+
+def _shown(report: ServerReport) -> bool:
+    """A server's block is shown unless tubes were named and it has none of them (the
+    error says so: no summary and empty table before it)."""
+    return not report.named or bool(report.tubes)
+
+
 def _render_all(reports: Sequence[ServerReport]) -> str:
-    return "\n\n".join(render_report(r) for r in reports)
+    return "\n\n".join(render_report(r) for r in reports if _shown(r))
 
 
 def _json_document(reports: Sequence[ServerReport]) -> dict[str, Any]:
@@ -142,12 +202,24 @@ def _report_errors(reports: Sequence[ServerReport]) -> int:
     return code
 
 
-async def _once(addresses: Sequence[Address], names: Sequence[str], as_json: bool) -> int:
-    reports = [await gather(address, names) for address in addresses]
+@dataclass(frozen=True, slots=True)
+class _Query:
+    addresses: Sequence[Address]
+    names: Sequence[str]
+    show_all: bool  # tubeworker's own tubes too, counted as the server counts them
+
+    async def reports(self) -> list[ServerReport]:
+        return [await gather(a, self.names, show_all=self.show_all) for a in self.addresses]
+
+
+async def _once(query: _Query, as_json: bool) -> int:
+    reports = await query.reports()
     if as_json:
         print(json.dumps(_json_document(reports), indent=2))
-    elif any(r.server for r in reports):
-        print(_render_all([r for r in reports if r.server]))
+    else:
+        text = _render_all([r for r in reports if r.server])
+        if text:
+            print(text)
     sys.stdout.flush()
     return _report_errors(reports)
 
@@ -161,13 +233,11 @@ def _frame(reports: Sequence[ServerReport], interval: float) -> str:
     return "\n".join([header, "", body, *problems])
 
 
-async def _watch(
-    addresses: Sequence[Address], names: Sequence[str], as_json: bool, interval: float
-) -> int:
+async def _watch(query: _Query, as_json: bool, interval: float) -> int:
     """Redraw until Ctrl-C; a server that goes away is shown as such and asked again."""
     tty = sys.stdout.isatty()
     while True:
-        reports = [await gather(address, names) for address in addresses]
+        reports = await query.reports()
         if as_json:
             sys.stdout.write(json.dumps(_json_document(reports)) + "\n")
         elif tty:
@@ -179,15 +249,14 @@ async def _watch(
 
 
 def stats(args: argparse.Namespace) -> int:
-    names: list[str] = list(args.tubes)
     try:
-        addresses = server_list(args)
+        query = _Query(server_list(args), list(args.tubes), args.all)
         interval = None if args.watch is None else parse_interval(args.watch, "--watch")
     except AdminError as exc:
         return fail(exc)
     if interval is None:
-        return run_admin(partial(_once, addresses, names, args.json))
+        return run_admin(partial(_once, query, args.json))
     try:
-        return run_admin(partial(_watch, addresses, names, args.json, interval))
+        return run_admin(partial(_watch, query, args.json, interval))
     except KeyboardInterrupt:
         return EX_OK

@@ -7,6 +7,8 @@ which no handler declared: 1,167 calls reached the dead API in the same scenario
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -120,3 +122,61 @@ def _empty(server: BeanstalkdProcess) -> bool:
     return all(
         stats[f"current-jobs-{state}"] == 0 for state in ("ready", "reserved", "delayed", "buried")
     )
+
+
+def test_check_shows_where_each_handlers_calls_go(tmp_path: Path) -> None:
+    # The README's handler beside worker.toml, and one that declares two APIs.
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "jobs.py").write_text(
+        HANDLER
+        + textwrap.dedent(
+            """
+
+            @handler(apis=["mailer", "sms"])
+            async def notify(job: Job) -> None:
+                await job.http.post(job.payload["url"])
+            """
+        )
+    )
+    config = tmp_path / "worker.toml"
+    config.write_text(
+        textwrap.dedent(
+            """\
+            [worker]
+            servers = ["127.0.0.1:11300", "127.0.0.1:11301"]
+
+            [handlers]
+            "send-welcome" = "myapp.jobs:send_welcome"
+            "notify" = "myapp.jobs:notify"
+
+            [api.stripe]
+            hosts = ["api.stripe.com"]
+            rate = 20
+            fleet = true
+
+            [[pool]]
+            tubes = ["emails"]
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "tubeworker", "check", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert (
+        "  mailer:\n    calls: the job.http requests of send-welcome to hosts no [api.NAME] "
+        'hosts names, and job.api("mailer")\n    jobs held while it is open: notify, send-welcome'
+    ) in out
+    assert "breaker: opens after 5 failures in a row" in out
+    assert "calls: job.http requests to api.stripe.com, whoever makes them" in out
+    assert (
+        "limit: 20/s (burst 20), fleet-wide, tokens per server "
+        "(rate: 127.0.0.1:11300 10, 127.0.0.1:11301 10)"
+    ) in out
+    assert "warning: handler 'notify' declares mailer, sms with no hosts" in out

@@ -16,7 +16,8 @@ from typing import Final
 
 from tubeworker.cli.admin import plural
 from tubeworker.cli.startup import EX_CONFIG, EX_OK, load_all, print_problems
-from tubeworker.config import Config, PoolConfig
+from tubeworker.config import ApiConfig, Config, LimitConfig, PoolConfig
+from tubeworker.flow.tokens import token_shares, token_tubes
 from tubeworker.registry import Registry
 from tubeworker.runtime.dispatch import effective_policy
 from tubeworker.runtime.policy import RetryPolicy
@@ -85,6 +86,93 @@ def _show_pool(pool: PoolConfig, config: Config, registry: Registry) -> None:
     )
 
 
+def show_apis(config: Config, registry: Registry) -> None:
+    """Each external API: where its calls come from (hosts, or the handlers that declare it
+    when no hosts are named), whose jobs wait while it is open, its breaker and its limit;
+    then any handler whose calls cannot be told apart (several APIs without hosts)."""
+    configured = {api.name: api for api in config.apis}
+    declared: dict[str, list[str]] = {}  # API → the handlers that declare it
+    attributed: dict[str, list[str]] = {}  # API → handlers whose host-less calls are its
+    unclear: dict[str, list[str]] = {}  # handler → its several APIs without hosts
+    for handler, registered in sorted(registry.handlers.items()):
+        names = registered.spec.apis
+        for name in names:
+            declared.setdefault(name, []).append(handler)
+        hostless = [n for n in names if not (n in configured and configured[n].hosts)]
+        if len(hostless) == 1:
+            attributed.setdefault(hostless[0], []).append(handler)
+        elif hostless:
+            unclear[handler] = hostless
+    bound = {tube: api.name for api in config.apis for tube in api.tubes}
+    if not configured and not declared:
+        return
+    print("apis:")
+    for name in sorted(set(configured) | set(declared)):
+        api = configured.get(name) or ApiConfig(name)
+        print(f"  {name}:")
+        print(f"    calls: {_calls_of(api, attributed.get(name, []))}")
+        users = [*declared.get(name, []), *(f"tube {t}" for t, a in bound.items() if a == name)]
+        print(f"    jobs held while it is open: {', '.join(users) or 'none'}")
+        pauses = "; pauses its tubes on the servers" if api.pause_tubes and api.tubes else ""
+        print(
+            f"    breaker: opens after {api.consecutive_failures} failures in a row or "
+            f"{api.failure_rate:.0%} of at least {api.min_calls} calls in {api.window:g} s; "
+            f"cool-down {api.cooldown:g} s doubling to {api.cooldown_cap:g} s, "
+            f"{plural(api.probes, 'probe')}{pauses}"
+        )
+        if api.limit is not None:
+            print(f"    limit: {_limit_text(api.limit, config)}")
+    for handler, hostless in unclear.items():
+        print(
+            f"warning: handler {handler!r} declares {', '.join(hostless)} with no hosts: its "
+            "job.http calls to hosts no [api.NAME] names count under each host's own name "
+            "and hold none of its jobs; name the hosts in [api.NAME] hosts for all but one"
+        )
+
+
+def _calls_of(api: ApiConfig, handlers: list[str]) -> str:
+    if api.hosts:
+        return f"job.http requests to {', '.join(api.hosts)}, whoever makes them"
+    own = f'job.api("{api.name}")'
+    if handlers:
+        return (
+            f"the job.http requests of {', '.join(handlers)} to hosts no [api.NAME] hosts "
+            f"names, and {own}"
+        )
+    return f"{own} only (no hosts named, no handler's calls fall to it)"
+
+
+def show_limits(config: Config, registry: Registry) -> None:
+    for limit in config.limits:
+        if limit.apis:
+            continue  # shown with its API
+        print(f"limit {limit.name}: {_limit_text(limit, config)}")
+
+
+def _limit_text(limit: LimitConfig, config: Config) -> str:
+    caps = []
+    if limit.rate is not None:
+        caps.append(f"{limit.rate:g}/s (burst {limit.bucket_size})")
+    if limit.max_concurrent is not None:
+        caps.append(f"{limit.max_concurrent} at once")
+    scope = "in each process"
+    if limit.fleet:
+        servers = sorted(config.servers, key=str)
+        shares = [
+            f"{tube.tube.rsplit('.', 1)[1]}: "
+            + ", ".join(
+                f"{server} {share}"
+                for server, share in zip(
+                    servers, token_shares(tube.count, len(servers)), strict=True
+                )
+            )
+            for tube in token_tubes(limit)
+        ]
+        scope = f"fleet-wide, tokens per server ({'; '.join(shares)})"
+    keyed = f", per {limit.key}" if limit.key else ""
+    return f"{' and '.join(caps)}{keyed}, {scope}; waits longer than {limit.defer_after:g} s defer"
+
+
 def show_control(config: Config, registry: Registry) -> None:
     """The control plane: where it listens, whether actions can be authorised, and the
     host names its dashboard answers under."""
@@ -120,4 +208,11 @@ def show_broken(config: Config, registry: Registry) -> None:
 
 
 #: The report's sections, in order.
-SECTIONS: Final[tuple[Section, ...]] = (show_worker, show_pools, show_control, show_broken)
+SECTIONS: Final[tuple[Section, ...]] = (
+    show_worker,
+    show_pools,
+    show_apis,
+    show_limits,
+    show_control,
+    show_broken,
+)

@@ -16,15 +16,11 @@ from tubeworker import Bury, Job, handler
 
 
 def _options(job: Job) -> dict[str, Any]:
-    data = job.payload if job.task is not None else _json_or_none(job)
-    return data if isinstance(data, dict) else {}
-
-
-def _json_or_none(job: Job) -> Any:
     try:
-        return job.json()
+        data = job.data()
     except ValueError:
-        return None
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 @handler()

@@ -138,10 +138,8 @@ def _wall_clock() -> float:
 
 
 def _payload(job: Job) -> Any:
-    if job.task is not None:
-        return job.payload
     try:
-        return job.json()
+        return job.data()
     except ValueError:
         raise Bury(
             "http.request: the body is not JSON (a pool bound to it reads it as the payload)"

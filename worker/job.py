@@ -198,6 +198,11 @@ class Job:
         """The body parsed as JSON (raises ValueError when it is not)."""
         return json.loads(self.body)
 
+    def data(self) -> Any:
+        """What the producer sent: the envelope's ``payload``, or, in a pool bound to this
+        handler (no envelope), the body parsed as JSON (raises ValueError when it is not)."""
+        return self.payload if self.task is not None else self.json()
+
     def _need_services(self, what: str) -> _JobServices:
         if self._services is None:
             raise RuntimeError(

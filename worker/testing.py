@@ -65,7 +65,7 @@ from tubeworker.job import HandlerSpec, Middleware, Verdict, attach_services, sp
 from tubeworker.runtime.dispatch import DispatchRules, Plan, effective_policy, plan_job
 from tubeworker.runtime.invoke import run_job, verdict_of
 from tubeworker.runtime.outcome import BuryJob, DeleteJob, ReleaseJob, ReturnJob
-from tubeworker.runtime.policy import RetryPolicy
+from tubeworker.runtime.policy import RetrySettings
 from tubeworker.runtime.run import handler_timeout
 
 __all__ = ["ApiCall", "HttpStub", "Outcome", "Put", "run", "run_async"]
@@ -281,7 +281,7 @@ async def run_async(
     defaults = _defaults()
     pool = defaults.pools[0]
     spec = spec_of(handler)
-    policy = RetryPolicy(
+    policy = RetrySettings(
         max_attempts if max_attempts is not None else pool.retry.max_attempts,
         backoff[0] if backoff is not None else pool.retry.backoff_base,
         backoff[1] if backoff is not None else pool.retry.backoff_cap,
@@ -345,7 +345,7 @@ class _JobData:
     job_id: int
 
     def dispatch(
-        self, spec: HandlerSpec, policy: RetryPolicy
+        self, spec: HandlerSpec, policy: RetrySettings
     ) -> tuple[bytes, p.JobStats, DispatchRules]:
         """The body, the ``stats-job`` beanstalkd would report for this attempt, and the
         pool's dispatch rules: what ``plan_job`` decides by."""

@@ -14,9 +14,9 @@ from tubeworker.job import HandlerSpec, spec_of
 from tubeworker.observe.logs import configure_logging
 from tubeworker.runtime.dispatch import DispatchRules, Plan, effective_policy, plan_job
 from tubeworker.runtime.outcome import BuryJob, Cause, ReleaseJob
-from tubeworker.runtime.policy import RetryPolicy
+from tubeworker.runtime.policy import RetrySettings
 
-POLICY = RetryPolicy(max_attempts=3, backoff_base=1.0, backoff_cap=10.0, redelivery_limit=3)
+POLICY = RetrySettings(max_attempts=3, backoff_base=1.0, backoff_cap=10.0, redelivery_limit=3)
 
 
 def stats(**counts: int) -> p.JobStats:

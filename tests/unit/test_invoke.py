@@ -24,11 +24,11 @@ from tubeworker.runtime.outcome import (
     ReleaseJob,
     ReturnJob,
 )
-from tubeworker.runtime.policy import Budget, RetryPolicy
+from tubeworker.runtime.policy import Budget, RetrySettings
 from tubeworker.runtime.processes import WorkerStopped, _stop_signal_of
 
 PRIORITY = 77
-POLICY = RetryPolicy(max_attempts=3, backoff_base=4.0, backoff_cap=3600.0)
+POLICY = RetrySettings(max_attempts=3, backoff_base=4.0, backoff_cap=3600.0)
 
 
 class CeilingRng(random.Random):

@@ -13,7 +13,7 @@ from tubeworker.beanstalk.protocol import MAX_INT, JobStats
 from tubeworker.runtime.outcome import BuryJob, Cause, ReleaseJob
 from tubeworker.runtime.policy import (
     Budget,
-    RetryPolicy,
+    RetrySettings,
     attempt_number,
     failure_outcome,
     job_budget,
@@ -50,7 +50,7 @@ class CeilingRng(random.Random):
         return b
 
 
-def envelope(attempt: int, policy: RetryPolicy) -> int:
+def envelope(attempt: int, policy: RetrySettings) -> int:
     """The largest delay failure_outcome may choose: base * 2**(attempt-1), capped, rounded up."""
     raw = min(policy.backoff_cap, policy.backoff_base * 2.0 ** min(attempt - 1, 63))
     return max(1, min(MAX_INT, math.ceil(raw)))
@@ -60,7 +60,7 @@ def envelope(attempt: int, policy: RetryPolicy) -> int:
 
 
 def test_given_first_delivery_when_budgeted_then_attempt_one_no_redeliveries() -> None:
-    budget = job_budget(stats(reserves=1), RetryPolicy(max_attempts=5, redelivery_limit=3))
+    budget = job_budget(stats(reserves=1), RetrySettings(max_attempts=5, redelivery_limit=3))
     assert budget == Budget(attempt=1, max_attempts=5, redeliveries=0, max_redeliveries=3)
     assert not budget.poison
     assert not budget.last_attempt
@@ -68,7 +68,7 @@ def test_given_first_delivery_when_budgeted_then_attempt_one_no_redeliveries() -
 
 
 def test_given_releases_and_timeouts_when_budgeted_then_both_count_as_attempts() -> None:
-    budget = job_budget(stats(reserves=4, releases=2, timeouts=1), RetryPolicy())
+    budget = job_budget(stats(reserves=4, releases=2, timeouts=1), RetrySettings())
     assert budget.attempt == 4
     assert budget.redeliveries == 0
 
@@ -78,39 +78,39 @@ def test_given_buries_when_budgeted_then_a_bury_ended_a_run_like_a_failure() -> 
     # + buries + 1 (worker.policy.attempt_number; the kick grants the fresh budget).
     job = stats(reserves=3, releases=1, buries=1, kicks=1)
     assert attempt_number(job) == 3
-    assert job_budget(job, RetryPolicy()).attempt == 3
+    assert job_budget(job, RetrySettings()).attempt == 3
 
 
 def test_given_deliveries_without_outcome_when_budgeted_then_counted_as_redeliveries() -> None:
     # Five reserves: one ended in our release, one in a bury (then kicked), so the other
     # two before this one ended with no outcome at all (crash, lost connection, drain).
-    budget = job_budget(stats(reserves=5, releases=1, buries=1, kicks=1), RetryPolicy())
+    budget = job_budget(stats(reserves=5, releases=1, buries=1, kicks=1), RetrySettings())
     assert budget.redeliveries == 5 - 1 - 1 - 0 - 1
 
 
 def test_given_counters_behind_after_restart_when_budgeted_then_redeliveries_clamped() -> None:
     # reserves is not persisted by the binlog; buries are: the difference can go negative.
-    budget = job_budget(stats(reserves=1, releases=3, buries=2), RetryPolicy())
+    budget = job_budget(stats(reserves=1, releases=3, buries=2), RetrySettings())
     assert budget.redeliveries == 0
     assert budget.attempt == 6
 
 
 def test_given_kicks_when_budgeted_then_both_budgets_multiplied() -> None:
-    policy = RetryPolicy(max_attempts=4, redelivery_limit=2)
+    policy = RetrySettings(max_attempts=4, redelivery_limit=2)
     budget = job_budget(stats(reserves=10, releases=4, buries=1, kicks=2), policy)
     assert budget.max_attempts == 12
     assert budget.max_redeliveries == 6
 
 
 def test_given_redeliveries_at_limit_when_budgeted_then_poison() -> None:
-    policy = RetryPolicy(redelivery_limit=3)
+    policy = RetrySettings(redelivery_limit=3)
     assert not job_budget(stats(reserves=3), policy).poison  # 2 redeliveries
     assert job_budget(stats(reserves=4), policy).poison  # 3 redeliveries
     assert job_budget(stats(reserves=9), policy).poison
 
 
 def test_given_kick_after_poison_when_budgeted_then_fresh_redelivery_budget() -> None:
-    policy = RetryPolicy(redelivery_limit=3)
+    policy = RetrySettings(redelivery_limit=3)
     # Reserves 1-3 ended with no outcome; reserve 4 was poison and we buried it; kicked, this
     # is reserve 5.
     budget = job_budget(stats(reserves=5, buries=1, kicks=1), policy)
@@ -137,7 +137,7 @@ def test_given_any_counters_when_budgeted_then_formulas_hold(
     max_attempts: int,
     redelivery_limit: int,
 ) -> None:
-    policy = RetryPolicy(max_attempts=max_attempts, redelivery_limit=redelivery_limit)
+    policy = RetrySettings(max_attempts=max_attempts, redelivery_limit=redelivery_limit)
     budget = job_budget(
         stats(reserves=reserves, timeouts=timeouts, releases=releases, buries=buries, kicks=kicks),
         policy,
@@ -173,7 +173,7 @@ def budget_at(attempt: int, max_attempts: int = 10) -> Budget:
 def test_given_attempt_when_failed_then_released_within_exponential_envelope(
     attempt: int, base: float, cap: float, delay: int
 ) -> None:
-    policy = RetryPolicy(max_attempts=100, backoff_base=base, backoff_cap=cap)
+    policy = RetrySettings(max_attempts=100, backoff_base=base, backoff_cap=cap)
     outcome = failure_outcome(
         budget_at(attempt, 100),
         policy,
@@ -186,7 +186,7 @@ def test_given_attempt_when_failed_then_released_within_exponential_envelope(
 
 
 def test_given_many_failures_when_released_then_delays_are_jittered() -> None:
-    policy = RetryPolicy(backoff_base=2.0, backoff_cap=3600.0)
+    policy = RetrySettings(backoff_base=2.0, backoff_cap=3600.0)
     delays = {
         failure_outcome(
             budget_at(6),
@@ -211,7 +211,7 @@ def test_given_many_failures_when_released_then_delays_are_jittered() -> None:
 def test_given_any_backoff_when_released_then_whole_seconds_inside_envelope(
     attempt: int, base: float, cap_extra: float, priority: int, seed: int
 ) -> None:
-    policy = RetryPolicy(
+    policy = RetrySettings(
         max_attempts=attempt + 1, backoff_base=base, backoff_cap=max(1.0, base + cap_extra)
     )
     outcome = failure_outcome(
@@ -235,7 +235,7 @@ def test_given_explicit_delay_when_released_then_rounded_up_at_least_one(
 ) -> None:
     outcome = failure_outcome(
         budget_at(attempt),
-        RetryPolicy(),
+        RetrySettings(),
         priority=3,
         cause=Cause.HANDLER_ERROR,
         detail="r",
@@ -250,7 +250,7 @@ def test_given_explicit_delay_when_released_then_rounded_up_at_least_one(
 def test_given_explicit_delay_when_released_then_backoff_ignored(
     delay: float, expected: int
 ) -> None:
-    policy = RetryPolicy(backoff_base=1000.0, backoff_cap=5000.0)
+    policy = RetrySettings(backoff_base=1000.0, backoff_cap=5000.0)
     outcome = failure_outcome(
         budget_at(3), policy, priority=3, cause=Cause.HANDLER_ERROR, detail="r", delay=delay
     )
@@ -260,7 +260,7 @@ def test_given_explicit_delay_when_released_then_backoff_ignored(
 def test_given_infinite_explicit_delay_when_released_then_clamped_to_max() -> None:
     outcome = failure_outcome(
         budget_at(1),
-        RetryPolicy(),
+        RetrySettings(),
         priority=3,
         cause=Cause.HANDLER_ERROR,
         detail="r",
@@ -281,7 +281,7 @@ def test_given_last_attempt_when_failed_then_buried_with_attempt_count(
     attempt = max_attempts + beyond
     outcome = failure_outcome(
         budget_at(attempt, max_attempts),
-        RetryPolicy(max_attempts=max_attempts),
+        RetrySettings(max_attempts=max_attempts),
         priority=priority,
         cause=Cause.HANDLER_ERROR,
         detail="ValueError: nope",
@@ -295,7 +295,7 @@ def test_given_last_attempt_when_failed_then_buried_with_attempt_count(
 
 def test_given_one_before_last_when_failed_then_still_released() -> None:
     outcome = failure_outcome(
-        budget_at(4, 5), RetryPolicy(), priority=9, cause=Cause.HANDLER_ERROR, detail="r"
+        budget_at(4, 5), RetrySettings(), priority=9, cause=Cause.HANDLER_ERROR, detail="r"
     )
     assert isinstance(outcome, ReleaseJob)
     assert outcome.priority == 9
@@ -303,7 +303,7 @@ def test_given_one_before_last_when_failed_then_still_released() -> None:
 
 def test_given_kicked_job_when_failed_past_old_limit_then_released_not_buried() -> None:
     # Two releases and our bury used the first budget of 3; the kick grants 3 more.
-    policy = RetryPolicy(max_attempts=3)
+    policy = RetrySettings(max_attempts=3)
     budget = job_budget(stats(reserves=4, releases=2, buries=1, kicks=1), policy)
     assert (budget.attempt, budget.max_attempts) == (4, 6)
     outcome = failure_outcome(
@@ -319,9 +319,9 @@ def test_given_excused_deliveries_then_they_do_not_count_toward_poison() -> None
 
     # Delivered 4 times, never an outcome: poison with a limit of 3 ...
     stats = JobStats(1, "t", "reserved", 0, 0, 0, 60, 59, 0, 4, 0, 0, 0, 0)
-    assert job_budget(stats, RetryPolicy(redelivery_limit=3)).poison
+    assert job_budget(stats, RetrySettings(redelivery_limit=3)).poison
     # ... unless this process saw two of those end with its own lost connection.
-    assert not job_budget(stats, RetryPolicy(redelivery_limit=3), excused=2).poison
+    assert not job_budget(stats, RetrySettings(redelivery_limit=3), excused=2).poison
     excuses = Excuses(limit=2)
     excuses.add("s", 1)
     excuses.add("s", 1)

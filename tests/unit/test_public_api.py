@@ -105,6 +105,18 @@ def test_given_non_json_body_when_job_json_then_value_error() -> None:
         make_job(body=b"not json").json()
 
 
+def test_job_data_is_the_payload_or_for_a_bound_pool_the_body_as_json() -> None:
+    envelope = Job(
+        id=1, tube="t", body=b"{}", priority=0, ttr=60, attempt=1, max_attempts=3,
+        task="send", payload={"n": 1},
+    )  # fmt: skip
+    assert envelope.data() == {"n": 1}
+    bound = make_job(task=None, payload=None)
+    assert bound.data() == {"to": "a@example.com", "n": 3}  # no envelope: the body
+    with pytest.raises(ValueError, match="Expecting value"):
+        make_job(body=b"not json", task=None, payload=None).data()
+
+
 def test_given_job_when_repr_then_names_id_tube_task_attempt() -> None:
     text = repr(make_job())
     assert "42" in text

@@ -20,7 +20,6 @@ from tubeworker.config import ApiConfig, Config, LimitConfig, PoolConfig
 from tubeworker.flow.tokens import token_shares, token_tubes
 from tubeworker.registry import Registry
 from tubeworker.runtime.dispatch import effective_policy
-from tubeworker.runtime.policy import RetryPolicy
 from tubeworker.runtime.pool import lane_sizes
 
 __all__ = ["SECTIONS", "check"]
@@ -65,8 +64,7 @@ def _show_pool(pool: PoolConfig, config: Config, registry: Registry) -> None:
         f"on {plural(connections, 'connection')} of up to "
         f"{plural(pool.jobs_per_connection, 'job')}"
     )
-    r = pool.retry
-    policy = RetryPolicy(r.max_attempts, r.backoff_base, r.backoff_cap, r.redelivery_limit)
+    policy = pool.retry
     spec = registry.get(pool.handler) if pool.handler else None
     if pool.handler:
         print(f"  handler: {pool.handler} (bound: raw bodies)")

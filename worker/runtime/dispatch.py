@@ -16,7 +16,7 @@ from tubeworker.beanstalk.protocol import JobStats
 from tubeworker.envelope import BadEnvelope, MissingTask, decode_envelope
 from tubeworker.job import HandlerSpec, Job
 from tubeworker.runtime.outcome import BuryJob, Cause, ReleaseJob
-from tubeworker.runtime.policy import Budget, RetryPolicy, failure_outcome, job_budget
+from tubeworker.runtime.policy import Budget, RetrySettings, failure_outcome, job_budget
 
 __all__ = ["DispatchRules", "Plan", "plan_job"]
 
@@ -25,7 +25,7 @@ __all__ = ["DispatchRules", "Plan", "plan_job"]
 class DispatchRules:
     """What a pool decides jobs by."""
 
-    policy: RetryPolicy
+    policy: RetrySettings
     lookup: Callable[[str], HandlerSpec | None]  # the registry: task name → handler
     bound: HandlerSpec | None = None  # every job goes to this handler, body as it is
     bound_name: str | None = None
@@ -40,7 +40,7 @@ class Plan:
     job: Job
     spec: HandlerSpec
     handler: str
-    policy: RetryPolicy
+    policy: RetrySettings
     budget: Budget
 
 
@@ -115,7 +115,7 @@ def plan_job(
 
 
 def _not_loaded(
-    task: str, error: str, stats: JobStats, policy: RetryPolicy, excused: int
+    task: str, error: str, stats: JobStats, policy: RetrySettings, excused: int
 ) -> BuryJob | ReleaseJob:
     detail = f"handler {task!r} is registered but failed to load in this worker: {error}"
     budget = job_budget(stats, policy, excused=excused)
@@ -124,11 +124,11 @@ def _not_loaded(
     )
 
 
-def effective_policy(spec: HandlerSpec, policy: RetryPolicy) -> RetryPolicy:
+def effective_policy(spec: HandlerSpec, policy: RetrySettings) -> RetrySettings:
     """The pool's retry policy with the handler's own options (``@handler``) applied."""
     if spec.max_attempts is None and spec.backoff_base is None:
         return policy
-    return RetryPolicy(
+    return RetrySettings(
         spec.max_attempts or policy.max_attempts,
         spec.backoff_base if spec.backoff_base is not None else policy.backoff_base,
         spec.backoff_cap if spec.backoff_cap is not None else policy.backoff_cap,

@@ -18,7 +18,7 @@ import trio
 from tubeworker.burials import format_traceback
 from tubeworker.job import Bury, HandlerSpec, Job, JobRecord, Middleware, Retry, Verdict
 from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob, ReturnJob
-from tubeworker.runtime.policy import Budget, RetryPolicy, failure_outcome
+from tubeworker.runtime.policy import Budget, RetrySettings, failure_outcome
 from tubeworker.runtime.processes import WorkerStopped
 
 __all__ = [
@@ -111,7 +111,7 @@ async def run_job(
     job: Job,
     spec: HandlerSpec,
     budget: Budget,
-    policy: RetryPolicy,
+    policy: RetrySettings,
     *,
     timeout: float | None,
     profile: Literal["io", "compute"] = "io",
@@ -137,7 +137,7 @@ async def _run(
     job: Job,
     spec: HandlerSpec,
     budget: Budget,
-    policy: RetryPolicy,
+    policy: RetrySettings,
     timeout: float | None,
     profile: Literal["io", "compute"],
     limiter: trio.CapacityLimiter | None,
@@ -174,7 +174,7 @@ async def _run_with_middleware(
     job: Job,
     spec: HandlerSpec,
     budget: Budget,
-    policy: RetryPolicy,
+    policy: RetrySettings,
     timeout: float | None,
     profile: Literal["io", "compute"],
     limiter: trio.CapacityLimiter | None,
@@ -238,7 +238,7 @@ async def _hook(call: Awaitable[None], middleware: Middleware, name: str) -> Non
 def timeout_outcome(
     job: Job,
     budget: Budget,
-    policy: RetryPolicy,
+    policy: RetrySettings,
     timeout: float | None,
     rng: random.Random | None = None,
 ) -> ReleaseJob | BuryJob:
@@ -255,7 +255,7 @@ def _must_propagate(exc: BaseException) -> bool:
 
 
 def _outcome_for(
-    exc: BaseException, job: Job, budget: Budget, policy: RetryPolicy, rng: random.Random | None
+    exc: BaseException, job: Job, budget: Budget, policy: RetrySettings, rng: random.Random | None
 ) -> ReleaseJob | BuryJob:
     bury = _find(exc, Bury)
     if isinstance(bury, Bury):

@@ -329,12 +329,10 @@ def limit_keys(limits: tuple[LimitConfig, ...], job: Job) -> dict[str, str] | No
     keyed = [limit for limit in limits if limit.key is not None]
     if not keyed:
         return None
-    payload = job.payload
-    if job.task is None:
-        try:
-            payload = job.json()
-        except ValueError:
-            payload = None
+    try:
+        payload = job.data()
+    except ValueError:
+        payload = None
     return {limit.name: key_of(payload, limit.key or "") for limit in keyed}
 
 

@@ -22,17 +22,10 @@ from dataclasses import dataclass
 
 from tubeworker.backoff import full_jitter_delay
 from tubeworker.beanstalk.protocol import MAX_INT, JobStats
+from tubeworker.config import RetrySettings
 from tubeworker.runtime.outcome import BuryJob, Cause, ReleaseJob
 
-__all__ = ["Budget", "RetryPolicy", "attempt_number", "failure_outcome", "job_budget"]
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    max_attempts: int = 10
-    backoff_base: float = 2.0
-    backoff_cap: float = 3600.0
-    redelivery_limit: int = 3
+__all__ = ["Budget", "RetrySettings", "attempt_number", "failure_outcome", "job_budget"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +55,7 @@ def attempt_number(stats: JobStats) -> int:
     return stats.releases + stats.timeouts + stats.buries + 1
 
 
-def job_budget(stats: JobStats, policy: RetryPolicy, *, excused: int = 0) -> Budget:
+def job_budget(stats: JobStats, policy: RetrySettings, *, excused: int = 0) -> Budget:
     """``excused``: deliveries this process knows ended by its own connection loss (a
     network fault, not the job's): they do not count toward the redelivery limit."""
     attempt = attempt_number(stats)
@@ -86,7 +79,7 @@ def whole_seconds(delay: float) -> int:
 
 def failure_outcome(
     budget: Budget,
-    policy: RetryPolicy,
+    policy: RetrySettings,
     *,
     priority: int,
     cause: Cause,

@@ -14,7 +14,6 @@ from tubeworker.errors import ConnectionLostError, ProtocolError
 from tubeworker.runtime.admission import Admission
 from tubeworker.runtime.dispatch import DispatchRules
 from tubeworker.runtime.invoke import ProcessPool
-from tubeworker.runtime.policy import RetryPolicy
 from tubeworker.runtime.services import Services
 from tubeworker.tubes import is_pattern, matches_any
 
@@ -39,12 +38,7 @@ class Pool:
         self.config = config
         self.services = services
         self.servers = config.servers or services.config.servers
-        policy = RetryPolicy(
-            config.retry.max_attempts,
-            config.retry.backoff_base,
-            config.retry.backoff_cap,
-            config.retry.redelivery_limit,
-        )
+        policy = config.retry
         self.rules = DispatchRules(
             policy=policy,
             lookup=services.registry.get,

@@ -24,6 +24,7 @@ from typing import Any, Final, Literal, TypeVar
 from tubeworker.beanstalk.client import Address, parse_address
 from tubeworker.beanstalk.protocol import MAX_INT, validate_tube_name
 from tubeworker.errors import ConfigError, LocalProtocolError
+from tubeworker.tubes import as_name, is_pattern
 
 __all__ = [
     "ApiConfig",
@@ -43,7 +44,6 @@ __all__ = [
 Profile = Literal["io", "compute"]
 LogFormat = Literal["auto", "json", "console"]
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
-_GLOB_CHARS: Final = re.compile(r"[*?\[\]!]")  # "!" negates inside [...]
 # Durations everywhere (config, environment, flags, admin commands): 30, 30s, 5m, 1h, 250ms.
 DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _ASCII_DIGITS: Final = re.compile(r"[0-9]+\Z")  # str.isdigit() also accepts "²"
@@ -78,7 +78,7 @@ class RetrySettings:
 class PoolConfig:
     name: str
     tubes: tuple[str, ...]  # names or glob patterns (tenant-*)
-    concurrency: int
+    concurrency: int = 10  # the io profile's; compute: the cores but one
     profile: Profile = "io"
     handler: str | None = None  # bound: every job goes to it as raw bytes
     timeout: float | None = None  # handler timeout; None: the job's TTR minus the margin
@@ -89,7 +89,7 @@ class PoolConfig:
 
     @property
     def has_globs(self) -> bool:
-        return any(_GLOB_CHARS.search(t) for t in self.tubes)
+        return any(is_pattern(t) for t in self.tubes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +234,17 @@ class Config:
     @property
     def total_concurrency(self) -> int:
         return sum(p.concurrency for p in self.pools)
+
+
+# Every default is a field default of the classes above, read from these when a key is
+# absent: one place (config/reference.toml lists the same values; a test keeps them equal).
+_D_CONFIG: Final = Config(pools=())
+_D_POOL: Final = PoolConfig("", ())
+_D_LOGGING: Final = LoggingConfig()
+_D_RECYCLE: Final = RecycleConfig()
+_D_CONTROL: Final = ControlConfig()
+_D_API: Final = ApiConfig("")
+_D_LIMIT: Final = LimitConfig("", rate=1.0)  # (a limit needs a cap; its other defaults)
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,7 +436,7 @@ def _tube_patterns(reader: _Reader, name: str) -> tuple[str, ...]:
         return reader.bad(name, "needs at least one tube name or pattern", ())
     for tube in tubes:
         # A pattern must be a legal name once its glob characters are taken out.
-        literal = _GLOB_CHARS.sub("x", tube)
+        literal = as_name(tube)
         try:
             validate_tube_name(literal, "tube")
         except LocalProtocolError as exc:
@@ -472,8 +483,9 @@ def _pool(reader: _Reader, index: int, retry: RetrySettings) -> PoolConfig:
     reader.check_unknown(_POOL_KEYS)
     name = reader.text("name") or f"pool{index}"
     tubes = _tube_patterns(reader, "tubes")
-    profile = reader.choice("profile", "io", ("io", "compute"))
-    default_concurrency = max(1, (os.cpu_count() or 2) - 1) if profile == "compute" else 10
+    profile = reader.choice("profile", _D_POOL.profile, ("io", "compute"))
+    compute = profile == "compute"
+    default_concurrency = max(1, (os.cpu_count() or 2) - 1) if compute else _D_POOL.concurrency
     return PoolConfig(
         name=name,
         tubes=tubes,
@@ -482,7 +494,9 @@ def _pool(reader: _Reader, index: int, retry: RetrySettings) -> PoolConfig:
         handler=reader.text("handler"),
         timeout=reader.seconds("timeout", 0.0, high=MAX_INT) or None,
         servers=reader.servers("servers") or (),
-        jobs_per_connection=reader.integer("jobs_per_connection", 50, low=1, high=1000),
+        jobs_per_connection=reader.integer(
+            "jobs_per_connection", _D_POOL.jobs_per_connection, low=1, high=1000
+        ),
         retry=_retry(reader.table_at("retry"), retry),
     )
 
@@ -492,17 +506,17 @@ def _logging(reader: _Reader) -> LoggingConfig:
     fmt = reader.choice("format", "auto", ("auto", "json", "console"))
     return LoggingConfig(
         format="json" if fmt == "json" else "console" if fmt == "console" else "auto",
-        level=reader.choice("level", "info", LOG_LEVELS),
-        job_lines=reader.boolean("job_lines", True),
+        level=reader.choice("level", _D_LOGGING.level, LOG_LEVELS),
+        job_lines=reader.boolean("job_lines", _D_LOGGING.job_lines),
     )
 
 
 def _recycle(reader: _Reader) -> RecycleConfig:
     reader.check_unknown(("max_jobs", "max_memory_mb", "max_lifetime"))
     return RecycleConfig(
-        max_jobs=reader.integer("max_jobs", 0, high=2**62),
-        max_memory_mb=reader.integer("max_memory_mb", 0, high=2**40),
-        max_lifetime=reader.seconds("max_lifetime", 0.0),
+        max_jobs=reader.integer("max_jobs", _D_RECYCLE.max_jobs, high=2**62),
+        max_memory_mb=reader.integer("max_memory_mb", _D_RECYCLE.max_memory_mb, high=2**40),
+        max_lifetime=reader.seconds("max_lifetime", _D_RECYCLE.max_lifetime),
     )
 
 
@@ -519,8 +533,12 @@ def _control(reader: _Reader) -> ControlConfig:
     )
     listen = _listen(reader)
     token_file = _token_file(reader)
-    metrics_interval = reader.seconds("metrics_interval", 5.0, low=0.1, high=3600)
-    events_per_second = reader.integer("events_per_second", 100, low=1, high=100_000)
+    metrics_interval = reader.seconds(
+        "metrics_interval", _D_CONTROL.metrics_interval, low=0.1, high=3600
+    )
+    events_per_second = reader.integer(
+        "events_per_second", _D_CONTROL.events_per_second, low=1, high=100_000
+    )
     daemons = reader.strings("daemons") or ()
     for url in daemons:
         if not re.fullmatch(r"(https?://)?(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):[0-9]{1,5}/?", url):
@@ -604,19 +622,23 @@ def _apis(reader: _Reader) -> tuple[ApiConfig, ...]:
         api = reader.table_at(name)
         reader.used.add(name)
         api.check_unknown(_API_KEYS)
-        cooldown = api.seconds("cooldown", 30.0, low=0.1, high=86_400)
+        cooldown = api.seconds("cooldown", _D_API.cooldown, low=0.1, high=86_400)
         config = ApiConfig(
             name=name,
             hosts=api.strings("hosts") or (),
             tubes=_api_tubes(api),
-            pause_tubes=api.boolean("pause_tubes", False),
-            window=api.seconds("window", 60.0, low=1, high=86_400),
-            failure_rate=api.fraction("failure_rate", 0.5),
-            min_calls=api.integer("min_calls", 20, low=1, high=1_000_000),
-            consecutive_failures=api.integer("consecutive_failures", 5, high=1_000_000),
+            pause_tubes=api.boolean("pause_tubes", _D_API.pause_tubes),
+            window=api.seconds("window", _D_API.window, low=1, high=86_400),
+            failure_rate=api.fraction("failure_rate", _D_API.failure_rate),
+            min_calls=api.integer("min_calls", _D_API.min_calls, low=1, high=1_000_000),
+            consecutive_failures=api.integer(
+                "consecutive_failures", _D_API.consecutive_failures, high=1_000_000
+            ),
             cooldown=cooldown,
-            cooldown_cap=api.seconds("cooldown_cap", max(600.0, cooldown), low=cooldown),
-            probes=api.integer("probes", 1, low=1, high=1000),
+            cooldown_cap=api.seconds(
+                "cooldown_cap", max(_D_API.cooldown_cap, cooldown), low=cooldown
+            ),
+            probes=api.integer("probes", _D_API.probes, low=1, high=1000),
             limit=_limit(api, name, apis=(name,)),
         )
         apis.append(config)
@@ -650,8 +672,8 @@ def _limit(reader: _Reader, name: str, *, apis: tuple[str, ...] = ()) -> LimitCo
     concurrent = reader.get("max_concurrent")
     if concurrent is not None:
         concurrent = reader.integer("max_concurrent", 1, low=1, high=1_000_000)
-    fleet = reader.boolean("fleet", False)
-    defer_after = reader.seconds("defer_after", 10.0, low=0, high=86_400)
+    fleet = reader.boolean("fleet", _D_LIMIT.fleet)
+    defer_after = reader.seconds("defer_after", _D_LIMIT.defer_after, low=0, high=86_400)
     if rate is None and concurrent is None:
         for option in ("fleet", "defer_after"):
             if reader.table.get(option) is not None:
@@ -769,16 +791,22 @@ def _worker(reader: _Reader, source: str) -> Config:
     return Config(
         pools=(),
         servers=reader.servers("servers") or (Address(),),
-        drain_timeout=reader.seconds("drain_timeout", 25.0, high=86_400),
-        connect_timeout=reader.seconds("connect_timeout", 5.0, low=0.1, high=600),
-        reserve_timeout=reader.integer("reserve_timeout", 5, low=1, high=3600),
-        ttr_margin=reader.seconds("ttr_margin", 1.0, low=0.1, high=3600),
-        max_in_flight=reader.integer("max_in_flight", 0, high=1_000_000),
-        tube_poll_interval=reader.seconds("tube_poll_interval", 5.0, low=0.1, high=3600),
-        stall_threshold=reader.seconds("stall_threshold", 1.0, high=3600),
-        reply_timeout=reader.seconds("reply_timeout", 10.0, low=0.5, high=3600),
-        keepalive=reader.seconds("keepalive", 10.0, high=3600),
-        batch_bytes=reader.integer("batch_bytes", 256 * 1024, low=1024, high=2**31),
+        drain_timeout=reader.seconds("drain_timeout", _D_CONFIG.drain_timeout, high=86_400),
+        connect_timeout=reader.seconds(
+            "connect_timeout", _D_CONFIG.connect_timeout, low=0.1, high=600
+        ),
+        reserve_timeout=reader.integer(
+            "reserve_timeout", _D_CONFIG.reserve_timeout, low=1, high=3600
+        ),
+        ttr_margin=reader.seconds("ttr_margin", _D_CONFIG.ttr_margin, low=0.1, high=3600),
+        max_in_flight=reader.integer("max_in_flight", _D_CONFIG.max_in_flight, high=1_000_000),
+        tube_poll_interval=reader.seconds(
+            "tube_poll_interval", _D_CONFIG.tube_poll_interval, low=0.1, high=3600
+        ),
+        stall_threshold=reader.seconds("stall_threshold", _D_CONFIG.stall_threshold, high=3600),
+        reply_timeout=reader.seconds("reply_timeout", _D_CONFIG.reply_timeout, low=0.5, high=3600),
+        keepalive=reader.seconds("keepalive", _D_CONFIG.keepalive, high=3600),
+        batch_bytes=reader.integer("batch_bytes", _D_CONFIG.batch_bytes, low=1024, high=2**31),
         source=source,
     )
 

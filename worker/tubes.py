@@ -12,19 +12,27 @@ the metrics and the admin commands (which tubes they sum and show):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from typing import Final
 
-__all__ = ["INTERNAL_PREFIX", "is_internal", "is_pattern", "matches_any"]
+__all__ = ["INTERNAL_PREFIX", "as_name", "is_internal", "is_pattern", "matches_any"]
 
 INTERNAL_PREFIX: Final = "tubeworker."
 _GLOB_CHARS: Final = frozenset("*?[]")
+_GLOB_SYNTAX: Final = re.compile(r"[*?\[\]!]")  # "!" negates inside [...]
 
 
 def is_pattern(tube: str) -> bool:
     """True for a glob pattern (``tenant-*``), False for a plain tube name."""
     return not _GLOB_CHARS.isdisjoint(tube)
+
+
+def as_name(pattern: str) -> str:
+    """``pattern`` with its glob syntax replaced by a letter: a legal tube name when the
+    pattern is a legal one (so a pattern is validated by beanstalkd's name rules)."""
+    return _GLOB_SYNTAX.sub("x", pattern)
 
 
 def is_internal(tube: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -794,3 +795,17 @@ def test_every_environment_variable_is_in_the_readme_list() -> None:
         assert f"`{ENV_PREFIX}{suffix}`" in readme, suffix
     reference = (CONFIG_DIR / "reference.toml").read_text(encoding="utf-8")
     assert "--control-token-file PATH; environment: TUBEWORKER_CONTROL_TOKEN_FILE" in reference
+
+
+def test_the_reference_config_lists_every_default_as_it_is() -> None:
+    # config/reference.toml documents every key with its default: loading it must give
+    # exactly the config of no file at all (with its one example pool's tube).
+    reference = load_config(CONFIG_DIR / "reference.toml", env={})
+    defaults = load_config(env={}, overrides=Overrides(tubes=("default",)))
+    differ = [
+        f.name
+        for f in dataclasses.fields(reference)
+        if f.name not in ("source", "config_dir")
+        and getattr(reference, f.name) != getattr(defaults, f.name)
+    ]
+    assert differ == []

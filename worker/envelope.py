@@ -1,11 +1,40 @@
-"""The JSON envelope producers write: ``{"task": NAME, "payload": ...}``."""
+"""The JSON envelope producers write: ``{"task": NAME, "payload": ...}``, and the optional
+keys the features add (one place for all of them; unknown keys are ignored, so an older
+worker runs a newer producer's jobs):
+
+=========  ==============================================================  ==============
+key        meaning                                                         set by
+=========  ==============================================================  ==============
+``task``   the handler's name (required)                                   every producer
+``payload``  its data (any JSON; absent means null)                        every producer
+``id``     the producer's idempotency key, a string (a number is read as   producers,
+           its decimal text); schedules set ``schedule:NAME:FIRE_TIME``    schedules
+=========  ==============================================================  ==============
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BadEnvelope", "MissingTask", "decode_envelope", "encode_envelope"]
+__all__ = [
+    "BadEnvelope",
+    "Envelope",
+    "MissingTask",
+    "decode_envelope",
+    "encode_envelope",
+    "read_envelope",
+]
+
+MAX_ID = 200  # characters of an envelope's id (it goes into log lines and records)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    task: str
+    payload: Any = None
+    id: str | None = None  # the producer's idempotency key
 
 
 class BadEnvelope(ValueError):
@@ -18,6 +47,12 @@ class MissingTask(BadEnvelope):
 
 def decode_envelope(body: bytes) -> tuple[str, Any]:
     """(task, payload) from a body, or BadEnvelope saying exactly what is wrong."""
+    envelope = read_envelope(body)
+    return envelope.task, envelope.payload
+
+
+def read_envelope(body: bytes) -> Envelope:
+    """The envelope of a body, or BadEnvelope saying exactly what is wrong."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -37,8 +72,24 @@ def decode_envelope(body: bytes) -> tuple[str, Any]:
     task = data.get("task")
     if not isinstance(task, str) or not task:
         raise MissingTask('envelope has no "task" string')
-    return task, data.get("payload")
+    return Envelope(task, data.get("payload"), _id(data.get("id")))
 
 
-def encode_envelope(task: str, payload: Any = None) -> bytes:
-    return json.dumps({"task": task, "payload": payload}, separators=(",", ":")).encode()
+def _id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        raise BadEnvelope(f'envelope "id" must be a non-empty string, got {value!r}')
+    if len(value) > MAX_ID:
+        raise BadEnvelope(f'envelope "id" is longer than {MAX_ID} characters')
+    return value
+
+
+def encode_envelope(task: str, payload: Any = None, *, id: str | None = None) -> bytes:
+    """The body of an envelope (``id`` only when given, so bodies stay as they were)."""
+    data: dict[str, Any] = {"task": task, "payload": payload}
+    if id is not None:
+        data["id"] = _id(id)
+    return json.dumps(data, separators=(",", ":")).encode()

@@ -146,6 +146,7 @@ class Job:
         "attempt",
         "body",
         "id",
+        "id_key",
         "max_attempts",
         "payload",
         "priority",
@@ -168,8 +169,11 @@ class Job:
         payload: Any = None,
         log: structlog.typing.FilteringBoundLogger | None = None,
         services: _JobServices | None = None,
+        id_key: str | None = None,
     ) -> None:
         self.id = id
+        #: The envelope's ``id``: the producer's idempotency key (None when it has none).
+        self.id_key = id_key
         self.tube = tube
         self.body = body
         self.priority = priority
@@ -316,6 +320,7 @@ class Job:
             max_attempts=self.max_attempts,
             task=self.task,
             payload=self.payload,
+            id_key=self.id_key,
         )
 
     @classmethod
@@ -334,6 +339,7 @@ class Job:
             task=record.task,
             payload=record.payload,
             services=_record_services.get(),
+            id_key=record.id_key,
         )
 
     def __reduce__(self) -> tuple[Callable[[JobRecord], Job], tuple[JobRecord]]:
@@ -355,6 +361,7 @@ class JobRecord:
     max_attempts: int
     task: str | None = None
     payload: Any = None
+    id_key: str | None = None
 
 
 Verdict = Literal["done", "retry", "bury", "return"]

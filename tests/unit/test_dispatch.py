@@ -136,3 +136,13 @@ def test_given_a_job_built_as_the_lane_builds_it_then_it_pickles_as_plain_data()
         structlog.reset_defaults()
     assert copy.record == plan.job.record
     assert copy.payload == {"n": 1}
+
+
+def test_given_an_envelope_with_an_id_then_the_job_knows_it() -> None:
+    plan = plan_job(7, encode_envelope("echo", {"n": 1}, id="order-42"), stats(), ENVELOPES)
+    assert isinstance(plan, Plan)
+    assert plan.job.id_key == "order-42"
+    assert pickle.loads(pickle.dumps(plan.job)).id_key == "order-42"  # to a compute worker
+    bad = plan_job(7, b'{"task": "echo", "id": ["x"]}', stats(), ENVELOPES)
+    assert isinstance(bad, BuryJob)
+    assert bad.cause is Cause.BAD_BODY

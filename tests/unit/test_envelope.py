@@ -168,3 +168,23 @@ def test_given_json_like_bytes_with_damage_when_decoded_then_result_or_bad_envel
     # Near-valid bodies reach deeper into the parser than random bytes do.
     _outcome(body)
     _outcome(body[:at] + junk + body[at:])
+
+
+def test_an_envelope_may_carry_an_id_which_reaches_the_job() -> None:
+    from tubeworker.envelope import read_envelope
+
+    envelope = read_envelope(b'{"task": "t", "payload": 1, "id": "order-42", "later": true}')
+    assert (envelope.task, envelope.payload, envelope.id) == ("t", 1, "order-42")
+    assert read_envelope(b'{"task": "t", "id": 42}').id == "42"  # a number: its text
+    assert read_envelope(b'{"task": "t"}').id is None
+    assert encode_envelope("t", 1) == b'{"task":"t","payload":1}'  # no id: as before
+    assert read_envelope(encode_envelope("t", 1, id="x")).id == "x"
+    for bad in (
+        b'{"task": "t", "id": ""}',
+        b'{"task": "t", "id": [1]}',
+        b'{"task": "t", "id": true}',
+    ):
+        with pytest.raises(BadEnvelope, match='"id"'):
+            read_envelope(bad)
+    with pytest.raises(BadEnvelope, match="longer than 200"):
+        read_envelope(encode_envelope("t", id="x" * 100).replace(b"x" * 100, b"x" * 201))

@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from tubeworker.beanstalk.protocol import JobStats
-from tubeworker.envelope import BadEnvelope, MissingTask, decode_envelope
+from tubeworker.envelope import BadEnvelope, MissingTask, read_envelope
 from tubeworker.job import HandlerSpec, Job
 from tubeworker.runtime.outcome import BuryJob, Cause, ReleaseJob
 from tubeworker.runtime.policy import Budget, RetrySettings, failure_outcome, job_budget
@@ -58,11 +58,12 @@ def plan_job(
     once it is fixed; buried like any failure once its attempts are spent)."""
     task: str | None = None
     payload: Any = None
+    id_key: str | None = None
     if rules.bound is not None:
         spec, handler = rules.bound, rules.bound_name or "?"
     else:
         try:
-            task, payload = decode_envelope(body)
+            envelope = read_envelope(body)
         except MissingTask as exc:
             return BuryJob(
                 stats.pri,
@@ -72,6 +73,7 @@ def plan_job(
             )
         except BadEnvelope as exc:
             return BuryJob(stats.pri, Cause.BAD_BODY, str(exc))
+        task, payload, id_key = envelope.task, envelope.payload, envelope.id
         found = rules.lookup(task)
         if found is None:
             error = rules.broken(task)
@@ -110,6 +112,7 @@ def plan_job(
         task=task,
         payload=payload,
         log=log,  # bound to the job on first use
+        id_key=id_key,
     )
     return Plan(job, spec, handler, policy, budget)
 

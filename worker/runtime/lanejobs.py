@@ -242,7 +242,8 @@ class LaneJobs:
         """A handler ended (Runs calls this once per job)."""
         if not len(self.runs):
             self.state.busy_lanes.discard(self)
-        finished = Finished(outcome, run.plan.job.id, run.stats, run.plan.handler, run.started)
+        job = run.plan.job
+        finished = Finished(outcome, job.id, run.stats, run.plan.handler, run.started, job.id_key)
         self.state.job_finished()
         if isinstance(outcome, ReturnJob):
             self.outcomes.record(finished)

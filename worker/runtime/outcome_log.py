@@ -30,6 +30,7 @@ class Finished:
     stats: p.JobStats
     handler: str | None
     started: float  # time.monotonic() when the job was reserved
+    id_key: str | None = None  # the envelope's id (the producer's idempotency key)
 
 
 class OutcomeLog:
@@ -101,6 +102,8 @@ class OutcomeLog:
             "duration": round(duration, 4),
             "outcome": name,
         }
+        if finished.id_key is not None:
+            fields["id_key"] = finished.id_key
         if isinstance(outcome, DeleteJob):
             if outcome.cause is Cause.DEFERRED:
                 self.log.info("job deferred", **fields, reason=outcome.detail)

@@ -12,6 +12,11 @@ system, …):
 - ``tubeworker-control`` (opt-in with ``--daemon-systems``): ``tubeworker`` with its control
   plane on (``[control] listen`` on a free loopback port): labelled metrics kept per job,
   the tube poller, the HTTP server idle. Compare it with ``tubeworker`` in the same run.
+- ``tubeworker-baseline`` (opt-in): ``tubeworker`` from another tree, for a before/after in
+  one run: ``TUBEWORKER_BENCH_BASELINE=DIR`` names a directory holding a ``tubeworker``
+  package (``git archive COMMIT worker handlers`` unpacked, ``worker`` renamed
+  ``tubeworker`` and ``handlers`` moved inside it), put first on the daemon's
+  ``PYTHONPATH``.
 - ``greenstalk-threads``: tests/bench/peers/greenstalk_threads.py, C threads.
 - ``aiostalk``: tests/bench/peers/aiostalk_coroutines.py, C asyncio coroutines.
 
@@ -105,11 +110,13 @@ _FDS_PER_CONNECTION_SLACK = 256  # files besides the C sockets (pipes, epoll, lo
 TUBEWORKER = "tubeworker"
 TUBEWORKER_NOLOG = "tubeworker-nolog"
 TUBEWORKER_CONTROL = "tubeworker-control"
+TUBEWORKER_BASELINE = "tubeworker-baseline"
+BASELINE_ENV = "TUBEWORKER_BENCH_BASELINE"
 GREENSTALK_THREADS = "greenstalk-threads"
 AIOSTALK = "aiostalk"
 SYSTEMS = (TUBEWORKER, TUBEWORKER_NOLOG, GREENSTALK_THREADS, AIOSTALK)
-OPTIONAL_SYSTEMS = (TUBEWORKER_CONTROL,)
-DAEMONS = (TUBEWORKER, TUBEWORKER_NOLOG, TUBEWORKER_CONTROL)
+OPTIONAL_SYSTEMS = (TUBEWORKER_CONTROL, TUBEWORKER_BASELINE)
+DAEMONS = (TUBEWORKER, TUBEWORKER_NOLOG, TUBEWORKER_CONTROL, TUBEWORKER_BASELINE)
 PEERS = (GREENSTALK_THREADS, AIOSTALK)
 
 
@@ -288,6 +295,8 @@ def _argv(
                 control=system == TUBEWORKER_CONTROL,
             )
         )
+        if system == TUBEWORKER_BASELINE:
+            return [sys.executable, "-m", "tubeworker", "run", "-c", str(config)]
         return [str(_tubeworker_binary()), "run", "-c", str(config)]
     script = {GREENSTALK_THREADS: "greenstalk_threads.py", AIOSTALK: "aiostalk_coroutines.py"}
     return [
@@ -305,11 +314,18 @@ class _Child:
     """A system under test: stdout/stderr to files, its own session (a Ctrl-C at the
     terminal reaches only us), and stopped by PID on the way out whatever happened."""
 
-    def __init__(self, argv: Sequence[str], workdir: Path, stem: str) -> None:
+    def __init__(
+        self, argv: Sequence[str], workdir: Path, stem: str, *, baseline: bool = False
+    ) -> None:
         self.argv = list(argv)
         self.stdout_path = workdir / f"{stem}.out"
         self.stderr_path = workdir / f"{stem}.err"
         env = {**os.environ, "PYTHONPATH": str(_REPO_ROOT)}
+        if baseline:
+            tree = os.environ.get(BASELINE_ENV)
+            if not tree:
+                raise BenchError(f"{TUBEWORKER_BASELINE} needs {BASELINE_ENV}=DIR")
+            env["PYTHONPATH"] = f"{tree}{os.pathsep}{_REPO_ROOT}"
         env.pop("TUBEWORKER_CONFIG", None)
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
@@ -527,7 +543,8 @@ def _one_run(server: BeanstalkdProcess, run: _Run, workdir: Path) -> Sample:
             run.system, server.address, tube, run.concurrency, run.scenario.handler, workdir
         )
         spawned = time.perf_counter()
-        with _Child(argv, workdir, tube) as child:
+        baseline = run.system == TUBEWORKER_BASELINE
+        with _Child(argv, workdir, tube, baseline=baseline) as child:
             ready = _wait_all_waiting(admin, child, run, tube)
             worker_cpu0 = process_cpu_seconds(child.pid)
             server_cpu0 = process_cpu_seconds(server.pid)

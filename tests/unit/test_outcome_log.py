@@ -67,3 +67,49 @@ def test_without_job_lines_only_counters() -> None:
         )
     assert logs == []
     assert counters.deleted == 1
+
+
+def test_the_fast_job_line_is_the_very_line_structlog_writes() -> None:
+    # The daemon's logging (JSON, batched): the job line is written directly, and must be
+    # the same bytes structlog's JSON renderer gives (timestamps aside), for every outcome.
+    import io
+    import json
+    import re
+
+    import structlog
+
+    from tubeworker.observe.logs import configure_logging, line_buffer
+
+    outcomes = [
+        (DeleteJob(), None),
+        (DeleteJob(Cause.DEFERRED, 'its API is open: waits as job 9 "x" for 3 s'), None),
+        (ReleaseJob(4, 99, Cause.HANDLER_ERROR, "ValueError: bad \u00e9\n"), "order-42"),
+        (BuryJob(99, Cause.ATTEMPTS_EXHAUSTED, "gave up"), None),
+        (ReturnJob(Cause.DRAIN_DEADLINE, "drain deadline passed"), "x\\y"),
+    ]
+    stream = io.StringIO()
+    try:
+        configure_logging("json", "info", stream=stream, batched=True)
+        buffer = line_buffer()
+        assert buffer is not None
+        log = structlog.get_logger("tubeworker").bind(pool="p", lane=0, server="127.0.0.1:1")
+        fast = OutcomeLog(JobCounters(), log, job_lines=True)
+        slow = OutcomeLog(JobCounters(), log, job_lines=True)
+        slow._fast = None  # the structlog path, for comparison
+        for outcome, id_key in outcomes:
+            for writer in (fast, slow):
+                writer.record(Finished(outcome, 7, STATS, "h\u00e9", 0.0, id_key))
+        buffer.flush()
+    finally:
+        configure_logging("json", "info")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 * len(outcomes)
+    stamp = re.compile(r'"timestamp": "\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z"')
+    duration = re.compile(r'"duration": [0-9.e-]+')
+    for ours, theirs in zip(lines[::2], lines[1::2], strict=True):
+        assert stamp.search(ours), ours
+        assert duration.search(ours), ours
+        # The same bytes, but for the moment each was written.
+        same = [duration.sub("D", stamp.sub("T", line)) for line in (ours, theirs)]
+        assert same[0] == same[1]
+        assert json.loads(ours)["event"].startswith("job ")

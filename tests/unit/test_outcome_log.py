@@ -113,3 +113,26 @@ def test_the_fast_job_line_is_the_very_line_structlog_writes() -> None:
         same = [duration.sub("D", stamp.sub("T", line)) for line in (ours, theirs)]
         assert same[0] == same[1]
         assert json.loads(ours)["event"].startswith("job ")
+
+
+def test_the_fast_job_line_stands_aside_when_structlog_is_configured_again() -> None:
+    # An application (or structlog.testing.capture_logs) that configures structlog after the
+    # daemon's logging must see every job line through its own processors.
+    import io
+
+    import structlog
+
+    from tubeworker.observe.logs import configure_logging, job_lines
+
+    try:
+        configure_logging("json", "info", stream=io.StringIO(), batched=True)
+        log = structlog.get_logger("tubeworker").bind(pool="p")
+        assert job_lines(log) is not None
+        with capture_logs() as logs:
+            assert job_lines(log) is None
+            OutcomeLog(JobCounters(), log, job_lines=True).record(
+                Finished(DeleteJob(), 7, STATS, "h", 0.0, None)
+            )
+        assert [entry["event"] for entry in logs] == ["job done"]
+    finally:
+        configure_logging("json", "info")

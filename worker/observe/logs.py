@@ -80,6 +80,9 @@ class LineBuffer:
 _buffer: LineBuffer | None = None
 _level = logging.INFO  # the configured level (when a buffer is installed)
 _fast_json = False  # JSON lines through the buffer: JobLines may write them
+# The processors configure_logging installed: anyone who configures structlog since (an
+# application, structlog.testing.capture_logs) turns the fast path off.
+_installed: tuple[structlog.typing.Processor, ...] = ()
 
 
 def line_buffer() -> LineBuffer | None:
@@ -148,6 +151,8 @@ def job_lines(log: structlog.typing.FilteringBoundLogger) -> JobLines | None:
     None (the caller logs through structlog)."""
     if _buffer is None or not _fast_json:
         return None
+    if tuple(structlog.get_config()["processors"]) != _installed:
+        return None
     context = structlog.get_context(log)
     return JobLines(_buffer, context, _level)
 
@@ -163,7 +168,7 @@ def configure_logging(
 
     ``batched``: lines go through a :class:`LineBuffer` (the daemon flushes it).
     """
-    global _buffer, _level, _fast_json
+    global _buffer, _level, _fast_json, _installed
     stream = stream or sys.stdout
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
@@ -175,14 +180,16 @@ def configure_logging(
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        renderer,
+    ]
+    _installed = tuple(processors)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),

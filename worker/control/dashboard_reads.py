@@ -90,6 +90,7 @@ class DashboardReads:
                 "actions_enabled": ctx.actions_enabled,
                 "internal_prefix": INTERNAL_PREFIX,
                 "workers": len(ctx.fleet.workers),
+                "troubles": ctx.fleet.troubles(),
                 "now": round(time.time(), 3),
             },
         )
@@ -245,4 +246,13 @@ class DashboardReads:
             for (server, tube), depth in sorted(ctx.depths.tubes.items())
             if depth.pause_left > 0
         ]
-        return json_response(200, {"apis": ctx.fleet.apis(), "paused": paused})
+        fleet = ctx.fleet
+        return json_response(
+            200,
+            {
+                "apis": fleet.apis(),
+                "paused": paused,
+                "fleet_limits": fleet.fleet_limits(),
+                "troubles": fleet.troubles(),
+            },
+        )

@@ -19,6 +19,7 @@ import httpx
 import structlog
 import trio
 
+from tubeworker.control import troubles as trouble
 from tubeworker.observe.events import EventBus
 
 __all__ = ["LOCAL", "Fleet", "daemon_url", "run_fleet_poller"]
@@ -359,6 +360,18 @@ class Fleet:
             for name, workers in sorted(found.items())
         ]
 
+    def statuses(self) -> dict[str, Status]:
+        """Worker id → its latest ``/status`` (those read at least once)."""
+        return {w.id: w.status for w in self.workers.values() if w.status is not None}
+
+    def troubles(self) -> list[dict[str, Any]]:
+        """What needs an operator now (see :mod:`tubeworker.control.troubles`)."""
+        return trouble.troubles(self.statuses())
+
+    def fleet_limits(self) -> list[dict[str, Any]]:
+        """Each fleet limit's tokens, and whether some daemon reaches fewer."""
+        return trouble.fleet_limits(self.statuses())
+
     def handlers(self) -> list[dict[str, Any]]:
         """Per handler, over every daemon: jobs done, released and buried per minute and
         their run time (mean, and the bucket 95 % fell under) over the last minute; the
@@ -430,6 +443,7 @@ async def run_fleet_poller(
                         workers=fleet.summaries(),
                         apis=fleet.apis(),
                         handlers=fleet.handlers(),
+                        troubles=fleet.troubles(),
                     )
             with trio.move_on_after(period):
                 await fleet._wake.wait()

@@ -174,4 +174,16 @@ export function applySettings(data) {
   const enabled = data.actions_enabled !== false;
   document.body.dataset.actions = enabled ? "enabled" : "read-only";
   $("read-only").hidden = enabled;
+  renderTroubles(data.troubles || []);
+}
+
+// What needs an operator now, on every view: a server out of binlog room, a fleet limit
+// with tokens out of reach (from the daemons' /status; see control/troubles.py).
+export function renderTroubles(troubles) {
+  const box = $("troubles");
+  box.replaceChildren(...troubles.map((t) => el("p", { dataset: { kind: t.kind, subject: t.subject } },
+    el("strong", {}, t.kind === "binlog_full" ? "Binlog full: " : "Fleet limit degraded: "),
+    t.detail,
+    el("span", { class: "muted small" }, ` (said by ${t.workers.map((w) => (w === "local" ? "this daemon" : w)).join(", ")})`))));
+  box.hidden = troubles.length === 0;
 }

@@ -87,6 +87,7 @@ function renderApis(data) {
   }
   body.replaceChildren(...rows);
   $("apis-note").textContent = data.apis.length ? "" : "No API has been called or declared by the daemons read.";
+  renderFleetLimits(data.fleet_limits || []);
   state.pausedKeys = new Set(data.paused.map((p) => `${p.server}|${p.tube}`));
   $("paused").tBodies[0].replaceChildren(...data.paused.map((p) => el("tr", { dataset: { tube: p.tube } },
     el("td", {}, el("a", { href: tubeHref(p.server, p.tube) }, p.tube)),
@@ -99,6 +100,24 @@ function renderApis(data) {
     } }, "Resume")))));
   if (data.paused.length === 0) {
     $("paused").tBodies[0].append(el("tr", {}, el("td", { colspan: 5, class: "muted" }, "No tube is paused.")));
+  }
+}
+
+// Fleet-wide limits: the tokens beanstalkd holds for them, and how many the daemons reach
+// (fewer while a server is down: the fleet runs on the share it still reaches).
+function renderFleetLimits(limits) {
+  const body = $("fleet-limits").tBodies[0];
+  body.replaceChildren(...limits.map((l) => el("tr", { dataset: { limit: l.limit, tube: l.tube } },
+    el("td", {}, l.limit),
+    el("td", {}, l.tube),
+    el("td", { class: "num" }, fmtInt(l.tokens)),
+    el("td", { class: "num" }, fmtInt(l.reachable)),
+    el("td", { dataset: { col: "state" } }, l.degraded
+      ? el("span", { class: "badge bad", title: l.degraded }, "degraded")
+      : el("span", { class: "badge ok" }, "ok"),
+    l.degraded ? el("div", { class: "muted small" }, l.degraded) : null))));
+  if (limits.length === 0) {
+    body.append(el("tr", {}, el("td", { colspan: 5, class: "muted" }, "No fleet-wide limit (fleet = true) on the daemons read.")));
   }
 }
 

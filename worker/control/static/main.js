@@ -5,7 +5,7 @@
 // routes between the views, listens to /events and starts the page; the views are in
 // overview.js, tube.js and fleet.js, what they share in common.js, actions in actions.js.
 
-import { $, api, applySettings, debounce, el, probe, showLoadError, state } from "./common.js";
+import { $, api, applySettings, debounce, renderTroubles, el, probe, showLoadError, state } from "./common.js";
 import * as fleet from "./fleet.js";
 import * as overview from "./overview.js";
 import * as tube from "./tube.js";
@@ -67,6 +67,7 @@ function onEvent(event) {
       onTubesEvent(event);
       break;
     case "workers":
+      renderTroubles(event.troubles || []);
       if (state.view === "workers") {
         fleet.renderWorkers(event.workers);
         fleet.renderHandlers(event.handlers || []);

@@ -293,6 +293,8 @@ def daemon_config(path: Path, server: BeanstalkdProcess) -> Path:
                 'hosts = ["partner.invalid"]',
                 'tubes = ["partner"]',
                 "pause_tubes = true",
+                "rate = 1000",  # and the fleet limits' (tubeworker_limit_tokens*, _degraded)
+                "fleet = true",
                 "[[pool]]",
                 'tubes = ["e2e", "partner"]',
                 "concurrency = 4",

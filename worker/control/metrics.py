@@ -177,6 +177,7 @@ class WorkerCollector(Collector):
         yield from (full, held, refusals)
 
     def _limits(self) -> Iterator[Metric]:
+        yield from self._fleet_tokens()
         limits = self.state.limits
         if limits is None or not limits:
             return
@@ -204,12 +205,9 @@ class WorkerCollector(Collector):
             waits.add_metric([stats.name], stats.waits)
             deferred.add_metric([stats.name], stats.deferred)
         yield from (running, waiting, admitted, waits, deferred)
-        yield from self._fleet_tokens()
 
     def _fleet_tokens(self) -> Iterator[Metric]:
-        found = self.state.fleet_tokens()
-        if not found:
-            return
+        found = self.state.fleet_tokens()  # families without series when there is none
         tokens = GaugeMetricFamily(
             "tubeworker_limit_tokens",
             "A fleet limit's tokens, over every server",

@@ -20,7 +20,10 @@ PACKAGE_DIRS = {"tubeworker": ROOT / "worker", "tubeworker.handlers": ROOT / "ha
 # Lowest first: (layer, the module prefixes in it).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("observe", ("tubeworker.observe",)),
-    ("foundation", ("tubeworker.errors", "tubeworker.backoff", "tubeworker.tubes")),
+    (
+        "foundation",
+        ("tubeworker.errors", "tubeworker.backoff", "tubeworker.tubes", "tubeworker.frozen"),
+    ),
     ("beanstalk", ("tubeworker.beanstalk",)),
     (
         "model",
@@ -200,7 +203,7 @@ def test_given_observe_then_it_imports_nothing_of_ours() -> None:
 
 def test_given_the_protocol_then_it_is_sans_io() -> None:
     names = imports_of("tubeworker.beanstalk.protocol")
-    assert ours(names) <= {"tubeworker.errors"}
+    assert ours(names) <= {"tubeworker.errors", "tubeworker.frozen"}
     assert not {n for n in names if n.split(".")[0] in ("trio", "socket", "asyncio", "structlog")}
 
 

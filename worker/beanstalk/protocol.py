@@ -20,11 +20,12 @@ from __future__ import annotations
 import collections
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from enum import Enum
 from typing import Any, ClassVar, Final, TypeAlias
 
 from tubeworker.errors import LocalProtocolError, RemoteProtocolError
+from tubeworker.frozen import frozen
 
 __all__ = [
     "DEFAULT_PRIORITY",
@@ -143,138 +144,138 @@ def _check_int(value: int, argument: str, maximum: int, minimum: int = 0) -> int
 # --------------------------------------------------------------------------- replies
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reply:
     """Base class of everything :meth:`Connection.next_event` returns."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Inserted(Reply):
     id: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Buried(Reply):
     """``BURIED`` after bury; ``BURIED <id>`` when put or release had to bury (server OOM)."""
 
     id: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Using(Reply):
     tube: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reserved(Reply):
     id: int
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Found(Reply):
     id: int
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DeadlineSoon(Reply):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TimedOut(Reply):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Deleted(Reply):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Released(Reply):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Touched(Reply):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NotFound(Reply):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Watching(Reply):
     count: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NotIgnored(Reply):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Kicked(Reply):
     """``KICKED <count>`` after kick; ``KICKED`` (count None) after kick-job."""
 
     count: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Paused(Reply):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TubeList(Reply):
     tubes: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ErrorReply(Reply):
     """A reply saying the server could not do what was asked."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class OutOfMemory(ErrorReply):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class InternalError(ErrorReply):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BadFormat(ErrorReply):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class UnknownCommand(ErrorReply):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ExpectedCrlf(ErrorReply):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class JobTooBig(ErrorReply):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Draining(ErrorReply):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class JobStats(Reply):
     """``stats-job``: what RESERVED does not say (priority, TTR, counters)."""
 
@@ -294,7 +295,7 @@ class JobStats(Reply):
     kicks: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TubeStats(Reply):
     name: str
     current_jobs_urgent: int
@@ -312,7 +313,7 @@ class TubeStats(Reply):
     pause_time_left: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ServerStats(Reply):
     """``stats``. Keys a server does not print keep their defaults (other versions differ)."""
 
@@ -390,7 +391,7 @@ _ERRORS_ANY_COMMAND: Final[frozenset[type[Reply]]] = frozenset(
 _OkDecoder: TypeAlias = Callable[[bytes], Reply]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Expect:
     """What a command may be answered with, and how to read an ``OK <bytes>`` body."""
 
@@ -398,7 +399,7 @@ class _Expect:
     ok: _OkDecoder | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Command:
     """Base class of commands. ``wire()`` validates and returns the exact bytes."""
 
@@ -417,7 +418,7 @@ _EXPECT_RESERVE = _expect(Reserved, DeadlineSoon, TimedOut)
 _EXPECT_PEEK = _expect(Found, NotFound)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Put(Command):
     body: bytes
     priority: int = DEFAULT_PRIORITY
@@ -435,7 +436,7 @@ class Put(Command):
         return b"put %d %d %d %d\r\n%b\r\n" % (pri, delay, ttr, len(body), body)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Use(Command):
     tube: str
     expect: ClassVar[_Expect | None] = _expect(Using)
@@ -444,7 +445,7 @@ class Use(Command):
         return b"use %b\r\n" % validate_tube_name(self.tube)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reserve(Command):
     """Blocks until a job is ready in a watched tube. Holds the connection meanwhile."""
 
@@ -454,7 +455,7 @@ class Reserve(Command):
         return b"reserve\r\n"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReserveWithTimeout(Command):
     timeout: int
     expect: ClassVar[_Expect | None] = _EXPECT_RESERVE
@@ -464,7 +465,7 @@ class ReserveWithTimeout(Command):
         return b"reserve-with-timeout %d\r\n" % t
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReserveJob(Command):
     id: int
     expect: ClassVar[_Expect | None] = _expect(Reserved, NotFound)
@@ -473,7 +474,7 @@ class ReserveJob(Command):
         return b"reserve-job %d\r\n" % _check_int(self.id, "id", MAX_JOB_ID)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Delete(Command):
     id: int
     expect: ClassVar[_Expect | None] = _expect(Deleted, NotFound)
@@ -482,7 +483,7 @@ class Delete(Command):
         return b"delete %d\r\n" % _check_int(self.id, "id", MAX_JOB_ID)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Release(Command):
     id: int
     priority: int = DEFAULT_PRIORITY
@@ -497,7 +498,7 @@ class Release(Command):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Bury(Command):
     id: int
     priority: int = DEFAULT_PRIORITY
@@ -510,7 +511,7 @@ class Bury(Command):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Touch(Command):
     id: int
     expect: ClassVar[_Expect | None] = _expect(Touched, NotFound)
@@ -519,7 +520,7 @@ class Touch(Command):
         return b"touch %d\r\n" % _check_int(self.id, "id", MAX_JOB_ID)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Watch(Command):
     tube: str
     expect: ClassVar[_Expect | None] = _expect(Watching)
@@ -528,7 +529,7 @@ class Watch(Command):
         return b"watch %b\r\n" % validate_tube_name(self.tube)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Ignore(Command):
     tube: str
     expect: ClassVar[_Expect | None] = _expect(Watching, NotIgnored)
@@ -537,7 +538,7 @@ class Ignore(Command):
         return b"ignore %b\r\n" % validate_tube_name(self.tube)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Peek(Command):
     id: int
     expect: ClassVar[_Expect | None] = _EXPECT_PEEK
@@ -546,7 +547,7 @@ class Peek(Command):
         return b"peek %d\r\n" % _check_int(self.id, "id", MAX_JOB_ID)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PeekReady(Command):
     expect: ClassVar[_Expect | None] = _EXPECT_PEEK
 
@@ -554,7 +555,7 @@ class PeekReady(Command):
         return b"peek-ready\r\n"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PeekDelayed(Command):
     expect: ClassVar[_Expect | None] = _EXPECT_PEEK
 
@@ -562,7 +563,7 @@ class PeekDelayed(Command):
         return b"peek-delayed\r\n"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PeekBuried(Command):
     expect: ClassVar[_Expect | None] = _EXPECT_PEEK
 
@@ -570,7 +571,7 @@ class PeekBuried(Command):
         return b"peek-buried\r\n"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Kick(Command):
     """Kick up to ``bound`` buried (or, if none, delayed) jobs of the used tube."""
 
@@ -581,7 +582,7 @@ class Kick(Command):
         return b"kick %d\r\n" % _check_int(self.bound, "bound", MAX_INT)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KickJob(Command):
     id: int
     expect: ClassVar[_Expect | None] = _expect(Kicked, NotFound)
@@ -626,7 +627,7 @@ def _ok_tube_list(body: bytes) -> Reply:
     return TubeList(_decode_list(body))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StatsJob(Command):
     id: int
     expect: ClassVar[_Expect | None] = _expect(JobStats, NotFound, ok=_ok_job_stats)
@@ -635,7 +636,7 @@ class StatsJob(Command):
         return b"stats-job %d\r\n" % _check_int(self.id, "id", MAX_JOB_ID)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StatsTube(Command):
     tube: str
     expect: ClassVar[_Expect | None] = _expect(TubeStats, NotFound, ok=_ok_tube_stats)
@@ -644,7 +645,7 @@ class StatsTube(Command):
         return b"stats-tube %b\r\n" % validate_tube_name(self.tube)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Stats(Command):
     expect: ClassVar[_Expect | None] = _expect(ServerStats, ok=_ok_server_stats)
 
@@ -652,7 +653,7 @@ class Stats(Command):
         return b"stats\r\n"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ListTubes(Command):
     expect: ClassVar[_Expect | None] = _expect(TubeList, ok=_ok_tube_list)
 
@@ -660,7 +661,7 @@ class ListTubes(Command):
         return b"list-tubes\r\n"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ListTubeUsed(Command):
     expect: ClassVar[_Expect | None] = _expect(Using)
 
@@ -668,7 +669,7 @@ class ListTubeUsed(Command):
         return b"list-tube-used\r\n"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ListTubesWatched(Command):
     expect: ClassVar[_Expect | None] = _expect(TubeList, ok=_ok_tube_list)
 
@@ -676,7 +677,7 @@ class ListTubesWatched(Command):
         return b"list-tubes-watched\r\n"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PauseTube(Command):
     """Pause reserves from ``tube`` for ``delay`` seconds, for every client (0 lifts it)."""
 
@@ -691,7 +692,7 @@ class PauseTube(Command):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Quit(Command):
     """Close the connection. No reply; the server closes its end."""
 

@@ -7,13 +7,13 @@ or queues the burial. Everything a burial says to the operator is decided here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from tubeworker.beanstalk.protocol import JobStats
 from tubeworker.envelope import BadEnvelope, MissingTask, read_envelope
+from tubeworker.frozen import frozen
 from tubeworker.job import HandlerSpec, Job
 from tubeworker.runtime.outcome import BuryJob, Cause, ReleaseJob
 from tubeworker.runtime.policy import Budget, RetrySettings, failure_outcome, job_budget
@@ -21,7 +21,7 @@ from tubeworker.runtime.policy import Budget, RetrySettings, failure_outcome, jo
 __all__ = ["DispatchRules", "Plan", "plan_job"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DispatchRules:
     """What a pool decides jobs by."""
 
@@ -33,7 +33,7 @@ class DispatchRules:
     broken: Callable[[str], str | None] = lambda task: None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Plan:
     """A job ready to run: its handler and the retry policy that applies to it."""
 

@@ -13,7 +13,8 @@ or dispatch *decides* an outcome (these classes); the lane *sends* a command (``
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+from tubeworker.frozen import frozen
 
 __all__ = ["BuryJob", "Cause", "DeleteJob", "Outcome", "ReleaseJob", "ReturnJob"]
 
@@ -60,7 +61,7 @@ class _Described:
         return self.detail
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DeleteJob(_Described):
     """The handler finished: ``delete``."""
 
@@ -68,7 +69,7 @@ class DeleteJob(_Described):
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReleaseJob(_Described):
     """Try again later: ``release`` at the job's own priority after ``delay`` whole seconds."""
 
@@ -78,7 +79,7 @@ class ReleaseJob(_Described):
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BuryJob(_Described):
     """Stop trying: ``bury`` at the job's priority; the reason goes to the log. The
     traceback (bounded) of the error that buried it goes to its burial record only."""
@@ -89,7 +90,7 @@ class BuryJob(_Described):
     traceback: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReturnJob(_Described):
     """No outcome from us (drain deadline, lost connection): close the connection.
 

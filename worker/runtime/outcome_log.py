@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import structlog
 
 from tubeworker.beanstalk import protocol as p
+from tubeworker.frozen import frozen
 from tubeworker.observe.counters import JobCounters
 from tubeworker.observe.events import EventBus
 from tubeworker.observe.logs import JobLines
@@ -25,7 +26,7 @@ from tubeworker.runtime.policy import attempt_number
 __all__ = ["Finished", "OutcomeLog", "command_for", "refused", "unapplied"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Finished:
     """A job's outcome, with what its log line needs."""
 

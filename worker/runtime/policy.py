@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 
 from tubeworker.backoff import full_jitter_delay
 from tubeworker.beanstalk.protocol import MAX_INT, JobStats
 from tubeworker.config import RetrySettings
+from tubeworker.frozen import frozen
 from tubeworker.runtime.outcome import BuryJob, Cause, ReleaseJob
 
 __all__ = ["Budget", "RetrySettings", "attempt_number", "failure_outcome", "job_budget"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Budget:
     attempt: int  # this run's number, 1-based
     max_attempts: int  # after kicks

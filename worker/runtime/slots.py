@@ -8,9 +8,9 @@ connection mid-batch reaches several).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import trio
+
+from tubeworker.frozen import frozen
 
 __all__ = ["InFlight", "InFlightStatistics", "Slot"]
 
@@ -35,7 +35,7 @@ class Slot:
             self._owner._give_back(self)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class InFlightStatistics:
     held: int
     limit: int | None

@@ -126,6 +126,23 @@ async def test_server_eof_is_connection_lost() -> None:
     assert not client.is_usable
 
 
+async def test_buffered_replies_come_without_io_and_garbage_is_left_to_receive() -> None:
+    client, server = client_and_server()
+    await server.send_all(b"DELETED\r\nRESERVED 8 2\r\nhi\r\nNOT_")
+    await client.send(p.Delete(7), p.ReserveWithTimeout(0), p.Delete(9), p.Delete(10))
+    assert client.buffered_reply() is None  # nothing read yet: receive() reads
+    assert await client.receive() == p.Deleted()
+    assert client.buffered_reply() == p.Reserved(8, b"hi")  # came with the first
+    assert client.buffered_reply() is None  # half a reply
+    await server.send_all(b"FOUND\r\nGARBAGE\r\n")
+    assert await client.receive() == p.NotFound()
+    assert client.buffered_reply() is None  # garbage: receive() raises and closes
+    with pytest.raises(RemoteProtocolError, match="unknown reply"):
+        await client.receive()
+    assert not client.is_usable
+    assert client.buffered_reply() is None
+
+
 async def test_garbage_poisons_and_closes() -> None:
     client, server = client_and_server()
     await server.send_all(b"HELLO THERE\r\n")

@@ -236,6 +236,19 @@ class Transport:
         finally:
             self._busy = False
 
+    def buffered_reply(self) -> p.Reply | None:
+        """The next reply if its bytes have arrived already (no I/O, no await), else None:
+        then :meth:`receive` waits for it. Replies to a pipelined batch mostly arrive
+        together, so a caller reading many asks here first and saves a coroutine per reply.
+        Garbage is left for :meth:`receive` to raise (it closes the connection)."""
+        if self._busy or self._lost is not None:
+            return None
+        try:
+            event = self._proto.next_event()
+        except RemoteProtocolError:
+            return None  # the connection is poisoned: receive() says so
+        return event if event is not p.NEED_DATA else None
+
     async def _receive_reply(self, patience: float) -> p.Reply:
         proto = self._proto
         allowance = self.reply_timeout + patience

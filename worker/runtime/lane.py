@@ -214,7 +214,9 @@ class Lane:
         confirmed = self.jobs.confirmed
         try:
             while wire:
-                reply = await client.receive()
+                reply = client.buffered_reply()  # most of a batch's replies came together
+                if reply is None:
+                    reply = await client.receive()
                 got = self._apply(wire.popleft(), reply)
                 if got is not None:
                     reserved.append(got)
@@ -323,7 +325,9 @@ class Lane:
             await client.send(*[p.StatsJob(job.id) for job, _ in reserved])
             while waiting:
                 job, slot = waiting[-1]
-                stats = await client.receive()
+                stats = client.buffered_reply()
+                if stats is None:
+                    stats = await client.receive()
                 waiting.pop()
                 # Rare: before a job is judged poison, the returns on record (a drain's).
                 returned = await self.jobs.returned(job.id) if self.jobs.may_be_poison(stats) else 0

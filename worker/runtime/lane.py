@@ -23,6 +23,7 @@ Never silently stop:
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import trio
@@ -197,6 +198,23 @@ class Lane:
         self, client: Client, handlers: trio.Nursery, fetching: bool, wanted: frozenset[str]
     ) -> bool:
         """One write of outcomes, touches and reserves; True if every reserve got a job."""
+        entries, slots = self._to_send(fetching, wanted)
+        if not entries:
+            return False
+        wire = self._outbox.sent(entries)
+        await client.send(*[e.command for e in entries])
+        confirmed = self.jobs.confirmed
+        reserved = await self._replies(client, wire)
+        self._last_io = trio.current_time()
+        if self.jobs.confirmed > confirmed:
+            self._batch.confirmed(self.jobs.confirmed - confirmed)
+        if reserved:
+            await self._start(client, handlers, reserved)
+        return bool(slots) and len(reserved) == len(slots)
+
+    def _to_send(self, fetching: bool, wanted: frozenset[str]) -> tuple[list[Entry], list[Slot]]:
+        """The next write: outcomes, watch changes, due touches, a reserve per free slot
+        (and the slots they hold), or a heartbeat after a long silence."""
         entries = self._outbox.take()
         if wanted is not self._watched and wanted != self._watched:
             entries += self._rewatch(wanted)
@@ -206,12 +224,11 @@ class Lane:
         entries += [Entry(reserve, slot=slot) for slot in slots]
         if not entries and self._heartbeat_due():
             entries.append(Entry(p.ListTubeUsed()))  # are you still there?
-        if not entries:
-            return False
-        wire = self._outbox.sent(entries)
-        await client.send(*[e.command for e in entries])
+        return entries, slots
+
+    async def _replies(self, client: Client, wire: deque[Entry]) -> list[tuple[p.Reserved, Slot]]:
+        """Read the write's replies, applying each; the jobs its reserves got."""
         reserved: list[tuple[p.Reserved, Slot]] = []
-        confirmed = self.jobs.confirmed
         try:
             while wire:
                 reply = client.buffered_reply()  # most of a batch's replies came together
@@ -224,12 +241,7 @@ class Lane:
             for _, slot in reserved:  # got a job, never started it: beanstalkd takes it back
                 slot.release()
             raise
-        self._last_io = trio.current_time()
-        if self.jobs.confirmed > confirmed:
-            self._batch.confirmed(self.jobs.confirmed - confirmed)
-        if reserved:
-            await self._start(client, handlers, reserved)
-        return bool(slots) and len(reserved) == len(slots)
+        return reserved
 
     def _heartbeat_due(self) -> bool:
         """A lane holding jobs sends nothing for long stretches: ask the server something

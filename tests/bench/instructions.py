@@ -1,0 +1,161 @@
+"""User-space instructions per job, counted by valgrind's callgrind: a before/after figure
+for the daemon's hot path that a busy machine does not blur.
+
+CPU seconds per job (the ``overhead`` scenario) move by 10-20 % from run to run on a shared
+machine; instruction counts move by about 1 %. Each system runs twice under callgrind on a
+private beanstalkd, on N1 and then N2 prefilled no-op jobs (the overhead scenario's setup:
+one pool bound to the ``noop`` handler, job lines on), and the figure is
+``(I(N2) - I(N1)) / (N2 - N1)``: start-up, imports and the drain cancel out.
+
+Counts are user-space only: the kernel's share (system calls) is not in them. So they
+compare tubeworker with tubeworker (this checkout against ``TUBEWORKER_BENCH_BASELINE``,
+another tree laid out as for the ``tubeworker-baseline`` system), not with a peer that
+makes a system call per command; ``aiostalk`` is offered as a reference only.
+
+    python -m tests.bench.instructions                      # this checkout
+    TUBEWORKER_BENCH_BASELINE=/tmp/base \
+        python -m tests.bench.instructions --systems baseline,tubeworker
+
+valgrind is not a dependency: ``apt-get install valgrind``. Under it the daemon runs about
+50 times slower; the defaults (500 and 2,500 jobs) take about a minute and a half per system.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import greenstalk
+
+from tests.bench.common import BenchError, positive_int
+from tests.bench.daemon import BASELINE_ENV
+from tests.support.beanstalkd import BeanstalkdProcess
+
+REPO = Path(__file__).resolve().parents[2]
+PEER = REPO / "tests" / "bench" / "peers" / "aiostalk_coroutines.py"
+SYSTEMS = ("tubeworker", "baseline", "aiostalk")
+_COLLECTED = re.compile(rb"Collected : (\d+)")
+_TUBE = "bench"
+
+
+def _config(address: str, concurrency: int) -> str:
+    return (
+        "[worker]\n"
+        f'servers = ["{address}"]\n'
+        "drain_timeout = 5\n"
+        "[logging]\n"
+        'format = "json"\n'
+        "[handlers]\n"
+        '"bench.noop" = "tests.bench.handlers:noop"\n'
+        "[[pool]]\n"
+        'name = "bench"\n'
+        f'tubes = ["{_TUBE}"]\n'
+        f"concurrency = {concurrency}\n"
+        'handler = "bench.noop"\n'
+    )
+
+
+def _argv_env(
+    system: str, address: str, config: Path, concurrency: int
+) -> tuple[list[str], dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUBEWORKER_")}
+    if system == "aiostalk":
+        argv = [str(PEER), address, _TUBE, str(concurrency), "--handler", "noop"]
+        return [sys.executable, *argv], env
+    path = [str(REPO)]
+    if system == "baseline":
+        baseline = os.environ.get(BASELINE_ENV)
+        if not baseline:
+            raise BenchError(
+                f"--systems baseline needs {BASELINE_ENV}=DIR (see tests/bench/daemon.py)"
+            )
+        path.insert(0, baseline)
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    return [sys.executable, "-m", "tubeworker", "run", "-c", str(config)], env
+
+
+def _drained(client: greenstalk.Client, jobs: int) -> bool:
+    stats = client.stats_tube(_TUBE)
+    return (
+        stats["current-jobs-ready"] == 0
+        and stats["current-jobs-reserved"] == 0
+        and stats["total-jobs"] >= jobs
+    )
+
+
+def instructions(system: str, jobs: int, concurrency: int, timeout: float) -> int:
+    """Instructions the system's process ran to do ``jobs`` prefilled jobs and stop."""
+    with BeanstalkdProcess() as server, tempfile.TemporaryDirectory() as workdir:
+        host, port = server.address.rsplit(":", 1)
+        with greenstalk.Client((host, int(port)), use=_TUBE) as client:
+            for _ in range(jobs):
+                client.put(b"x" * 100)
+            config = Path(workdir) / "worker.toml"
+            config.write_text(_config(server.address, concurrency))
+            argv, env = _argv_env(system, server.address, config, concurrency)
+            out = Path(workdir) / "callgrind.out"
+            process = subprocess.Popen(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=workdir,
+            )
+            try:
+                deadline = time.monotonic() + timeout
+                while not _drained(client, jobs):
+                    if process.poll() is not None:
+                        raise BenchError(f"{system} exited early with {process.returncode}")
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"{system}: {jobs} jobs not done in {timeout:g} s")
+                    time.sleep(0.2)  # polling a queue from outside: nothing to wait on
+                process.send_signal(signal.SIGTERM)
+                _, err = process.communicate(timeout=timeout)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+    found = _COLLECTED.search(err)
+    if found is None:
+        raise BenchError(f"{system}: callgrind printed no count: {err[-400:]!r}")
+    return int(found.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--systems", default="tubeworker", help=f"comma-separated, of {SYSTEMS}")
+    parser.add_argument("--n1", type=positive_int, default=500)
+    parser.add_argument("--n2", type=positive_int, default=2500)
+    parser.add_argument("--concurrency", type=positive_int, default=200)
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
+    args = parser.parse_args(argv)
+    systems = [s for s in args.systems.split(",") if s]
+    unknown = sorted(set(systems) - set(SYSTEMS))
+    if unknown or args.n2 <= args.n1:
+        parser.error(f"unknown systems {unknown}" if unknown else "--n2 must exceed --n1")
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 1
+    try:
+        for system in systems:
+            low = instructions(system, args.n1, args.concurrency, args.timeout)
+            high = instructions(system, args.n2, args.concurrency, args.timeout)
+            per_job = (high - low) / (args.n2 - args.n1)
+            print(f"{system:<12} c={args.concurrency}: {per_job:,.0f} instructions per job")
+    except BenchError as exc:
+        print(f"benchmark FAILED: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

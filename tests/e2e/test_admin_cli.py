@@ -751,12 +751,12 @@ def not_beanstalkd() -> Iterator[str]:
         listener.close()
 
 
-def test_a_server_that_is_not_beanstalkd_is_exit_76_as_the_readme_says() -> None:
+def test_a_server_that_is_not_beanstalkd_is_exit_76_as_the_docs_say() -> None:
     with not_beanstalkd() as address:
         for command in (["stats"], ["put", TUBE, "x"], ["pause", "--list"]):
             result = tw(*command, "--server", address)
             assert_one_line_error(result, 76, address, "does not speak beanstalkd")
-    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    readme = " ".join((REPO / "docs" / "admin.md").read_text(encoding="utf-8").split())
     admin = readme[readme.index("picks the server(s). Errors are one line") :][:400]
     for code in (EX_UNAVAILABLE, EX_DATAERR, EX_NOINPUT, EX_USAGE, EX_PROTOCOL):
         assert re.search(rf"\b{code} [a-z]", admin), (code, admin)

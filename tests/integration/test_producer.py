@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from tests.support.beanstalkd import BeanstalkdProcess, free_port
+from tests.support.docs import block, run_block, run_code
 from tests.support.waiting import wait_until_sync
 from tubeworker.envelope import decode_envelope
 from tubeworker.producer import (
@@ -61,28 +62,20 @@ def closed_port() -> str:
     return f"127.0.0.1:{free_port()}"  # nothing listens there: connection refused
 
 
-# --------------------------------------------------------------------------- the README
+# --------------------------------------------------------------------------- the docs' blocks
 
 
 def test_readme_sync_example_in_a_web_app(
     beanstalkd: BeanstalkdProcess, second: BeanstalkdProcess
 ) -> None:
     servers = [beanstalkd.address, second.address]
-    # ---- as in the README ("Putting jobs from your app"), servers aside
-    from tubeworker.producer import NoServerAvailable, Producer
-
-    producer = Producer(servers)  # once, when the app starts; its threads share it
-
-    def on_signup(user_id: int) -> int | None:
-        try:
-            return producer.enqueue(
-                "emails", "send-welcome", {"user_id": user_id}, delay="30s", ttr="2m"
-            )
-        except NoServerAvailable as exc:  # every server down, draining or out of memory
-            print(f"welcome mail not queued: {exc}")
-            return None
-
-    # ----
+    # The block of docs/producing.md, run as written (its `servers` is ours).
+    done = run_block(
+        "docs/producing.md",
+        "from tubeworker.producer import NoServerAvailable, Producer",
+        servers=servers,
+    )
+    on_signup, producer = done["on_signup"], done["producer"]
     job_id = on_signup(42)
     assert job_id is not None
     stats = job_stats(beanstalkd, job_id)
@@ -99,18 +92,12 @@ def test_readme_sync_example_in_a_web_app(
 
 
 async def test_readme_async_example_in_trio(beanstalkd: BeanstalkdProcess) -> None:
-    servers = beanstalkd.address
-    # ---- as in the README, servers aside
-    import trio
-
-    from tubeworker.producer import AsyncProducer
-
-    async def main() -> None:
-        async with AsyncProducer(servers) as producer, trio.open_nursery() as nursery:
-            for n in range(20):
-                nursery.start_soon(producer.enqueue, "thumbnails", "resize", {"image": n})
-
-    # ---- (the README runs it with trio.run(main); here we are in Trio already)
+    # The block of docs/producing.md (it ends with trio.run(main): we are in Trio already).
+    code = block("docs/producing.md", "import trio").code
+    assert code.rstrip().endswith("trio.run(main)")
+    main = run_code(code.rstrip().removesuffix("trio.run(main)"), servers=beanstalkd.address)[
+        "main"
+    ]
     with trio.fail_after(30):
         await main()
     with broker(beanstalkd, "thumbnails") as client:
@@ -296,29 +283,8 @@ def test_after_a_fork_the_child_opens_its_own_connection(beanstalkd: BeanstalkdP
 
 
 def test_readme_errors_example(beanstalkd: BeanstalkdProcess) -> None:
-    # ---- as in the README ("Errors")
-    from tubeworker.producer import (
-        InvalidJob,
-        JobBuried,
-        NoServerAvailable,
-        Producer,
-        ServerDraining,
-    )
-
-    def queue_report(producer: Producer, day: str) -> str:
-        try:
-            producer.enqueue("reports", "report.build", {"day": day}, ttr="10m")
-        except InvalidJob as exc:  # a bug on our side (JobTooBig is one): nothing was sent
-            return f"not sent: {exc}"
-        except ServerDraining:  # every server is being shut down: nothing was stored
-            return "the queue is closing: try again in a minute"
-        except NoServerAvailable as exc:  # down, draining or out of memory: nothing stored
-            return "; ".join(f"{failure.server} {failure.reason}" for failure in exc.failures)
-        except JobBuried as exc:  # stored, but buried: it runs only once kicked
-            return f"job {exc.id} on {exc.server} waits for a kick"
-        return "queued"
-
-    # ----
+    done = run_block("docs/producing.md", "from tubeworker.producer import (")
+    queue_report, Producer = done["queue_report"], done["Producer"]
     dead = closed_port()
     with Producer([dead, beanstalkd.address]) as both, Producer(dead) as down:
         assert queue_report(both, "2024-05-01") == "queued"

@@ -787,10 +787,10 @@ def test_given_missing_token_file_from_the_variable_when_loaded_then_error_names
     assert config_error(pool_file(write), overrides=flag).source == "--control-token-file"
 
 
-def test_every_environment_variable_is_in_the_readme_list() -> None:
+def test_every_environment_variable_is_in_the_docs_list() -> None:
     from tubeworker.config import _LAYERS, ENV_PREFIX
 
-    readme = (CONFIG_DIR.parent / "README.md").read_text(encoding="utf-8")
+    readme = (CONFIG_DIR.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
     for suffix, _attr, _flag, _setter in _LAYERS:
         assert f"`{ENV_PREFIX}{suffix}`" in readme, suffix
     reference = (CONFIG_DIR / "reference.toml").read_text(encoding="utf-8")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,6 +21,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.docs import run_block
 from tubeworker import Job
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, parse_address
@@ -804,24 +805,14 @@ def test_given_a_worker_process_then_touch_and_http_say_they_stay_in_the_daemon(
     assert trio.run(partial(job.put, task="t")) == 1  # a handler's own trio.run
 
 
-# --------------------------------------------------------------------------- the README
+# --------------------------------------------------------------------------- the docs' blocks
 
 
 async def test_readme_handler_examples() -> None:
-    # ---- as in the README ("From a handler")
-    from tubeworker import Job, handler
-
-    @handler(timeout=30)
-    async def place_order(job: Job) -> None:
-        order_id = job.payload["order_id"]
-        ...  # charge the card
-        await job.put(task="invoice.send", payload={"order_id": order_id}, tube="invoices")
-
-    def render_thumbnail(job: Job) -> None:  # compute profile: sync, in a worker process
-        ...  # CPU-heavy work
-        job.put_sync(task="thumbnail.ready", payload={"image": job.payload["image"]})
-
-    # ----
+    # The block of docs/producing.md, run as written.
+    done = run_block("docs/producing.md", "from tubeworker import Job, handler")
+    place_order: Callable[[Job], Awaitable[None]] = done["place_order"]  # type: ignore[assignment]
+    render_thumbnail: Callable[[Job], None] = done["render_thumbnail"]  # type: ignore[assignment]
     lane = RecordingServices()
     order = make_job(lane)
     order.payload = {"order_id": 12}

@@ -29,7 +29,7 @@ import pytest
 
 from tests.e2e.test_install import clean_env
 from tests.support.beanstalkd import BeanstalkdProcess, free_port
-from tests.support.docs import Block, blocks
+from tests.support.docs import Block, block, blocks
 from tests.support.process import REPO
 from tests.support.waiting import wait_until_sync
 
@@ -106,7 +106,7 @@ def myapp_package(workdir: Path, mailer: str) -> Path:
     jobs = readme_block("python", "# myapp/jobs.py").code
     assert MAILER_URL in jobs
     (package / "myapp" / "jobs.py").write_text(jobs.replace(MAILER_URL, mailer))
-    entry_points = readme_block("toml", "tubeworker.handlers").code
+    entry_points = readme_block("toml", '[project.entry-points."tubeworker.handlers"]').code
     (package / "pyproject.toml").write_text(
         '[project]\nname = "myapp"\nversion = "0.1"\n\n' + entry_points
     )
@@ -182,13 +182,9 @@ def test_the_install_section_works_as_written(newcomer: Newcomer) -> None:
 
 
 def test_the_example_package_installs_as_its_readme_says(newcomer: Newcomer) -> None:
-    example = REPO / "examples" / "hello-handlers" / "README.md"
-    (line,) = [
-        line
-        for b in blocks(example)
-        for line in b.code.splitlines()
-        if line.startswith("pip install")
-    ]
+    # examples/hello-handlers/README.md's block, its one pip line.
+    found = block("examples/hello-handlers/README.md", "pip install . ./examples/hello-handlers")
+    (line,) = [line for line in found.code.splitlines() if line.startswith("pip install")]
     # Its README is read at the root of a tubeworker checkout: run it in our copy.
     argv = [newcomer.tool("python"), "-m", "pip", *shlex.split(line, comments=True)[1:]]
     result = subprocess.run(
@@ -200,7 +196,7 @@ def test_the_example_package_installs_as_its_readme_says(newcomer: Newcomer) -> 
 
 
 def test_the_first_handler_runs_as_the_readme_says(newcomer: Newcomer) -> None:
-    config = readme_block("toml", "[[pool]]").code
+    config = readme_block("toml", "[worker]").code
     commands = readme_block("sh", "tubeworker check -c worker.toml").code.splitlines()
     with BeanstalkdProcess() as beanstalkd:
         host, port = beanstalkd.address.rsplit(":", 1)

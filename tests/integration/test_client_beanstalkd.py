@@ -7,6 +7,7 @@ import pytest
 import trio
 
 from tests.support.beanstalkd import BeanstalkdProcess
+from tests.support.docs import block, run_code
 from tests.support.waiting import wait_until
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Client, connect, open_client
@@ -26,6 +27,22 @@ async def wait_until_waiting(server: BeanstalkdProcess, count: int) -> None:
             return (await c.stats()).current_waiting >= count
 
     await wait_until(waiting, what=f"{count} blocked reserves")
+
+
+async def test_the_docs_protocol_client_example_runs(beanstalkd: BeanstalkdProcess) -> None:
+    # docs/architecture.md's block as written, on our server (we are in Trio already).
+    code = block("docs/architecture.md", "import trio").code.replace(
+        "127.0.0.1:11300", beanstalkd.address
+    )
+    assert code.rstrip().endswith("trio.run(main)")
+    main = run_code(code.rstrip().removesuffix("trio.run(main)"))["main"]
+    with greenstalk.Client(_address(beanstalkd)) as client:
+        before = client.stats()
+        with trio.fail_after(10):
+            await main()  # type: ignore[operator]
+        after = client.stats()
+    for counter in ("cmd-put", "cmd-reserve-with-timeout", "cmd-stats-job", "cmd-delete"):
+        assert after[counter] == before[counter] + 1, counter
 
 
 async def test_every_command_against_the_real_server(beanstalkd: BeanstalkdProcess) -> None:
@@ -296,3 +313,8 @@ async def test_we_read_what_greenstalk_puts(beanstalkd: BeanstalkdProcess) -> No
                 stats = await c.stats_job(job.id)
                 assert (stats.tube, stats.pri, stats.ttr) == ("cross", 5, 30)
                 await c.delete(job.id)
+
+
+def _address(server: BeanstalkdProcess) -> tuple[str, int]:
+    host, port = server.address.rsplit(":", 1)
+    return host, int(port)

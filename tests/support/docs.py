@@ -23,7 +23,9 @@ class Block:
 
     @property
     def first_line(self) -> str:
-        return self.code.splitlines()[0].strip() if self.code else ""
+        """Its first line up to a gap of two spaces (before a comment or a note)."""
+        line = self.code.splitlines()[0].strip() if self.code else ""
+        return re.split(r"\s{2,}", line)[0]
 
     @property
     def key(self) -> tuple[str, str]:

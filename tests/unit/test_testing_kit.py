@@ -486,66 +486,7 @@ def test_given_an_outcome_then_it_is_a_frozen_record() -> None:
         outcome.verdict = "bury"  # type: ignore[misc]
 
 
-# --------------------------------------------------------------------------- the README's example
-# The same code as the README's "Writing and testing handlers": keep them in step.
-
-
-@handler(apis=["mailer"], timeout=30, max_attempts=5)
-async def send_welcome(job: Job) -> None:
-    user = job.payload["user_id"]
-    response = await job.http.post("https://mailer.example/send", json={"user": user})
-    if response.status_code == 404:
-        raise Bury(f"user {user} does not exist")
-    if response.status_code == 429:
-        raise Retry(delay=60, reason="rate limited")
-    response.raise_for_status()  # any other error: retried with backoff
-    await job.put({"task": "audit", "payload": {"user": user}}, tube="audit")
-
-
-def mailer(status: int) -> httpx.MockTransport:
-    return httpx.MockTransport(lambda request: httpx.Response(status))
-
-
-def test_a_welcome_is_sent_and_audited() -> None:
-    outcome = run(send_welcome, payload={"user_id": 42}, http=mailer(200))
-    assert outcome.done
-    (request,) = outcome.requests
-    assert request.url == "https://mailer.example/send"
-    assert request.content == b'{"user":42}'
-    (audit,) = outcome.puts
-    assert (audit.tube, audit.task, audit.payload) == ("audit", "audit", {"user": 42})
-
-
-def test_an_unknown_user_is_buried() -> None:
-    outcome = run(send_welcome, payload={"user_id": 7}, http=mailer(404))
-    assert outcome.buried
-    assert outcome.reason == "user 7 does not exist"
-    assert outcome.puts == ()
-
-
-def test_rate_limited_waits_a_minute() -> None:
-    outcome = run(send_welcome, payload={"user_id": 7}, http=mailer(429))
-    assert (outcome.verdict, outcome.delay) == ("retry", 60)
-
-
-def test_an_outage_is_retried_with_backoff_then_buried() -> None:
-    first = run(send_welcome, payload={"user_id": 7}, http=mailer(503))
-    assert (first.verdict, first.cause) == ("retry", "handler_error")
-    assert 1 <= (first.delay or 0) <= 2  # backoff: up to 2 s before the 2nd attempt
-    assert first.api_calls == (ApiCall("mailer", "failure"),)  # apis=["mailer"] is enough
-    last = run(send_welcome, payload={"user_id": 7}, http=mailer(503), attempt=5)
-    assert last.buried
-    assert last.reason.endswith("(attempt 5 of 5: giving up)")
-
-
-async def test_a_hung_mailer_times_out(autojump_clock: trio.testing.MockClock) -> None:
-    async def hang(request: httpx.Request) -> httpx.Response:
-        await trio.sleep_forever()
-        raise AssertionError("unreachable")
-
-    outcome = await run_async(send_welcome, payload={"user_id": 7}, http=httpx.MockTransport(hang))
-    assert outcome.timed_out
-    assert outcome.reason == "timed out after 30 s"
+# The README's handler and its tests run as written in tests/unit/test_docs.py.
 
 
 class Declined(Exception):

@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tubeworker.burials",
             "tubeworker.returns",
             # Apps' way to put jobs; job.put() and the runtime put through it.
+            "tubeworker.producing",
             "tubeworker.producer",
         ),
     ),

@@ -1,0 +1,4 @@
+"""Putting jobs, by concern: ``errors`` (what a put can raise), ``checks`` (a put checked
+before anything is sent), ``failover`` (which server, what a reply means: written once),
+``sync_io`` (:class:`Producer`, blocking) and ``trio_io`` (:class:`AsyncProducer`). The
+public names are :mod:`tubeworker.producer`'s."""

@@ -42,7 +42,9 @@ demo: $(RUNTIME) beanstalkd
 
 # Not part of `make test`: speed lives in the benchmark, never in timed tests.
 bench: $(STAMP) beanstalkd
+	@$(MAKE) --no-print-directory install-missing PACKAGES="valgrind=valgrind"
 	$(PIP) install -e '.[dev,bench]'
+	$(BIN)/python -m tests.bench.instructions --guard
 	$(BIN)/python -m tests.bench --scenario client
 	$(BIN)/python -m tests.bench --scenario overhead
 	$(BIN)/python -m tests.bench --scenario io

@@ -29,7 +29,7 @@ _RESULTS = Path(__file__).parent / "results"  # gitignored
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench",
-        description="tubeworker benchmarks (see BENCHMARKS.md): medians of interleaved runs "
+        description="tubeworker benchmarks (see docs/benchmarks.md): medians of interleaved runs "
         "against one local beanstalkd.",
     )
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default=client_roundtrip.NAME)

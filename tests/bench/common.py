@@ -1,6 +1,6 @@
 """Shared benchmark plumbing: beanstalkd admin connection, prefill, meters, tables, JSON.
 
-Rules from BENCHMARKS.md that live here: medians of several runs, systems interleaved
+Rules from docs/benchmarks.md that live here: medians of several runs, systems interleaved
 within one invocation against one beanstalkd, ratios only between systems of the same
 invocation, and every process we start stopped by PID even on Ctrl-C or errors.
 """

@@ -1,4 +1,4 @@
-"""Scenario ``io`` (BENCHMARKS.md 2): a 20 ms simulated I/O wait, concurrency 200 / 1000
+"""Scenario ``io`` (docs/benchmarks.md): a 20 ms simulated I/O wait, concurrency 200 / 1000
 (and 5000 with ``--with-5000``), with the share of the ideal (concurrency ÷ 0.02 s).
 
 The whole daemon (``tubeworker run``, per-job logging on and off) against

@@ -16,13 +16,20 @@ makes a system call per command; ``aiostalk`` is offered as a reference only.
     TUBEWORKER_BENCH_BASELINE=/tmp/base \
         python -m tests.bench.instructions --systems baseline,tubeworker
 
-valgrind is not a dependency: ``apt-get install valgrind``. Under it the daemon runs about
-50 times slower; the defaults (500 and 2,500 jobs) take about a minute and a half per system.
+``--guard`` is ``make bench``'s regression check, which cannot flake: tubeworker's count per
+job over aiostalk's, against the ratio stored in ``tests/bench/baseline.json``; more than
+15 % above it fails (exit 1, one line). ``--record`` stores the ratio measured now (after a
+change that is meant to cost more, say why in the commit).
+
+valgrind is not a dependency: ``apt-get install valgrind`` (``make bench`` installs it).
+Under it the daemon runs about 50 times slower; the defaults (500 and 2,500 jobs) take
+about a minute and a half per system.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -40,6 +47,8 @@ from tests.bench.daemon import BASELINE_ENV
 from tests.support.beanstalkd import BeanstalkdProcess
 
 REPO = Path(__file__).resolve().parents[2]
+BASELINE = REPO / "tests" / "bench" / "baseline.json"
+GUARD_MARGIN = 1.15  # the ratio may rise this much before --guard fails
 PEER = REPO / "tests" / "bench" / "peers" / "aiostalk_coroutines.py"
 SYSTEMS = ("tubeworker", "baseline", "aiostalk")
 _COLLECTED = re.compile(rb"Collected : (\d+)")
@@ -137,7 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n2", type=positive_int, default=2500)
     parser.add_argument("--concurrency", type=positive_int, default=200)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
+    parser.add_argument(
+        "--guard", action="store_true", help="fail if tubeworker/aiostalk rose >15 %% (baseline)"
+    )
+    parser.add_argument("--record", action="store_true", help="store the ratio as the baseline")
     args = parser.parse_args(argv)
+    if args.guard or args.record:
+        args.systems = "tubeworker,aiostalk"
     systems = [s for s in args.systems.split(",") if s]
     unknown = sorted(set(systems) - set(SYSTEMS))
     if unknown or args.n2 <= args.n1:
@@ -145,15 +160,41 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 1
+    per_job: dict[str, float] = {}
     try:
         for system in systems:
             low = instructions(system, args.n1, args.concurrency, args.timeout)
             high = instructions(system, args.n2, args.concurrency, args.timeout)
-            per_job = (high - low) / (args.n2 - args.n1)
-            print(f"{system:<12} c={args.concurrency}: {per_job:,.0f} instructions per job")
+            per_job[system] = (high - low) / (args.n2 - args.n1)
+            print(f"{system:<12} c={args.concurrency}: {per_job[system]:,.0f} instructions per job")
     except BenchError as exc:
         print(f"benchmark FAILED: {exc}", file=sys.stderr)
         return 1
+    if args.guard or args.record:
+        return _guard(per_job["tubeworker"] / per_job["aiostalk"], args.concurrency, args.record)
+    return 0
+
+
+def _guard(ratio: float, concurrency: int, record: bool) -> int:
+    key = f"instructions_per_job_vs_aiostalk_c{concurrency}"
+    stored = json.loads(BASELINE.read_text()) if BASELINE.exists() else {}
+    if record:
+        stored[key] = round(ratio, 3)
+        BASELINE.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
+        print(f"recorded {key} = {ratio:.3f} in {BASELINE.relative_to(REPO)}")
+        return 0
+    if key not in stored:
+        print(f"no {key} in {BASELINE.relative_to(REPO)}: run with --record", file=sys.stderr)
+        return 1
+    limit = stored[key] * GUARD_MARGIN
+    if ratio > limit:
+        print(
+            f"benchmark FAILED: tubeworker runs {ratio:.2f}x aiostalk's instructions per job "
+            f"(c={concurrency}); the baseline is {stored[key]:.2f}x, the limit {limit:.2f}x",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"guard: {ratio:.2f}x aiostalk's instructions per job, within {limit:.2f}x")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Scenario ``outage`` (BENCHMARKS.md 5): jobs whose handler calls an API that is down for a
+"""Scenario ``outage`` (docs/benchmarks.md): jobs whose handler calls an API that is down for a
 while, with flow control's tracking on and off.
 
     python -m tests.bench --scenario outage --runs 3 [--jobs 2000] [--outage-seconds 20]
@@ -43,7 +43,7 @@ Measured per run (the figures the issue asks for):
 Checks: every job not buried succeeded at least once at the API (a job done twice is
 reported as a duplicate, not an error: at-least-once), no TTR expired, the daemon exits 0
 after SIGTERM. A run that has not finished ``--outage-max-after`` seconds after recovery
-fails. The targets (BENCHMARKS.md) are printed under the table: the tracked daemon's calls
+fails. The targets are printed under the table: the tracked daemon's calls
 ≤ 1 % of the untracked one's, 0 attempts burned, the backlog done within one cool-down cap.
 """
 
@@ -508,7 +508,7 @@ def _targets(rows: Sequence[Row], params: Params) -> list[str]:
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    lines = ["targets (BENCHMARKS.md, API outage), tracked daemon:"]
+    lines = ["targets (API outage), tracked daemon:"]
     if untracked is not None and untracked.dead_calls:
         share = tracked.dead_calls / untracked.dead_calls
         lines.append(

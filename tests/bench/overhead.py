@@ -1,4 +1,4 @@
-"""Scenario ``overhead`` (BENCHMARKS.md 1): no-op handler, concurrency 50 / 200 / 1000.
+"""Scenario ``overhead`` (docs/benchmarks.md): no-op handler, concurrency 50 / 200 / 1000.
 
 The whole daemon (``tubeworker run``, per-job logging on and off) against
 greenstalk-threads and aiostalk, all as subprocesses on one beanstalkd. How runs are timed

@@ -241,3 +241,19 @@ def test_the_first_handler_runs_as_the_readme_says(newcomer: Newcomer) -> None:
         with greenstalk.Client((host, int(port)), use="audit", watch="audit") as client:
             audit = client.reserve(timeout=5)
             assert json.loads(audit.body) == {"task": "audit", "payload": {"user": 42}}
+
+
+def test_the_example_tests_run_as_its_readme_says(newcomer: Newcomer, tmp_path: Path) -> None:
+    # examples/hello-handlers/README.md: "`pip install -e '.[test]'`, then `pytest`", in its
+    # folder (a copy: an editable install writes beside the sources).
+    readme = (REPO / "examples" / "hello-handlers" / "README.md").read_text(encoding="utf-8")
+    assert "(`pip install -e '.[test]'`,\n  then `pytest`)" in readme
+    example = tmp_path / "hello-handlers"
+    shutil.copytree(REPO / "examples" / "hello-handlers", example, ignore=_IGNORE)
+    pip = [newcomer.tool("python"), "-m", "pip"]
+    for argv in ([*pip, "install", "-e", ".[test]"], [newcomer.tool("pytest")]):
+        result = subprocess.run(
+            argv, capture_output=True, text=True, cwd=example, env=clean_env(), timeout=600
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout

@@ -5,6 +5,11 @@ Plain async functions taking a :class:`worker.Job`: no decorator, default option
 
 from __future__ import annotations
 
+import atexit
+import json
+import os
+import time
+
 import trio
 
 from tubeworker import Job
@@ -17,3 +22,24 @@ async def noop(job: Job) -> None:
 async def sleep20(job: Job) -> None:
     """The I/O scenario: a simulated 20 ms I/O wait."""
     await trio.sleep(0.02)
+
+
+# The latency scenario: each job's body is {"t": put time (time.time())}; the handler notes
+# when it started, and the process writes what it noted when it exits (after its drain).
+_STARTS: list[tuple[float, float]] = []
+
+
+def _write_starts() -> None:
+    path = os.environ.get(LATENCY_FILE_ENV)
+    if path and _STARTS:
+        with open(f"{path}.{os.getpid()}", "w") as out:
+            out.writelines(f"{put!r} {start!r}\n" for put, start in _STARTS)
+
+
+LATENCY_FILE_ENV = "TUBEWORKER_BENCH_LATENCY_FILE"
+atexit.register(_write_starts)
+
+
+async def note_start(job: Job) -> None:
+    """The latency scenario: when the handler started, beside when the job was put."""
+    _STARTS.append((float(json.loads(job.body)["t"]), time.time()))

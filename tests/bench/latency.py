@@ -30,6 +30,7 @@ from pathlib import Path
 import greenstalk
 
 from tests.bench.common import BenchError, positive_int
+from tests.bench.daemon import BASELINE_ENV
 from tests.bench.handlers import LATENCY_FILE_ENV
 from tests.support.beanstalkd import BeanstalkdProcess
 
@@ -95,7 +96,9 @@ def measure(tubes: int, pools: int, rate: int, seconds: float, concurrency: int)
         config.write_text(_config(server.address, tubes, pools, concurrency))
         notes = Path(workdir) / "starts"
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUBEWORKER_")}
-        env.update({LATENCY_FILE_ENV: str(notes), "PYTHONPATH": str(REPO)})
+        # TUBEWORKER_BENCH_BASELINE=DIR: another tree's tubeworker (as tests/bench/daemon.py)
+        path = [p for p in (os.environ.get(BASELINE_ENV), str(REPO)) if p]
+        env.update({LATENCY_FILE_ENV: str(notes), "PYTHONPATH": os.pathsep.join(path)})
         with open(Path(workdir) / "daemon.log", "wb") as log:
             daemon = subprocess.Popen(
                 [sys.executable, "-m", "tubeworker", "run", "-c", str(config)],

@@ -49,3 +49,24 @@ def test_wanted_is_never_more_than_free_and_never_negative(
         limits.saw_body(size)
     wanted = limits.wanted(held=min(held, slots))
     assert 0 <= wanted <= slots - min(held, slots)
+
+
+def test_given_a_dry_tube_then_the_next_batch_asks_one_more_than_it_got() -> None:
+    limits = BatchLimits(50, 2**20)
+    assert limits.wanted(held=0) == 50  # nothing known yet: every free slot
+    limits.reserved(asked=50, got=0)
+    assert limits.wanted(held=0) == 1  # an idle tube: one reserve, not fifty
+    limits.reserved(asked=1, got=1)
+    assert limits.wanted(held=1) == 2  # jobs come: twice as many
+    limits.reserved(asked=2, got=2)
+    limits.reserved(asked=4, got=4)
+    limits.reserved(asked=8, got=3)
+    assert limits.wanted(held=0) == 4  # it ran dry after three
+
+
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 50)), max_size=30))
+def test_the_probe_stays_between_one_and_the_slots(batches: list[tuple[int, int]]) -> None:
+    limits = BatchLimits(50, 2**20)
+    for asked, got in batches:
+        limits.reserved(asked, min(got, asked))
+        assert 1 <= limits.wanted(held=0) <= 50

@@ -128,6 +128,21 @@ async def test_given_ready_jobs_when_a_lane_starts_then_one_write_reserves_and_o
     assert len(rig.events("job done")) == 3
 
 
+async def test_given_a_trickle_of_jobs_then_the_lane_asks_for_one_or_two_at_a_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Before, every job was followed by a reserve per free slot, each answered TIMED_OUT:
+    # at 1,000 jobs a second those replies were most of the daemon's work.
+    async with lane_rig(noop) as rig:
+        for _ in range(5):
+            rig.server.put()
+            await wait_for(lambda: not rig.server.jobs)
+            await trio.sleep(1)
+    reserves = [c for c in rig.server.commands() if c == "reserve-with-timeout 0"]
+    assert len(rig.events("job done")) == 5
+    assert len(reserves) <= 5 + 2 * 5  # the first batch's five, then one or two a job
+
+
 async def test_given_jobs_held_when_more_come_then_reserves_fill_the_free_slots(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -205,6 +205,7 @@ class Lane:
         await client.send(*[e.command for e in entries])
         confirmed = self.jobs.confirmed
         reserved = await self._replies(client, wire)
+        self._batch.reserved(len(slots), len(reserved))
         self._last_io = trio.current_time()
         if self.jobs.confirmed > confirmed:
             self._batch.confirmed(self.jobs.confirmed - confirmed)

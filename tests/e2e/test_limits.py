@@ -57,6 +57,10 @@ def put_calls(
             client.put(json.dumps({"task": "partner", "payload": payload}), ttr=30)
 
 
+#: Calls over a limit's bound in a sliding second that arrival lag alone can explain.
+JITTER = 2
+
+
 def busiest_second(times: Sequence[float]) -> int:
     """The most requests in any window of one second (sliding, closed at its start)."""
     ordered = sorted(times)
@@ -108,7 +112,7 @@ async def test_given_a_fleet_rate_then_two_daemons_together_stay_within_it(
 
     # The fleet shares K = 50 tokens, each used at most once a second.
     assert len(arrivals) == jobs
-    assert busiest_second(arrivals) <= rate + burst, busiest_second(arrivals)
+    assert busiest_second(arrivals) <= rate + burst + JITTER, busiest_second(arrivals)
     took = max(arrivals) - min(arrivals)
     assert took >= (jobs - rate - burst) / rate - 0.5  # the limit held (no token duplicates)
     assert all(len(outcomes([d], "job done")) > 0 for d in pair)  # both took part
@@ -329,7 +333,7 @@ async def test_given_two_servers_and_one_killed_then_the_fleet_limit_runs_on_the
 
     # While the first was down the second's jobs kept calling, within the second's share.
     assert len(while_down) >= 20, len(while_down)
-    assert busiest_second(while_down) <= rate // 2 + burst, busiest_second(while_down)
+    assert busiest_second(while_down) <= rate // 2 + burst + JITTER, busiest_second(while_down)
     (tokens,) = down
     assert tokens["tokens"] == rate
     assert tokens["reachable"] == rate // 2  # half the tokens were out of reach, never more
@@ -338,8 +342,11 @@ async def test_given_two_servers_and_one_killed_then_the_fleet_limit_runs_on_the
     assert value(scraped, "tubeworker_limit_tokens_reachable", limit="partner") == rate // 2
     # Tokens bound admissions; calls reach the API a little later, the first ones later
     # still (new HTTP connections): after that first second, the busiest one is in bounds.
+    # Two admissions of one token are a second apart, but their calls' arrivals may be
+    # closer when the first was slower to arrive (a busy machine): JITTER allows for that.
+    # A duplicated share of tokens (what this guards against) would add rate // 2 or more.
     settled = [t for t in arrivals if t >= min(arrivals) + 1.0]
-    assert busiest_second(settled) <= rate + burst, busiest_second(settled)
+    assert busiest_second(settled) <= rate + burst + JITTER, busiest_second(settled)
     # Nothing lost; a job whose server died after its call and before its delete may
     # have run twice (at least once), no more of them than were running.
     assert 2 * per_server <= len(arrivals) <= 2 * per_server + 20

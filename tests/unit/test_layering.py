@@ -36,6 +36,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tubeworker.returns",
             # Apps' way to put jobs; job.put() and the runtime put through it.
             "tubeworker.producer",
+            # Schedules' calendar, misfire policy and tick records (pure).
+            "tubeworker.schedule",
         ),
     ),
     ("admin", ("tubeworker.admin_ops",)),

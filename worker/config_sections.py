@@ -554,9 +554,15 @@ def _schedules(top: Reader) -> tuple[ScheduleConfig, ...]:
     raw = top.get("schedule") or []
     if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
         return top.bad("schedule", "must be an array of tables ([[schedule]])", ())
-    schedules = tuple(_schedule(top.reader(t, f"schedule[{i}]"), i) for i, t in enumerate(raw))
+    given = [t.get("name") for t in raw]
+    # Problems name the schedule (schedule.NAME.cron) where its name is its own.
+    paths = [
+        f"schedule.{name}" if isinstance(name, str) and given.count(name) == 1 else f"schedule[{i}]"
+        for i, name in enumerate(given)
+    ]
+    schedules = tuple(_schedule(top.reader(t, paths[i]), i) for i, t in enumerate(raw))
     names = [s.name for s in schedules]
     for i, name in enumerate(names):
         if name in names[:i]:
-            top.report(f"schedule[{i}].name", f"two schedules are named {name!r}")
+            top.report(f"{paths[i]}.name", f"two schedules are named {name!r}")
     return schedules

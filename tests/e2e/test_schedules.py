@@ -14,6 +14,7 @@ from pathlib import Path
 import greenstalk
 import pytest
 
+from tests.e2e.test_daemon_process import run_cli
 from tests.support.beanstalkd import BeanstalkdProcess
 from tests.support.process import DaemonProcess
 from tests.support.waiting import wait_until_sync
@@ -118,3 +119,48 @@ def test_given_three_daemons_and_kills_then_every_fire_is_put_exactly_once(
         f"lateness_ms p50={p50:.1f} p99={p99:.1f} max={lateness[-1]:.1f}"
     )
     assert lateness[-1] < 1000  # a kill -9 of the holder is taken over at once
+
+
+BAD_SCHEDULES = {
+    'cron = "30 25 * * *"\ntube = "t"\ntask = "x"': "schedule.nightly.cron: bad cron",
+    'cron = "30 2 * * *"\ntimezone = "Europe/Berln"\ntube = "t"\ntask = "x"': (
+        "schedule.nightly.timezone: unknown time zone 'Europe/Berln'"
+    ),
+    'every = "5m"\ntask = "x"': "schedule.nightly.tube: a schedule needs the tube",
+}
+
+
+@pytest.mark.parametrize(("table", "expected"), BAD_SCHEDULES.items())
+def test_given_a_bad_schedule_then_check_exits_78_naming_schedule_and_field(
+    tmp_path: Path, table: str, expected: str
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(f'[[pool]]\ntubes = ["t"]\n[[schedule]]\nname = "nightly"\n{table}\n')
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 78, result.stderr
+    assert expected in result.stderr
+
+
+def test_given_two_schedules_of_one_name_then_check_exits_78(tmp_path: Path) -> None:
+    table = '[[schedule]]\nname = "a"\nevery = "1m"\ntube = "t"\ntask = "x"\n'
+    config = tmp_path / "dup.toml"
+    config.write_text(f'[[pool]]\ntubes = ["t"]\n{table}{table}')
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 78
+    assert "schedule[1].name: two schedules are named 'a'" in result.stderr
+
+
+def test_given_a_schedule_then_check_prints_its_next_five_fires_in_its_zone_and_utc(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "ok.toml"
+    config.write_text(
+        '[[pool]]\ntubes = ["reports"]\n[[schedule]]\nname = "nightly"\n'
+        'cron = "30 2 * * *"\ntimezone = "Asia/Kolkata"\ntube = "reports"\ntask = "x"\n'
+    )
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "schedule nightly: cron '30 2 * * *' in Asia/Kolkata" in result.stdout
+    nexts = [line for line in result.stdout.splitlines() if line.startswith("  next: ")]
+    assert len(nexts) == 5
+    assert all("T02:30:00+05:30  (" in n and "T21:00:00Z UTC)" in n for n in nexts), nexts

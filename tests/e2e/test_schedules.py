@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import signal
 import statistics
+import time
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 import greenstalk
@@ -164,3 +166,84 @@ def test_given_a_schedule_then_check_prints_its_next_five_fires_in_its_zone_and_
     nexts = [line for line in result.stdout.splitlines() if line.startswith("  next: ")]
     assert len(nexts) == 5
     assert all("T02:30:00+05:30  (" in n and "T21:00:00Z UTC)" in n for n in nexts), nexts
+
+
+def _drain(client: greenstalk.Client, tube: str) -> list[float]:
+    """The fire times of every job in ``tube`` (reserved and deleted)."""
+    prefix = f"schedule:{tube}:"
+    client.watch(tube)
+    times = []
+    while True:
+        try:
+            job = client.reserve(timeout=0)
+        except greenstalk.TimedOutError:
+            break
+        fire = json.loads(job.body)["id"]
+        assert fire.startswith(prefix), fire
+        times.append(datetime.fromisoformat(fire[len(prefix) :]).timestamp())
+        client.delete(job)
+    client.ignore(tube)
+    return sorted(times)
+
+
+def test_given_every_daemon_down_for_10s_then_each_policy_runs_what_it_says(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    config = tmp_path / "w.toml"
+    tables = "".join(
+        f'[[schedule]]\nname = "{policy}"\nevery = "1s"\ntube = "{policy}"\ntask = "noop"\n'
+        f'misfire = "{policy}"\n'
+        for policy in ("skip", "coalesce", "catch_up")
+    )
+    config.write_text(
+        f'[worker]\nservers = ["{beanstalkd.address}"]\n[[pool]]\ntubes = ["unused"]\n{tables}'
+    )
+    with greenstalk.Client((beanstalkd.host, beanstalkd.port)) as client:
+
+        def put(tube: str) -> int:
+            try:
+                return int(client.stats_tube(tube)["total-jobs"])
+            except greenstalk.NotFoundError:
+                return 0
+
+        first = DaemonProcess(config, tmp_path)
+        daemons.append(first.start())
+        wait_until_sync(lambda: put("catch_up") >= 3, timeout=20, what="fires before")
+        # Given every daemon stopped for 10 s (the downtime is the scenario, not a wait)
+        first.signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0
+        before = {p: put(p) for p in ("skip", "coalesce", "catch_up")}
+        time.sleep(10)
+        # When one starts again and runs a few fires more
+        second = DaemonProcess(config, tmp_path)
+        daemons.append(second.start())
+        wait_until_sync(lambda: put("skip") >= before["skip"] + 3, timeout=20, what="fires after")
+        second.signal(signal.SIGTERM)
+        assert second.wait(timeout=30) == 0
+        fired = {p: _drain(client, p) for p in ("skip", "coalesce", "catch_up")}
+    events = first.events() + second.events()
+
+    def logged(event: str, schedule: str) -> list[float]:
+        prefix = f"schedule:{schedule}:"
+        return sorted(
+            datetime.fromisoformat(e["id"][len(prefix) :]).timestamp()
+            for e in events
+            if e.get("event") == event and e.get("schedule") == schedule
+        )
+
+    # Then catch_up puts every fire time, the missed ones included
+    catch_up = fired["catch_up"]
+    assert catch_up == [catch_up[0] + n for n in range(len(catch_up))]
+    assert len(catch_up) >= 13
+    # skip puts none of the missed ones, and logs each
+    skip = fired["skip"]
+    missed = [t for a, b in pairwise(skip) for t in range(int(a) + 1, int(b))]
+    assert len(missed) >= 8, skip
+    assert logged("schedule fire skipped", "skip") == missed
+    # coalesce puts one for them all (the latest missed), and logs the others
+    coalesce = fired["coalesce"]
+    gaps = [(a, b) for a, b in pairwise(coalesce) if b - a > 1]
+    assert len(gaps) == 1, coalesce
+    start, end = gaps[0]
+    assert logged("schedule fire coalesced", "coalesce") == list(range(int(start) + 1, int(end)))
+    assert len(set(coalesce)) == len(coalesce)

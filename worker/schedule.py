@@ -148,16 +148,24 @@ class Tick:
     name: str
     fire: float
     hash: str
+    last: float | None = None  # the last fire put (for `tubeworker schedules`)
 
     def encode(self) -> bytes:
-        return json.dumps({"schedule": self.name, "fire": self.fire, "hash": self.hash}).encode()
+        data = {"schedule": self.name, "fire": self.fire, "hash": self.hash, "last": self.last}
+        return json.dumps(data).encode()
 
     @classmethod
     def decode(cls, body: bytes) -> Tick | None:
         try:
             data = json.loads(body)
-            return cls(str(data["schedule"]), float(data["fire"]), str(data["hash"]))
-        except (ValueError, KeyError, TypeError):
+            last = data.get("last")
+            return cls(
+                str(data["schedule"]),
+                float(data["fire"]),
+                str(data["hash"]),
+                None if last is None else float(last),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
 

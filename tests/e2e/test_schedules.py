@@ -247,3 +247,39 @@ def test_given_every_daemon_down_for_10s_then_each_policy_runs_what_it_says(
     start, end = gaps[0]
     assert logged("schedule fire coalesced", "coalesce") == list(range(int(start) + 1, int(end)))
     assert len(set(coalesce)) == len(coalesce)
+
+
+def test_given_a_running_schedule_then_schedules_shows_its_tick_and_trigger_puts_one_now(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    config = tmp_path / "w.toml"
+    config.write_text(
+        f'[worker]\nservers = ["{beanstalkd.address}"]\n[[pool]]\ntubes = ["unused"]\n'
+        '[[schedule]]\nname = "hourly"\ncron = "0 * * * *"\ntube = "reports"\ntask = "r"\n'
+    )
+    daemon = DaemonProcess(config, tmp_path)
+    daemons.append(daemon.start())
+    daemon.wait_ready()
+
+    def listing() -> dict:
+        result = run_cli("schedules", "-c", str(config), "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    wait_until_sync(
+        lambda: listing()["schedules"][0]["state"] == "waiting", timeout=20, what="a tick"
+    )
+    (row,) = listing()["schedules"]
+    assert row["next"].endswith(":00:00Z")  # the next whole hour, in UTC
+    assert listing()["server"] == beanstalkd.address
+
+    trigger = run_cli("schedule", "trigger", "hourly", "-c", str(config))
+    assert trigger.returncode == 0, trigger.stderr
+    with greenstalk.Client((beanstalkd.host, beanstalkd.port), watch="reports") as client:
+        job = client.reserve(timeout=5)
+        body = json.loads(job.body)
+    assert body["task"] == "r"
+    assert body["id"].startswith("schedule:hourly:")
+    assert body["id"] in trigger.stdout
+    unknown = run_cli("schedule", "trigger", "nope", "-c", str(config))
+    assert unknown.returncode == 66

@@ -190,7 +190,7 @@ class _Clock:
             # Another definition planned it: the holder's definition decides from here.
             fire = next_fire(schedule, tick.fire - 1e-3)
             log.info("schedule re-planned", schedule=schedule.name, fire=fire_id("", fire)[10:])
-            await self._replace(client, reserved.id, schedule, fire, ())
+            await self._replace(client, reserved.id, schedule, fire, (), tick.last)
             return
         wait = tick.fire - self.now()
         if wait > LEAD + 2:  # taken before its time (re-planned, clock skew): not ours yet
@@ -202,7 +202,7 @@ class _Clock:
         now = self.now()
         plan = plan_fires(schedule, tick.fire, now)
         self._log_misfires(schedule, plan)
-        await self._replace(client, reserved.id, schedule, plan.next, plan.fire)
+        await self._replace(client, reserved.id, schedule, plan.next, plan.fire, tick.last)
         for fire in plan.fire:
             lateness = self.now() - fire
             self.stats.fires += 1
@@ -222,13 +222,15 @@ class _Clock:
         schedule: ScheduleConfig,
         following: float,
         fires: Sequence[float],
+        last: float | None,
     ) -> None:
         """In one write: the fires' jobs, the next tick, and the delete of this one."""
         commands: list[p.Command] = []
         if fires:
             commands.append(p.Use(schedule.tube))
             commands += [self._job(schedule, fire) for fire in fires]
-        tick = Tick(schedule.name, following, self.hashes[schedule.name])
+        last = max(fires) if fires else last
+        tick = Tick(schedule.name, following, self.hashes[schedule.name], last)
         commands += [
             p.Use(schedule_tube(schedule.name)),
             p.Put(

@@ -38,6 +38,7 @@ from tubeworker.beanstalk.client import Address, Client, connect
 from tubeworker.config import Config, ScheduleConfig
 from tubeworker.envelope import encode_envelope
 from tubeworker.errors import ConnectionLostError, ProtocolError
+from tubeworker.observe.counters import Histogram
 from tubeworker.schedule import (
     FirePlan,
     Tick,
@@ -49,7 +50,7 @@ from tubeworker.schedule import (
     schedule_tube,
 )
 
-__all__ = ["PLAN_TUBE", "ClockStatistics", "run_clock"]
+__all__ = ["LATENESS_BUCKETS", "PLAN_TUBE", "ClockStatistics", "ScheduleCounts", "run_clock"]
 
 log = structlog.get_logger("tubeworker")
 
@@ -63,6 +64,20 @@ _PROBE_EVERY = 5.0  # a daemon on a later server checks this often whether an ea
 _FAULTS = (ConnectionLostError, ProtocolError, trio.TooSlowError, OSError, greenstalk.Error)
 
 
+# Seconds from a fire time to its put being answered (on time: a few ms; 1 s: a misfire).
+LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0, 300.0)
+
+
+@dataclass
+class ScheduleCounts:
+    """One schedule's fires put by this process, its misfires and their lateness."""
+
+    fires: int = 0
+    misfires: int = 0  # skipped or coalesced
+    last_fire: float | None = None
+    lateness: Histogram = field(default_factory=lambda: Histogram(LATENESS_BUCKETS))
+
+
 @dataclass
 class ClockStatistics:
     """What the clock did in this process (metrics and tests read it)."""
@@ -71,7 +86,14 @@ class ClockStatistics:
     skipped: int = 0
     coalesced: int = 0
     server: str | None = None  # where the ticks are, as this daemon sees it
-    lateness: list[float] = field(default_factory=list)  # seconds, the last 1000 fires
+    schedules: dict[str, ScheduleCounts] = field(default_factory=dict)
+    definitions: tuple[ScheduleConfig, ...] = ()  # the config's, for the next fire times
+
+    def of(self, name: str) -> ScheduleCounts:
+        counts = self.schedules.get(name)
+        if counts is None:
+            counts = self.schedules[name] = ScheduleCounts()
+        return counts
 
 
 async def run_clock(
@@ -86,6 +108,9 @@ async def run_clock(
     if not config.schedules:
         return
     stats = statistics or ClockStatistics()
+    stats.definitions = config.schedules
+    for schedule in config.schedules:
+        stats.of(schedule.name)  # every schedule has series from the start
     clock = _Clock(config, stats, now)
     async with trio.open_nursery() as nursery:
         if stop is not None:
@@ -203,11 +228,13 @@ class _Clock:
         plan = plan_fires(schedule, tick.fire, now)
         self._log_misfires(schedule, plan)
         await self._replace(client, reserved.id, schedule, plan.next, plan.fire, tick.last)
+        counts = self.stats.of(schedule.name)
         for fire in plan.fire:
             lateness = self.now() - fire
             self.stats.fires += 1
-            self.stats.lateness.append(lateness)
-            del self.stats.lateness[:-1000]
+            counts.fires += 1
+            counts.last_fire = fire if counts.last_fire is None else max(fire, counts.last_fire)
+            counts.lateness.observe(max(0.0, lateness))
             log.info(
                 "schedule fired",
                 schedule=schedule.name,
@@ -256,6 +283,9 @@ class _Clock:
         return p.Put(body, schedule.priority, schedule.delay + jitter, schedule.ttr)
 
     def _log_misfires(self, schedule: ScheduleConfig, plan: FirePlan) -> None:
+        self.stats.of(schedule.name).misfires += (
+            len(plan.skipped) + len(plan.coalesced) + plan.more_skipped
+        )
         for fire in plan.skipped:
             self.stats.skipped += 1
             log.warning(

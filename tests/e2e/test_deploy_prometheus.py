@@ -293,6 +293,12 @@ def daemon_config(path: Path, server: BeanstalkdProcess) -> Path:
                 'hosts = ["partner.invalid"]',
                 'tubes = ["partner"]',
                 "pause_tubes = true",
+                # The schedules' families have series for each configured schedule.
+                "[[schedule]]",
+                'name = "scrape"',
+                'every = "1s"',  # (its last fire has a series after one fire)
+                'tube = "e2e-schedule"',
+                'task = "sleepy"',
                 "[[pool]]",
                 'tubes = ["e2e", "partner"]',
                 "concurrency = 4",

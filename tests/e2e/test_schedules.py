@@ -283,3 +283,48 @@ def test_given_a_running_schedule_then_schedules_shows_its_tick_and_trigger_puts
     assert body["id"] in trigger.stdout
     unknown = run_cli("schedule", "trigger", "nope", "-c", str(config))
     assert unknown.returncode == 66
+
+
+def test_given_two_servers_when_the_tick_server_dies_then_the_schedule_resumes_on_the_other(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    with BeanstalkdProcess() as second:
+        config = tmp_path / "w.toml"
+        config.write_text(
+            f'[worker]\nservers = ["{beanstalkd.address}", "{second.address}"]\n'
+            '[[pool]]\ntubes = ["unused"]\n'
+            '[[schedule]]\nname = "fires"\nevery = "1s"\ntube = "fires"\ntask = "noop"\n'
+            'misfire = "catch_up"\n'
+        )
+        fleet = [DaemonProcess(config, tmp_path) for _ in range(2)]
+        for daemon in fleet:
+            daemons.append(daemon.start())
+        first = greenstalk.Client((beanstalkd.host, beanstalkd.port))
+        other = greenstalk.Client((second.host, second.port))
+
+        def put(client: greenstalk.Client) -> int:
+            try:
+                return int(client.stats_tube("fires")["total-jobs"])
+            except greenstalk.NotFoundError:
+                return 0
+
+        # Given the ticks on the first server (the first reachable in configured order)
+        wait_until_sync(lambda: put(first) >= 3, timeout=30, what="fires on the first")
+        assert put(other) == 0
+        first.close()
+        # When it is killed -9
+        killed = time.time()
+        beanstalkd.kill9()
+        # Then the fires go on on the other
+        wait_until_sync(lambda: put(other) >= 5, timeout=30, what="fires on the other")
+        for daemon in fleet:
+            daemon.signal(signal.SIGTERM)
+        for daemon in fleet:
+            assert daemon.wait(timeout=30) == 0
+        times = _drain(other, "fires")
+        other.close()
+    assert len(times) == len(set(times))
+    assert times == [times[0] + n for n in range(len(times))]
+    resumed = times[0] - killed
+    print(f"\nresumed on the other server {resumed:.2f} s after the kill")
+    assert resumed < 5

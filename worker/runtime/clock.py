@@ -23,6 +23,7 @@ docs/schedules.md for what that costs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -125,14 +126,27 @@ async def run_clock(
 
 
 async def _run(config: Config, clock: _Clock) -> None:
+    """Serve the first reachable server; when it is lost, the next; after moving back to
+    an earlier one (or none answered), start again from the first."""
     while True:
         for index, address in enumerate(config.servers):
-            try:
-                await clock.serve(address, config.servers[:index])
-            except _FAULTS as exc:
-                log.warning("schedule server lost", server=str(address), error=str(exc))
-                continue
-        await trio.sleep(1.0)  # no server reachable: try again
+            if await _serve(clock, address, config.servers[:index]):
+                break  # moved back: from the first again
+        else:
+            await trio.sleep(1.0)  # every server lost or unreachable: try again
+
+
+async def _serve(clock: _Clock, address: Address, earlier: Sequence[Address]) -> bool:
+    """True when the ticks moved back to an earlier server, False when ``address`` was
+    lost or unreachable."""
+    lost = False
+    try:
+        await clock.serve(address, earlier)
+    except* _FAULTS as group:
+        lost = True
+        error = "; ".join(str(e) for e in group.exceptions)
+        log.warning("schedule server lost", server=str(address), error=error)
+    return not lost
 
 
 class _Earlier(Exception):
@@ -166,6 +180,7 @@ class _Clock:
             raise
         self.stats.server = str(address)
         log.info("schedules served", server=str(address), schedules=len(self.schedules))
+        moved = False
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reconcile_loop, planner)
@@ -173,11 +188,37 @@ class _Clock:
                     nursery.start_soon(self._probe, earlier)
                 await self._hold_loop(holder)
         except* _Earlier:
+            moved = True
             log.info("schedules move back", server=str(address))
         finally:
             with trio.CancelScope(shield=True):
                 await holder.aclose()
                 await planner.aclose()
+        if moved:
+            await self._clear(address)
+
+    async def _clear(self, address: Address) -> None:
+        """Delete the ticks left waiting on a server the ticks moved away from, so that
+        none of them fires old fires when the daemons come back to it. (Ticks still held
+        there by a daemon yet to move are left to it.)"""
+        try:
+            with trio.fail_after(self.config.reply_timeout):
+                client = await self._connect(address)
+                try:
+                    for tube in self.schedules:
+                        await client.use(tube)
+                        for peek in (client.peek_delayed, client.peek_ready):
+                            while True:
+                                try:
+                                    found = await peek()
+                                except greenstalk.NotFoundError:
+                                    break
+                                with contextlib.suppress(greenstalk.NotFoundError):
+                                    await client.delete(found.id)
+                finally:
+                    await client.aclose()
+        except _FAULTS as exc:
+            log.warning("schedule ticks not cleared", server=str(address), error=str(exc))
 
     async def _probe(self, earlier: Sequence[Address]) -> None:
         while True:

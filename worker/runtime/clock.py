@@ -126,27 +126,35 @@ async def run_clock(
 
 
 async def _run(config: Config, clock: _Clock) -> None:
-    """Serve the first reachable server; when it is lost, the next; after moving back to
-    an earlier one (or none answered), start again from the first."""
+    """Serve the first reachable server. After a loss (or moving back to an earlier one)
+    start again from the first: a server that merely dropped a connection is taken up
+    again, and only one that does not answer is passed over for the next."""
     while True:
         for index, address in enumerate(config.servers):
-            if await _serve(clock, address, config.servers[:index]):
-                break  # moved back: from the first again
+            outcome = await _serve(clock, address, config.servers[:index])
+            if outcome != "unreachable":
+                await trio.sleep(clock.rng.uniform(0.01, 0.1))  # no tight loop
+                break
         else:
-            await trio.sleep(1.0)  # every server lost or unreachable: try again
+            await trio.sleep(1.0)  # no server answers: try again
 
 
-async def _serve(clock: _Clock, address: Address, earlier: Sequence[Address]) -> bool:
-    """True when the ticks moved back to an earlier server, False when ``address`` was
-    lost or unreachable."""
-    lost = False
+async def _serve(clock: _Clock, address: Address, earlier: Sequence[Address]) -> str:
+    """ "moved" (back to an earlier server), "lost" (after serving) or "unreachable"."""
+    outcome = "moved"
     try:
         await clock.serve(address, earlier)
+    except* _Unreachable:
+        outcome = "unreachable"
     except* _FAULTS as group:
-        lost = True
+        outcome = "lost"
         error = "; ".join(str(e) for e in group.exceptions)
         log.warning("schedule server lost", server=str(address), error=error)
-    return not lost
+    return outcome
+
+
+class _Unreachable(Exception):
+    """The server does not take a connection."""
 
 
 class _Earlier(Exception):
@@ -172,7 +180,10 @@ class _Clock:
 
     async def serve(self, address: Address, earlier: Sequence[Address]) -> None:
         """Keep the ticks on ``address`` until it is lost (raises) or an earlier is back."""
-        holder = await self._connect(address)
+        try:
+            holder = await self._connect(address)
+        except _FAULTS as exc:
+            raise _Unreachable(str(exc)) from exc
         try:
             planner = await self._connect(address)
         except BaseException:
@@ -242,9 +253,9 @@ class _Clock:
                 reserved = await client.reserve(_RESERVE_WAIT)
             except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
                 continue
-            await self._hold(client, reserved)
+            await self._hold(client, reserved, trio.current_time())
 
-    async def _hold(self, client: Client, reserved: p.Reserved) -> None:
+    async def _hold(self, client: Client, reserved: p.Reserved, since: float) -> None:
         tick = Tick.decode(reserved.body)
         schedule = next((s for s in self.config.schedules if tick and s.name == tick.name), None)
         if tick is None or schedule is None:
@@ -265,6 +276,10 @@ class _Clock:
             return
         if wait > 0:
             await trio.sleep(wait)
+        if trio.current_time() - since > TICK_TTR - 2:
+            # Held too long (this process was stopped or starved): beanstalkd may have given
+            # the tick to another daemon. Act on nothing; the connection is given up.
+            raise ConnectionLostError("a schedule tick was held too long; given up")
         now = self.now()
         plan = plan_fires(schedule, tick.fire, now)
         self._log_misfires(schedule, plan)

@@ -31,6 +31,7 @@ from tubeworker.config_model import (
     Profile,
     RecycleConfig,
     RetrySettings,
+    ScheduleConfig,
     duration_seconds,
 )
 from tubeworker.config_reader import Problems
@@ -54,6 +55,7 @@ __all__ = [
     "Profile",
     "RecycleConfig",
     "RetrySettings",
+    "ScheduleConfig",
     "duration_seconds",
     "load_config",
     "validate_config",

@@ -33,10 +33,12 @@ __all__ = [
     "Profile",
     "RecycleConfig",
     "RetrySettings",
+    "ScheduleConfig",
     "duration_seconds",
 ]
 
 Profile = Literal["io", "compute"]
+Misfire = Literal["skip", "coalesce", "catch_up"]
 LogFormat = Literal["auto", "json", "console"]
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 # Durations everywhere (config, environment, flags, admin commands): 30, 30s, 5m, 1h, 250ms.
@@ -192,6 +194,35 @@ class ControlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ScheduleConfig:
+    """A ``[[schedule]]``: a job put into ``tube`` at each fire time, once across the fleet.
+
+    Exactly one of ``cron`` (five fields, read in ``timezone``) and ``every`` (seconds; fires
+    at the multiples of it since the Unix epoch, so every daemon agrees). The job is the
+    envelope of ``task`` and ``payload`` (with the id ``schedule:NAME:FIRE_TIME``), or the
+    raw ``body``. ``misfire``: what runs for fires missed by more than a second (downtime):
+    none (skip), one for them all (coalesce), each within ``catch_up_window``, the latest
+    ``catch_up_max`` of them (catch_up). ``jitter``: a random delay in [0, jitter] seconds.
+    """
+
+    name: str
+    tube: str
+    cron: str | None = None
+    every: float | None = None
+    timezone: str = "UTC"
+    task: str | None = None
+    payload: object = None
+    body: str | None = None
+    priority: int = 1024
+    ttr: int = 60
+    delay: int = 0
+    misfire: Misfire = "coalesce"
+    catch_up_window: float = 21600.0  # 6h
+    catch_up_max: int = 100
+    jitter: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     pools: tuple[PoolConfig, ...]
     servers: tuple[Address, ...] = (Address(),)
@@ -220,6 +251,7 @@ class Config:
     handlers: tuple[tuple[str, str], ...] = ()
     # [settings.NAME]: options of the handler registered as NAME (its job.settings).
     handler_settings: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    schedules: tuple[ScheduleConfig, ...] = ()  # [[schedule]] tables
     source: str = "defaults"
     # The config file's folder: [handlers] modules beside the config are found there.
     config_dir: Path | None = None

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar, ru
 
 import structlog
 
+from tubeworker.schedule import ScheduleRef, parse_fire_id
+
 if TYPE_CHECKING:
     import httpx
 
@@ -194,6 +196,12 @@ class Job:
             parent = self._log_parent or structlog.get_logger("tubeworker")
             self._log = parent.bind(job_id=self.id, tube=self.tube, task=self.task)
         return self._log
+
+    @property
+    def schedule(self) -> ScheduleRef | None:
+        """The ``[[schedule]]`` this job was fired by and the fire time it stands for (UTC),
+        read from its envelope id ``schedule:NAME:FIRE_TIME``; None for other jobs."""
+        return parse_fire_id(self.id_key)
 
     def __repr__(self) -> str:
         return f"<Job {self.id} tube={self.tube!r} task={self.task!r} attempt={self.attempt}>"

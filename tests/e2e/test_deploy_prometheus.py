@@ -295,6 +295,12 @@ def daemon_config(path: Path, server: BeanstalkdProcess) -> Path:
                 "pause_tubes = true",
                 "rate = 1000",  # and the fleet limits' (tubeworker_limit_tokens*, _degraded)
                 "fleet = true",
+                # The schedules' families have series for each configured schedule.
+                "[[schedule]]",
+                'name = "scrape"',
+                'every = "1s"',  # (its last fire has a series after one fire)
+                'tube = "e2e-schedule"',
+                'task = "sleepy"',
                 "[[pool]]",
                 'tubes = ["e2e", "partner"]',
                 "concurrency = 4",

@@ -809,3 +809,78 @@ def test_the_reference_config_lists_every_default_as_it_is() -> None:
         and getattr(reference, f.name) != getattr(defaults, f.name)
     ]
     assert differ == []
+
+
+# --------------------------------------------------------------------------- [[schedule]]
+
+
+def test_given_schedules_when_loaded_then_each_is_read_with_defaults(write) -> None:
+    config = load_config(
+        pool_file(
+            write,
+            """
+            [[schedule]]
+            name = "nightly-report"
+            cron = "30 2 * * *"
+            timezone = "Europe/Berlin"
+            tube = "reports"
+            task = "build-report"
+            payload = { kind = "daily" }
+            misfire = "catch_up"
+            catch_up_window = "6h"
+            [[schedule]]
+            name = "sync"
+            every = "5m"
+            tube = "t"
+            body = "sync"
+            """,
+        ),
+        env={},
+    )
+    nightly, sync = config.schedules
+    assert (nightly.cron, nightly.timezone, nightly.payload) == (
+        "30 2 * * *",
+        "Europe/Berlin",
+        {"kind": "daily"},
+    )
+    assert (nightly.misfire, nightly.catch_up_window) == ("catch_up", 21600.0)
+    assert (sync.every, sync.body, sync.task, sync.misfire) == (300.0, "sync", None, "coalesce")
+
+
+def test_given_bad_schedules_when_validated_then_every_problem_names_its_field(write) -> None:
+    path = pool_file(
+        write,
+        """
+        [[schedule]]
+        name = "a"
+        cron = "61 2 * * *"
+        timezone = "Mars/Olympus"
+        tube = "t"
+        task = "x"
+        [[schedule]]
+        name = "a"
+        every = "5m"
+        task = "x"
+        [[schedule]]
+        name = "no:colon"
+        cron = "* * * * *"
+        every = "1m"
+        tube = "t"
+        [[schedule]]
+        name = "c"
+        tube = "t"
+        task = "x"
+        misfire = "later"
+        """,
+    )
+    assert [key for key, _ in problems_of(path)] == [
+        "schedule[0].cron",
+        "schedule[0].timezone",
+        "schedule[1].tube",
+        "schedule.no:colon.name",
+        "schedule.no:colon.every",
+        "schedule.no:colon.task",
+        "schedule.c.cron",
+        "schedule.c.misfire",
+        "schedule[1].name",
+    ]

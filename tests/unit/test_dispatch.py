@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from datetime import UTC, datetime
 
 import structlog
 
@@ -143,6 +144,16 @@ def test_given_an_envelope_with_an_id_then_the_job_knows_it() -> None:
     assert isinstance(plan, Plan)
     assert plan.job.id_key == "order-42"
     assert pickle.loads(pickle.dumps(plan.job)).id_key == "order-42"  # to a compute worker
+    assert plan.job.schedule is None
     bad = plan_job(7, b'{"task": "echo", "id": ["x"]}', stats(), ENVELOPES)
     assert isinstance(bad, BuryJob)
     assert bad.cause is Cause.BAD_BODY
+
+
+def test_given_a_fire_of_a_schedule_then_job_schedule_tells_its_name_and_fire_time() -> None:
+    body = encode_envelope("echo", None, id="schedule:nightly:2026-12-03T01:30:00Z")
+    plan = plan_job(7, body, stats(), ENVELOPES)
+    assert isinstance(plan, Plan)
+    assert plan.job.schedule is not None
+    assert plan.job.schedule.name == "nightly"
+    assert plan.job.schedule.fire_time == datetime(2026, 12, 3, 1, 30, tzinfo=UTC)

@@ -40,6 +40,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             # Apps' way to put jobs; job.put() and the runtime put through it.
             "tubeworker.producing",
             "tubeworker.producer",
+            # Schedules' calendar, misfire policy and tick records (pure).
+            "tubeworker.schedule",
         ),
     ),
     ("admin", ("tubeworker.admin_ops",)),

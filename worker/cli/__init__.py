@@ -18,6 +18,7 @@ import trio
 from tubeworker import __version__
 from tubeworker.cli.admin import EX_USAGE, add_admin_commands
 from tubeworker.cli.dashboard import add_dashboard_command
+from tubeworker.cli.schedules import add_schedule_commands
 from tubeworker.cli.startup import EX_OK, add_run_options
 
 __all__ = ["main"]
@@ -77,6 +78,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, Commands]:
     top.add_argument("--once", action="store_true", help="print one snapshot and exit")
     add_admin_commands(commands)  # stats, peek, kick, kick-job, delete, put, pause
     add_dashboard_command(commands)
+    add_schedule_commands(commands)  # schedules, schedule trigger
     return parser, commands
 
 
@@ -123,6 +125,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tubeworker.cli.top import top
 
         return top(args)
+    if args.command == "schedules":
+        from tubeworker.cli.schedules import schedules
+
+        return schedules(args)
+    if args.command == "schedule":
+        from tubeworker.cli.schedules import schedule_trigger
+
+        return schedule_trigger(args)
     if args.command == "dashboard":
         from tubeworker.cli.dashboard import dashboard
 

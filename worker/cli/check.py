@@ -10,6 +10,7 @@ function added there.
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -21,6 +22,8 @@ from tubeworker.flow.tokens import token_shares, token_tubes
 from tubeworker.registry import Registry
 from tubeworker.runtime.dispatch import effective_policy
 from tubeworker.runtime.pool import lane_sizes
+from tubeworker.schedule import GRACE, fire_id, in_zone, next_fire
+from tubeworker.tubes import matches_any
 
 __all__ = ["SECTIONS", "check"]
 
@@ -199,6 +202,42 @@ def _token_state(path: Path | None) -> str:
     return f"{path} (readable): {actions} need its token"
 
 
+def show_schedules(config: Config, registry: Registry, *, now: float | None = None) -> None:
+    """Each schedule: when it fires (the next five, in its zone and in UTC), what it puts
+    where, and what happens after downtime; a warning when no pool here works its tube or
+    no handler here is registered for its task (another daemon may)."""
+    now = time.time() if now is None else now
+    for schedule in config.schedules:
+        when = (
+            f"cron {schedule.cron!r} in {schedule.timezone}"
+            if schedule.cron
+            else (f"every {schedule.every:g} s")
+        )
+        what = f"task {schedule.task}" if schedule.task else "a raw body"
+        print(f"schedule {schedule.name}: {when}, {what} into tube {schedule.tube}")
+        misfire: str = schedule.misfire
+        if misfire == "catch_up":
+            misfire += (
+                f" (the latest {schedule.catch_up_max} within {schedule.catch_up_window:g} s)"
+            )
+        print(f"  misfires (fires more than {GRACE:g} s late): {misfire}")
+        fire = now
+        for _ in range(5):
+            fire = next_fire(schedule, fire)
+            local = in_zone(fire, schedule.timezone).isoformat()
+            print(f"  next: {local}  ({fire_id('', fire)[len('schedule::') :]} UTC)")
+        if not any(matches_any(schedule.tube, pool.tubes) for pool in config.pools):
+            print(
+                f"warning: schedule {schedule.name!r}: tube {schedule.tube!r} is worked by "
+                "no pool in this config (another daemon's, or a typo?)"
+            )
+        if schedule.task and registry.get(schedule.task) is None:
+            print(
+                f"warning: schedule {schedule.name!r}: task {schedule.task!r} has no handler "
+                "registered here"
+            )
+
+
 def show_broken(config: Config, registry: Registry) -> None:
     """Entry points that failed to load (no pool binds them: that would be a problem)."""
     for broken in registry.broken.values():
@@ -212,5 +251,6 @@ SECTIONS: Final[tuple[Section, ...]] = (
     show_apis,
     show_limits,
     show_control,
+    show_schedules,
     show_broken,
 )

@@ -23,6 +23,7 @@ from tubeworker.flow.tokens import FleetTokens, TokenGroup
 from tubeworker.observe.counters import JobCounters
 from tubeworker.observe.events import EventBus
 from tubeworker.runtime.binlog import BinlogHealth
+from tubeworker.runtime.clock import ClockStatistics
 from tubeworker.runtime.outcome import Cause
 
 __all__ = ["BusyLane", "LaneStatistics", "LaneView", "WorkerState"]
@@ -96,6 +97,8 @@ class WorkerState:
         self.busy_lanes: set[BusyLane] = set()
         self._changed = trio.Event()  # replaced on every change; lanes wait on it
         self.drain_started = trio.Event()
+        #: What the schedules' clock did here (fires, misfires, lateness).
+        self.clock = ClockStatistics()
         #: Every lane, for reports (set by the daemon once its pools run).
         self.lanes: list[LaneView] = []
         #: Flow control's breakers, for reports (set by the daemon).

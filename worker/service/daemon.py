@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 
 import structlog
 import trio
@@ -23,6 +24,7 @@ from tubeworker.flow.tokens import fleet_tokens
 from tubeworker.observe.logs import line_buffer
 from tubeworker.registry import Registry
 from tubeworker.runtime.binlog import run_binlog_probe
+from tubeworker.runtime.clock import run_clock
 from tubeworker.runtime.lane import Lane
 from tubeworker.runtime.records import (
     RecordQueue,
@@ -200,6 +202,7 @@ async def _run_daemon(
             recorded = trio.Event()
             helpers.start_soon(_record, config, records, recorded)
             helpers.start_soon(run_return_sweeper, config, tuple(servers))
+            helpers.start_soon(partial(run_clock, config, state.clock, stop=state.drain_started))
             for address in servers:
                 helpers.start_soon(run_binlog_probe, config, address, services.binlog(address))
             if config.stall_threshold:

@@ -1,0 +1,450 @@
+"""The clock: puts each ``[[schedule]]``'s jobs, once per fire time across the fleet.
+
+Every daemon with schedules runs :func:`run_clock`. The record of a schedule is one *tick*
+job in its tube ``tubeworker.schedule.NAME`` (body: :class:`~tubeworker.schedule.Tick`,
+the next fire time and the definition's hash), delayed until ``LEAD`` to ``LEAD + 1``
+seconds before that fire. A daemon that reserves a due tick owns that fire alone (a
+reservation is exclusive); it waits to the exact moment, then in one write puts the fire's
+job(s) (envelope id ``schedule:NAME:FIRE_TIME``), puts the next tick and deletes its own.
+If it dies meanwhile, beanstalkd returns the tick at once and another daemon's blocked
+reserve takes it. So there is no leader: beanstalkd's ownership of a reservation is the lock.
+
+A tick can be missing (a first start, a server restarted without its binlog). Creating one
+is done only by the daemon holding the one *plan* job of ``tubeworker.schedules`` alone
+(reserved, and no other plan reserved); plans put by racing daemons are deleted by the
+next holder. A tick found with another definition's hash is re-planned (its next fire by
+the holder's definition), not duplicated.
+
+Ticks live on the first reachable server of ``[worker] servers`` (in configured order).
+When it is lost every daemon moves to the next reachable one (where the plan holder
+creates a tick for the next fire), and back when the first answers again; see
+docs/schedules.md for what that costs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import greenstalk
+import structlog
+import trio
+
+from tubeworker.beanstalk import protocol as p
+from tubeworker.beanstalk.client import Address, Client, connect
+from tubeworker.config import Config, ScheduleConfig
+from tubeworker.envelope import encode_envelope
+from tubeworker.errors import ConnectionLostError, ProtocolError
+from tubeworker.observe.counters import Histogram
+from tubeworker.schedule import (
+    FirePlan,
+    Tick,
+    definition_hash,
+    early,
+    fire_id,
+    next_fire,
+    plan_fires,
+    schedule_tube,
+)
+
+__all__ = ["LATENESS_BUCKETS", "PLAN_TUBE", "ClockStatistics", "ScheduleCounts", "run_clock"]
+
+log = structlog.get_logger("tubeworker")
+
+PLAN_TUBE = "tubeworker.schedules"
+LEAD = 1.0  # a tick is ready LEAD to LEAD + 1 s before its fire (whole-second delays)
+TICK_TTR = 30  # a holder waits at most LEAD + 1 s before it acts on its tick
+TICK_PRIORITY_BASE = 0  # ticks: priority is the fire's Unix second (earliest first)
+_RESERVE_WAIT = 1  # seconds a reserve blocks before the loop looks around
+_RECONCILE_EVERY = 5.0
+_PROBE_EVERY = 5.0  # a daemon on a later server checks this often whether an earlier is back
+_FAULTS = (ConnectionLostError, ProtocolError, trio.TooSlowError, OSError, greenstalk.Error)
+
+
+# Seconds from a fire time to its put being answered (on time: a few ms; 1 s: a misfire).
+LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0, 300.0)
+
+
+@dataclass
+class ScheduleCounts:
+    """One schedule's fires put by this process, its misfires and their lateness."""
+
+    fires: int = 0
+    misfires: int = 0  # skipped or coalesced
+    last_fire: float | None = None
+    lateness: Histogram = field(default_factory=lambda: Histogram(LATENESS_BUCKETS))
+
+
+@dataclass
+class ClockStatistics:
+    """What the clock did in this process (metrics and tests read it)."""
+
+    fires: int = 0
+    skipped: int = 0
+    coalesced: int = 0
+    server: str | None = None  # where the ticks are, as this daemon sees it
+    schedules: dict[str, ScheduleCounts] = field(default_factory=dict)
+    definitions: tuple[ScheduleConfig, ...] = ()  # the config's, for the next fire times
+
+    def of(self, name: str) -> ScheduleCounts:
+        counts = self.schedules.get(name)
+        if counts is None:
+            counts = self.schedules[name] = ScheduleCounts()
+        return counts
+
+
+async def run_clock(
+    config: Config,
+    statistics: ClockStatistics | None = None,
+    *,
+    stop: trio.Event | None = None,
+    now: Callable[[], float] = time.time,
+) -> None:
+    """Run until cancelled or ``stop`` is set (a drain): hold due ticks and fire them;
+    keep exactly one tick each. A tick held when it stops returns to another daemon."""
+    if not config.schedules:
+        return
+    stats = statistics or ClockStatistics()
+    stats.definitions = config.schedules
+    for schedule in config.schedules:
+        stats.of(schedule.name)  # every schedule has series from the start
+    clock = _Clock(config, stats, now)
+    async with trio.open_nursery() as nursery:
+        if stop is not None:
+
+            async def stopper() -> None:
+                await stop.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stopper)
+        await _run(config, clock)
+        nursery.cancel_scope.cancel()
+
+
+async def _run(config: Config, clock: _Clock) -> None:
+    """Serve the first reachable server. After a loss (or moving back to an earlier one)
+    start again from the first: a server that merely dropped a connection is taken up
+    again, and only one that does not answer is passed over for the next."""
+    while True:
+        for index, address in enumerate(config.servers):
+            outcome = await _serve(clock, address, config.servers[:index])
+            if outcome != "unreachable":
+                await trio.sleep(clock.rng.uniform(0.01, 0.1))  # no tight loop
+                break
+        else:
+            await trio.sleep(1.0)  # no server answers: try again
+
+
+async def _serve(clock: _Clock, address: Address, earlier: Sequence[Address]) -> str:
+    """ "moved" (back to an earlier server), "lost" (after serving) or "unreachable"."""
+    outcome = "moved"
+    try:
+        await clock.serve(address, earlier)
+    except* _Unreachable:
+        outcome = "unreachable"
+    except* _FAULTS as group:
+        outcome = "lost"
+        error = "; ".join(str(e) for e in group.exceptions)
+        log.warning("schedule server lost", server=str(address), error=error)
+    return outcome
+
+
+class _Unreachable(Exception):
+    """The server does not take a connection."""
+
+
+class _Earlier(Exception):
+    """An earlier server of the list answers again: the ticks go back there."""
+
+
+class _Clock:
+    def __init__(self, config: Config, stats: ClockStatistics, now: Callable[[], float]):
+        self.config = config
+        self.stats = stats
+        self.now = now
+        self.schedules = {schedule_tube(s.name): s for s in config.schedules}
+        self.hashes = {s.name: definition_hash(s) for s in config.schedules}
+        self.rng = random.Random()
+
+    async def _connect(self, address: Address) -> Client:
+        return await connect(
+            address,
+            connect_timeout=self.config.connect_timeout,
+            reply_timeout=self.config.reply_timeout,
+            keepalive=self.config.keepalive,
+        )
+
+    async def serve(self, address: Address, earlier: Sequence[Address]) -> None:
+        """Keep the ticks on ``address`` until it is lost (raises) or an earlier is back."""
+        try:
+            holder = await self._connect(address)
+        except _FAULTS as exc:
+            raise _Unreachable(str(exc)) from exc
+        try:
+            planner = await self._connect(address)
+        except BaseException:
+            await holder.aclose()
+            raise
+        self.stats.server = str(address)
+        log.info("schedules served", server=str(address), schedules=len(self.schedules))
+        moved = False
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reconcile_loop, planner)
+                if earlier:
+                    nursery.start_soon(self._probe, earlier)
+                await self._hold_loop(holder)
+        except* _Earlier:
+            moved = True
+            log.info("schedules move back", server=str(address))
+        finally:
+            with trio.CancelScope(shield=True):
+                await holder.aclose()
+                await planner.aclose()
+        if moved:
+            await self._clear(address)
+
+    async def _clear(self, address: Address) -> None:
+        """Delete the ticks left waiting on a server the ticks moved away from, so that
+        none of them fires old fires when the daemons come back to it. (Ticks still held
+        there by a daemon yet to move are left to it.)"""
+        try:
+            with trio.fail_after(self.config.reply_timeout):
+                client = await self._connect(address)
+                try:
+                    for tube in self.schedules:
+                        await client.use(tube)
+                        for peek in (client.peek_delayed, client.peek_ready):
+                            while True:
+                                try:
+                                    found = await peek()
+                                except greenstalk.NotFoundError:
+                                    break
+                                with contextlib.suppress(greenstalk.NotFoundError):
+                                    await client.delete(found.id)
+                finally:
+                    await client.aclose()
+        except _FAULTS as exc:
+            log.warning("schedule ticks not cleared", server=str(address), error=str(exc))
+
+    async def _probe(self, earlier: Sequence[Address]) -> None:
+        while True:
+            await trio.sleep(_PROBE_EVERY)
+            for address in earlier:
+                try:
+                    client = await self._connect(address)
+                except _FAULTS:
+                    continue
+                await client.aclose()
+                raise _Earlier
+
+    # ---- holding ticks
+
+    async def _hold_loop(self, client: Client) -> None:
+        for tube in self.schedules:
+            await client.watch(tube)
+        await client.ignore("default")
+        while True:
+            try:
+                reserved = await client.reserve(_RESERVE_WAIT)
+            except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
+                continue
+            await self._hold(client, reserved, trio.current_time())
+
+    async def _hold(self, client: Client, reserved: p.Reserved, since: float) -> None:
+        tick = Tick.decode(reserved.body)
+        schedule = next((s for s in self.config.schedules if tick and s.name == tick.name), None)
+        if tick is None or schedule is None:
+            log.warning("schedule tick unreadable, deleted", job_id=reserved.id)
+            await client.delete(reserved.id)
+            return
+        mine = self.hashes[schedule.name]
+        if tick.hash != mine:
+            # Another definition planned it: the holder's definition decides from here.
+            fire = next_fire(schedule, tick.fire - 1e-3)
+            log.info("schedule re-planned", schedule=schedule.name, fire=fire_id("", fire)[10:])
+            await self._replace(client, reserved.id, schedule, fire, (), tick.last)
+            return
+        wait = tick.fire - self.now()
+        if wait > LEAD + 2:  # taken before its time (re-planned, clock skew): not ours yet
+            delay = early(tick.fire, self.now(), LEAD)
+            await client.release(reserved.id, priority=_tick_priority(tick.fire), delay=delay)
+            return
+        if wait > 0:
+            await trio.sleep(wait)
+        if trio.current_time() - since > TICK_TTR - 2:
+            # Held too long (this process was stopped or starved): beanstalkd may have given
+            # the tick to another daemon. Act on nothing; the connection is given up.
+            raise ConnectionLostError("a schedule tick was held too long; given up")
+        now = self.now()
+        plan = plan_fires(schedule, tick.fire, now)
+        self._log_misfires(schedule, plan)
+        await self._replace(client, reserved.id, schedule, plan.next, plan.fire, tick.last)
+        counts = self.stats.of(schedule.name)
+        for fire in plan.fire:
+            lateness = self.now() - fire
+            self.stats.fires += 1
+            counts.fires += 1
+            counts.last_fire = fire if counts.last_fire is None else max(fire, counts.last_fire)
+            counts.lateness.observe(max(0.0, lateness))
+            log.info(
+                "schedule fired",
+                schedule=schedule.name,
+                id=fire_id(schedule.name, fire),
+                lateness_ms=round(lateness * 1000, 1),
+            )
+
+    async def _replace(
+        self,
+        client: Client,
+        tick_id: int,
+        schedule: ScheduleConfig,
+        following: float,
+        fires: Sequence[float],
+        last: float | None,
+    ) -> None:
+        """In one write: the fires' jobs, the next tick, and the delete of this one."""
+        commands: list[p.Command] = []
+        if fires:
+            commands.append(p.Use(schedule.tube))
+            commands += [self._job(schedule, fire) for fire in fires]
+        last = max(fires) if fires else last
+        tick = Tick(schedule.name, following, self.hashes[schedule.name], last)
+        commands += [
+            p.Use(schedule_tube(schedule.name)),
+            p.Put(
+                tick.encode(),
+                _tick_priority(following),
+                early(following, self.now(), LEAD),
+                TICK_TTR,
+            ),
+            p.Delete(tick_id),
+        ]
+        replies = await client.pipeline(commands)
+        for command, reply in zip(commands, replies, strict=True):
+            if isinstance(command, p.Put) and not isinstance(reply, p.Inserted):
+                log.error("schedule put refused", schedule=schedule.name, reply=repr(reply))
+
+    def _job(self, schedule: ScheduleConfig, fire: float) -> p.Put:
+        if schedule.body is not None:
+            body = schedule.body.encode()
+        else:
+            assert schedule.task is not None
+            body = encode_envelope(schedule.task, schedule.payload, id=fire_id(schedule.name, fire))
+        jitter = math.floor(self.rng.uniform(0, schedule.jitter)) if schedule.jitter else 0
+        return p.Put(body, schedule.priority, schedule.delay + jitter, schedule.ttr)
+
+    def _log_misfires(self, schedule: ScheduleConfig, plan: FirePlan) -> None:
+        self.stats.of(schedule.name).misfires += (
+            len(plan.skipped) + len(plan.coalesced) + plan.more_skipped
+        )
+        for fire in plan.skipped:
+            self.stats.skipped += 1
+            log.warning(
+                "schedule fire skipped",
+                schedule=schedule.name,
+                id=fire_id(schedule.name, fire),
+                misfire=schedule.misfire,
+            )
+        for fire in plan.coalesced:
+            self.stats.coalesced += 1
+            log.warning(
+                "schedule fire coalesced",
+                schedule=schedule.name,
+                id=fire_id(schedule.name, fire),
+                into=fire_id(schedule.name, plan.fire[-1]) if plan.fire else None,
+            )
+        if plan.more_skipped:
+            self.stats.skipped += plan.more_skipped
+            log.warning(
+                "schedule fires skipped",
+                schedule=schedule.name,
+                count=plan.more_skipped,
+                misfire=schedule.misfire,
+            )
+
+    # ---- keeping exactly one tick per schedule
+
+    async def _reconcile_loop(self, client: Client) -> None:
+        await client.watch(PLAN_TUBE)
+        await client.ignore("default")
+        while True:
+            await self._reconcile(client)
+            await trio.sleep(_RECONCILE_EVERY * self.rng.uniform(0.8, 1.2))
+
+    async def _missing(self, client: Client) -> list[ScheduleConfig]:
+        missing = []
+        for tube, schedule in self.schedules.items():
+            try:
+                stats = await client.stats_tube(tube)
+            except greenstalk.NotFoundError:
+                missing.append(schedule)
+                continue
+            jobs = (
+                stats.current_jobs_ready
+                + stats.current_jobs_reserved
+                + stats.current_jobs_delayed
+                + stats.current_jobs_buried
+            )
+            if jobs == 0:
+                missing.append(schedule)
+        return missing
+
+    async def _reconcile(self, client: Client) -> None:
+        if not await self._missing(client):
+            return
+        plan_id = await self._claim(client)
+        if plan_id is None:
+            return  # another daemon is planning; look again next round
+        try:
+            for schedule in await self._missing(client):  # again, now alone
+                fire = next_fire(schedule, self.now())
+                tick = Tick(schedule.name, fire, self.hashes[schedule.name])
+                await client.use(schedule_tube(schedule.name))
+                await client.put(
+                    tick.encode(),
+                    priority=_tick_priority(fire),
+                    delay=early(fire, self.now(), LEAD),
+                    ttr=TICK_TTR,
+                )
+                log.info("schedule tick made", schedule=schedule.name, fire=fire)
+        finally:
+            await client.release(plan_id)
+
+    async def _claim(self, client: Client) -> int | None:
+        """The plan job, reserved and held alone; None when another daemon holds one."""
+        await client.use(PLAN_TUBE)
+        try:
+            plan = await client.reserve(0)
+        except greenstalk.TimedOutError:
+            try:
+                held = (await client.stats_tube(PLAN_TUBE)).current_jobs_reserved
+            except greenstalk.NotFoundError:
+                held = 0
+            if held:
+                return None
+            await client.put(b"plan", ttr=TICK_TTR)
+            try:
+                plan = await client.reserve(0)
+            except greenstalk.TimedOutError:
+                return None
+        # Racing daemons may each have put a plan: delete those waiting; if another is held
+        # at the same time, step back (and let a later round, with jitter, settle it).
+        while True:
+            try:
+                extra = await client.peek_ready()
+            except greenstalk.NotFoundError:
+                break
+            await client.delete(extra.id)
+        if (await client.stats_tube(PLAN_TUBE)).current_jobs_reserved > 1:
+            await client.release(plan.id, delay=1)
+            return None
+        return plan.id
+
+
+def _tick_priority(fire: float) -> int:
+    return TICK_PRIORITY_BASE + min(max(0, math.floor(fire)), p.MAX_INT)

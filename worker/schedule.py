@@ -1,0 +1,235 @@
+"""Schedules, pure: when a ``[[schedule]]`` fires, what runs after a misfire, and the
+records the clock keeps in beanstalkd (ticks) and puts (fire ids). No I/O, no clock of its
+own: every function takes the time it is asked about.
+
+- Cron expressions are read by cronsim, which follows Debian cron's DST rules: a
+  fixed-time job (``30 2 * * *``) runs once in a repeated hour and right after a skipped
+  one; wildcard-hour jobs keep their spacing in real time.
+- ``every`` schedules fire at the multiples of their interval since the Unix epoch, so
+  every daemon computes the same fire times without talking to the others.
+- A fire's id is ``schedule:NAME:2026-12-03T01:30:00Z`` (UTC, whole seconds; fractions
+  only for sub-second ``every``), carried in the envelope as ``id``; ``job.schedule``
+  reads it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
+
+from tubeworker.config_model import ScheduleConfig
+
+__all__ = [
+    "GRACE",
+    "ID_PREFIX",
+    "FirePlan",
+    "ScheduleRef",
+    "Tick",
+    "as_utc",
+    "check_cron",
+    "definition_hash",
+    "early",
+    "fire_id",
+    "fires_between",
+    "in_zone",
+    "next_fire",
+    "parse_fire_id",
+    "plan_fires",
+    "schedule_tube",
+    "zone",
+]
+
+ID_PREFIX: Final = "schedule:"
+TUBE_PREFIX: Final = "tubeworker.schedule."
+# A fire put at most this late (seconds) is on time; later, it was missed (the misfire
+# policy decides whether it runs).
+GRACE: Final = 1.0
+# Fires looked at after a long downtime (each skipped one is a log line); past this many
+# the rest are counted in one line.
+MAX_LISTED: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRef:
+    """What ``job.schedule`` tells a handler: the schedule and the fire time it stands for."""
+
+    name: str
+    fire_time: datetime  # aware, UTC
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA zone (KeyError-free: ValueError naming it when unknown)."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc
+
+
+def check_cron(expr: str) -> str | None:
+    """None when ``expr`` is a valid five-field cron expression, else why not."""
+    if len(expr.split()) != 5:
+        return f"must have five fields (minute hour day month weekday), got {expr!r}"
+    try:
+        CronSim(expr, datetime(2000, 1, 1, tzinfo=UTC))
+    except CronSimError as exc:
+        return f"bad cron expression {expr!r}: {exc}"
+    return None
+
+
+def schedule_tube(name: str) -> str:
+    return TUBE_PREFIX + name
+
+
+def next_fire(schedule: ScheduleConfig, after: float) -> float:
+    """The first fire time strictly after ``after`` (Unix seconds)."""
+    if schedule.every is not None:
+        every = schedule.every
+        return (math.floor(after / every) + 1) * every
+    assert schedule.cron is not None
+    tz = zone(schedule.timezone)
+    start = datetime.fromtimestamp(math.floor(after), tz)
+    return next(iter(CronSim(schedule.cron, start))).timestamp()
+
+
+def fires_between(schedule: ScheduleConfig, first: float, until: float, limit: int) -> list[float]:
+    """Fire times from ``first`` (itself a fire time) up to ``until`` inclusive, at most
+    ``limit`` of them."""
+    fires: list[float] = []
+    fire = first
+    while fire <= until and len(fires) < limit:
+        fires.append(fire)
+        fire = next_fire(schedule, fire)
+    return fires
+
+
+def fire_id(name: str, fire: float) -> str:
+    return f"{ID_PREFIX}{name}:{_iso(fire)}"
+
+
+def _iso(fire: float) -> str:
+    moment = datetime.fromtimestamp(fire, UTC)
+    if fire == math.floor(fire):
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_fire_id(id_key: str | None) -> ScheduleRef | None:
+    """The schedule and fire time of a fire's id; None for any other id."""
+    if not id_key or not id_key.startswith(ID_PREFIX):
+        return None
+    # the time holds colons too: split at the name's end (names have no colon)
+    name, sep, when = id_key[len(ID_PREFIX) :].partition(":")
+    if not sep or not name or not when.endswith("Z"):
+        return None
+    try:
+        moment = datetime.fromisoformat(when[:-1]).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return ScheduleRef(name, moment)
+
+
+def definition_hash(schedule: ScheduleConfig) -> str:
+    """A short hash of every field: a tick planned by another definition is re-planned."""
+    text = json.dumps(asdict(schedule), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """A tick job's body: the next fire of a schedule, under which definition."""
+
+    name: str
+    fire: float
+    hash: str
+    last: float | None = None  # the last fire put (for `tubeworker schedules`)
+
+    def encode(self) -> bytes:
+        data = {"schedule": self.name, "fire": self.fire, "hash": self.hash, "last": self.last}
+        return json.dumps(data).encode()
+
+    @classmethod
+    def decode(cls, body: bytes) -> Tick | None:
+        try:
+            data = json.loads(body)
+            last = data.get("last")
+            return cls(
+                str(data["schedule"]),
+                float(data["fire"]),
+                str(data["hash"]),
+                None if last is None else float(last),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class FirePlan:
+    """What a tick holder does at ``now`` for a tick of fire time ``first``: put the jobs of
+    ``fire`` (fire times; the id of each), log the ``skipped`` and ``coalesced`` ones, and
+    plan the next tick for ``next``."""
+
+    fire: tuple[float, ...]
+    skipped: tuple[float, ...]
+    coalesced: tuple[float, ...]
+    next: float
+    more_skipped: int = 0  # missed fires beyond MAX_LISTED, counted not listed
+
+
+def plan_fires(schedule: ScheduleConfig, first: float, now: float) -> FirePlan:
+    """The fires due by ``now`` from the tick's ``first``: those at most GRACE late always
+    run; older ones (missed) as the misfire policy says."""
+    due = fires_between(schedule, first, now, MAX_LISTED)
+    more = 0
+    if not due:
+        following = first
+    else:
+        following = next_fire(schedule, due[-1])
+        if following <= now:  # a long downtime: count what was not listed, plan from now
+            more = _count_between(schedule, following, now)
+            following = next_fire(schedule, now)
+    on_time = tuple(f for f in due if now - f <= GRACE)
+    missed = tuple(f for f in due if now - f > GRACE)
+    if not missed:
+        return FirePlan(on_time, (), (), following, more)
+    if schedule.misfire == "skip":
+        return FirePlan(on_time, missed, (), following, more)
+    if schedule.misfire == "coalesce":
+        if on_time:
+            return FirePlan(on_time, (), missed, following, more)
+        return FirePlan((missed[-1],), (), missed[:-1], following, more)
+    window = tuple(f for f in missed if now - f <= schedule.catch_up_window)
+    kept = window[-schedule.catch_up_max :] if schedule.catch_up_max else ()
+    skipped = tuple(f for f in missed if f not in kept)
+    return FirePlan(kept + on_time, skipped, (), following, more)
+
+
+def _count_between(schedule: ScheduleConfig, first: float, until: float) -> int:
+    if schedule.every is not None:
+        return math.floor((until - first) / schedule.every) + 1
+    count = 0
+    fire = first
+    while fire <= until:  # cron: at most one fire a minute, and downtimes are bounded
+        count += 1
+        fire = next_fire(schedule, fire)
+    return count
+
+
+def early(fire: float, now: float, lead: float) -> int:
+    """The whole-second delay of a tick for ``fire`` so that it is ready ``lead`` to
+    ``lead + 1`` seconds before it (beanstalkd's delays are whole seconds)."""
+    return max(0, math.floor(fire - now - lead))
+
+
+def as_utc(fire: float) -> datetime:
+    return datetime.fromtimestamp(fire, UTC)
+
+
+def in_zone(fire: float, name: str) -> datetime:
+    return datetime.fromtimestamp(fire, zone(name))

@@ -81,6 +81,7 @@ RUN_BY: dict[Key, str] = {
     ("docs/handlers.md", "[middleware]"): f"{HERE}::test_the_toml_blocks_are_valid_config",
     ("docs/configuration.md", "[worker]"): f"{HERE}::test_the_toml_blocks_are_valid_config",
     ("docs/flow-control.md", "[api.partner]"): f"{HERE}::test_the_toml_blocks_are_valid_config",
+    ("docs/schedules.md", "[[schedule]]"): f"{HERE}::test_the_toml_blocks_are_valid_config",
     (
         "docs/producing.md",
         "from tubeworker.producer import NoServerAvailable, Producer",
@@ -224,4 +225,4 @@ def test_the_toml_blocks_are_valid_config(tmp_path: Path) -> None:
         path = tmp_path / f"block{checked}.toml"
         path.write_text(text)
         load_config(path, env={})
-    assert checked == 6
+    assert checked == 7

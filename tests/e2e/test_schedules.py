@@ -168,9 +168,10 @@ def test_given_a_schedule_then_check_prints_its_next_five_fires_in_its_zone_and_
     assert all("T02:30:00+05:30  (" in n and "T21:00:00Z UTC)" in n for n in nexts), nexts
 
 
-def _drain(client: greenstalk.Client, tube: str) -> list[float]:
-    """The fire times of every job in ``tube`` (reserved and deleted)."""
-    prefix = f"schedule:{tube}:"
+def _drain(client: greenstalk.Client, tube: str, name: str | None = None) -> list[float]:
+    """The fire times of every job in ``tube`` (reserved and deleted) of the schedule
+    ``name`` (default: named as the tube)."""
+    prefix = f"schedule:{name or tube}:"
     client.watch(tube)
     times = []
     while True:
@@ -328,3 +329,38 @@ def test_given_two_servers_when_the_tick_server_dies_then_the_schedule_resumes_o
     resumed = times[0] - killed
     print(f"\nresumed on the other server {resumed:.2f} s after the kill")
     assert resumed < 5
+
+
+def test_given_the_holder_stopped_silently_then_another_takes_the_tick_after_its_ttr(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    config = _config(tmp_path / "w.toml", beanstalkd)
+    fleet = [DaemonProcess(config, tmp_path) for _ in range(2)]
+    for daemon in fleet:
+        daemons.append(daemon.start())
+    with greenstalk.Client((beanstalkd.host, beanstalkd.port)) as client:
+        wait_until_sync(lambda: _put_so_far(client) >= 3, timeout=30, what="first fires")
+        # Given the daemon that fired last stopped (SIGSTOP: its connections stay open)
+        latest = max(fleet, key=lambda d: max((e["timestamp"] for e in _fired(d)), default=""))
+        other = fleet[1 - fleet.index(latest)]
+        latest.signal(signal.SIGSTOP)
+        stopped = time.time()
+        # Then the other daemon takes the schedule on, within the tick's TTR (10 s)
+        seen = len(_fired(other))
+        wait_until_sync(
+            lambda: len(_fired(other)) >= seen + 3, timeout=60, what="fires by the other"
+        )
+        taken = time.time() - stopped
+        # and the stopped one, running again, puts nothing twice
+        latest.signal(signal.SIGCONT)
+        target = _put_so_far(client) + 3
+        wait_until_sync(lambda: _put_so_far(client) >= target, timeout=20, what="fires after")
+        for daemon in fleet:
+            daemon.signal(signal.SIGTERM)
+        for daemon in fleet:
+            assert daemon.wait(timeout=30) == 0
+        times = _drain(client, "fires", "every-second")
+    assert len(times) == len(set(times))
+    assert times == [times[0] + n for n in range(len(times))]
+    print(f"\ntaken over {taken:.1f} s after SIGSTOP of the daemon that fired last")
+    assert taken < 20

@@ -57,7 +57,8 @@ log = structlog.get_logger("tubeworker")
 
 PLAN_TUBE = "tubeworker.schedules"
 LEAD = 1.0  # a tick is ready LEAD to LEAD + 1 s before its fire (whole-second delays)
-TICK_TTR = 30  # a holder waits at most LEAD + 1 s before it acts on its tick
+TICK_TTR = 10  # a holder waits at most LEAD + 2 s before it acts on its tick; a stopped
+# holder's tick goes to another daemon this long after it was reserved
 TICK_PRIORITY_BASE = 0  # ticks: priority is the fire's Unix second (earliest first)
 _RESERVE_WAIT = 1  # seconds a reserve blocks before the loop looks around
 _RECONCILE_EVERY = 5.0

@@ -24,6 +24,7 @@ __all__ = [
     "ApiConfig",
     "Config",
     "ControlConfig",
+    "HeartbeatConfig",
     "LimitConfig",
     "LogFormat",
     "LoggingConfig",
@@ -39,6 +40,7 @@ __all__ = [
 
 Profile = Literal["io", "compute"]
 Misfire = Literal["skip", "coalesce", "catch_up"]
+Overlap = Literal["allow", "skip"]
 LogFormat = Literal["auto", "json", "console"]
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 # Durations everywhere (config, environment, flags, admin commands): 30, 30s, 5m, 1h, 250ms.
@@ -220,6 +222,21 @@ class ScheduleConfig:
     catch_up_window: float = 21600.0  # 6h
     catch_up_max: int = 100
     jitter: float = 0.0
+    overlap: Overlap = "allow"
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatConfig:
+    """A ``[[heartbeat]]``: a tiny built-in job put into ``tube`` every ``every`` seconds
+    (by the clock, once across the fleet), run by whichever pool serves the tube; each run
+    is recorded in beanstalkd, so any daemon can tell how long ago the tube last moved.
+    ``ping_url``: a GET after each run (a dead-man's switch such as Healthchecks)."""
+
+    tube: str
+    every: float = 60.0
+    ping_url: str | None = None
+    priority: int = 1024
+    ttr: int = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +269,7 @@ class Config:
     # [settings.NAME]: options of the handler registered as NAME (its job.settings).
     handler_settings: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     schedules: tuple[ScheduleConfig, ...] = ()  # [[schedule]] tables
+    heartbeats: tuple[HeartbeatConfig, ...] = ()  # [[heartbeat]] tables
     source: str = "defaults"
     # The config file's folder: [handlers] modules beside the config are found there.
     config_dir: Path | None = None

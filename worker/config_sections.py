@@ -2,7 +2,8 @@
 in the order of config/reference.toml: ``[worker]``, ``[retry]``, ``[logging]``,
 ``[recycle]``, ``[handlers]``, ``[[pool]]``, ``[control]``, ``[middleware]``,
 ``[api.NAME]``, ``[[limit]]``, ``[settings.NAME]``,
-``[[schedule]]``. :func:`build` reads them all."""
+``[[schedule]]``, ``[[heartbeat]]`` (those two in config_schedules). :func:`build` reads
+them all."""
 
 from __future__ import annotations
 
@@ -27,11 +28,10 @@ from tubeworker.config_model import (
     PoolConfig,
     RecycleConfig,
     RetrySettings,
-    ScheduleConfig,
 )
 from tubeworker.config_reader import Problems, Reader, tube_patterns
+from tubeworker.config_schedules import heartbeats, schedules
 from tubeworker.errors import LocalProtocolError
-from tubeworker.schedule import check_cron, zone
 
 __all__ = ["build"]
 
@@ -44,7 +44,6 @@ _D_RECYCLE: Final = RecycleConfig()
 _D_CONTROL: Final = ControlConfig()
 _D_API: Final = ApiConfig("")
 _D_LIMIT: Final = LimitConfig("", rate=1.0)  # (a limit needs a cap; its other defaults)
-_D_SCHEDULE: Final = ScheduleConfig("", "")
 
 
 _RETRY_KEYS: Final = ("max_attempts", "backoff_base", "backoff_cap", "redelivery_limit")
@@ -363,6 +362,7 @@ _TOP_KEYS: Final = (
     "limit",
     "settings",
     "schedule",
+    "heartbeat",
 )
 _TARGET: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -453,116 +453,6 @@ def build(raw: dict[str, Any], origins: dict[str, str], problems: Problems) -> C
         apis=apis,
         limits=_limits(top, apis),
         handler_settings=_handler_settings(top.table_at("settings")),
-        schedules=_schedules(top),
+        schedules=schedules(top),
+        heartbeats=heartbeats(top),
     )
-
-
-_SCHEDULE_KEYS: Final = (
-    "name",
-    "cron",
-    "every",
-    "timezone",
-    "tube",
-    "task",
-    "payload",
-    "body",
-    "priority",
-    "ttr",
-    "delay",
-    "misfire",
-    "catch_up_window",
-    "catch_up_max",
-    "jitter",
-)
-# A schedule's name is part of its tick tube's name and of its fires' ids (no colon).
-_SCHEDULE_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,150}$")
-
-
-def _schedule_when(reader: Reader) -> tuple[str | None, float | None]:
-    cron = reader.text("cron")
-    every = reader.seconds("every", 0.0, low=0, high=MAX_INT) or None
-    if cron is not None and every is not None:
-        return reader.bad("every", "give cron or every, not both", (cron, None))
-    if cron is None and every is None:
-        if "cron" not in reader.table and "every" not in reader.table:
-            reader.report("cron", "a schedule needs cron (five fields) or every (e.g. '5m')")
-        return None, None
-    if every is not None and every < 1:
-        return reader.bad("every", f"must be at least 1 second, got {every:g}", (None, None))
-    if cron is not None:
-        problem = check_cron(cron)
-        if problem is not None:
-            return reader.bad("cron", problem, (None, None))
-    return cron, every
-
-
-def _schedule(reader: Reader, index: int) -> ScheduleConfig:
-    reader.check_unknown(_SCHEDULE_KEYS)
-    name = reader.text("name")
-    if name is None:
-        name = reader.bad("name", "a schedule needs a name", f"schedule{index}")
-    elif not _SCHEDULE_NAME.match(name):
-        problem = f"must be letters, digits, '_', '.' or '-' (no ':'), got {name!r}"
-        name = reader.bad("name", problem, f"schedule{index}")
-    cron, every = _schedule_when(reader)
-    timezone = reader.text("timezone") or _D_SCHEDULE.timezone
-    try:
-        zone(timezone)
-    except ValueError as exc:
-        timezone = reader.bad("timezone", f"{exc} (an IANA name like 'Europe/Berlin')", "UTC")
-    tube = reader.text("tube")
-    if tube is None:
-        tube = reader.bad("tube", "a schedule needs the tube its jobs go to", "")
-    else:
-        try:
-            validate_tube_name(tube, "tube")
-        except LocalProtocolError as exc:
-            tube = reader.bad("tube", str(exc), "")
-    task, body = reader.text("task"), reader.get("body")
-    if body is not None and not isinstance(body, str):
-        body = reader.bad("body", f"must be a string, got {body!r}", None)
-    if (task is None) == (body is None):
-        reader.report("task", "give task (an envelope, with payload) or body (raw), not both")
-    payload = reader.get("payload")
-    if payload is not None and task is None:
-        reader.report("payload", "payload goes with task (a raw body has none)")
-    misfire = reader.choice("misfire", _D_SCHEDULE.misfire, ("skip", "coalesce", "catch_up"))
-    return ScheduleConfig(
-        name=name,
-        tube=tube,
-        cron=cron,
-        every=every,
-        timezone=timezone,
-        task=task,
-        payload=payload,
-        body=body,
-        priority=reader.integer("priority", _D_SCHEDULE.priority),
-        ttr=reader.integer("ttr", _D_SCHEDULE.ttr, low=1),
-        delay=reader.integer("delay", _D_SCHEDULE.delay),
-        misfire="skip"
-        if misfire == "skip"
-        else "catch_up"
-        if misfire == "catch_up"
-        else "coalesce",
-        catch_up_window=reader.seconds("catch_up_window", _D_SCHEDULE.catch_up_window),
-        catch_up_max=reader.integer("catch_up_max", _D_SCHEDULE.catch_up_max, high=100_000),
-        jitter=reader.seconds("jitter", _D_SCHEDULE.jitter, high=86_400),
-    )
-
-
-def _schedules(top: Reader) -> tuple[ScheduleConfig, ...]:
-    raw = top.get("schedule") or []
-    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
-        return top.bad("schedule", "must be an array of tables ([[schedule]])", ())
-    given = [t.get("name") for t in raw]
-    # Problems name the schedule (schedule.NAME.cron) where its name is its own.
-    paths = [
-        f"schedule.{name}" if isinstance(name, str) and given.count(name) == 1 else f"schedule[{i}]"
-        for i, name in enumerate(given)
-    ]
-    schedules = tuple(_schedule(top.reader(t, paths[i]), i) for i, t in enumerate(raw))
-    names = [s.name for s in schedules]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            top.report(f"{paths[i]}.name", f"two schedules are named {name!r}")
-    return schedules

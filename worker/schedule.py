@@ -17,37 +17,58 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from tubeworker.config_model import ScheduleConfig
+from tubeworker.config_model import HeartbeatConfig, ScheduleConfig
 
 __all__ = [
     "GRACE",
+    "HEARTBEAT_BODY_START",
+    "HEARTBEAT_TASK",
     "ID_PREFIX",
+    "LEAD",
+    "TICK_TTR",
     "FirePlan",
+    "HeartbeatRecord",
     "ScheduleRef",
     "Tick",
     "as_utc",
     "check_cron",
+    "clock_schedules",
     "definition_hash",
     "early",
     "fire_id",
     "fires_between",
+    "heartbeat_schedule",
     "in_zone",
     "next_fire",
     "parse_fire_id",
     "plan_fires",
+    "record_tube",
     "schedule_tube",
+    "tick_priority",
+    "with_overlap",
     "zone",
 ]
 
 ID_PREFIX: Final = "schedule:"
 TUBE_PREFIX: Final = "tubeworker.schedule."
+# Heartbeats are schedules of the clock's own: ``heartbeat.TUBE`` puts the built-in task
+# into TUBE; each run leaves its record in ``tubeworker.heartbeat.TUBE``.
+HEARTBEAT_TASK: Final = "tubeworker.heartbeat"
+HEARTBEAT_PREFIX: Final = "heartbeat."
+RECORD_PREFIX: Final = "tubeworker.heartbeat."
+# beanstalkd's tube names are at most 200 bytes; the tick tube adds the longest prefix.
+HEARTBEAT_NAME_ROOM: Final = 200 - len(TUBE_PREFIX + HEARTBEAT_PREFIX)
+LEAD: Final = 1.0  # a tick is ready LEAD to LEAD + 1 s before its fire (whole-second delays)
+# A holder waits at most LEAD + 2 s before it acts on its tick; a stopped holder's tick
+# goes to another daemon this long after it was reserved.
+TICK_TTR: Final = 10
 # A fire put at most this late (seconds) is on time; later, it was missed (the misfire
 # policy decides whether it runs).
 GRACE: Final = 1.0
@@ -85,6 +106,74 @@ def check_cron(expr: str) -> str | None:
 
 def schedule_tube(name: str) -> str:
     return TUBE_PREFIX + name
+
+
+def heartbeat_schedule(heartbeat: HeartbeatConfig) -> ScheduleConfig:
+    """The schedule that puts a heartbeat's jobs: one pending at a time (a stalled tube
+    does not fill up with heartbeats), missed ones coalesced."""
+    return ScheduleConfig(
+        name=HEARTBEAT_PREFIX + heartbeat.tube,
+        tube=heartbeat.tube,
+        every=heartbeat.every,
+        task=HEARTBEAT_TASK,
+        payload={"tube": heartbeat.tube, "every": heartbeat.every, "ping_url": heartbeat.ping_url},
+        priority=heartbeat.priority,
+        ttr=heartbeat.ttr,
+        misfire="coalesce",
+        overlap="skip",
+    )
+
+
+def clock_schedules(
+    schedules: tuple[ScheduleConfig, ...], heartbeats: tuple[HeartbeatConfig, ...]
+) -> tuple[ScheduleConfig, ...]:
+    """Everything the clock puts: the ``[[schedule]]`` tables, then the heartbeats'."""
+    return schedules + tuple(heartbeat_schedule(h) for h in heartbeats)
+
+
+def record_tube(tube: str) -> str:
+    """Where the runs of ``tube``'s heartbeat are recorded."""
+    return RECORD_PREFIX + tube
+
+
+# How every heartbeat job's body starts (encode_envelope writes the task first): a pool
+# bound to one handler's raw bodies still knows a heartbeat from it.
+HEARTBEAT_BODY_START: Final = b'{"task":"%s",' % HEARTBEAT_TASK.encode()
+_MAX_PRIORITY: Final = 2**32 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatRecord:
+    """A heartbeat's run, kept as a job in :func:`record_tube`: ``ran`` (Unix seconds),
+    the fire it answered and who ran it. Its priority falls as ``ran`` grows, so the
+    newest record is the first ready one (``peek-ready`` reads it)."""
+
+    tube: str
+    ran: float
+    fire: str | None = None  # the heartbeat job's id (schedule:heartbeat.TUBE:TIME)
+    by: str | None = None  # host:pid of the daemon that ran it
+
+    @property
+    def priority(self) -> int:
+        return max(0, _MAX_PRIORITY - math.floor(self.ran))
+
+    def encode(self) -> bytes:
+        data = {"tube": self.tube, "ran": self.ran, "fire": self.fire, "by": self.by}
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, body: bytes) -> HeartbeatRecord | None:
+        try:
+            data = json.loads(body)
+            fire, by = data.get("fire"), data.get("by")
+            return cls(
+                str(data["tube"]),
+                float(data["ran"]),
+                None if fire is None else str(fire),
+                None if by is None else str(by),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
 
 
 def next_fire(schedule: ScheduleConfig, after: float) -> float:
@@ -143,30 +232,42 @@ def definition_hash(schedule: ScheduleConfig) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """A tick job's body: the next fire of a schedule, under which definition."""
+    """A tick job's body: the next fire of a schedule, under which definition; and what the
+    fleet must remember between fires (kept with the tick, so every holder knows it)."""
 
     name: str
     fire: float
     hash: str
     last: float | None = None  # the last fire put (for `tubeworker schedules`)
+    last_job: int | None = None  # that fire's job id on the tick's server (overlap = "skip")
+    paused_until: float | None = None  # fires before this are skipped (`schedule pause`)
 
     def encode(self) -> bytes:
         data = {"schedule": self.name, "fire": self.fire, "hash": self.hash, "last": self.last}
+        if self.last_job is not None:
+            data["last_job"] = self.last_job
+        if self.paused_until is not None:
+            data["paused_until"] = self.paused_until
         return json.dumps(data).encode()
 
     @classmethod
     def decode(cls, body: bytes) -> Tick | None:
         try:
             data = json.loads(body)
-            last = data.get("last")
+            last, job, paused = data.get("last"), data.get("last_job"), data.get("paused_until")
             return cls(
                 str(data["schedule"]),
                 float(data["fire"]),
                 str(data["hash"]),
                 None if last is None else float(last),
+                None if job is None else int(job),
+                None if paused is None else float(paused),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
+
+    def paused(self, now: float) -> bool:
+        return self.paused_until is not None and self.paused_until > now
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,11 +281,36 @@ class FirePlan:
     coalesced: tuple[float, ...]
     next: float
     more_skipped: int = 0  # missed fires beyond MAX_LISTED, counted not listed
+    paused: tuple[float, ...] = ()  # due while the schedule was paused: not run
+    overlapped: tuple[float, ...] = ()  # not run: the previous run had not finished
 
 
-def plan_fires(schedule: ScheduleConfig, first: float, now: float) -> FirePlan:
+def plan_fires(
+    schedule: ScheduleConfig, first: float, now: float, *, paused_until: float | None = None
+) -> FirePlan:
     """The fires due by ``now`` from the tick's ``first``: those at most GRACE late always
-    run; older ones (missed) as the misfire policy says."""
+    run; older ones (missed) as the misfire policy says; none due before ``paused_until``
+    (a pause skips its fires: nothing is caught up after it)."""
+    plan = _plan_fires(schedule, first, now)
+    if paused_until is None or not any(f < paused_until for f in plan.fire):
+        return plan
+    kept = tuple(f for f in plan.fire if f >= paused_until)
+    paused = tuple(f for f in plan.fire if f < paused_until)
+    return replace(plan, fire=kept, paused=paused)
+
+
+def with_overlap(schedule: ScheduleConfig, plan: FirePlan, *, running: bool) -> FirePlan:
+    """With ``overlap = "skip"``: one run at a time. None while the previous run is
+    unfinished (``running``); else only the latest of several due fires (a catch-up must
+    not start runs side by side)."""
+    if schedule.overlap != "skip" or not plan.fire:
+        return plan
+    if running:
+        return replace(plan, fire=(), overlapped=plan.fire)
+    return replace(plan, fire=plan.fire[-1:], overlapped=plan.fire[:-1])
+
+
+def _plan_fires(schedule: ScheduleConfig, first: float, now: float) -> FirePlan:
     due = fires_between(schedule, first, now, MAX_LISTED)
     more = 0
     if not due:
@@ -219,6 +345,11 @@ def _count_between(schedule: ScheduleConfig, first: float, until: float) -> int:
         count += 1
         fire = next_fire(schedule, fire)
     return count
+
+
+def tick_priority(fire: float) -> int:
+    """Ticks are ready earliest fire first: the priority is the fire's Unix second."""
+    return min(max(0, math.floor(fire)), _MAX_PRIORITY)
 
 
 def early(fire: float, now: float, lead: float) -> int:

@@ -884,3 +884,76 @@ def test_given_bad_schedules_when_validated_then_every_problem_names_its_field(w
         "schedule.c.misfire",
         "schedule[1].name",
     ]
+
+
+def test_given_overlap_skip_when_loaded_then_read_and_allow_by_default(write) -> None:
+    config = load_config(
+        pool_file(
+            write,
+            """
+            [[schedule]]
+            name = "sync"
+            every = "5m"
+            tube = "t"
+            task = "x"
+            overlap = "skip"
+            [[schedule]]
+            name = "other"
+            every = "5m"
+            tube = "t"
+            task = "x"
+            """,
+        ),
+        env={},
+    )
+    assert [s.overlap for s in config.schedules] == ["skip", "allow"]
+
+
+# --------------------------------------------------------------------------- [[heartbeat]]
+
+
+def test_given_heartbeats_when_loaded_then_each_is_read_with_defaults(write) -> None:
+    config = load_config(
+        pool_file(
+            write,
+            """
+            [[heartbeat]]
+            tube = "emails"
+            every = "1m"
+            ping_url = "https://hc-ping.example/abc"
+            [[heartbeat]]
+            tube = "t"
+            """,
+        ),
+        env={},
+    )
+    emails, t = config.heartbeats
+    assert (emails.tube, emails.every, emails.ping_url) == (
+        "emails",
+        60.0,
+        "https://hc-ping.example/abc",
+    )
+    assert (t.every, t.ping_url, t.priority, t.ttr) == (60.0, None, 1024, 60)
+
+
+def test_given_bad_heartbeats_when_validated_then_every_problem_names_its_field(write) -> None:
+    path = pool_file(
+        write,
+        """
+        [[heartbeat]]
+        every = "0.5s"
+        ping_url = "ftp://x"
+        [[heartbeat]]
+        tube = "emails"
+        colour = "red"
+        [[heartbeat]]
+        tube = "emails"
+        """,
+    )
+    assert [key for key, _ in problems_of(path)] == [
+        "heartbeat[0].tube",
+        "heartbeat[0].every",
+        "heartbeat[0].ping_url",
+        "heartbeat[1].colour",
+        "heartbeat[2].tube",
+    ]

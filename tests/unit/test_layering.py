@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tubeworker.config_model",
             "tubeworker.config_reader",
             "tubeworker.config_sections",
+            "tubeworker.config_schedules",
             "tubeworker.config",
             "tubeworker.burials",
             "tubeworker.returns",
@@ -42,9 +43,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tubeworker.producer",
             # Schedules' calendar, misfire policy and tick records (pure).
             "tubeworker.schedule",
+            # The built-in heartbeat task (its records are the schedule module's).
+            "tubeworker.heartbeat",
         ),
     ),
-    ("admin", ("tubeworker.admin_ops",)),
+    ("admin", ("tubeworker.admin_ops", "tubeworker.schedule_ops")),
     ("flow", ("tubeworker.flow",)),
     ("runtime", ("tubeworker.runtime",)),
     # The test kit runs handlers through the runtime's own functions (tubeworker.testing).

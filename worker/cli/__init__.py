@@ -78,7 +78,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, Commands]:
     top.add_argument("--once", action="store_true", help="print one snapshot and exit")
     add_admin_commands(commands)  # stats, peek, kick, kick-job, delete, put, pause
     add_dashboard_command(commands)
-    add_schedule_commands(commands)  # schedules, schedule trigger
+    add_schedule_commands(commands)  # schedules, schedule trigger|pause|resume
     return parser, commands
 
 
@@ -130,9 +130,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return schedules(args)
     if args.command == "schedule":
-        from tubeworker.cli.schedules import schedule_trigger
+        from tubeworker.cli.schedules import schedule_action
 
-        return schedule_trigger(args)
+        return schedule_action(args)
     if args.command == "dashboard":
         from tubeworker.cli.dashboard import dashboard
 

@@ -1,46 +1,45 @@
 """``tubeworker schedules -c CONFIG``: each schedule's tick as beanstalkd holds it (next
-fire, last fire, state); ``tubeworker schedule trigger NAME -c CONFIG``: one fire now,
-outside the plan. Both read the ``[[schedule]]`` tables of the config and talk to the
-server that holds the ticks (the first reachable of ``[worker] servers``), never to a
-daemon."""
+fire, last fire, paused, state) and each heartbeat's last run; ``tubeworker schedule
+trigger|pause|resume NAME -c CONFIG``: one fire now, outside the plan; skip the fires of
+the next DURATION; fire again. All read the config's ``[[schedule]]`` and ``[[heartbeat]]``
+tables and talk to the server that holds the ticks (the first reachable of ``[worker]
+servers``), never to a daemon (see tubeworker.schedule_ops)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from typing import Any
 
 import greenstalk
 
-from tubeworker.beanstalk.client import Address, Client
-from tubeworker.cli.admin import (
-    EX_NOINPUT,
-    EX_OK,
-    AdminError,
-    admin_client,
-    render_table,
-    run_admin,
-)
+from tubeworker.admin_ops import admin_client, parse_duration
+from tubeworker.beanstalk.client import Address
+from tubeworker.cli.admin import EX_NOINPUT, EX_OK, EX_USAGE, render_table, run_admin
 from tubeworker.cli.startup import EX_CONFIG, add_run_options, load_all, print_problems
 from tubeworker.config import Config, ScheduleConfig
-from tubeworker.envelope import encode_envelope
-from tubeworker.schedule import Tick, fire_id, schedule_tube
+from tubeworker.schedule import HeartbeatRecord, clock_schedules, fire_id, record_tube
+from tubeworker.schedule_ops import ScheduleRow, pause_schedule, read_rows, tick_server, trigger
 
-__all__ = ["add_schedule_commands", "schedule_trigger", "schedules"]
+__all__ = ["add_schedule_commands", "schedule_action", "schedules"]
 
 
 def add_schedule_commands(commands: Any) -> None:
     listing = commands.add_parser(
-        "schedules", help="each schedule's next and last fire and its tick's state"
+        "schedules", help="each schedule's next and last fire, and each heartbeat's last run"
     )
     add_run_options(listing)
     listing.add_argument("--json", action="store_true", help="one JSON document")
-    one = commands.add_parser("schedule", help="act on one schedule: trigger NAME")
-    one.add_argument("action", choices=("trigger",))
+    one = commands.add_parser(
+        "schedule", help="act on one schedule: trigger NAME | pause NAME DURATION | resume NAME"
+    )
+    one.add_argument("action", choices=("trigger", "pause", "resume"))
     one.add_argument("name", metavar="NAME")
+    one.add_argument(
+        "duration", metavar="DURATION", nargs="?", help="pause: for how long (30m, 2h, 86400s)"
+    )
     add_run_options(one)
 
 
@@ -52,47 +51,36 @@ def _config(args: argparse.Namespace) -> Config | None:
     return loaded.config
 
 
-async def _tick_server(config: Config) -> Address:
-    """The first reachable server (where the daemons keep the ticks)."""
-    last: AdminError | None = None
-    for address in config.servers:
-        try:
-            async with admin_client(address):
-                return address
-        except AdminError as exc:
-            last = exc
-    assert last is not None
-    raise last
+def _when(moment: float | None) -> str:
+    return "-" if moment is None else fire_id("", moment)[len("schedule::") :]
 
 
-async def _row(client: Client, schedule: ScheduleConfig) -> dict[str, Any]:
-    tube = schedule_tube(schedule.name)
-    row: dict[str, Any] = {"name": schedule.name, "next": None, "last": None}
-    try:
-        stats = await client.stats_tube(tube)
-    except greenstalk.NotFoundError:
-        return {**row, "state": "missing (a daemon's planner makes it)"}
-    await client.use(tube)
-    tick = None
-    for peek in (client.peek_delayed, client.peek_ready):
-        try:
-            tick = Tick.decode((await peek()).body)
-            break
-        except greenstalk.NotFoundError:
-            continue
-    if stats.current_jobs_reserved:
-        state = "held (a daemon waits to fire it)"
-    elif tick is not None:
-        state = "waiting"
-    else:
-        state = "missing (a daemon's planner makes it)"
-    if tick is not None:
-        row["next"] = fire_id("", tick.fire)[len("schedule::") :]
-        row["last"] = None if tick.last is None else fire_id("", tick.last)[len("schedule::") :]
-    extra = stats.current_jobs_ready + stats.current_jobs_delayed + stats.current_jobs_reserved
-    if extra > 1:
-        state += f"; {extra} ticks"
-    return {**row, "state": state}
+def _state(row: ScheduleRow, now: float) -> str:
+    if row.paused(now):
+        return f"paused until {_when(row.paused_until)}; {row.state}"
+    return row.state
+
+
+async def _heartbeats(address: Address, config: Config, now: float) -> list[dict[str, Any]]:
+    rows = []
+    async with admin_client(address) as client:
+        for heartbeat in config.heartbeats:
+            await client.use(record_tube(heartbeat.tube))
+            try:
+                record = HeartbeatRecord.decode((await client.peek_ready()).body)
+            except greenstalk.NotFoundError:
+                record = None
+            ran = None if record is None else record.ran
+            rows.append(
+                {
+                    "tube": heartbeat.tube,
+                    "every": heartbeat.every,
+                    "last_run": _when(ran) if ran is not None else None,
+                    "age": None if ran is None else round(max(0.0, now - ran), 1),
+                    "by": None if record is None else record.by,
+                }
+            )
+    return rows
 
 
 def schedules(args: argparse.Namespace) -> int:
@@ -101,46 +89,73 @@ def schedules(args: argparse.Namespace) -> int:
         return EX_CONFIG
 
     async def main() -> int:
-        address = await _tick_server(config)
-        async with admin_client(address) as client:
-            rows = [await _row(client, s) for s in config.schedules]
+        address = await tick_server(config.servers)
+        now = time.time()
+        rows = await read_rows(address, clock_schedules(config.schedules, config.heartbeats))
+        beats = await _heartbeats(address, config, now)
         if args.json:
-            print(json.dumps({"server": str(address), "schedules": rows}))
-        elif not rows:
-            print("no schedules in this config")
-        else:
-            print(f"ticks on {address}")
-            table = [[r["name"], r["next"] or "-", r["last"] or "-", r["state"]] for r in rows]
-            print(render_table(["SCHEDULE", "NEXT (UTC)", "LAST (UTC)", "TICK"], table))
+            document = {
+                "server": str(address),
+                "schedules": [r.as_json(now) for r in rows],
+                "heartbeats": beats,
+            }
+            print(json.dumps(document))
+            return EX_OK
+        if not rows:
+            print("no schedules or heartbeats in this config")
+            return EX_OK
+        print(f"ticks on {address}")
+        table = [[r.name, _when(r.next), _when(r.last), _state(r, now)] for r in rows]
+        print(render_table(["SCHEDULE", "NEXT (UTC)", "LAST (UTC)", "TICK"], table))
+        if beats:
+            print()
+            lines = [
+                [
+                    b["tube"],
+                    f"{b['every']:g}s",
+                    b["last_run"] or "never",
+                    "-" if b["age"] is None else f"{b['age']:g}s",
+                ]
+                for b in beats
+            ]
+            print(render_table(["HEARTBEAT", "EVERY", "LAST RUN (UTC)", "AGE"], lines))
         return EX_OK
 
     return run_admin(main)
 
 
-def schedule_trigger(args: argparse.Namespace) -> int:
+def schedule_action(args: argparse.Namespace) -> int:
     config = _config(args)
     if config is None:
         return EX_CONFIG
-    schedule = next((s for s in config.schedules if s.name == args.name), None)
+    known = clock_schedules(config.schedules, config.heartbeats)
+    schedule = next((s for s in known if s.name == args.name), None)
     if schedule is None:
         print(f"tubeworker: no schedule named {args.name!r} in the config", file=sys.stderr)
         return EX_NOINPUT
+    if args.action == "pause" and args.duration is None:
+        print("tubeworker: schedule pause needs a DURATION (e.g. 2h)", file=sys.stderr)
+        return EX_USAGE
+    if args.action != "pause" and args.duration is not None:
+        print(f"tubeworker: schedule {args.action} takes no DURATION", file=sys.stderr)
+        return EX_USAGE
+    return run_admin(lambda: _act(config, schedule, args))
 
-    async def main() -> int:
-        address = await _tick_server(config)
-        now = math.floor(time.time())
-        key = fire_id(schedule.name, now)
-        if schedule.body is not None:
-            body = schedule.body.encode()
-        else:
-            assert schedule.task is not None
-            body = encode_envelope(schedule.task, schedule.payload, id=key)
-        async with admin_client(address) as client:
-            await client.use(schedule.tube)
-            job_id = await client.put(
-                body, priority=schedule.priority, delay=schedule.delay, ttr=schedule.ttr
-            )
+
+async def _act(config: Config, schedule: ScheduleConfig, args: argparse.Namespace) -> int:
+    address = await tick_server(config.servers)
+    if args.action == "trigger":
+        job_id, key = await trigger(address, schedule)
         print(f"triggered {schedule.name}: job {job_id} in {schedule.tube!r} on {address} ({key})")
         return EX_OK
-
-    return run_admin(main)
+    if args.action == "pause":
+        until = time.time() + parse_duration(args.duration, "DURATION")
+        row = await pause_schedule(address, schedule, until)
+        print(
+            f"paused {schedule.name} until {_when(until)}: fires before then are skipped "
+            f"(next fire {_when(row.next)})"
+        )
+        return EX_OK
+    row = await pause_schedule(address, schedule, None)
+    print(f"resumed {schedule.name}: next fire {_when(row.next)}")
+    return EX_OK

@@ -28,7 +28,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import greenstalk
 import structlog
@@ -40,30 +40,40 @@ from tubeworker.config import Config, ScheduleConfig
 from tubeworker.envelope import encode_envelope
 from tubeworker.errors import ConnectionLostError, ProtocolError
 from tubeworker.observe.counters import Histogram
+from tubeworker.runtime.heartbeats import HeartbeatSeen, read_heartbeats
 from tubeworker.schedule import (
+    LEAD,
+    TICK_TTR,
     FirePlan,
     Tick,
+    clock_schedules,
     definition_hash,
     early,
     fire_id,
     next_fire,
     plan_fires,
     schedule_tube,
+    tick_priority,
+    with_overlap,
 )
 
-__all__ = ["LATENESS_BUCKETS", "PLAN_TUBE", "ClockStatistics", "ScheduleCounts", "run_clock"]
+__all__ = [
+    "LATENESS_BUCKETS",
+    "PLAN_TUBE",
+    "ClockStatistics",
+    "HeartbeatSeen",
+    "ScheduleCounts",
+    "run_clock",
+]
 
 log = structlog.get_logger("tubeworker")
 
 PLAN_TUBE = "tubeworker.schedules"
-LEAD = 1.0  # a tick is ready LEAD to LEAD + 1 s before its fire (whole-second delays)
-TICK_TTR = 10  # a holder waits at most LEAD + 2 s before it acts on its tick; a stopped
-# holder's tick goes to another daemon this long after it was reserved
-TICK_PRIORITY_BASE = 0  # ticks: priority is the fire's Unix second (earliest first)
 _RESERVE_WAIT = 1  # seconds a reserve blocks before the loop looks around
 _RECONCILE_EVERY = 5.0
 _PROBE_EVERY = 5.0  # a daemon on a later server checks this often whether an earlier is back
 _FAULTS = (ConnectionLostError, ProtocolError, trio.TooSlowError, OSError, greenstalk.Error)
+_SWEEP_MAX = 100  # heartbeat records taken per sweep (a few are left between two sweeps)
 
 
 # Seconds from a fire time to its put being answered (on time: a few ms; 1 s: a misfire).
@@ -76,6 +86,8 @@ class ScheduleCounts:
 
     fires: int = 0
     misfires: int = 0  # skipped or coalesced
+    paused: int = 0  # fires skipped while paused
+    overlapped: int = 0  # fires skipped while the previous run was unfinished
     last_fire: float | None = None
     lateness: Histogram = field(default_factory=lambda: Histogram(LATENESS_BUCKETS))
 
@@ -90,6 +102,7 @@ class ClockStatistics:
     server: str | None = None  # where the ticks are, as this daemon sees it
     schedules: dict[str, ScheduleCounts] = field(default_factory=dict)
     definitions: tuple[ScheduleConfig, ...] = ()  # the config's, for the next fire times
+    heartbeats: dict[str, HeartbeatSeen] = field(default_factory=dict)  # by tube
 
     def of(self, name: str) -> ScheduleCounts:
         counts = self.schedules.get(name)
@@ -107,12 +120,15 @@ async def run_clock(
 ) -> None:
     """Run until cancelled or ``stop`` is set (a drain): hold due ticks and fire them;
     keep exactly one tick each. A tick held when it stops returns to another daemon."""
-    if not config.schedules:
+    schedules = clock_schedules(config.schedules, config.heartbeats)
+    if not schedules:
         return
     stats = statistics or ClockStatistics()
-    stats.definitions = config.schedules
-    for schedule in config.schedules:
+    stats.definitions = schedules
+    for schedule in schedules:
         stats.of(schedule.name)  # every schedule has series from the start
+    for heartbeat in config.heartbeats:
+        stats.heartbeats.setdefault(heartbeat.tube, HeartbeatSeen(heartbeat))
     clock = _Clock(config, stats, now)
     async with trio.open_nursery() as nursery:
         if stop is not None:
@@ -167,8 +183,9 @@ class _Clock:
         self.config = config
         self.stats = stats
         self.now = now
-        self.schedules = {schedule_tube(s.name): s for s in config.schedules}
-        self.hashes = {s.name: definition_hash(s) for s in config.schedules}
+        self.definitions = {s.name: s for s in stats.definitions}
+        self.schedules = {schedule_tube(s.name): s for s in stats.definitions}
+        self.hashes = {s.name: definition_hash(s) for s in stats.definitions}
         self.rng = random.Random()
 
     async def _connect(self, address: Address) -> Client:
@@ -196,6 +213,8 @@ class _Clock:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reconcile_loop, planner)
+                if self.stats.heartbeats:
+                    nursery.start_soon(self._read_heartbeats, address)
                 if earlier:
                     nursery.start_soon(self._probe, earlier)
                 await self._hold_loop(holder)
@@ -208,6 +227,16 @@ class _Clock:
                 await planner.aclose()
         if moved:
             await self._clear(address)
+
+    async def _read_heartbeats(self, address: Address) -> None:
+        client = await self._connect(address)
+        try:
+            await read_heartbeats(
+                client, self.stats.heartbeats, lambda: self._connect(address), self.rng
+            )
+        finally:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
 
     async def _clear(self, address: Address) -> None:
         """Delete the ticks left waiting on a server the ticks moved away from, so that
@@ -258,7 +287,7 @@ class _Clock:
 
     async def _hold(self, client: Client, reserved: p.Reserved, since: float) -> None:
         tick = Tick.decode(reserved.body)
-        schedule = next((s for s in self.config.schedules if tick and s.name == tick.name), None)
+        schedule = None if tick is None else self.definitions.get(tick.name)
         if tick is None or schedule is None:
             log.warning("schedule tick unreadable, deleted", job_id=reserved.id)
             await client.delete(reserved.id)
@@ -268,12 +297,12 @@ class _Clock:
             # Another definition planned it: the holder's definition decides from here.
             fire = next_fire(schedule, tick.fire - 1e-3)
             log.info("schedule re-planned", schedule=schedule.name, fire=fire_id("", fire)[10:])
-            await self._replace(client, reserved.id, schedule, fire, (), tick.last)
+            await self._replace(client, reserved.id, schedule, tick, fire, ())
             return
         wait = tick.fire - self.now()
         if wait > LEAD + 2:  # taken before its time (re-planned, clock skew): not ours yet
             delay = early(tick.fire, self.now(), LEAD)
-            await client.release(reserved.id, priority=_tick_priority(tick.fire), delay=delay)
+            await client.release(reserved.id, priority=tick_priority(tick.fire), delay=delay)
             return
         if wait > 0:
             await trio.sleep(wait)
@@ -281,10 +310,12 @@ class _Clock:
             # Held too long (this process was stopped or starved): beanstalkd may have given
             # the tick to another daemon. Act on nothing; the connection is given up.
             raise ConnectionLostError("a schedule tick was held too long; given up")
-        now = self.now()
-        plan = plan_fires(schedule, tick.fire, now)
+        plan = plan_fires(schedule, tick.fire, self.now(), paused_until=tick.paused_until)
+        if schedule.overlap == "skip" and plan.fire:
+            running = await _unfinished(client, tick.last_job, schedule.tube)
+            plan = with_overlap(schedule, plan, running=running)
         self._log_misfires(schedule, plan)
-        await self._replace(client, reserved.id, schedule, plan.next, plan.fire, tick.last)
+        await self._replace(client, reserved.id, schedule, tick, plan.next, plan.fire)
         counts = self.stats.of(schedule.name)
         for fire in plan.fire:
             lateness = self.now() - fire
@@ -304,22 +335,27 @@ class _Clock:
         client: Client,
         tick_id: int,
         schedule: ScheduleConfig,
+        held: Tick,
         following: float,
         fires: Sequence[float],
-        last: float | None,
     ) -> None:
-        """In one write: the fires' jobs, the next tick, and the delete of this one."""
+        """In one write: the fires' jobs, the next tick, and the delete of this one (``held``,
+        whose pause and last run the next tick carries on)."""
         commands: list[p.Command] = []
         if fires:
             commands.append(p.Use(schedule.tube))
             commands += [self._job(schedule, fire) for fire in fires]
-        last = max(fires) if fires else last
-        tick = Tick(schedule.name, following, self.hashes[schedule.name], last)
+        last = max(fires) if fires else held.last
+        paused = held.paused_until if held.paused(following) else None
+        tick = Tick(schedule.name, following, self.hashes[schedule.name], last, None, paused)
+        if not fires:
+            tick = replace(tick, last_job=held.last_job)
+        tick_at = len(commands) + 1
         commands += [
             p.Use(schedule_tube(schedule.name)),
             p.Put(
                 tick.encode(),
-                _tick_priority(following),
+                tick_priority(following),
                 early(following, self.now(), LEAD),
                 TICK_TTR,
             ),
@@ -329,6 +365,31 @@ class _Clock:
         for command, reply in zip(commands, replies, strict=True):
             if isinstance(command, p.Put) and not isinstance(reply, p.Inserted):
                 log.error("schedule put refused", schedule=schedule.name, reply=repr(reply))
+        put = [r.id for r in replies[:tick_at] if isinstance(r, p.Inserted)]
+        new_tick = replies[tick_at]
+        if schedule.overlap == "skip" and put and isinstance(new_tick, p.Inserted):
+            await self._note_run(client, new_tick.id, replace(tick, last_job=put[-1]))
+
+    async def _note_run(self, client: Client, tick_id: int, tick: Tick) -> None:
+        """Write the last fire's job id into the tick just put (``overlap = "skip"`` asks
+        beanstalkd for that job at the next fire). A second write, after the fire's: its
+        id is known only then. Lost with this process, it costs one overlap at most, never
+        a fire; a tick another daemon holds already is left as it is."""
+        try:
+            await client.reserve_job(tick_id)
+        except greenstalk.NotFoundError:
+            return
+        await client.pipeline(
+            [
+                p.Put(
+                    tick.encode(),
+                    tick_priority(tick.fire),
+                    early(tick.fire, self.now(), LEAD),
+                    TICK_TTR,
+                ),
+                p.Delete(tick_id),
+            ]
+        )
 
     def _job(self, schedule: ScheduleConfig, fire: float) -> p.Put:
         if schedule.body is not None:
@@ -358,6 +419,22 @@ class _Clock:
                 schedule=schedule.name,
                 id=fire_id(schedule.name, fire),
                 into=fire_id(schedule.name, plan.fire[-1]) if plan.fire else None,
+            )
+        counts = self.stats.of(schedule.name)
+        for fire in plan.paused:
+            counts.paused += 1
+            log.info(
+                "schedule fire skipped: paused",
+                schedule=schedule.name,
+                id=fire_id(schedule.name, fire),
+            )
+        for fire in plan.overlapped:
+            counts.overlapped += 1
+            log.warning(
+                "schedule fire skipped: the previous run is unfinished",
+                schedule=schedule.name,
+                id=fire_id(schedule.name, fire),
+                overlap=schedule.overlap,
             )
         if plan.more_skipped:
             self.stats.skipped += plan.more_skipped
@@ -408,7 +485,7 @@ class _Clock:
                 await client.use(schedule_tube(schedule.name))
                 await client.put(
                     tick.encode(),
-                    priority=_tick_priority(fire),
+                    priority=tick_priority(fire),
                     delay=early(fire, self.now(), LEAD),
                     ttr=TICK_TTR,
                 )
@@ -447,5 +524,14 @@ class _Clock:
         return plan.id
 
 
-def _tick_priority(fire: float) -> int:
-    return TICK_PRIORITY_BASE + min(max(0, math.floor(fire)), p.MAX_INT)
+async def _unfinished(client: Client, job_id: int | None, tube: str) -> bool:
+    """Whether a schedule's last fire (job ``job_id``) is still queued or running: ready,
+    delayed or reserved in its tube. Deleted, buried, or an id now on another tube (a
+    server restarted without its binlog reuses ids): finished."""
+    if job_id is None:
+        return False
+    try:
+        stats = await client.stats_job(job_id)
+    except greenstalk.NotFoundError:
+        return False
+    return stats.tube == tube and stats.state in ("ready", "delayed", "reserved")

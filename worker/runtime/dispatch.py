@@ -17,6 +17,7 @@ from tubeworker.frozen import frozen
 from tubeworker.job import HandlerSpec, Job
 from tubeworker.runtime.outcome import BuryJob, Cause, ReleaseJob
 from tubeworker.runtime.policy import Budget, RetrySettings, failure_outcome, job_budget
+from tubeworker.schedule import HEARTBEAT_BODY_START
 
 __all__ = ["DispatchRules", "Plan", "plan_job"]
 
@@ -59,7 +60,8 @@ def plan_job(
     task: str | None = None
     payload: Any = None
     id_key: str | None = None
-    if rules.bound is not None:
+    # A heartbeat goes through a bound pool like its jobs, and runs the built-in handler.
+    if rules.bound is not None and not body.startswith(HEARTBEAT_BODY_START):
         spec, handler = rules.bound, rules.bound_name or "?"
     else:
         try:

@@ -301,6 +301,10 @@ def daemon_config(path: Path, server: BeanstalkdProcess) -> Path:
                 'every = "1s"',  # (its last fire has a series after one fire)
                 'tube = "e2e-schedule"',
                 'task = "sleepy"',
+                # And the heartbeats' for each configured heartbeat.
+                "[[heartbeat]]",
+                'tube = "e2e"',
+                'every = "1s"',
                 "[[pool]]",
                 'tubes = ["e2e", "partner"]',
                 "concurrency = 4",

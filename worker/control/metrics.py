@@ -34,10 +34,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect, raise_for_reply
+from tubeworker.control.metrics_clock import ClockCollector
 from tubeworker.errors import ConnectionLostError, ProtocolError
 from tubeworker.observe.counters import Histogram
 from tubeworker.runtime.state import WorkerState
-from tubeworker.schedule import next_fire
 
 __all__ = ["TubeDepths", "WorkerCollector", "build_registry", "run_tube_poller"]
 
@@ -154,46 +154,6 @@ class WorkerCollector(Collector):
         yield from self._apis()
         yield from self._limits()
         yield from self._binlogs()
-        yield from self._schedules()
-
-    def _schedules(self) -> Iterator[Metric]:
-        clock = self.state.clock
-        now = time.time()
-        following = GaugeMetricFamily(
-            "tubeworker_schedule_next_fire_timestamp_seconds",
-            "The schedule's next fire time (Unix seconds), by its definition",
-            labels=["schedule"],
-        )
-        last = GaugeMetricFamily(
-            "tubeworker_schedule_last_fire_timestamp_seconds",
-            "The latest fire time this process put (Unix seconds)",
-            labels=["schedule"],
-        )
-        fires = CounterMetricFamily(
-            "tubeworker_schedule_fires",
-            "Fires this process put (the fleet's: sum over daemons)",
-            labels=["schedule"],
-        )
-        misfires = CounterMetricFamily(
-            "tubeworker_schedule_misfires",
-            "Fires missed by more than 1 s and skipped or coalesced, by misfire policy",
-            labels=["schedule", "policy"],
-        )
-        lateness = HistogramMetricFamily(
-            "tubeworker_schedule_lateness_seconds",
-            "From a fire time to its job's put being answered",
-            labels=["schedule"],
-        )
-        for schedule in clock.definitions:
-            counts = clock.of(schedule.name)
-            following.add_metric([schedule.name], next_fire(schedule, now))
-            if counts.last_fire is not None:
-                last.add_metric([schedule.name], counts.last_fire)
-            fires.add_metric([schedule.name], counts.fires)
-            misfires.add_metric([schedule.name, schedule.misfire], counts.misfires)
-            histogram = counts.lateness
-            lateness.add_metric([schedule.name], histogram.cumulative(), histogram.total)
-        yield from (following, last, fires, misfires, lateness)
 
     def _binlogs(self) -> Iterator[Metric]:
         full = GaugeMetricFamily(
@@ -420,6 +380,7 @@ def build_registry(
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(WorkerCollector(state, depths, tube_apis))
+    registry.register(ClockCollector(state, tube_apis))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)

@@ -44,7 +44,6 @@ __all__ = [
     "EX_NOINPUT",
     "EX_OK",
     "EX_PROTOCOL",
-    "EX_TEMPFAIL",
     "EX_UNAVAILABLE",
     "EX_USAGE",
     "MAX_JOB_ID",
@@ -84,7 +83,6 @@ EX_USAGE: Final = 64  # the command was used wrongly
 EX_DATAERR: Final = 65  # bad input: a duration, a number, a tube name, a body too big
 EX_NOINPUT: Final = 66  # the job or tube does not exist
 EX_UNAVAILABLE: Final = 69  # beanstalkd is down, unreachable, draining or out of memory
-EX_TEMPFAIL: Final = 75  # busy for now (a schedule's tick held to fire): try again
 EX_PROTOCOL: Final = 76  # beanstalkd said something we did not expect
 
 CONNECT_TIMEOUT: Final = 5.0

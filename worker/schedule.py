@@ -29,9 +29,11 @@ from tubeworker.config_model import HeartbeatConfig, ScheduleConfig
 __all__ = [
     "GRACE",
     "HEARTBEAT_BODY_START",
+    "HEARTBEAT_NAME_ROOM",
     "HEARTBEAT_TASK",
     "ID_PREFIX",
     "LEAD",
+    "RECORD_DELAY",
     "TICK_TTR",
     "FirePlan",
     "HeartbeatRecord",
@@ -40,16 +42,22 @@ __all__ = [
     "as_utc",
     "check_cron",
     "clock_schedules",
+    "decode_pause",
+    "decode_run",
     "definition_hash",
     "early",
+    "encode_pause",
+    "encode_run",
     "fire_id",
     "fires_between",
     "heartbeat_schedule",
     "in_zone",
     "next_fire",
     "parse_fire_id",
+    "pause_tube",
     "plan_fires",
     "record_tube",
+    "run_tube",
     "schedule_tube",
     "tick_priority",
     "with_overlap",
@@ -63,8 +71,6 @@ TUBE_PREFIX: Final = "tubeworker.schedule."
 HEARTBEAT_TASK: Final = "tubeworker.heartbeat"
 HEARTBEAT_PREFIX: Final = "heartbeat."
 RECORD_PREFIX: Final = "tubeworker.heartbeat."
-# beanstalkd's tube names are at most 200 bytes; the tick tube adds the longest prefix.
-HEARTBEAT_NAME_ROOM: Final = 200 - len(TUBE_PREFIX + HEARTBEAT_PREFIX)
 LEAD: Final = 1.0  # a tick is ready LEAD to LEAD + 1 s before its fire (whole-second delays)
 # A holder waits at most LEAD + 2 s before it acts on its tick; a stopped holder's tick
 # goes to another daemon this long after it was reserved.
@@ -232,42 +238,75 @@ def definition_hash(schedule: ScheduleConfig) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """A tick job's body: the next fire of a schedule, under which definition; and what the
-    fleet must remember between fires (kept with the tick, so every holder knows it)."""
+    """A tick job's body: the next fire of a schedule, under which definition."""
 
     name: str
     fire: float
     hash: str
     last: float | None = None  # the last fire put (for `tubeworker schedules`)
-    last_job: int | None = None  # that fire's job id on the tick's server (overlap = "skip")
-    paused_until: float | None = None  # fires before this are skipped (`schedule pause`)
 
     def encode(self) -> bytes:
         data = {"schedule": self.name, "fire": self.fire, "hash": self.hash, "last": self.last}
-        if self.last_job is not None:
-            data["last_job"] = self.last_job
-        if self.paused_until is not None:
-            data["paused_until"] = self.paused_until
         return json.dumps(data).encode()
 
     @classmethod
     def decode(cls, body: bytes) -> Tick | None:
         try:
             data = json.loads(body)
-            last, job, paused = data.get("last"), data.get("last_job"), data.get("paused_until")
+            last = data.get("last")
             return cls(
                 str(data["schedule"]),
                 float(data["fire"]),
                 str(data["hash"]),
                 None if last is None else float(last),
-                None if job is None else int(job),
-                None if paused is None else float(paused),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
-    def paused(self, now: float) -> bool:
-        return self.paused_until is not None and self.paused_until > now
+
+# Beside each tick, two records a holder reads before it fires, each one delayed job in a
+# tube of its own that nobody reserves: a pause (delayed until the pause ends, so it lapses
+# by itself) and the last run (for overlap = "skip": that fire's job id).
+PAUSE_PREFIX: Final = "tubeworker.schedule-pause."
+RUN_PREFIX: Final = "tubeworker.schedule-run."
+RECORD_DELAY: Final = 2**31 - 1  # seconds: a run record is never ready
+
+
+# beanstalkd's tube names are at most 200 bytes; a pause record's tube has the longest
+# prefix (a heartbeat's schedule name is its tube's with HEARTBEAT_PREFIX).
+HEARTBEAT_NAME_ROOM: Final = 200 - len(PAUSE_PREFIX + HEARTBEAT_PREFIX)
+
+
+def pause_tube(name: str) -> str:
+    return PAUSE_PREFIX + name
+
+
+def run_tube(name: str) -> str:
+    return RUN_PREFIX + name
+
+
+def encode_pause(name: str, until: float) -> bytes:
+    return json.dumps({"schedule": name, "until": until}).encode()
+
+
+def decode_pause(body: bytes) -> float | None:
+    """The end of a pause record's pause (Unix seconds), None if unreadable."""
+    try:
+        return float(json.loads(body)["until"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def encode_run(name: str, fire: float, job_id: int) -> bytes:
+    return json.dumps({"schedule": name, "fire": fire, "job": job_id}).encode()
+
+
+def decode_run(body: bytes) -> int | None:
+    """The job id of a run record's fire, None if unreadable."""
+    try:
+        return int(json.loads(body)["job"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)

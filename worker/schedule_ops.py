@@ -3,26 +3,32 @@
 schedule's tick, put one fire now, pause or resume a schedule by rewriting its tick.
 
 They talk to the tick server (the first reachable of the config's servers, as the daemons'
-clocks do), never to a daemon. A pause is kept in the tick itself, so every daemon's clock
-honours it, across restarts, with nothing else to store.
+clocks do), never to a daemon. A pause is a record beside the tick that every daemon's
+clock reads before it fires (see tubeworker.runtime.clock_records).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from dataclasses import dataclass, replace
-from typing import Final
+from dataclasses import dataclass
 
 import greenstalk
-import trio
 
-from tubeworker.admin_ops import EX_TEMPFAIL, AdminError, admin_client
+from tubeworker.admin_ops import AdminError, admin_client
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client
 from tubeworker.config_model import ScheduleConfig
 from tubeworker.envelope import encode_envelope
-from tubeworker.schedule import LEAD, TICK_TTR, Tick, early, fire_id, schedule_tube, tick_priority
+from tubeworker.schedule import (
+    Tick,
+    decode_pause,
+    encode_pause,
+    fire_id,
+    pause_tube,
+    schedule_tube,
+)
 
 __all__ = [
     "ScheduleRow",
@@ -31,10 +37,6 @@ __all__ = [
     "tick_server",
     "trigger",
 ]
-
-# A daemon holds a tick from about two seconds before its fire until it is put (the
-# clock's LEAD + 1 s): a pause waits that long for it to be free.
-_HELD_WAIT: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +108,18 @@ async def _row(client: Client, schedule: ScheduleConfig) -> ScheduleRow:
     ticks = stats.current_jobs_ready + stats.current_jobs_delayed + stats.current_jobs_reserved
     if ticks > 1:
         state += f"; {ticks} ticks"
+    paused = await _paused_until(client, schedule)
     if tick is None:
-        return ScheduleRow(schedule.name, state)
-    return ScheduleRow(schedule.name, state, tick.fire, tick.last, tick.paused_until)
+        return ScheduleRow(schedule.name, state, paused_until=paused)
+    return ScheduleRow(schedule.name, state, tick.fire, tick.last, paused)
+
+
+async def _paused_until(client: Client, schedule: ScheduleConfig) -> float | None:
+    await client.use(pause_tube(schedule.name))
+    try:
+        return decode_pause((await client.peek_delayed()).body)
+    except greenstalk.NotFoundError:
+        return None
 
 
 async def read_rows(
@@ -137,32 +148,23 @@ async def trigger(address: Address, schedule: ScheduleConfig) -> tuple[int, str]
 async def pause_schedule(
     address: Address, schedule: ScheduleConfig, until: float | None
 ) -> ScheduleRow:
-    """Pause ``schedule`` until ``until`` (Unix seconds; None resumes it): its tick is
-    reserved by id, and a copy carrying the pause put in its place in one write. Fires due
-    while paused are skipped (a log line each), not caught up. A tick held by a daemon
-    about to fire is waited for (a few seconds at most); :class:`AdminError` if it stays
-    held or there is no tick yet."""
+    """Pause ``schedule`` until ``until`` (Unix seconds; None resumes it). The pause is a
+    record beside the schedule's tick (a job delayed until the pause ends, so it lapses by
+    itself) that every tick holder reads before it fires: fires due while paused are
+    skipped (a log line each), not caught up. It lives on the tick server: kept across
+    daemon restarts (and beanstalkd restarts with a binlog); a move of the ticks to
+    another server leaves it behind."""
     async with admin_client(address) as client:
-        with trio.move_on_after(_HELD_WAIT):
+        await client.use(pause_tube(schedule.name))
+        for peek in (client.peek_delayed, client.peek_ready):  # the previous pause, if any
             while True:
-                peeked = await _peek_tick(client, schedule)
-                if peeked is None:
-                    raise AdminError(
-                        f"schedule {schedule.name!r} has no waiting tick on {address} yet "
-                        "(a running daemon with this schedule makes it)",
-                        EX_TEMPFAIL,
-                    )
-                tick_id, tick = peeked
                 try:
-                    await client.reserve_job(tick_id)
+                    found = await peek()
                 except greenstalk.NotFoundError:
-                    await trio.sleep(0.1)  # a daemon holds it to fire: it puts the next soon
-                    continue
-                changed = replace(tick, paused_until=until)
-                delay = early(changed.fire, time.time(), LEAD)
-                put = p.Put(changed.encode(), tick_priority(changed.fire), delay, TICK_TTR)
-                await client.pipeline([put, p.Delete(tick_id)])
-                return await _row(client, schedule)
-    raise AdminError(
-        f"schedule {schedule.name!r}: its tick stayed held by a daemon; try again", EX_TEMPFAIL
-    )
+                    break
+                with contextlib.suppress(greenstalk.NotFoundError):
+                    await client.delete(found.id)
+        if until is not None:
+            delay = min(max(1, math.ceil(until - time.time())), p.MAX_INT)
+            await client.put(encode_pause(schedule.name, until), priority=0, delay=delay, ttr=1)
+        return await _row(client, schedule)

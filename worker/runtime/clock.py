@@ -28,7 +28,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import greenstalk
 import structlog
@@ -40,6 +40,7 @@ from tubeworker.config import Config, ScheduleConfig
 from tubeworker.envelope import encode_envelope
 from tubeworker.errors import ConnectionLostError, ProtocolError
 from tubeworker.observe.counters import Histogram
+from tubeworker.runtime.clock_records import note_run, read_state, unfinished
 from tubeworker.runtime.heartbeats import HeartbeatSeen, read_heartbeats
 from tubeworker.schedule import (
     LEAD,
@@ -304,18 +305,21 @@ class _Clock:
             delay = early(tick.fire, self.now(), LEAD)
             await client.release(reserved.id, priority=tick_priority(tick.fire), delay=delay)
             return
+        state = await read_state(client, schedule)  # while there is time before the fire
         if wait > 0:
             await trio.sleep(wait)
         if trio.current_time() - since > TICK_TTR - 2:
             # Held too long (this process was stopped or starved): beanstalkd may have given
             # the tick to another daemon. Act on nothing; the connection is given up.
             raise ConnectionLostError("a schedule tick was held too long; given up")
-        plan = plan_fires(schedule, tick.fire, self.now(), paused_until=tick.paused_until)
+        plan = plan_fires(schedule, tick.fire, self.now(), paused_until=state.paused_until)
         if schedule.overlap == "skip" and plan.fire:
-            running = await _unfinished(client, tick.last_job, schedule.tube)
+            running = await unfinished(client, state.last_job, schedule.tube)
             plan = with_overlap(schedule, plan, running=running)
         self._log_misfires(schedule, plan)
-        await self._replace(client, reserved.id, schedule, tick, plan.next, plan.fire)
+        put = await self._replace(client, reserved.id, schedule, tick, plan.next, plan.fire)
+        if schedule.overlap == "skip" and put:
+            await note_run(client, schedule, plan.fire[-1], put[-1], state)
         counts = self.stats.of(schedule.name)
         for fire in plan.fire:
             lateness = self.now() - fire
@@ -338,19 +342,15 @@ class _Clock:
         held: Tick,
         following: float,
         fires: Sequence[float],
-    ) -> None:
-        """In one write: the fires' jobs, the next tick, and the delete of this one (``held``,
-        whose pause and last run the next tick carries on)."""
+    ) -> list[int]:
+        """In one write: the fires' jobs, the next tick, and the delete of this one
+        (``held``); the ids of the fires' jobs."""
         commands: list[p.Command] = []
         if fires:
             commands.append(p.Use(schedule.tube))
             commands += [self._job(schedule, fire) for fire in fires]
         last = max(fires) if fires else held.last
-        paused = held.paused_until if held.paused(following) else None
-        tick = Tick(schedule.name, following, self.hashes[schedule.name], last, None, paused)
-        if not fires:
-            tick = replace(tick, last_job=held.last_job)
-        tick_at = len(commands) + 1
+        tick = Tick(schedule.name, following, self.hashes[schedule.name], last)
         commands += [
             p.Use(schedule_tube(schedule.name)),
             p.Put(
@@ -365,31 +365,7 @@ class _Clock:
         for command, reply in zip(commands, replies, strict=True):
             if isinstance(command, p.Put) and not isinstance(reply, p.Inserted):
                 log.error("schedule put refused", schedule=schedule.name, reply=repr(reply))
-        put = [r.id for r in replies[:tick_at] if isinstance(r, p.Inserted)]
-        new_tick = replies[tick_at]
-        if schedule.overlap == "skip" and put and isinstance(new_tick, p.Inserted):
-            await self._note_run(client, new_tick.id, replace(tick, last_job=put[-1]))
-
-    async def _note_run(self, client: Client, tick_id: int, tick: Tick) -> None:
-        """Write the last fire's job id into the tick just put (``overlap = "skip"`` asks
-        beanstalkd for that job at the next fire). A second write, after the fire's: its
-        id is known only then. Lost with this process, it costs one overlap at most, never
-        a fire; a tick another daemon holds already is left as it is."""
-        try:
-            await client.reserve_job(tick_id)
-        except greenstalk.NotFoundError:
-            return
-        await client.pipeline(
-            [
-                p.Put(
-                    tick.encode(),
-                    tick_priority(tick.fire),
-                    early(tick.fire, self.now(), LEAD),
-                    TICK_TTR,
-                ),
-                p.Delete(tick_id),
-            ]
-        )
+        return [r.id for r in replies[: len(fires) + 1] if isinstance(r, p.Inserted)]
 
     def _job(self, schedule: ScheduleConfig, fire: float) -> p.Put:
         if schedule.body is not None:
@@ -522,16 +498,3 @@ class _Clock:
             await client.release(plan.id, delay=1)
             return None
         return plan.id
-
-
-async def _unfinished(client: Client, job_id: int | None, tube: str) -> bool:
-    """Whether a schedule's last fire (job ``job_id``) is still queued or running: ready,
-    delayed or reserved in its tube. Deleted, buried, or an id now on another tube (a
-    server restarted without its binlog reuses ids): finished."""
-    if job_id is None:
-        return False
-    try:
-        stats = await client.stats_job(job_id)
-    except greenstalk.NotFoundError:
-        return False
-    return stats.tube == tube and stats.state in ("ready", "delayed", "reserved")

@@ -72,6 +72,11 @@ async def _heartbeat(base: str) -> dict[str, float]:
     return found
 
 
+async def _status(base: str) -> dict:
+    async with httpx.AsyncClient() as client:
+        return (await client.get(f"{base}/status", timeout=5)).json()
+
+
 def _alert_fires_on(values: dict[str, float], tmp_path: Path) -> bool:
     """Whether TubeworkerHeartbeatStale's expression gives a sample for these values,
     held steady, evaluated by promtool."""
@@ -128,6 +133,9 @@ async def test_given_a_heartbeat_then_its_age_tells_flowing_held_and_stalled_apa
         assert beat["tube"] == "emails"
         assert beat["age"] < 2 * EVERY
         assert beat["by"].endswith(f":{daemon.pid}")
+        (status,) = (await _status(base))["heartbeats"]
+        assert (status["tube"], status["held"], status["stale"]) == ("emails", False, False)
+        assert status["age"] < 2 * EVERY
 
         # Held: paused on the server, the heartbeat waits, and says why.
         paused = run_cli("pause", "emails", "1m", "--server", beanstalkd.address)
@@ -160,6 +168,8 @@ async def test_given_a_heartbeat_then_its_age_tells_flowing_held_and_stalled_apa
 
         await wait_until(stale, timeout=15, what="a stale heartbeat")
         assert _alert_fires_on(await _heartbeat(base), tmp_path)
+        (status,) = (await _status(base))["heartbeats"]
+        assert (status["held"], status["stale"]) == (False, True)
         assert len(ping.requests) <= pings + 1  # (one may have been running)
         # One heartbeat waits in the tube, not one a second (overlap = skip).
         with greenstalk.Client((beanstalkd.host, beanstalkd.port)) as client:

@@ -754,3 +754,23 @@ async def test_given_nothing_listening_then_the_daemon_is_unreachable_not_an_err
 def test_given_bad_arguments_then_usage_error(urls: list[str], interval: float) -> None:
     args = argparse.Namespace(urls=urls, interval=interval, once=True)
     assert top(args) == 64
+
+
+def test_given_heartbeats_in_the_status_then_each_is_a_line_saying_ok_held_or_stale() -> None:
+    model = known_model()
+    beats = [
+        {"tube": "emails", "every": 60, "age": 12.4, "held": False, "stale": False},
+        {"tube": "partner", "every": 60, "age": 400, "held": True, "stale": False},
+        {"tube": "reports", "every": 30, "age": 95, "held": False, "stale": True},
+        {"tube": "junk"},  # unreadable: left out
+        "junk",
+    ]
+    model.daemons[URL].on_status(status(heartbeats=beats), 1010.0, 5010.0)
+    lines = render(model, 1010.0, stamp="", interval=1)
+    assert [line for line in lines if line.lstrip().startswith("heartbeat ")] == [
+        "  heartbeat emails                   ok    last ran 12s ago (every 1m00s)",
+        "  heartbeat partner                  held  last ran 6m40s ago (every 1m00s)",
+        "  heartbeat reports                  STALE last ran 1m35s ago (every 30s)",
+    ]
+    # a daemon older than heartbeats sends none
+    assert status().heartbeats == ()

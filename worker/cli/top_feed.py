@@ -30,6 +30,7 @@ __all__ = [
     "REQUEST_TIMEOUT",
     "ApiTotals",
     "ApiView",
+    "HeartbeatView",
     "MetricsSnapshot",
     "NotControlPlane",
     "PoolView",
@@ -84,6 +85,17 @@ class ApiView:
 
 
 @dataclass(frozen=True)
+class HeartbeatView:
+    """One ``[[heartbeat]]``, from ``/status``: seconds since it last ran (fleet-wide)."""
+
+    tube: str
+    every: float
+    age: float
+    held: bool = False  # its tube is paused on purpose
+    stale: bool = False  # over 3 x every and not held
+
+
+@dataclass(frozen=True)
 class StatusSnapshot:
     """What ``top`` reads of ``/status``."""
 
@@ -96,6 +108,7 @@ class StatusSnapshot:
     pools: tuple[PoolView, ...] = ()
     apis: Mapping[str, ApiView] = field(default_factory=dict)
     in_flight_by_tube: Mapping[str, int] | None = None  # None: a daemon older than it
+    heartbeats: tuple[HeartbeatView, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -164,7 +177,31 @@ def parse_status(document: object) -> StatusSnapshot:
         pools=_pools(document["pools"]),
         apis=_apis(document.get("apis")),
         in_flight_by_tube=_in_flight_by_tube(document.get("in_flight_by_tube")),
+        heartbeats=_heartbeats(document.get("heartbeats")),
     )
+
+
+def _heartbeats(value: object) -> tuple[HeartbeatView, ...]:
+    """``/status`` ``heartbeats`` (absent from daemons older than them: none)."""
+    if not isinstance(value, list):
+        return ()
+    views = []
+    for item in value:
+        if not isinstance(item, Mapping):
+            continue
+        every, age = _number(item.get("every")), _number(item.get("age"))
+        if every is None or age is None:
+            continue
+        views.append(
+            HeartbeatView(
+                tube=str(item.get("tube", "?")),
+                every=float(every),
+                age=float(age),
+                held=bool(item.get("held")),
+                stale=bool(item.get("stale")),
+            )
+        )
+    return tuple(views)
 
 
 def _is(value: object, kind: type) -> bool:

@@ -38,6 +38,7 @@ from typing import Any, Final, Literal
 from tubeworker.cli.top_feed import (
     ApiTotals,
     ApiView,
+    HeartbeatView,
     MetricsSnapshot,
     PoolView,
     StatusSnapshot,
@@ -140,6 +141,7 @@ class DaemonView:
     pools: tuple[PoolView, ...] = ()
     apis: Mapping[str, ApiView] = field(default_factory=dict)
     in_flight_by_tube: Mapping[str, int] | None = None
+    heartbeats: tuple[HeartbeatView, ...] = ()
     # /metrics
     metrics: MetricsSnapshot | None = None
     metrics_error: str | None = None
@@ -202,6 +204,7 @@ class DaemonView:
         self.pools = status.pools
         self.apis = status.apis
         self.in_flight_by_tube = status.in_flight_by_tube
+        self.heartbeats = status.heartbeats
 
     def on_metrics(self, snapshot: MetricsSnapshot | None, error: str | None = None) -> None:
         self.metrics, self.metrics_error = snapshot, error

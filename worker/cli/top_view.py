@@ -240,6 +240,17 @@ def _api_lines(view: DaemonView) -> list[str]:
     return lines
 
 
+def _heartbeat_lines(view: DaemonView) -> list[str]:
+    lines = []
+    for beat in view.heartbeats:
+        state = "held" if beat.held else "STALE" if beat.stale else "ok"
+        lines.append(
+            f"{_INDENT}heartbeat {fit(beat.tube, 24):<24} {state:<5}"
+            f" last ran {format_seconds(beat.age)} ago (every {format_seconds(beat.every)})"
+        )
+    return lines
+
+
 def render_daemon(view: DaemonView, now: float) -> list[str]:
     lines = [_header(view, now)]
     if view.state != "up":
@@ -248,6 +259,7 @@ def render_daemon(view: DaemonView, now: float) -> list[str]:
     lines.append(_line([header for header, _, _ in _COLUMNS]))
     lines += [_row_line(row) for row in tube_rows(view, now)]
     lines += _api_lines(view)
+    lines += _heartbeat_lines(view)
     lines += _notes(view)
     return lines
 

@@ -44,6 +44,7 @@ from tubeworker.control.asgi import (
 )
 from tubeworker.control.dashboard import Dashboard
 from tubeworker.runtime.state import WorkerState
+from tubeworker.schedule import next_fire
 
 __all__ = ["ControlApp"]
 
@@ -168,6 +169,7 @@ class ControlApp:
             "fleet_tokens": [
                 {**asdict(tokens), "degraded": tokens.degraded} for tokens in state.fleet_tokens()
             ],
+            **_clock(state),
         }
 
     def _action(self, scope: Scope, path: str) -> tuple[int, str, bytes]:
@@ -260,3 +262,37 @@ _GETS: dict[str, Callable[[ControlApp], tuple[int, str, bytes]]] = {
     "/status": ControlApp._status,
 }
 _ACTIONS = ("/quiet", "/resume", "/drain")
+
+
+def _clock(state: WorkerState) -> dict[str, Any]:
+    """The schedules this daemon's clock serves (what it put) and each heartbeat's age."""
+    clock = state.clock
+    now = time.time()
+    schedules = []
+    for schedule in clock.definitions:
+        counts = clock.of(schedule.name)
+        schedules.append(
+            {
+                "name": schedule.name,
+                "tube": schedule.tube,
+                "next_fire": next_fire(schedule, now),
+                "last_fire": counts.last_fire,
+                "fires": counts.fires,
+                "misfires": counts.misfires,
+                "paused": counts.paused,
+                "overlapped": counts.overlapped,
+            }
+        )
+    heartbeats = [
+        {
+            "tube": tube,
+            "every": seen.heartbeat.every,
+            "age": round(seen.age(now), 3),
+            "last_run": seen.ran,
+            "by": seen.by,
+            "held": seen.paused,
+            "stale": not seen.paused and seen.age(now) > 3 * seen.heartbeat.every,
+        }
+        for tube, seen in sorted(clock.heartbeats.items())
+    ]
+    return {"schedule_server": clock.server, "schedules": schedules, "heartbeats": heartbeats}

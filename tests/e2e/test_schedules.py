@@ -123,6 +123,43 @@ def test_given_three_daemons_and_kills_then_every_fire_is_put_exactly_once(
     assert lateness[-1] < 1000  # a kill -9 of the holder is taken over at once
 
 
+def test_given_beanstalkd_killed_and_restarted_on_its_binlog_then_no_fire_is_lost_or_twice(
+    beanstalkd_binlog: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    """The ticks and the fires live in beanstalkd: after a kill -9 of the server and a
+    restart on its binlog, the fires missed meanwhile are caught up (misfire = catch_up)
+    and every fire time of the window is there once."""
+    server = beanstalkd_binlog
+    config = _config(tmp_path / "w.toml", server)
+    fleet = [DaemonProcess(config, tmp_path) for _ in range(3)]
+    for daemon in fleet:
+        daemons.append(daemon.start())
+    for daemon in fleet:
+        daemon.wait_ready()
+    with greenstalk.Client((server.host, server.port), use="fires") as client:
+        wait_until_sync(lambda: _put_so_far(client) >= 3, timeout=20, what="first fires")
+    server.restart(hard=True)  # kill -9, then the same port and binlog
+    with greenstalk.Client((server.host, server.port), use="fires") as client:
+        wait_until_sync(lambda: _put_so_far(client) >= 6, timeout=30, what="fires after restart")
+    for daemon in fleet:
+        daemon.signal(signal.SIGTERM)
+    for daemon in fleet:
+        assert daemon.wait(timeout=30) == 0
+    with greenstalk.Client((server.host, server.port), watch="fires") as client:
+        ids: list[str] = []
+        while True:
+            try:
+                job = client.reserve(timeout=0)
+            except greenstalk.TimedOutError:
+                break
+            ids.append(json.loads(job.body)["id"])
+            client.delete(job)
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+    prefix = "schedule:every-second:"
+    times = sorted(datetime.fromisoformat(i[len(prefix) :]).timestamp() for i in ids)
+    assert times == [times[0] + n for n in range(len(times))], "a fire time is missing"
+
+
 BAD_SCHEDULES = {
     'cron = "30 25 * * *"\ntube = "t"\ntask = "x"': "schedule.nightly.cron: bad cron",
     'cron = "30 2 * * *"\ntimezone = "Europe/Berln"\ntube = "t"\ntask = "x"': (

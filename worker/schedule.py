@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Final
@@ -52,6 +53,7 @@ __all__ = [
     "fires_between",
     "heartbeat_schedule",
     "in_zone",
+    "job_delay",
     "next_fire",
     "parse_fire_id",
     "pause_tube",
@@ -389,6 +391,15 @@ def _count_between(schedule: ScheduleConfig, first: float, until: float) -> int:
 def tick_priority(fire: float) -> int:
     """Ticks are ready earliest fire first: the priority is the fire's Unix second."""
     return min(max(0, math.floor(fire)), _MAX_PRIORITY)
+
+
+def job_delay(schedule: ScheduleConfig, rng: random.Random) -> int:
+    """A fire's job delay: the schedule's ``delay`` plus a whole-second jitter drawn from
+    [0, jitter] (beanstalkd's delays are whole seconds), so fleets of schedules that fire
+    together do not all become ready in the same second."""
+    if not schedule.jitter:
+        return schedule.delay
+    return schedule.delay + math.floor(rng.uniform(0, math.floor(schedule.jitter) + 1 - 1e-9))
 
 
 def early(fire: float, now: float, lead: float) -> int:

@@ -3,6 +3,7 @@ heartbeats (their schedule, records and how a bound pool knows one)."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 from hypothesis import given
@@ -28,6 +29,7 @@ from tubeworker.schedule import (
     encode_run,
     fire_id,
     heartbeat_schedule,
+    job_delay,
     pause_tube,
     plan_fires,
     record_tube,
@@ -129,3 +131,20 @@ def test_given_a_heartbeat_in_a_pool_bound_to_one_handler_then_the_heartbeat_run
     other = plan_job(8, b'{"task": "x"}', stats, rules)
     assert isinstance(other, Plan)
     assert other.handler == "raw-handler"
+
+
+@given(jitter=st.floats(0, 120), delay=st.integers(0, 3600), seed=st.integers())
+def test_a_jittered_fire_is_delayed_by_whole_seconds_within_the_jitter(
+    jitter: float, delay: int, seed: int
+) -> None:
+    schedule = replace(EVERY, jitter=jitter, delay=delay)
+    rng = random.Random(seed)
+    for _ in range(20):
+        assert delay <= job_delay(schedule, rng) <= delay + jitter
+
+
+def test_a_jitter_spreads_fires_over_every_whole_second_it_allows() -> None:
+    rng = random.Random(7)
+    seen = {job_delay(replace(EVERY, jitter=3.0), rng) for _ in range(400)}
+    assert seen == {0, 1, 2, 3}
+    assert job_delay(EVERY, rng) == 0  # no jitter: the delay as configured

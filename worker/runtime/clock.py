@@ -24,7 +24,6 @@ docs/schedules.md for what that costs.
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +50,7 @@ from tubeworker.schedule import (
     definition_hash,
     early,
     fire_id,
+    job_delay,
     next_fire,
     plan_fires,
     schedule_tube,
@@ -373,8 +373,7 @@ class _Clock:
         else:
             assert schedule.task is not None
             body = encode_envelope(schedule.task, schedule.payload, id=fire_id(schedule.name, fire))
-        jitter = math.floor(self.rng.uniform(0, schedule.jitter)) if schedule.jitter else 0
-        return p.Put(body, schedule.priority, schedule.delay + jitter, schedule.ttr)
+        return p.Put(body, schedule.priority, job_delay(schedule, self.rng), schedule.ttr)
 
     def _log_misfires(self, schedule: ScheduleConfig, plan: FirePlan) -> None:
         self.stats.of(schedule.name).misfires += (

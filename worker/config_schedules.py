@@ -147,7 +147,9 @@ def _heartbeat(reader: Reader) -> HeartbeatConfig:
             "tube", f"at most {HEARTBEAT_NAME_ROOM} characters for a heartbeat's tube", ""
         )
     every = reader.seconds("every", _D_HEARTBEAT.every, low=1, high=86_400)
-    ping_url = reader.text("ping_url") or None
+    ping_url = reader.get("ping_url") or None  # "" (as in the docs' example): no ping
+    if ping_url is not None and not isinstance(ping_url, str):
+        ping_url = reader.bad("ping_url", f"must be a URL string, got {ping_url!r}", None)
     if ping_url is not None:
         parts = urlsplit(ping_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:

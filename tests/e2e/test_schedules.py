@@ -196,6 +196,7 @@ def test_given_a_schedule_then_check_prints_its_next_five_fires_in_its_zone_and_
     config.write_text(
         '[[pool]]\ntubes = ["reports"]\n[[schedule]]\nname = "nightly"\n'
         'cron = "30 2 * * *"\ntimezone = "Asia/Kolkata"\ntube = "reports"\ntask = "x"\n'
+        '[[heartbeat]]\ntube = "reports"\nevery = "1m"\n[[heartbeat]]\ntube = "elsewhere"\n'
     )
     result = run_cli("check", "-c", str(config))
     assert result.returncode == 0, result.stderr
@@ -203,6 +204,12 @@ def test_given_a_schedule_then_check_prints_its_next_five_fires_in_its_zone_and_
     nexts = [line for line in result.stdout.splitlines() if line.startswith("  next: ")]
     assert len(nexts) == 5
     assert all("T02:30:00+05:30  (" in n and "T21:00:00Z UTC)" in n for n in nexts), nexts
+    assert "heartbeat reports: every 60 s; stale (TubeworkerHeartbeatStale) after 180 s" in (
+        result.stdout
+    )
+    assert "warning: heartbeat 'elsewhere': no pool in this config works the tube" in (
+        result.stdout
+    )
 
 
 def _drain(client: greenstalk.Client, tube: str, name: str | None = None) -> list[float]:

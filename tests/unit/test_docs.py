@@ -82,6 +82,8 @@ RUN_BY: dict[Key, str] = {
     ("docs/configuration.md", "[worker]"): f"{HERE}::test_the_toml_blocks_are_valid_config",
     ("docs/flow-control.md", "[api.partner]"): f"{HERE}::test_the_toml_blocks_are_valid_config",
     ("docs/schedules.md", "[[schedule]]"): f"{HERE}::test_the_toml_blocks_are_valid_config",
+    ("docs/schedules.md", "[[heartbeat]]"): f"{HERE}::test_the_toml_blocks_are_valid_config",
+    ("README.md", "[[schedule]]"): f"{HERE}::test_the_toml_blocks_are_valid_config",
     (
         "docs/producing.md",
         "from tubeworker.producer import NoServerAvailable, Producer",
@@ -211,11 +213,11 @@ def test_the_envelopes_shown_are_envelopes() -> None:
 
 
 def test_the_toml_blocks_are_valid_config(tmp_path: Path) -> None:
-    # Each config block of docs/ loads as a config of its own (with a pool where it shows
-    # none); pyproject's entry points are TOML that pip reads.
+    # Each config block of docs/ and the README loads as a config of its own (with a pool
+    # where it shows none); pyproject's entry points are TOML that pip reads.
     checked = 0
     for b in all_blocks():
-        if b.language != "toml" or not b.path.startswith("docs/"):
+        if b.language != "toml":
             continue
         checked += 1
         if "entry-points" in b.first_line:
@@ -225,4 +227,4 @@ def test_the_toml_blocks_are_valid_config(tmp_path: Path) -> None:
         path = tmp_path / f"block{checked}.toml"
         path.write_text(text)
         load_config(path, env={})
-    assert checked == 7
+    assert checked == 11

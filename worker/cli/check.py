@@ -236,6 +236,19 @@ def show_schedules(config: Config, registry: Registry, *, now: float | None = No
                 f"warning: schedule {schedule.name!r}: task {schedule.task!r} has no handler "
                 "registered here"
             )
+        if schedule.overlap == "skip":
+            print("  overlap: skip (no fire while the previous run is unfinished)")
+    for heartbeat in config.heartbeats:
+        ping = f", then GET {heartbeat.ping_url}" if heartbeat.ping_url else ""
+        print(
+            f"heartbeat {heartbeat.tube}: every {heartbeat.every:g} s{ping}; stale "
+            f"(TubeworkerHeartbeatStale) after {3 * heartbeat.every:g} s without a run"
+        )
+        if not any(matches_any(heartbeat.tube, pool.tubes) for pool in config.pools):
+            print(
+                f"warning: heartbeat {heartbeat.tube!r}: no pool in this config works the "
+                "tube (another daemon's, or a typo?)"
+            )
 
 
 def show_broken(config: Config, registry: Registry) -> None:

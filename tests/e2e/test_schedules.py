@@ -375,6 +375,62 @@ def test_given_two_servers_when_the_tick_server_dies_then_the_schedule_resumes_o
     assert resumed < 5
 
 
+@pytest.mark.parametrize("binlog", [False, True], ids=["fresh", "binlog"])
+def test_given_the_tick_server_back_then_the_ticks_move_back_with_at_most_one_duplicate(
+    tmp_path: Path, daemons: list[DaemonProcess], binlog: bool
+) -> None:
+    """The first server dies, the fleet fires on the second, the first returns (empty, or
+    with its binlog and its old tick): the ticks move back, and across both servers every
+    fire time is there, at most one of them twice (the fire a daemon was holding on the
+    second server when the first returned), with the same id."""
+    store = tmp_path / "binlog"
+    store.mkdir()
+    with (
+        BeanstalkdProcess(binlog_dir=store if binlog else None, fsync_ms=0) as first,
+        BeanstalkdProcess() as second,
+    ):
+        config = tmp_path / "w.toml"
+        config.write_text(
+            f'[worker]\nservers = ["{first.address}", "{second.address}"]\n'
+            '[[pool]]\ntubes = ["unused"]\n'
+            '[[schedule]]\nname = "fires"\nevery = "1s"\ntube = "fires"\ntask = "noop"\n'
+            'misfire = "catch_up"\n'
+        )
+        fleet = [DaemonProcess(config, tmp_path) for _ in range(3)]
+        for daemon in fleet:
+            daemons.append(daemon.start())
+
+        def put(server: BeanstalkdProcess) -> int:
+            with greenstalk.Client((server.host, server.port)) as client:
+                try:
+                    return int(client.stats_tube("fires")["total-jobs"])
+                except greenstalk.NotFoundError:
+                    return 0
+
+        wait_until_sync(lambda: put(first) >= 3, timeout=30, what="fires on the first")
+        first.kill9()
+        wait_until_sync(lambda: put(second) >= 4, timeout=30, what="fires on the second")
+        first.restart()  # the same port (and binlog, when it has one)
+        at_return = put(second)
+        wait_until_sync(lambda: put(first) >= 8, timeout=30, what="fires on the first again")
+        for daemon in fleet:
+            daemon.signal(signal.SIGTERM)
+        for daemon in fleet:
+            assert daemon.wait(timeout=30) == 0
+        with greenstalk.Client((first.host, first.port)) as client:
+            on_first = _drain(client, "fires")
+        with greenstalk.Client((second.host, second.port)) as client:
+            on_second = _drain(client, "fires")
+    times = sorted(on_first + on_second)
+    twice = sorted(t for t in set(times) if times.count(t) > 1)
+    print(
+        f"\nfirst {len(on_first)}, second {len(on_second)} ({at_return} when the first came "
+        f"back), twice: {len(twice)}"
+    )
+    assert len(twice) <= 1, twice
+    assert sorted(set(times)) == [times[0] + n for n in range(len(set(times)))], "a gap"
+
+
 def test_given_the_holder_stopped_silently_then_another_takes_the_tick_after_its_ttr(
     beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
 ) -> None:

@@ -14,6 +14,7 @@ from tubeworker.config_model import HeartbeatConfig, ScheduleConfig
 from tubeworker.envelope import encode_envelope
 from tubeworker.heartbeat import heartbeat
 from tubeworker.job import spec_of
+from tubeworker.runtime.clock_moves import Marker
 from tubeworker.runtime.dispatch import DispatchRules, Plan, plan_job
 from tubeworker.runtime.policy import RetrySettings
 from tubeworker.schedule import (
@@ -148,3 +149,9 @@ def test_a_jitter_spreads_fires_over_every_whole_second_it_allows() -> None:
     seen = {job_delay(replace(EVERY, jitter=3.0), rng) for _ in range(400)}
     assert seen == {0, 1, 2, 3}
     assert job_delay(EVERY, rng) == 0  # no jitter: the delay as configured
+
+
+def test_a_move_marker_reads_back_what_it_wrote() -> None:
+    marker = Marker("127.0.0.1:11300", {"nightly": 1_796_000_000.0, "heartbeat.emails": 60.0})
+    assert Marker.decode(marker.encode()) == marker
+    assert Marker.decode(b'{"to": "x"}') is None

@@ -24,6 +24,7 @@ docs/schedules.md for what that costs.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +40,14 @@ from tubeworker.config import Config, ScheduleConfig
 from tubeworker.envelope import encode_envelope
 from tubeworker.errors import ConnectionLostError, ProtocolError
 from tubeworker.observe.counters import Histogram
-from tubeworker.runtime.clock_records import note_run, read_state, unfinished
+from tubeworker.runtime.clock_moves import Marker, carry_forward, leave_marker, read_marker
+from tubeworker.runtime.clock_records import (
+    PLAN_TUBE,
+    claim_plan,
+    note_run,
+    read_state,
+    unfinished,
+)
 from tubeworker.runtime.heartbeats import HeartbeatSeen, read_heartbeats
 from tubeworker.schedule import (
     LEAD,
@@ -69,7 +77,6 @@ __all__ = [
 
 log = structlog.get_logger("tubeworker")
 
-PLAN_TUBE = "tubeworker.schedules"
 _RESERVE_WAIT = 1  # seconds a reserve blocks before the loop looks around
 _RECONCILE_EVERY = 5.0
 _PROBE_EVERY = 5.0  # a daemon on a later server checks this often whether an earlier is back
@@ -176,7 +183,14 @@ class _Unreachable(Exception):
 
 
 class _Earlier(Exception):
-    """An earlier server of the list answers again: the ticks go back there."""
+    """An earlier server of the list answers again: the ticks go back there. ``hand_over``:
+    this daemon noticed first (its probe), so it carries the ticks over; else a marker
+    left by the daemon that did sent it."""
+
+    def __init__(self, address: Address, *, hand_over: bool) -> None:
+        super().__init__(str(address))
+        self.address = address
+        self.hand_over = hand_over
 
 
 class _Clock:
@@ -188,6 +202,7 @@ class _Clock:
         self.schedules = {schedule_tube(s.name): s for s in stats.definitions}
         self.hashes = {s.name: definition_hash(s) for s in stats.definitions}
         self.rng = random.Random()
+        self.earlier: Sequence[Address] = ()  # servers before the one served, in order
 
     async def _connect(self, address: Address) -> Client:
         return await connect(
@@ -209,8 +224,9 @@ class _Clock:
             await holder.aclose()
             raise
         self.stats.server = str(address)
+        self.earlier = earlier
         log.info("schedules served", server=str(address), schedules=len(self.schedules))
-        moved = False
+        moved: _Earlier | None = None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reconcile_loop, planner)
@@ -219,15 +235,47 @@ class _Clock:
                 if earlier:
                     nursery.start_soon(self._probe, earlier)
                 await self._hold_loop(holder)
-        except* _Earlier:
-            moved = True
-            log.info("schedules move back", server=str(address))
+        except* _Earlier as group:
+            found = group.exceptions[0]
+            assert isinstance(found, _Earlier)
+            moved = found
+            log.info("schedules move back", server=str(address), to=str(moved.address))
         finally:
             with trio.CancelScope(shield=True):
                 await holder.aclose()
                 await planner.aclose()
-        if moved:
+        if moved is not None:
+            if moved.hand_over:
+                await self._hand_over(address, moved.address)
             await self._clear(address)
+
+    async def _hand_over(self, later: Address, earlier: Address) -> None:
+        """Carry the ticks forward on ``earlier`` and leave a marker on ``later``
+        (see tubeworker.runtime.clock_moves)."""
+        first = {s.name: next_fire(s, self.now()) for s in self.schedules.values()}
+        try:
+            with trio.fail_after(self.config.reply_timeout * 4):
+                client = await self._connect(earlier)
+                try:
+                    carried = await carry_forward(
+                        client,
+                        self.schedules,
+                        first,
+                        self.hashes,
+                        self.now,
+                    )
+                finally:
+                    await client.aclose()
+            if not carried:
+                return  # another daemon holds the plan there: it is handing over
+            with trio.fail_after(self.config.reply_timeout * 2):
+                client = await self._connect(later)
+                try:
+                    await leave_marker(client, Marker(str(earlier), first))
+                finally:
+                    await client.aclose()
+        except _FAULTS as exc:
+            log.warning("schedules not handed over", server=str(earlier), error=str(exc))
 
     async def _read_heartbeats(self, address: Address) -> None:
         client = await self._connect(address)
@@ -271,7 +319,7 @@ class _Clock:
                 except _FAULTS:
                     continue
                 await client.aclose()
-                raise _Earlier
+                raise _Earlier(address, hand_over=True)
 
     # ---- holding ticks
 
@@ -312,6 +360,8 @@ class _Clock:
             # Held too long (this process was stopped or starved): beanstalkd may have given
             # the tick to another daemon. Act on nothing; the connection is given up.
             raise ConnectionLostError("a schedule tick was held too long; given up")
+        if self.earlier:
+            await self._unless_moved(client, reserved.id, tick)
         plan = plan_fires(schedule, tick.fire, self.now(), paused_until=state.paused_until)
         if schedule.overlap == "skip" and plan.fire:
             running = await unfinished(client, state.last_job, schedule.tube)
@@ -333,6 +383,23 @@ class _Clock:
                 id=fire_id(schedule.name, fire),
                 lateness_ms=round(lateness * 1000, 1),
             )
+
+    async def _unless_moved(self, client: Client, tick_id: int, tick: Tick) -> None:
+        """On a later server: when a marker says this fire is an earlier server's now (the
+        ticks moved back there), delete the tick unfired and move (raises _Earlier)."""
+        marker = await read_marker(client)
+        if marker is None or tick.fire < marker.first.get(tick.name, math.inf):
+            return
+        address = next((a for a in self.earlier if str(a) == marker.to), None)
+        if address is None:
+            return
+        try:
+            with trio.fail_after(self.config.connect_timeout):
+                await (await self._connect(address)).aclose()
+        except _FAULTS:
+            return  # not back (any more): this server's ticks stand
+        await client.delete(tick_id)
+        raise _Earlier(address, hand_over=False)
 
     async def _replace(
         self,
@@ -450,7 +517,9 @@ class _Clock:
     async def _reconcile(self, client: Client) -> None:
         if not await self._missing(client):
             return
-        plan_id = await self._claim(client)
+        if self.earlier and await read_marker(client) is not None:
+            return  # the ticks moved back to an earlier server: none are made here
+        plan_id = await claim_plan(client)
         if plan_id is None:
             return  # another daemon is planning; look again next round
         try:
@@ -467,33 +536,3 @@ class _Clock:
                 log.info("schedule tick made", schedule=schedule.name, fire=fire)
         finally:
             await client.release(plan_id)
-
-    async def _claim(self, client: Client) -> int | None:
-        """The plan job, reserved and held alone; None when another daemon holds one."""
-        await client.use(PLAN_TUBE)
-        try:
-            plan = await client.reserve(0)
-        except greenstalk.TimedOutError:
-            try:
-                held = (await client.stats_tube(PLAN_TUBE)).current_jobs_reserved
-            except greenstalk.NotFoundError:
-                held = 0
-            if held:
-                return None
-            await client.put(b"plan", ttr=TICK_TTR)
-            try:
-                plan = await client.reserve(0)
-            except greenstalk.TimedOutError:
-                return None
-        # Racing daemons may each have put a plan: delete those waiting; if another is held
-        # at the same time, step back (and let a later round, with jitter, settle it).
-        while True:
-            try:
-                extra = await client.peek_ready()
-            except greenstalk.NotFoundError:
-                break
-            await client.delete(extra.id)
-        if (await client.stats_tube(PLAN_TUBE)).current_jobs_reserved > 1:
-            await client.release(plan.id, delay=1)
-            return None
-        return plan.id

@@ -18,6 +18,7 @@ from tubeworker.beanstalk.client import Client
 from tubeworker.config_model import ScheduleConfig
 from tubeworker.schedule import (
     RECORD_DELAY,
+    TICK_TTR,
     decode_pause,
     decode_run,
     encode_run,
@@ -25,8 +26,9 @@ from tubeworker.schedule import (
     run_tube,
 )
 
-__all__ = ["HolderState", "note_run", "read_state", "unfinished"]
+__all__ = ["PLAN_TUBE", "HolderState", "claim_plan", "note_run", "read_state", "unfinished"]
 
+PLAN_TUBE = "tubeworker.schedules"  # the one plan job: who holds it alone may make ticks
 _RECORD_TTR = 1
 
 
@@ -79,3 +81,34 @@ async def note_run(
     if state.run_record is not None:
         commands.append(p.Delete(state.run_record))
     await client.pipeline(commands)
+
+
+async def claim_plan(client: Client) -> int | None:
+    """The plan job, reserved and held alone; None when another daemon holds one."""
+    await client.use(PLAN_TUBE)
+    try:
+        plan = await client.reserve(0)
+    except greenstalk.TimedOutError:
+        try:
+            held = (await client.stats_tube(PLAN_TUBE)).current_jobs_reserved
+        except greenstalk.NotFoundError:
+            held = 0
+        if held:
+            return None
+        await client.put(b"plan", ttr=TICK_TTR)
+        try:
+            plan = await client.reserve(0)
+        except greenstalk.TimedOutError:
+            return None
+    # Racing daemons may each have put a plan: delete those waiting; if another is held
+    # at the same time, step back (and let a later round, with jitter, settle it).
+    while True:
+        try:
+            extra = await client.peek_ready()
+        except greenstalk.NotFoundError:
+            break
+        await client.delete(extra.id)
+    if (await client.stats_tube(PLAN_TUBE)).current_jobs_reserved > 1:
+        await client.release(plan.id, delay=1)
+        return None
+    return plan.id

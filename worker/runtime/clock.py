@@ -24,46 +24,44 @@ docs/schedules.md for what that costs.
 from __future__ import annotations
 
 import contextlib
-import math
-import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import greenstalk
 import structlog
 import trio
 
-from tubeworker.beanstalk import protocol as p
-from tubeworker.beanstalk.client import Address, Client, connect
+from tubeworker.beanstalk.client import Address, Client
 from tubeworker.config import Config, ScheduleConfig
-from tubeworker.envelope import encode_envelope
 from tubeworker.errors import ConnectionLostError, ProtocolError
-from tubeworker.observe.counters import Histogram
-from tubeworker.runtime.clock_moves import Marker, carry_forward, leave_marker, read_marker
+from tubeworker.runtime.clock_fire import TickHolder
+from tubeworker.runtime.clock_moves import (
+    Marker,
+    MovedBack,
+    carry_forward,
+    leave_marker,
+    read_marker,
+)
 from tubeworker.runtime.clock_records import (
     PLAN_TUBE,
     claim_plan,
-    note_run,
-    read_state,
-    unfinished,
+)
+from tubeworker.runtime.clock_state import (
+    LATENESS_BUCKETS,
+    ClockContext,
+    ClockStatistics,
+    ScheduleCounts,
 )
 from tubeworker.runtime.heartbeats import HeartbeatSeen, read_heartbeats
 from tubeworker.schedule import (
     LEAD,
     TICK_TTR,
-    FirePlan,
     Tick,
     clock_schedules,
-    definition_hash,
     early,
-    fire_id,
-    job_delay,
     next_fire,
-    plan_fires,
     schedule_tube,
     tick_priority,
-    with_overlap,
 )
 
 __all__ = [
@@ -77,46 +75,9 @@ __all__ = [
 
 log = structlog.get_logger("tubeworker")
 
-_RESERVE_WAIT = 1  # seconds a reserve blocks before the loop looks around
 _RECONCILE_EVERY = 5.0
 _PROBE_EVERY = 5.0  # a daemon on a later server checks this often whether an earlier is back
 _FAULTS = (ConnectionLostError, ProtocolError, trio.TooSlowError, OSError, greenstalk.Error)
-_SWEEP_MAX = 100  # heartbeat records taken per sweep (a few are left between two sweeps)
-
-
-# Seconds from a fire time to its put being answered (on time: a few ms; 1 s: a misfire).
-LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0, 300.0)
-
-
-@dataclass
-class ScheduleCounts:
-    """One schedule's fires put by this process, its misfires and their lateness."""
-
-    fires: int = 0
-    misfires: int = 0  # skipped or coalesced
-    paused: int = 0  # fires skipped while paused
-    overlapped: int = 0  # fires skipped while the previous run was unfinished
-    last_fire: float | None = None
-    lateness: Histogram = field(default_factory=lambda: Histogram(LATENESS_BUCKETS))
-
-
-@dataclass
-class ClockStatistics:
-    """What the clock did in this process (metrics and tests read it)."""
-
-    fires: int = 0
-    skipped: int = 0
-    coalesced: int = 0
-    server: str | None = None  # where the ticks are, as this daemon sees it
-    schedules: dict[str, ScheduleCounts] = field(default_factory=dict)
-    definitions: tuple[ScheduleConfig, ...] = ()  # the config's, for the next fire times
-    heartbeats: dict[str, HeartbeatSeen] = field(default_factory=dict)  # by tube
-
-    def of(self, name: str) -> ScheduleCounts:
-        counts = self.schedules.get(name)
-        if counts is None:
-            counts = self.schedules[name] = ScheduleCounts()
-        return counts
 
 
 async def run_clock(
@@ -182,51 +143,29 @@ class _Unreachable(Exception):
     """The server does not take a connection."""
 
 
-class _Earlier(Exception):
-    """An earlier server of the list answers again: the ticks go back there. ``hand_over``:
-    this daemon noticed first (its probe), so it carries the ticks over; else a marker
-    left by the daemon that did sent it."""
+class _Clock(ClockContext):
+    """Serving one server at a time: holding its ticks (TickHolder), keeping one tick per
+    schedule there, reading heartbeats, and moving back to an earlier server."""
 
-    def __init__(self, address: Address, *, hand_over: bool) -> None:
-        super().__init__(str(address))
-        self.address = address
-        self.hand_over = hand_over
-
-
-class _Clock:
     def __init__(self, config: Config, stats: ClockStatistics, now: Callable[[], float]):
-        self.config = config
-        self.stats = stats
-        self.now = now
-        self.definitions = {s.name: s for s in stats.definitions}
-        self.schedules = {schedule_tube(s.name): s for s in stats.definitions}
-        self.hashes = {s.name: definition_hash(s) for s in stats.definitions}
-        self.rng = random.Random()
-        self.earlier: Sequence[Address] = ()  # servers before the one served, in order
-
-    async def _connect(self, address: Address) -> Client:
-        return await connect(
-            address,
-            connect_timeout=self.config.connect_timeout,
-            reply_timeout=self.config.reply_timeout,
-            keepalive=self.config.keepalive,
-        )
+        super().__init__(config, stats, now)
+        self.holder = TickHolder(self)
 
     async def serve(self, address: Address, earlier: Sequence[Address]) -> None:
         """Keep the ticks on ``address`` until it is lost (raises) or an earlier is back."""
         try:
-            holder = await self._connect(address)
+            holder = await self.connect(address)
         except _FAULTS as exc:
             raise _Unreachable(str(exc)) from exc
         try:
-            planner = await self._connect(address)
+            planner = await self.connect(address)
         except BaseException:
             await holder.aclose()
             raise
         self.stats.server = str(address)
         self.earlier = earlier
         log.info("schedules served", server=str(address), schedules=len(self.schedules))
-        moved: _Earlier | None = None
+        moved: MovedBack | None = None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reconcile_loop, planner)
@@ -234,10 +173,10 @@ class _Clock:
                     nursery.start_soon(self._read_heartbeats, address)
                 if earlier:
                     nursery.start_soon(self._probe, earlier)
-                await self._hold_loop(holder)
-        except* _Earlier as group:
+                await self.holder.hold_loop(holder)
+        except* MovedBack as group:
             found = group.exceptions[0]
-            assert isinstance(found, _Earlier)
+            assert isinstance(found, MovedBack)
             moved = found
             log.info("schedules move back", server=str(address), to=str(moved.address))
         finally:
@@ -255,7 +194,7 @@ class _Clock:
         first = {s.name: next_fire(s, self.now()) for s in self.schedules.values()}
         try:
             with trio.fail_after(self.config.reply_timeout * 4):
-                client = await self._connect(earlier)
+                client = await self.connect(earlier)
                 try:
                     carried = await carry_forward(
                         client,
@@ -269,7 +208,7 @@ class _Clock:
             if not carried:
                 return  # another daemon holds the plan there: it is handing over
             with trio.fail_after(self.config.reply_timeout * 2):
-                client = await self._connect(later)
+                client = await self.connect(later)
                 try:
                     await leave_marker(client, Marker(str(earlier), first))
                 finally:
@@ -278,10 +217,10 @@ class _Clock:
             log.warning("schedules not handed over", server=str(earlier), error=str(exc))
 
     async def _read_heartbeats(self, address: Address) -> None:
-        client = await self._connect(address)
+        client = await self.connect(address)
         try:
             await read_heartbeats(
-                client, self.stats.heartbeats, lambda: self._connect(address), self.rng
+                client, self.stats.heartbeats, lambda: self.connect(address), self.rng
             )
         finally:
             with trio.CancelScope(shield=True):
@@ -293,7 +232,7 @@ class _Clock:
         there by a daemon yet to move are left to it.)"""
         try:
             with trio.fail_after(self.config.reply_timeout):
-                client = await self._connect(address)
+                client = await self.connect(address)
                 try:
                     for tube in self.schedules:
                         await client.use(tube)
@@ -315,177 +254,11 @@ class _Clock:
             await trio.sleep(_PROBE_EVERY)
             for address in earlier:
                 try:
-                    client = await self._connect(address)
+                    client = await self.connect(address)
                 except _FAULTS:
                     continue
                 await client.aclose()
-                raise _Earlier(address, hand_over=True)
-
-    # ---- holding ticks
-
-    async def _hold_loop(self, client: Client) -> None:
-        for tube in self.schedules:
-            await client.watch(tube)
-        await client.ignore("default")
-        while True:
-            try:
-                reserved = await client.reserve(_RESERVE_WAIT)
-            except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
-                continue
-            await self._hold(client, reserved, trio.current_time())
-
-    async def _hold(self, client: Client, reserved: p.Reserved, since: float) -> None:
-        tick = Tick.decode(reserved.body)
-        schedule = None if tick is None else self.definitions.get(tick.name)
-        if tick is None or schedule is None:
-            log.warning("schedule tick unreadable, deleted", job_id=reserved.id)
-            await client.delete(reserved.id)
-            return
-        mine = self.hashes[schedule.name]
-        if tick.hash != mine:
-            # Another definition planned it: the holder's definition decides from here.
-            fire = next_fire(schedule, tick.fire - 1e-3)
-            log.info("schedule re-planned", schedule=schedule.name, fire=fire_id("", fire)[10:])
-            await self._replace(client, reserved.id, schedule, tick, fire, ())
-            return
-        wait = tick.fire - self.now()
-        if wait > LEAD + 2:  # taken before its time (re-planned, clock skew): not ours yet
-            delay = early(tick.fire, self.now(), LEAD)
-            await client.release(reserved.id, priority=tick_priority(tick.fire), delay=delay)
-            return
-        state = await read_state(client, schedule)  # while there is time before the fire
-        if wait > 0:
-            await trio.sleep(wait)
-        if trio.current_time() - since > TICK_TTR - 2:
-            # Held too long (this process was stopped or starved): beanstalkd may have given
-            # the tick to another daemon. Act on nothing; the connection is given up.
-            raise ConnectionLostError("a schedule tick was held too long; given up")
-        if self.earlier:
-            await self._unless_moved(client, reserved.id, tick)
-        plan = plan_fires(schedule, tick.fire, self.now(), paused_until=state.paused_until)
-        if schedule.overlap == "skip" and plan.fire:
-            running = await unfinished(client, state.last_job, schedule.tube)
-            plan = with_overlap(schedule, plan, running=running)
-        self._log_misfires(schedule, plan)
-        put = await self._replace(client, reserved.id, schedule, tick, plan.next, plan.fire)
-        if schedule.overlap == "skip" and put:
-            await note_run(client, schedule, plan.fire[-1], put[-1], state)
-        counts = self.stats.of(schedule.name)
-        for fire in plan.fire:
-            lateness = self.now() - fire
-            self.stats.fires += 1
-            counts.fires += 1
-            counts.last_fire = fire if counts.last_fire is None else max(fire, counts.last_fire)
-            counts.lateness.observe(max(0.0, lateness))
-            log.info(
-                "schedule fired",
-                schedule=schedule.name,
-                id=fire_id(schedule.name, fire),
-                lateness_ms=round(lateness * 1000, 1),
-            )
-
-    async def _unless_moved(self, client: Client, tick_id: int, tick: Tick) -> None:
-        """On a later server: when a marker says this fire is an earlier server's now (the
-        ticks moved back there), delete the tick unfired and move (raises _Earlier)."""
-        marker = await read_marker(client)
-        if marker is None or tick.fire < marker.first.get(tick.name, math.inf):
-            return
-        address = next((a for a in self.earlier if str(a) == marker.to), None)
-        if address is None:
-            return
-        try:
-            with trio.fail_after(self.config.connect_timeout):
-                await (await self._connect(address)).aclose()
-        except _FAULTS:
-            return  # not back (any more): this server's ticks stand
-        await client.delete(tick_id)
-        raise _Earlier(address, hand_over=False)
-
-    async def _replace(
-        self,
-        client: Client,
-        tick_id: int,
-        schedule: ScheduleConfig,
-        held: Tick,
-        following: float,
-        fires: Sequence[float],
-    ) -> list[int]:
-        """In one write: the fires' jobs, the next tick, and the delete of this one
-        (``held``); the ids of the fires' jobs."""
-        commands: list[p.Command] = []
-        if fires:
-            commands.append(p.Use(schedule.tube))
-            commands += [self._job(schedule, fire) for fire in fires]
-        last = max(fires) if fires else held.last
-        tick = Tick(schedule.name, following, self.hashes[schedule.name], last)
-        commands += [
-            p.Use(schedule_tube(schedule.name)),
-            p.Put(
-                tick.encode(),
-                tick_priority(following),
-                early(following, self.now(), LEAD),
-                TICK_TTR,
-            ),
-            p.Delete(tick_id),
-        ]
-        replies = await client.pipeline(commands)
-        for command, reply in zip(commands, replies, strict=True):
-            if isinstance(command, p.Put) and not isinstance(reply, p.Inserted):
-                log.error("schedule put refused", schedule=schedule.name, reply=repr(reply))
-        return [r.id for r in replies[: len(fires) + 1] if isinstance(r, p.Inserted)]
-
-    def _job(self, schedule: ScheduleConfig, fire: float) -> p.Put:
-        if schedule.body is not None:
-            body = schedule.body.encode()
-        else:
-            assert schedule.task is not None
-            body = encode_envelope(schedule.task, schedule.payload, id=fire_id(schedule.name, fire))
-        return p.Put(body, schedule.priority, job_delay(schedule, self.rng), schedule.ttr)
-
-    def _log_misfires(self, schedule: ScheduleConfig, plan: FirePlan) -> None:
-        self.stats.of(schedule.name).misfires += (
-            len(plan.skipped) + len(plan.coalesced) + plan.more_skipped
-        )
-        for fire in plan.skipped:
-            self.stats.skipped += 1
-            log.warning(
-                "schedule fire skipped",
-                schedule=schedule.name,
-                id=fire_id(schedule.name, fire),
-                misfire=schedule.misfire,
-            )
-        for fire in plan.coalesced:
-            self.stats.coalesced += 1
-            log.warning(
-                "schedule fire coalesced",
-                schedule=schedule.name,
-                id=fire_id(schedule.name, fire),
-                into=fire_id(schedule.name, plan.fire[-1]) if plan.fire else None,
-            )
-        counts = self.stats.of(schedule.name)
-        for fire in plan.paused:
-            counts.paused += 1
-            log.info(
-                "schedule fire skipped: paused",
-                schedule=schedule.name,
-                id=fire_id(schedule.name, fire),
-            )
-        for fire in plan.overlapped:
-            counts.overlapped += 1
-            log.warning(
-                "schedule fire skipped: the previous run is unfinished",
-                schedule=schedule.name,
-                id=fire_id(schedule.name, fire),
-                overlap=schedule.overlap,
-            )
-        if plan.more_skipped:
-            self.stats.skipped += plan.more_skipped
-            log.warning(
-                "schedule fires skipped",
-                schedule=schedule.name,
-                count=plan.more_skipped,
-                misfire=schedule.misfire,
-            )
+                raise MovedBack(address, hand_over=True)
 
     # ---- keeping exactly one tick per schedule
 

@@ -27,17 +27,36 @@ from dataclasses import dataclass
 import greenstalk
 import trio
 
-from tubeworker.beanstalk.client import Client
+from tubeworker.beanstalk.client import Address, Client
 from tubeworker.config_model import ScheduleConfig
 from tubeworker.runtime.clock_records import PLAN_TUBE, claim_plan
 from tubeworker.schedule import LEAD, TICK_TTR, Tick, early, tick_priority
 
-__all__ = ["MARK_SECONDS", "MOVED_TUBE", "Marker", "carry_forward", "leave_marker", "read_marker"]
+__all__ = [
+    "MARK_SECONDS",
+    "MOVED_TUBE",
+    "Marker",
+    "MovedBack",
+    "carry_forward",
+    "leave_marker",
+    "read_marker",
+]
 
 MOVED_TUBE = "tubeworker.schedules.moved"
 MARK_SECONDS = 30  # a marker outlives every daemon's probe (5 s) and a held tick (10 s)
 _CLAIM_TRIES = 20  # a plan held by another daemon is retried this often, this far apart
 _CLAIM_WAIT = 0.05
+
+
+class MovedBack(Exception):
+    """An earlier server of the list answers again: the ticks go back there. ``hand_over``:
+    this daemon noticed first (its probe), so it carries the ticks over; else a marker
+    left by the daemon that did sent it."""
+
+    def __init__(self, address: Address, *, hand_over: bool) -> None:
+        super().__init__(str(address))
+        self.address = address
+        self.hand_over = hand_over
 
 
 @dataclass(frozen=True, slots=True)

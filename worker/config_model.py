@@ -193,6 +193,9 @@ class ControlConfig:
     # Host names the dashboard answers under besides IP addresses and localhost (a browser
     # on another name could be a DNS-rebinding page).
     allowed_hosts: tuple[str, ...] = ()
+    # The beanstalkd servers' connection limit (their fd limit, `ulimit -n`, less a few):
+    # TubeworkerServerConnectionsNearLimit fires near it. 0: not known, no alert.
+    server_max_connections: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,6 +130,7 @@ def _control(reader: Reader) -> ControlConfig:
             "events_per_second",
             "daemons",
             "allowed_hosts",
+            "server_max_connections",
         )
     )
     listen = _listen(reader)
@@ -151,6 +152,9 @@ def _control(reader: Reader) -> ControlConfig:
         token_file=token_file,
         metrics_interval=metrics_interval,
         events_per_second=events_per_second,
+        server_max_connections=reader.integer(
+            "server_max_connections", _D_CONTROL.server_max_connections, high=10_000_000
+        ),
         daemons=daemons,
         allowed_hosts=tuple(h.lower() for h in reader.strings("allowed_hosts") or ()),
     )

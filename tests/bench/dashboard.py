@@ -44,7 +44,7 @@ from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tests.support.process import DaemonProcess
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import open_client
-from tubeworker.control.metrics import _stats_tubes
+from tubeworker.control.poller import _stats_tubes
 
 
 def fill(address: str, tubes: int) -> list[str]:

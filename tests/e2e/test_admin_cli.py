@@ -216,6 +216,9 @@ def test_stats_shows_the_server_and_a_row_per_tube(
     assert table_row(text, "other-tube")[1:] == ["1", "0", "0", "0", "0", "0", "-", "1"]
     # The test's client put and reserved: one producer, one worker (not "1 workers")
     assert "(1 producer, 1 worker, 0 waiting)" in text
+    # beanstalkd's own health: this one runs without a binlog
+    assert "binlog: off (jobs live in memory only: a restart loses them)" in text
+    assert "0 job timeouts (TTRs run out) since start; CPU " in text
 
     only = tw("stats", "other-tube", "--server", beanstalkd.address)
     assert only.returncode == 0, only.stderr

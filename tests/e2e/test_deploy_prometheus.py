@@ -310,6 +310,7 @@ def daemon_config(path: Path, server: BeanstalkdProcess) -> Path:
                 "concurrency = 4",
                 "[control]",
                 "metrics_interval = 0.2",
+                "server_max_connections = 1024",  # (tubeworker_server_max_connections)
             ]
         )
         + "\n"

@@ -15,7 +15,7 @@ from tubeworker.control.asgi import authorized, json_response
 from tubeworker.control.board import EVENT_ROWS, TubeBoard
 from tubeworker.control.fleet import LOCAL, Fleet, daemon_url
 from tubeworker.control.history import HISTORY_SECONDS, RATE_WINDOW, TUBE_HISTORY_SECONDS
-from tubeworker.control.metrics import TubeDepth, TubeDepths
+from tubeworker.control.poller import TubeDepth, TubeDepths
 from tubeworker.errors import ConfigError
 from tubeworker.observe.events import EventBus
 

@@ -155,6 +155,10 @@ def render_report(report: ServerReport) -> str:
         f"max job size {s.max_job_size} bytes",
         f"  connections: {s.current_connections} ({plural(s.current_producers, 'producer')}, "
         f"{plural(s.current_workers, 'worker')}, {s.current_waiting} waiting)",
+        f"  {_binlog(s)}",
+        f"  {plural(s.job_timeouts, 'job timeout')} (TTRs run out) since start; CPU "
+        f"{s.rusage_utime:.1f} s user, {s.rusage_stime:.1f} s system; host "
+        f"{s.hostname or '?'}, id {s.id or '?'}",
     ]
     if report.hidden:
         jobs = sum(_jobs(t) for t in report.hidden)
@@ -166,6 +170,17 @@ def render_report(report: ServerReport) -> str:
     if rows:
         lines += ["", render_table(_HEADERS, rows, left=frozenset({0, 7}))]
     return "\n".join(lines)
+
+
+def _binlog(s: ServerStats) -> str:
+    if not s.binlog_current_index:
+        return "binlog: off (jobs live in memory only: a restart loses them)"
+    kept = s.binlog_current_index - s.binlog_oldest_index + 1
+    return (
+        f"binlog: files {s.binlog_oldest_index}..{s.binlog_current_index} "
+        f"({plural(kept, 'file')} kept, {s.binlog_max_size} bytes each at most); "
+        f"{s.binlog_records_written} records written, {s.binlog_records_migrated} migrated"
+    )
 
 
 def _jobs(tube: TubeStats) -> int:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from tubeworker.control.history import Key, Outcomes, TubeHistory
-from tubeworker.control.metrics import TubeDepth, TubeDepths
+from tubeworker.control.poller import TubeDepth, TubeDepths
 from tubeworker.observe.events import EventBus
 from tubeworker.tubes import is_internal
 

@@ -75,7 +75,7 @@ from tubeworker.control.dashboard_actions import DashboardActions
 from tubeworker.control.dashboard_context import BadRequest, DashboardContext, Read
 from tubeworker.control.dashboard_reads import DashboardReads
 from tubeworker.control.fleet import Fleet
-from tubeworker.control.metrics import TubeDepths
+from tubeworker.control.poller import TubeDepths
 from tubeworker.observe.events import EventBus
 
 __all__ = ["Dashboard"]

@@ -19,7 +19,7 @@ from tubeworker.beanstalk.protocol import MAX_INT
 from tubeworker.control.asgi import Response
 from tubeworker.control.board import TubeBoard
 from tubeworker.control.fleet import Fleet
-from tubeworker.control.metrics import TubeDepths
+from tubeworker.control.poller import TubeDepths
 from tubeworker.observe.events import EventBus
 
 __all__ = [

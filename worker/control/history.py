@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
-from tubeworker.control.metrics import TubeDepth
+from tubeworker.control.poller import TubeDepth
 
 __all__ = [
     "HISTORY_SECONDS",

@@ -65,7 +65,12 @@ async def run_control_plane(
     board = TubeBoard(depths, state.events, sample_every=max(5.0, interval))
     app = ControlApp(
         state,
-        build_registry(state, depths, tube_apis(config)),
+        build_registry(
+            state,
+            depths,
+            tube_apis(config),
+            max_connections=config.control.server_max_connections,
+        ),
         token,
         paused_by_api={api.name: api.tubes for api in config.apis if api.pause_tubes},
     )

@@ -25,7 +25,7 @@ from tubeworker.control.asgi import (
 from tubeworker.control.board import TubeBoard
 from tubeworker.control.dashboard import Dashboard
 from tubeworker.control.fleet import Fleet, run_fleet_poller
-from tubeworker.control.metrics import TubeDepths, run_tube_poller
+from tubeworker.control.poller import TubeDepths, run_tube_poller
 from tubeworker.control.server import hypercorn_config
 from tubeworker.observe.events import EventBus
 

@@ -39,6 +39,7 @@ talking to beanstalkd; each server reply keeps its greenstalk class too)::
     │   │                       takes no new jobs until it is restarted)
     │   └── ServerOutOfMemory   every server: OUT_OF_MEMORY (it cannot reserve binlog
     │                           space, or allocate: "try again later")
+    ├── SpoolFull               no server stored it and the producer's spool is full
     └── JobBuried               BURIED <id>: the server ran out of memory growing its
                                 queue; the job *is* stored, buried (in memory only: it
                                 may not survive a restart), and runs only when kicked.
@@ -71,8 +72,10 @@ from tubeworker.producing.errors import (
     ServerFailure,
     ServerOutOfMemory,
     ServerUnreachable,
+    SpoolFull,
 )
 from tubeworker.producing.failover import ProducerStatistics, ServerHealth
+from tubeworker.producing.spool import FlushResult, Receipt, Spool, SpoolStatus
 from tubeworker.producing.sync_io import Producer, SyncConnection, enqueue
 from tubeworker.producing.trio_io import AsyncProducer, enqueue_async
 
@@ -80,6 +83,7 @@ __all__ = [
     "DEFAULT_SERVER",
     "SERVERS_ENV",
     "AsyncProducer",
+    "FlushResult",
     "InvalidJob",
     "JobBuried",
     "JobTooBig",
@@ -88,12 +92,16 @@ __all__ = [
     "ProducerError",
     "ProducerStatistics",
     "PutRequest",
+    "Receipt",
     "Seconds",
     "ServerDraining",
     "ServerFailure",
     "ServerHealth",
     "ServerOutOfMemory",
     "ServerUnreachable",
+    "Spool",
+    "SpoolFull",
+    "SpoolStatus",
     "SyncConnection",
     "enqueue",
     "enqueue_async",

@@ -33,6 +33,7 @@ RUN_FLAGS = ".venv/bin/tubeworker run --server 127.0.0.1:11300 --tube emails --t
 
 #: The test that runs each block as written (it reads the block from the docs file). A
 #: block is named by its file and its first line, up to a gap of two spaces.
+SPOOL_TESTS = "tests/integration/test_spool.py"
 RUN_BY: dict[Key, str] = {
     (
         "README.md",
@@ -82,6 +83,14 @@ RUN_BY: dict[Key, str] = {
     ("docs/configuration.md", "[worker]"): f"{HERE}::test_the_toml_blocks_are_valid_config",
     ("docs/flow-control.md", "[api.partner]"): f"{HERE}::test_the_toml_blocks_are_valid_config",
     ("docs/schedules.md", "[[schedule]]"): f"{HERE}::test_the_toml_blocks_are_valid_config",
+    (
+        "docs/producing.md",
+        "from tubeworker.producer import Producer",
+    ): f"{SPOOL_TESTS}::test_the_docs_spool_example_and_commands_run_as_written",
+    (
+        "docs/producing.md",
+        "tubeworker spool status /var/lib/myapp/tubeworker-spool.db",
+    ): f"{SPOOL_TESTS}::test_the_docs_spool_example_and_commands_run_as_written",
     ("docs/schedules.md", "[[heartbeat]]"): f"{HERE}::test_the_toml_blocks_are_valid_config",
     ("README.md", "[[schedule]]"): f"{HERE}::test_the_toml_blocks_are_valid_config",
     (

@@ -9,9 +9,10 @@ cannot be parsed (argparse's own 2 would be read as "no such file" by sysexits r
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn, cast
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
 
 import trio
 
@@ -19,6 +20,7 @@ from tubeworker import __version__
 from tubeworker.cli.admin import EX_USAGE, add_admin_commands
 from tubeworker.cli.dashboard import add_dashboard_command
 from tubeworker.cli.schedules import add_schedule_commands
+from tubeworker.cli.spool import add_spool_command
 from tubeworker.cli.startup import EX_OK, add_run_options
 
 __all__ = ["main"]
@@ -79,6 +81,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, Commands]:
     add_admin_commands(commands)  # stats, peek, kick, kick-job, delete, put, pause
     add_dashboard_command(commands)
     add_schedule_commands(commands)  # schedules, schedule trigger|pause|resume
+    add_spool_command(commands)
     return parser, commands
 
 
@@ -99,45 +102,31 @@ def _help(parser: argparse.ArgumentParser) -> int:
     return EX_OK
 
 
+# Command → (module, function); a function named run_* runs under trio.run. Each
+# command's module is imported when it runs: start-up pays only for its own.
+_COMMANDS: Final = {
+    "run": ("tubeworker.cli.run", "run"),
+    "check": ("tubeworker.cli.check", "check"),
+    "handlers": ("tubeworker.cli.list_handlers", "list_handlers"),
+    "dev": ("tubeworker.cli.dev", "run_dev"),
+    "demo": ("tubeworker.cli.demo", "run_demo"),
+    "top": ("tubeworker.cli.top", "top"),
+    "schedules": ("tubeworker.cli.schedules", "schedules"),
+    "schedule": ("tubeworker.cli.schedules", "schedule_action"),
+    "spool": ("tubeworker.cli.spool", "spool"),
+    "dashboard": ("tubeworker.cli.dashboard", "dashboard"),
+}
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    # Each command's module is imported when it runs: start-up pays only for its own.
-    if args.command == "run":
-        from tubeworker.cli.run import run
-
-        return trio.run(run, args)
-    if args.command == "check":
-        from tubeworker.cli.check import check
-
-        return check(args)
-    if args.command == "handlers":
-        from tubeworker.cli.list_handlers import list_handlers
-
-        return list_handlers(args)
-    if args.command == "dev":
-        from tubeworker.cli.dev import run_dev
-
-        return trio.run(run_dev, args)
-    if args.command == "demo":
-        from tubeworker.cli.demo import run_demo
-
-        return trio.run(run_demo, args)
-    if args.command == "top":
-        from tubeworker.cli.top import top
-
-        return top(args)
-    if args.command == "schedules":
-        from tubeworker.cli.schedules import schedules
-
-        return schedules(args)
-    if args.command == "schedule":
-        from tubeworker.cli.schedules import schedule_action
-
-        return schedule_action(args)
-    if args.command == "dashboard":
-        from tubeworker.cli.dashboard import dashboard
-
-        return dashboard(args)
-    return _dispatch_admin(args)
+    found = _COMMANDS.get(args.command)
+    if found is None:
+        return _dispatch_admin(args)
+    module, name = found
+    command: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    if name == "run" or name.startswith("run_"):
+        return int(trio.run(command, args))
+    return int(command(args))
 
 
 def _dispatch_admin(args: argparse.Namespace) -> int:

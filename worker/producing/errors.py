@@ -19,6 +19,7 @@ __all__ = [
     "ServerFailure",
     "ServerOutOfMemory",
     "ServerUnreachable",
+    "SpoolFull",
 ]
 
 
@@ -94,3 +95,15 @@ class JobBuried(ProducerError, greenstalk.BuriedError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.id, self.server))
+
+
+class SpoolFull(ProducerError):
+    """No server stored the job and the producer's spool has no room left for it: nothing
+    was stored anywhere (``path``: the spool)."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.path))

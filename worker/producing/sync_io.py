@@ -4,11 +4,13 @@ same sans-I/O protocol as the Trio client; the checks and failover are
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from tubeworker.beanstalk import protocol as p
@@ -21,7 +23,7 @@ from tubeworker.producing.checks import (
     check_size,
     make_envelope,
 )
-from tubeworker.producing.errors import ProducerError, ServerFailure
+from tubeworker.producing.errors import NoServerAvailable, ProducerError, ServerFailure
 from tubeworker.producing.failover import (
     BadReply,
     ProducerCore,
@@ -32,8 +34,17 @@ from tubeworker.producing.failover import (
     stored_id,
     unreachable,
 )
+from tubeworker.producing.spool import (
+    DEFAULT_MAX_BYTES,
+    FlushResult,
+    Receipt,
+    Spool,
+    SpoolStatus,
+)
 
 __all__ = ["Producer", "SyncConnection", "enqueue"]
+
+log = logging.getLogger("tubeworker.producer")
 
 
 class SyncConnection(Protocol):
@@ -135,6 +146,13 @@ class Producer(ProducerCore):
     the next one is tried (to log it). ``connector`` replaces the TCP connection (tests
     pass scripted servers).
 
+    ``spool``: a file (or a :class:`Spool`) where a job goes when no server stores it;
+    then ``enqueue`` returns a receipt with ``spooled`` true instead of raising
+    NoServerAvailable, and a background thread delivers the spooled jobs, oldest first,
+    every ``flush_every`` seconds once a server takes them again (later jobs wait behind
+    them, so they keep their order). ``spool_max_bytes`` bounds it: when full,
+    :class:`SpoolFull` is raised.
+
     One connection per server, used by one thread at a time (puts are serialised by a
     lock: a put is one round trip, two when the tube changes). After a ``fork`` the child
     opens connections of its own (fork while no other thread is putting, as a pre-forking
@@ -152,6 +170,9 @@ class Producer(ProducerCore):
         clock: Callable[[], float] = time.monotonic,
         connector: Callable[[Address], SyncConnection] | None = None,
         on_failure: Callable[[ServerFailure], None] | None = None,
+        spool: str | Path | Spool | None = None,
+        spool_max_bytes: int = DEFAULT_MAX_BYTES,
+        flush_every: float = 1.0,
     ) -> None:
         super().__init__(
             servers,
@@ -165,6 +186,18 @@ class Producer(ProducerCore):
         self._connector = connector
         self._connections: dict[Address, SyncConnection] = {}
         self._lock = threading.RLock()  # on_failure may read statistics()
+        self._spool = (
+            spool
+            if isinstance(spool, Spool) or spool is None
+            else Spool(spool, max_bytes=spool_max_bytes)
+        )
+        self._flush_every = flush_every
+        self._last_flush = -float("inf")
+        self._flusher: threading.Thread | None = None
+        self._flusher_pid = 0
+        self._stop = threading.Event()
+        if self._spool is not None and self._spool.pending:
+            self._start_flusher()  # left by a previous run
 
     def enqueue(
         self,
@@ -175,9 +208,9 @@ class Producer(ProducerCore):
         priority: int = p.DEFAULT_PRIORITY,
         delay: Seconds = 0,
         ttr: Seconds = p.DEFAULT_TTR,
-    ) -> int:
+    ) -> Receipt:
         """Put the envelope ``{"task": task, "payload": payload}`` into ``tube``; its id
-        (on the server that stored it)."""
+        (on the server that stored it), or a spooled receipt."""
         body = make_envelope(task, payload)
         return self.put(tube, body, priority=priority, delay=delay, ttr=ttr)
 
@@ -190,18 +223,84 @@ class Producer(ProducerCore):
         delay: Seconds = 0,
         ttr: Seconds = p.DEFAULT_TTR,
         prefer: str | Address | None = None,
-    ) -> int:
+    ) -> Receipt:
         """Put a raw body (for pools bound to one handler); ``prefer``: try that server
-        first. Returns the job's id."""
+        first. Returns the job's id (a :class:`Receipt`: spooled, with a spool)."""
         request = self._request(tube, body, priority, delay, ttr)
         with self._lock:
-            failover = self._failover(prefer)
-            for server in failover.servers:
-                try:
-                    return failover.stored(server, self._put_on(server, request))
-                except Unstored as unstored:
-                    failover.unstored(server, unstored)
-            raise failover.none_stored()
+            spool = self._spool
+            if spool is not None and spool.pending:
+                # Jobs wait in the spool: this one goes after them, unless they all go now.
+                if self._clock() - self._last_flush >= self._flush_every:
+                    self._flush_locked(spool)
+                if spool.pending:
+                    return self._to_spool(spool, request, None)
+            try:
+                return Receipt(self._put_now(request, prefer))
+            except NoServerAvailable as error:
+                if spool is None:
+                    raise
+                return self._to_spool(spool, request, error)
+
+    def _put_now(self, request: PutRequest, prefer: str | Address | None = None) -> int:
+        failover = self._failover(prefer)
+        for server in failover.servers:
+            try:
+                return failover.stored(server, self._put_on(server, request))
+            except Unstored as unstored:
+                failover.unstored(server, unstored)
+        raise failover.none_stored()
+
+    def _to_spool(
+        self, spool: Spool, request: PutRequest, error: NoServerAvailable | None
+    ) -> Receipt:
+        first = not spool.pending
+        spool_id = spool.add(request)
+        if first:
+            log.warning("no server stores jobs: spooling them to %s (%s)", spool.path, error or "-")
+        self._start_flusher()
+        return Receipt(0, spooled=True, spool_id=spool_id)
+
+    def _flush_locked(self, spool: Spool) -> FlushResult:
+        self._last_flush = self._clock()
+        result = spool.flush(self._put_now)
+        if result.delivered and not result.left:
+            log.warning("spool %s drained: %d jobs delivered", spool.path, result.delivered)
+        return result
+
+    def flush_spool(self) -> FlushResult:
+        """Deliver the spooled jobs now (the background thread does it every
+        ``flush_every`` seconds)."""
+        if self._spool is None:
+            return FlushResult(0, 0)
+        with self._lock:
+            return self._flush_locked(self._spool)
+
+    def spool_status(self) -> SpoolStatus | None:
+        """The spool's jobs, bytes and oldest job (figures an app can export)."""
+        return None if self._spool is None else self._spool.status()
+
+    def _start_flusher(self) -> None:
+        alive = self._flusher is not None and self._flusher.is_alive()
+        if alive and self._flusher_pid == os.getpid():
+            return  # (after a fork, the child starts its own)
+        self._flusher_pid = os.getpid()
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(
+            target=self._flush_forever, name="tubeworker-spool-flusher", daemon=True
+        )
+        self._flusher.start()
+
+    def _flush_forever(self) -> None:
+        spool, stop = self._spool, self._stop
+        assert spool is not None
+        while not stop.wait(self._flush_every):
+            with self._lock:
+                if spool.pending and not stop.is_set():
+                    try:
+                        self._flush_locked(spool)
+                    except ProducerError as exc:  # a bug's reply: say so, keep going
+                        log.error("spool flush failed: %s", exc)
 
     def _put_on(self, server: Address, request: PutRequest) -> int:
         conn = self._connections.get(server)
@@ -256,7 +355,10 @@ class Producer(ProducerCore):
             return self._snapshot()
 
     def close(self) -> None:
-        """Close every connection (a later put opens new ones)."""
+        """Close every connection (a later put opens new ones) and stop the spool's
+        flusher (what is spooled stays there for the next producer or
+        ``tubeworker spool flush``)."""
+        self._stop.set()
         with self._lock:
             for conn in self._connections.values():
                 conn.close()

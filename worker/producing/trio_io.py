@@ -4,9 +4,11 @@ tubeworker's Trio client; the checks and failover are
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -21,7 +23,13 @@ from tubeworker.producing.checks import (
     check_size,
     make_envelope,
 )
-from tubeworker.producing.errors import ProducerError, ServerFailure
+from tubeworker.producing.errors import (
+    InvalidJob,
+    JobBuried,
+    NoServerAvailable,
+    ProducerError,
+    ServerFailure,
+)
 from tubeworker.producing.failover import (
     BadReply,
     ProducerCore,
@@ -31,8 +39,17 @@ from tubeworker.producing.failover import (
     stored_id,
     unreachable,
 )
+from tubeworker.producing.spool import (
+    DEFAULT_MAX_BYTES,
+    FlushResult,
+    Receipt,
+    Spool,
+    SpoolStatus,
+)
 
 __all__ = ["AsyncProducer", "enqueue_async"]
+
+log = logging.getLogger("tubeworker.producer")
 
 
 @dataclass
@@ -51,7 +68,12 @@ class AsyncProducer(ProducerCore):
     """Puts jobs from Trio code: :class:`Producer`'s twin (same checks, errors and
     failover) on tubeworker's Trio client. Tasks share it; one connection per server,
     used by one task at a time. Use it within one ``trio.run``. A put cancelled midway
-    closes its connection (the job may or may not have been stored)."""
+    closes its connection (the job may or may not have been stored).
+
+    ``spool``, ``spool_max_bytes``: as for :class:`Producer`. Spooled jobs are delivered
+    when a later put finds a server again (at most every ``flush_every`` seconds), by
+    :meth:`flush_spool`, and by :meth:`run_spool_flusher` if the app starts it in a
+    nursery (it does so every ``flush_every`` seconds)."""
 
     def __init__(
         self,
@@ -64,6 +86,9 @@ class AsyncProducer(ProducerCore):
         clock: Callable[[], float] = time.monotonic,
         connector: Callable[[Address], Awaitable[Client]] | None = None,
         on_failure: Callable[[ServerFailure], None] | None = None,
+        spool: str | Path | Spool | None = None,
+        spool_max_bytes: int = DEFAULT_MAX_BYTES,
+        flush_every: float = 1.0,
     ) -> None:
         super().__init__(
             servers,
@@ -76,6 +101,14 @@ class AsyncProducer(ProducerCore):
         )
         self._connector = connector
         self._slots: dict[Address, _Slot] = {}
+        self._spool = (
+            spool
+            if isinstance(spool, Spool) or spool is None
+            else Spool(spool, max_bytes=spool_max_bytes)
+        )
+        self._flush_every = flush_every
+        self._last_flush = -float("inf")
+        self._flushing = trio.Lock()  # one flush at a time; puts wait behind it
 
     async def enqueue(
         self,
@@ -86,8 +119,9 @@ class AsyncProducer(ProducerCore):
         priority: int = p.DEFAULT_PRIORITY,
         delay: Seconds = 0,
         ttr: Seconds = p.DEFAULT_TTR,
-    ) -> int:
-        """Put the envelope ``{"task": task, "payload": payload}`` into ``tube``; its id."""
+    ) -> Receipt:
+        """Put the envelope ``{"task": task, "payload": payload}`` into ``tube``; its id
+        (or a spooled receipt)."""
         body = make_envelope(task, payload)
         return await self.put(tube, body, priority=priority, delay=delay, ttr=ttr)
 
@@ -100,9 +134,24 @@ class AsyncProducer(ProducerCore):
         delay: Seconds = 0,
         ttr: Seconds = p.DEFAULT_TTR,
         prefer: str | Address | None = None,
-    ) -> int:
-        """Put a raw body; ``prefer``: try that server first. Returns the job's id."""
+    ) -> Receipt:
+        """Put a raw body; ``prefer``: try that server first. Returns the job's id (a
+        :class:`Receipt`: spooled, with a spool)."""
         request = self._request(tube, body, priority, delay, ttr)
+        spool = self._spool
+        if spool is not None and spool.pending:
+            if self._clock() - self._last_flush >= self._flush_every:
+                await self.flush_spool()
+            if spool.pending:  # jobs wait in the spool: this one goes after them
+                return await self._to_spool(spool, request, None)
+        try:
+            return Receipt(await self._put_now(request, prefer))
+        except NoServerAvailable as error:
+            if spool is None:
+                raise
+            return await self._to_spool(spool, request, error)
+
+    async def _put_now(self, request: PutRequest, prefer: str | Address | None = None) -> int:
         failover = self._failover(prefer)
         for server in failover.servers:
             try:
@@ -110,6 +159,62 @@ class AsyncProducer(ProducerCore):
             except Unstored as unstored:
                 failover.unstored(server, unstored)
         raise failover.none_stored()
+
+    async def _to_spool(
+        self, spool: Spool, request: PutRequest, error: NoServerAvailable | None
+    ) -> Receipt:
+        first = not spool.pending
+        spool_id = await trio.to_thread.run_sync(spool.add, request)
+        if first:
+            log.warning("no server stores jobs: spooling them to %s (%s)", spool.path, error or "-")
+        return Receipt(0, spooled=True, spool_id=spool_id)
+
+    async def flush_spool(self) -> FlushResult:
+        """Deliver the spooled jobs, oldest first, until none is left or no server
+        stores one."""
+        spool = self._spool
+        if spool is None:
+            return FlushResult(0, 0)
+        async with self._flushing:
+            self._last_flush = self._clock()
+            await trio.to_thread.run_sync(spool.reclaim_dead)
+            delivered = 0
+            while True:
+                claimed = await trio.to_thread.run_sync(spool.claim)
+                if claimed is None:
+                    break
+                spool_id, request = claimed
+                try:
+                    await self._put_now(request)
+                except NoServerAvailable as exc:
+                    await trio.to_thread.run_sync(spool.unclaim, spool_id)
+                    return FlushResult(delivered, await trio.to_thread.run_sync(spool.refresh), exc)
+                except JobBuried:
+                    pass  # stored, buried
+                except InvalidJob as exc:
+                    await trio.to_thread.run_sync(spool.refuse, spool_id, str(exc))
+                    continue
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(spool.unclaim, spool_id)
+                    raise
+                await trio.to_thread.run_sync(spool.delivered, spool_id)
+                delivered += 1
+            left = await trio.to_thread.run_sync(spool.refresh)
+            if delivered and not left:
+                log.warning("spool %s drained: %d jobs delivered", spool.path, delivered)
+            return FlushResult(delivered, left)
+
+    async def run_spool_flusher(self) -> None:
+        """Forever: deliver spooled jobs every ``flush_every`` seconds (start it in the
+        app's nursery)."""
+        while True:
+            await trio.sleep(self._flush_every)
+            if self._spool is not None and self._spool.pending:
+                await self.flush_spool()
+
+    def spool_status(self) -> SpoolStatus | None:
+        return None if self._spool is None else self._spool.status()
 
     async def _put_on(self, server: Address, request: PutRequest) -> int:
         slot = self._slots.setdefault(server, _Slot())

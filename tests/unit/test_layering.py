@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tubeworker.heartbeat",
         ),
     ),
-    ("admin", ("tubeworker.admin_ops", "tubeworker.schedule_ops")),
+    ("admin", ("tubeworker.admin_ops", "tubeworker.schedule_ops", "tubeworker.browse_ops")),
     ("flow", ("tubeworker.flow",)),
     ("runtime", ("tubeworker.runtime",)),
     # The test kit runs handlers through the runtime's own functions (tubeworker.testing).

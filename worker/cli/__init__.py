@@ -18,6 +18,7 @@ import trio
 
 from tubeworker import __version__
 from tubeworker.cli.admin import EX_USAGE, add_admin_commands
+from tubeworker.cli.browse import add_browse_commands
 from tubeworker.cli.dashboard import add_dashboard_command
 from tubeworker.cli.schedules import add_schedule_commands
 from tubeworker.cli.spool import add_spool_command
@@ -82,6 +83,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, Commands]:
     add_dashboard_command(commands)
     add_schedule_commands(commands)  # schedules, schedule trigger|pause|resume
     add_spool_command(commands)
+    add_browse_commands(commands)  # jobs, move, flush, tail
     return parser, commands
 
 
@@ -114,6 +116,10 @@ _COMMANDS: Final = {
     "schedules": ("tubeworker.cli.schedules", "schedules"),
     "schedule": ("tubeworker.cli.schedules", "schedule_action"),
     "spool": ("tubeworker.cli.spool", "spool"),
+    "jobs": ("tubeworker.cli.browse", "jobs"),
+    "move": ("tubeworker.cli.browse", "move"),
+    "flush": ("tubeworker.cli.browse", "flush"),
+    "tail": ("tubeworker.cli.browse", "tail"),
     "dashboard": ("tubeworker.cli.dashboard", "dashboard"),
 }
 

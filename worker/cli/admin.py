@@ -55,6 +55,7 @@ __all__ = [
     "RenderedBody",
     "add_admin_commands",
     "admin_client",
+    "confirmed",
     "error_line",
     "escape_text",
     "fail",
@@ -293,6 +294,22 @@ def fail(exc: Exception) -> int:
     message, code = error_line(exc)
     print(f"tubeworker: {message}", file=sys.stderr, flush=True)
     return code
+
+
+def confirmed(question: str, *, yes: bool) -> bool:
+    """Whether the user agrees to ``question`` (``yes``: --yes was given); AdminError when
+    there is nobody to ask (stdin is not a terminal)."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise AdminError(
+            f"refusing to {question[:-1]} without confirmation: stdin is not a terminal "
+            "(pass --yes)",
+            EX_USAGE,
+        )
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def run_admin(main: Callable[[], Awaitable[int]]) -> int:

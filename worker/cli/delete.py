@@ -24,6 +24,7 @@ from tubeworker.cli.admin import (
     EXPECTED,
     AdminError,
     admin_client,
+    confirmed,
     fail,
     parse_job_id,
     plural,
@@ -78,13 +79,6 @@ async def _delete_buried(counts: Sequence[tuple[Address, int]], tube: str) -> in
     return EX_OK
 
 
-def _confirmed(question: str) -> bool:
-    sys.stderr.write(f"{question} [y/N] ")
-    sys.stderr.flush()
-    answer = sys.stdin.readline()
-    return answer.strip().lower() in ("y", "yes")
-
-
 def _delete_buried_command(args: argparse.Namespace, addresses: list[Address]) -> int:
     tube: str = args.buried
     validate_tube_name(tube)
@@ -95,16 +89,9 @@ def _delete_buried_command(args: argparse.Namespace, addresses: list[Address]) -
         return EX_OK
     where = "" if len(addresses) == 1 else f" on {plural(len(counts), 'server')}"
     question = f"delete {plural(total, 'buried job')} of tube {tube!r}{where}?"
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise AdminError(
-                f"refusing to {question[:-1]} without confirmation: stdin is not a terminal "
-                "(pass --yes)",
-                EX_USAGE,
-            )
-        if not _confirmed(question):
-            print("nothing deleted", file=sys.stderr)
-            return EX_DECLINED
+    if not confirmed(question, yes=args.yes):
+        print("nothing deleted", file=sys.stderr)
+        return EX_DECLINED
     return run_admin(partial(_delete_buried, counts, tube))
 
 

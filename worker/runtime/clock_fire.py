@@ -4,6 +4,7 @@ then puts the fire's job(s), the next tick and the delete of its own in one writ
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -81,10 +82,7 @@ class TickHolder:
         state = await read_state(client, schedule)  # while there is time before the fire
         if wait > 0:
             await trio.sleep(wait)
-        if trio.current_time() - since > TICK_TTR - 2:
-            # Held too long (this process was stopped or starved): beanstalkd may have given
-            # the tick to another daemon. Act on nothing; the connection is given up.
-            raise ConnectionLostError("a schedule tick was held too long; given up")
+        await self._still_ours(client, reserved.id, since)
         if self.ctx.earlier:
             await self._unless_moved(client, reserved.id, tick)
         plan = plan_fires(schedule, tick.fire, self.ctx.now(), paused_until=state.paused_until)
@@ -108,6 +106,22 @@ class TickHolder:
                 id=fire_id(schedule.name, fire),
                 lateness_ms=round(lateness * 1000, 1),
             )
+
+    @staticmethod
+    async def _still_ours(client: Client, tick_id: int, since: float) -> None:
+        """Raise (the connection is given up, nothing fired) unless the tick is still
+        reserved by this connection."""
+        if trio.current_time() - since > TICK_TTR - 2:
+            # Held too long (this process was stopped or starved): beanstalkd may have given
+            # the tick to another daemon.
+            raise ConnectionLostError("a schedule tick was held too long; given up")
+        try:
+            # A process stopped while its reserve was answered reads the reply (and starts
+            # ``since``) only when it runs again, maybe after the tick's TTR gave it to
+            # another daemon. A touch says whether it is still ours (and renews the TTR).
+            await client.touch(tick_id)
+        except greenstalk.NotFoundError:
+            raise ConnectionLostError("a schedule tick was taken back; given up") from None
 
     async def _unless_moved(self, client: Client, tick_id: int, tick: Tick) -> None:
         """On a later server: when a marker says this fire is an earlier server's now (the
@@ -157,6 +171,17 @@ class TickHolder:
         for command, reply in zip(commands, replies, strict=True):
             if isinstance(command, p.Put) and not isinstance(reply, p.Inserted):
                 log.error("schedule put refused", schedule=schedule.name, reply=repr(reply))
+        new_tick, deleted = replies[-2], replies[-1]
+        if not isinstance(deleted, p.Deleted) and isinstance(new_tick, p.Inserted):
+            # The held tick was not ours any more (another daemon holds or fired it): the
+            # tick just put would make two. Take it back; the fires above may be repeats.
+            with contextlib.suppress(greenstalk.NotFoundError):
+                await client.delete(new_tick.id)
+            log.error(
+                "schedule tick was taken back while held: fires may repeat",
+                schedule=schedule.name,
+                ids=[fire_id(schedule.name, f) for f in fires],
+            )
         return [r.id for r in replies[: len(fires) + 1] if isinstance(r, p.Inserted)]
 
     def _job(self, schedule: ScheduleConfig, fire: float) -> p.Put:

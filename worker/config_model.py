@@ -260,6 +260,9 @@ class Config:
     # Reserve no more jobs in one batch than fit this many bytes (by the bodies seen so far):
     # on a slow link, large bodies make smaller batches.
     batch_bytes: int = 256 * 1024
+    # job.put's spool: a follow-up job no server stores waits in this SQLite file until one
+    # does (tubeworker.producer's spool); None: job.put raises NoServerAvailable.
+    spool: Path | None = None
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     recycle: RecycleConfig = field(default_factory=RecycleConfig)
     control: ControlConfig = field(default_factory=ControlConfig)

@@ -173,6 +173,20 @@ def _listen(reader: Reader) -> Address | None:
     return address
 
 
+def _spool_path(reader: Reader) -> Path | None:
+    """job.put's spool file: its folder must exist and be writable (the file is made)."""
+    name = reader.text("spool")
+    if not name:
+        return None
+    path = Path(name)
+    folder = path.parent
+    if not folder.is_dir():
+        return reader.bad("spool", f"no such folder: {folder}", None)
+    if not os.access(folder, os.W_OK):
+        return reader.bad("spool", f"cannot write in {folder}", None)
+    return path
+
+
 def _token_file(reader: Reader) -> Path | None:
     """The token file's path, once it is known to be readable UTF-8 text: the control plane
     reads it when it starts."""
@@ -352,6 +366,7 @@ _WORKER_KEYS: Final = (
     "reply_timeout",
     "keepalive",
     "batch_bytes",
+    "spool",
 )
 _TOP_KEYS: Final = (
     "worker",
@@ -414,6 +429,7 @@ def _worker(reader: Reader, source: str) -> Config:
         reply_timeout=reader.seconds("reply_timeout", _D_CONFIG.reply_timeout, low=0.5, high=3600),
         keepalive=reader.seconds("keepalive", _D_CONFIG.keepalive, high=3600),
         batch_bytes=reader.integer("batch_bytes", _D_CONFIG.batch_bytes, low=1024, high=2**31),
+        spool=_spool_path(reader),
         source=source,
     )
 

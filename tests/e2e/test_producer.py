@@ -13,6 +13,7 @@ from pathlib import Path
 import greenstalk
 import pytest
 
+from tests.e2e.test_daemon_process import run_cli
 from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tests.support.process import DaemonProcess
 from tests.support.waiting import wait_until_sync
@@ -155,3 +156,39 @@ def _current(server: BeanstalkdProcess, tube: str) -> int:
         for k, v in stats.items()
         if k.startswith("current-jobs-") and k != "current-jobs-urgent"
     )
+
+
+def test_given_a_spool_when_no_server_stores_a_follow_up_then_it_waits_and_arrives(
+    beanstalkd_binlog: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    """[worker] spool: the only server drains (SIGUSR1: every put refused) while handlers
+    put follow-ups; each handler goes on (its job done), the follow-ups wait in the spool,
+    and arrive once each when the server is back (restarted on its binlog)."""
+    server = beanstalkd_binlog
+    release = tmp_path / "release"
+    config = write_config(
+        tmp_path / "w.toml",
+        [server.address],
+        [{"tubes": ["work", "next"], "concurrency": 5}],
+    )
+    config.write_text(
+        config.read_text().replace(
+            "drain_timeout = 10\n", f'drain_timeout = 10\nspool = "{tmp_path / "spool.db"}"\n'
+        )
+    )
+    daemon = start(DaemonProcess(config, tmp_path), daemons)
+    for n in range(5):
+        put(server, "work", "producer.put-when-released",
+            {"n": n, "release": str(release), "next": "next"})  # fmt: skip
+    wait_until_sync(lambda: len(daemon.runs("start")) == 5, what="5 handlers waiting")
+    server.signal(signal.SIGUSR1)  # drain mode: puts answer DRAINING
+    release.touch()
+    wait_until_sync(lambda: len(daemon.runs("end")) == 5, what="5 handlers done")
+    assert total_jobs(server, "next") == 0
+    spooled = json.loads(run_cli("spool", "status", str(tmp_path / "spool.db"), "--json").stdout)
+    assert spooled["jobs"] == 5
+    server.restart(hard=False)  # SIGTERM, then the same port and binlog: no longer draining
+    wait_until_sync(lambda: len(daemon.runs("followup")) == 5, timeout=30, what="follow-ups")
+    assert sorted(daemon.runs("followup")) == list(range(5))
+    assert all(count == 1 for count in daemon.runs("followup").values())
+    stop(daemon)

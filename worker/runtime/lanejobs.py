@@ -59,7 +59,7 @@ class _JobServices:
         await self._jobs.touch(self._job_id)
 
     async def put(self, body: bytes, *, tube: str, priority: int, delay: int, ttr: int) -> int:
-        producer = self._jobs.pool.services.producer(self._address)
+        producer = self._jobs.pool.services.job_producer(self._address)
         return await producer.put(body, tube=tube, priority=priority, delay=delay, ttr=ttr)
 
     @property

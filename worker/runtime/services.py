@@ -148,6 +148,10 @@ class Services:
     connector: Callable[[Address | str], Awaitable[Client]] | None = None
 
     _puts: AsyncProducer | None = field(default=None, init=False, repr=False)
+    # job.put's own producer when [worker] spool is set (deferrals never spool: a deferral
+    # whose copy is not stored keeps its original instead).
+    _spooled: AsyncProducer | None = field(default=None, init=False, repr=False)
+    _job_producers: dict[Address, LaneProducer] = field(default_factory=dict, init=False)
 
     @property
     def put_route(self) -> PutRoute:
@@ -172,8 +176,37 @@ class Services:
             producer = self.producers[address] = LaneProducer(self._puts, address)
         return producer
 
+    def job_producer(self, address: Address) -> LaneProducer:
+        """``job.put()``'s: as :meth:`producer`, but through the spool when there is one."""
+        if self.config.spool is None:
+            return self.producer(address)
+        producer = self._job_producers.get(address)
+        if producer is None:
+            producer = self._job_producers[address] = LaneProducer(self.spooled_puts, address)
+        return producer
+
+    @property
+    def spooled_puts(self) -> AsyncProducer:
+        if self._spooled is None:
+            assert self.config.spool is not None
+            route = self.put_route
+            self._spooled = AsyncProducer(
+                route.servers,
+                connect_timeout=route.connect_timeout,
+                reply_timeout=route.reply_timeout,
+                on_failure=self._put_failed,
+                spool=self.config.spool,
+            )
+        return self._spooled
+
+    async def run_spool_flusher(self) -> None:
+        """Deliver job.put's spooled jobs (those left by an earlier run too), forever."""
+        await self.spooled_puts.run_spool_flusher()
+
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
+            if self._spooled is not None:
+                await self._spooled.aclose()
             if self._puts is not None:
                 await self._puts.aclose()
             if self.returns is not None:

@@ -203,6 +203,8 @@ async def _run_daemon(
             helpers.start_soon(_record, config, records, recorded)
             helpers.start_soon(run_return_sweeper, config, tuple(servers))
             helpers.start_soon(partial(run_clock, config, state.clock, stop=state.drain_started))
+            if config.spool is not None:
+                helpers.start_soon(services.run_spool_flusher)
             for address in servers:
                 helpers.start_soon(run_binlog_probe, config, address, services.binlog(address))
             if config.stall_threshold:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from tests.bench import broker, client_roundtrip, daemon_io, limits, outage, overhead
+from tests.bench import broker, client_roundtrip, daemon_io, limits, memory, outage, overhead
 from tests.bench.common import BenchError, positive_int, sigterm_as_interrupt
 
 SCENARIOS: dict[str, ModuleType] = {
@@ -22,6 +22,7 @@ SCENARIOS: dict[str, ModuleType] = {
     outage.NAME: outage,
     limits.NAME: limits,
     broker.NAME: broker,
+    memory.NAME: memory,
 }
 _DEFAULT_JOBS = 20_000
 _RESULTS = Path(__file__).parent / "results"  # gitignored

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 
 from tubeworker.config_model import HeartbeatConfig, ScheduleConfig
+from tubeworker.envelope import encode_envelope
 
 __all__ = [
     "GRACE",
@@ -49,6 +50,7 @@ __all__ = [
     "early",
     "encode_pause",
     "encode_run",
+    "fire_body",
     "fire_id",
     "fires_between",
     "heartbeat_schedule",
@@ -391,6 +393,15 @@ def _count_between(schedule: ScheduleConfig, first: float, until: float) -> int:
 def tick_priority(fire: float) -> int:
     """Ticks are ready earliest fire first: the priority is the fire's Unix second."""
     return min(max(0, math.floor(fire)), _MAX_PRIORITY)
+
+
+def fire_body(schedule: ScheduleConfig, fire: float) -> bytes:
+    """The job a fire puts: the raw ``body``, or the envelope of ``task`` and ``payload``
+    with the fire's id."""
+    if schedule.body is not None:
+        return schedule.body.encode()
+    assert schedule.task is not None
+    return encode_envelope(schedule.task, schedule.payload, id=fire_id(schedule.name, fire))
 
 
 def job_delay(schedule: ScheduleConfig, rng: random.Random) -> int:

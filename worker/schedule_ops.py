@@ -20,11 +20,11 @@ from tubeworker.admin_ops import AdminError, admin_client
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client
 from tubeworker.config_model import ScheduleConfig
-from tubeworker.envelope import encode_envelope
 from tubeworker.schedule import (
     Tick,
     decode_pause,
     encode_pause,
+    fire_body,
     fire_id,
     pause_tube,
     schedule_tube,
@@ -131,12 +131,8 @@ async def read_rows(
 
 async def trigger(address: Address, schedule: ScheduleConfig) -> tuple[int, str]:
     """Put one fire of ``schedule`` now, outside its plan: the job id and the fire's id."""
-    key = fire_id(schedule.name, math.floor(time.time()))
-    if schedule.body is not None:
-        body = schedule.body.encode()
-    else:
-        assert schedule.task is not None
-        body = encode_envelope(schedule.task, schedule.payload, id=key)
+    now = math.floor(time.time())
+    key, body = fire_id(schedule.name, now), fire_body(schedule, now)
     async with admin_client(address) as client:
         await client.use(schedule.tube)
         job_id = await client.put(

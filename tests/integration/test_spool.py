@@ -16,32 +16,12 @@ import trio
 
 from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tests.support.docs import block, run_code
+from tests.support.tubes import payload_ns, put_count
 from tests.support.waiting import wait_until, wait_until_sync
 from tubeworker.producer import AsyncProducer, Producer
 
 TUBE = "spooled"
 SPOOL_COMMANDS = "tubeworker spool status /var/lib/myapp/tubeworker-spool.db"
-
-
-def delivered(server: BeanstalkdProcess) -> list[int]:
-    """The ``n`` of every job in TUBE, in the order beanstalkd hands them out (ids)."""
-    found = []
-    with greenstalk.Client((server.host, server.port), watch=TUBE) as client:
-        while True:
-            try:
-                job = client.reserve(timeout=0)
-            except greenstalk.TimedOutError:
-                return found
-            found.append(json.loads(job.body)["payload"]["n"])
-            client.delete(job)
-
-
-def put_count(server: BeanstalkdProcess) -> int:
-    with greenstalk.Client((server.host, server.port)) as client:
-        try:
-            return int(client.stats_tube(TUBE)["total-jobs"])
-        except greenstalk.NotFoundError:
-            return 0
 
 
 def test_given_the_server_down_then_jobs_are_spooled_and_delivered_in_order_when_it_is_back(
@@ -56,12 +36,12 @@ def test_given_the_server_down_then_jobs_are_spooled_and_delivered_in_order_when
         assert status is not None
         assert status.jobs == 50
         with BeanstalkdProcess(port=port) as server:
-            wait_until_sync(lambda: put_count(server) == 50, what="the spool delivered")
+            wait_until_sync(lambda: put_count(server, TUBE) == 50, what="the spool delivered")
             # Once it is empty, a job is put at once again, with its id.
             fresh = app.enqueue(TUBE, "t", {"n": 50})
             assert not fresh.spooled
             assert fresh > 0
-            assert delivered(server) == list(range(51))
+            assert payload_ns(server, TUBE) == list(range(51))
         status = app.spool_status()
         assert status is not None
         assert status.jobs == 0
@@ -77,8 +57,8 @@ async def test_the_trio_producer_spools_and_its_flusher_delivers(tmp_path: Path)
         receipts = [await app.enqueue(TUBE, "t", {"n": n}) for n in range(20)]
         assert all(r.spooled for r in receipts)
         with BeanstalkdProcess(port=port) as server:
-            await wait_until(lambda: put_count(server) == 20, what="the spool delivered")
-            assert delivered(server) == list(range(20))
+            await wait_until(lambda: put_count(server, TUBE) == 20, what="the spool delivered")
+            assert payload_ns(server, TUBE) == list(range(20))
         nursery.cancel_scope.cancel()
 
 

@@ -13,12 +13,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-import greenstalk
 import pytest
 
 from tests.reliability.test_full_binlog import fill, small_disk  # noqa: F401 (a fixture)
 from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tests.support.process import REPO
+from tests.support.tubes import payload_ns, put_count
 from tests.support.waiting import wait_until_sync
 
 pytestmark = pytest.mark.slow
@@ -53,26 +53,6 @@ def run_app(tmp_path: Path, server: str, first: int, count: int, then: str = "ex
     return json.loads(done.stdout)
 
 
-def tube_ns(server: BeanstalkdProcess) -> list[int]:
-    found = []
-    with greenstalk.Client((server.host, server.port), watch=TUBE) as client:
-        while True:
-            try:
-                job = client.reserve(timeout=0)
-            except greenstalk.TimedOutError:
-                return found
-            found.append(json.loads(job.body)["payload"]["n"])
-            client.delete(job)
-
-
-def put_count(server: BeanstalkdProcess) -> int:
-    with greenstalk.Client((server.host, server.port)) as client:
-        try:
-            return int(client.stats_tube(TUBE)["total-jobs"])
-        except greenstalk.NotFoundError:
-            return 0
-
-
 def test_jobs_put_while_beanstalkd_is_down_or_draining_are_delivered_once_in_order(
     tmp_path: Path,
 ) -> None:
@@ -84,7 +64,7 @@ def test_jobs_put_while_beanstalkd_is_down_or_draining_are_delivered_once_in_ord
     with BeanstalkdProcess(port=port) as server:
         server.signal(signal.SIGUSR1)
         assert run_app(tmp_path, address, 1000, 1000) == {"spooled": 1000}
-        assert put_count(server) == 0
+        assert put_count(server, TUBE) == 0
     # Back: the app flushes and is killed -9 in the middle; the CLI delivers the rest.
     with BeanstalkdProcess(port=port) as server:
         script = tmp_path / "app.py"
@@ -94,12 +74,14 @@ def test_jobs_put_while_beanstalkd_is_down_or_draining_are_delivered_once_in_ord
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            wait_until_sync(lambda: put_count(server) >= 500, timeout=60, what="a flush begun")
+            wait_until_sync(
+                lambda: put_count(server, TUBE) >= 500, timeout=60, what="a flush begun"
+            )
             app.send_signal(signal.SIGKILL)
         finally:
             app.kill()
             app.wait(timeout=10)
-        at_kill = put_count(server)
+        at_kill = put_count(server, TUBE)
         assert at_kill < 2000, "staging: the flush ended before the kill"
         rest = subprocess.run(
             [sys.executable, "-m", "tubeworker", "spool", "flush", str(tmp_path / "spool.db"),
@@ -107,7 +89,7 @@ def test_jobs_put_while_beanstalkd_is_down_or_draining_are_delivered_once_in_ord
             capture_output=True, text=True, timeout=120, check=False, cwd=REPO,
         )  # fmt: skip
         assert rest.returncode == 0, rest.stderr
-        ns = tube_ns(server)
+        ns = payload_ns(server, TUBE)
     assert sorted(set(ns)) == list(range(2000)), "a job is missing"
     twice = [n for n in set(ns) if ns.count(n) > 1]
     assert len(twice) <= 1, twice  # the one put when the app was killed, if any
@@ -123,7 +105,7 @@ def test_jobs_put_while_the_binlog_disk_is_full_are_spooled_then_delivered(
     with BeanstalkdProcess(binlog_dir=small_disk, extra_args=["-s", "131072"]) as server:
         fill(small_disk, (server.host, server.port))
         assert run_app(tmp_path, server.address, 0, 300) == {"spooled": 300}
-        assert put_count(server) == 0
+        assert put_count(server, TUBE) == 0
     with BeanstalkdProcess(port=server.port) as back:
         assert run_app(tmp_path, back.address, 300, 0, then="flush") == {"spooled": 0}
-        assert tube_ns(back) == list(range(300))
+        assert payload_ns(back, TUBE) == list(range(300))

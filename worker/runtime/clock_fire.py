@@ -15,7 +15,6 @@ import trio
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Client
 from tubeworker.config import ScheduleConfig
-from tubeworker.envelope import encode_envelope
 from tubeworker.errors import ConnectionLostError, ProtocolError
 from tubeworker.runtime.clock_moves import MovedBack, read_marker
 from tubeworker.runtime.clock_records import note_run, read_state, unfinished
@@ -26,6 +25,7 @@ from tubeworker.schedule import (
     FirePlan,
     Tick,
     early,
+    fire_body,
     fire_id,
     job_delay,
     next_fire,
@@ -185,11 +185,7 @@ class TickHolder:
         return [r.id for r in replies[: len(fires) + 1] if isinstance(r, p.Inserted)]
 
     def _job(self, schedule: ScheduleConfig, fire: float) -> p.Put:
-        if schedule.body is not None:
-            body = schedule.body.encode()
-        else:
-            assert schedule.task is not None
-            body = encode_envelope(schedule.task, schedule.payload, id=fire_id(schedule.name, fire))
+        body = fire_body(schedule, fire)
         return p.Put(body, schedule.priority, job_delay(schedule, self.ctx.rng), schedule.ttr)
 
     def _log_misfires(self, schedule: ScheduleConfig, plan: FirePlan) -> None:

@@ -12,7 +12,16 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from tests.bench import broker, client_roundtrip, daemon_io, limits, memory, outage, overhead
+from tests.bench import (
+    broker,
+    client_roundtrip,
+    daemon_io,
+    limits,
+    memory,
+    outage,
+    overhead,
+    schedules,
+)
 from tests.bench.common import BenchError, positive_int, sigterm_as_interrupt
 
 SCENARIOS: dict[str, ModuleType] = {
@@ -23,6 +32,7 @@ SCENARIOS: dict[str, ModuleType] = {
     limits.NAME: limits,
     broker.NAME: broker,
     memory.NAME: memory,
+    schedules.NAME: schedules,
 }
 _DEFAULT_JOBS = 20_000
 _RESULTS = Path(__file__).parent / "results"  # gitignored

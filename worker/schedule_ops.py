@@ -19,19 +19,23 @@ import greenstalk
 from tubeworker.admin_ops import AdminError, admin_client
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client
-from tubeworker.config_model import ScheduleConfig
+from tubeworker.config_model import HeartbeatConfig, ScheduleConfig
 from tubeworker.schedule import (
+    HeartbeatRecord,
     Tick,
     decode_pause,
     encode_pause,
     fire_body,
     fire_id,
+    next_fire,
     pause_tube,
+    record_tube,
     schedule_tube,
 )
 
 __all__ = [
     "ScheduleRow",
+    "heartbeat_rows",
     "pause_schedule",
     "read_rows",
     "tick_server",
@@ -110,7 +114,10 @@ async def _row(client: Client, schedule: ScheduleConfig) -> ScheduleRow:
         state += f"; {ticks} ticks"
     paused = await _paused_until(client, schedule)
     if tick is None:
-        return ScheduleRow(schedule.name, state, paused_until=paused)
+        # Held by a daemon about to fire it (with every = "1s", nearly always): a held job
+        # cannot be peeked, so the next fire is the definition's.
+        following = next_fire(schedule, time.time()) if stats.current_jobs_reserved else None
+        return ScheduleRow(schedule.name, state, following, paused_until=paused)
     return ScheduleRow(schedule.name, state, tick.fire, tick.last, paused)
 
 
@@ -127,6 +134,31 @@ async def read_rows(
 ) -> tuple[ScheduleRow, ...]:
     async with admin_client(address) as client:
         return tuple([await _row(client, s) for s in schedules])
+
+
+async def heartbeat_rows(
+    address: Address, heartbeats: tuple[HeartbeatConfig, ...], now: float
+) -> list[dict[str, object]]:
+    """Each heartbeat's last recorded run (its newest record), age and who ran it."""
+    rows: list[dict[str, object]] = []
+    async with admin_client(address) as client:
+        for heartbeat in heartbeats:
+            await client.use(record_tube(heartbeat.tube))
+            try:
+                record = HeartbeatRecord.decode((await client.peek_ready()).body)
+            except greenstalk.NotFoundError:
+                record = None
+            ran = None if record is None else record.ran
+            rows.append(
+                {
+                    "tube": heartbeat.tube,
+                    "every": heartbeat.every,
+                    "last_run": _iso(ran),
+                    "age": None if ran is None else round(max(0.0, now - ran), 1),
+                    "by": None if record is None else record.by,
+                }
+            )
+    return rows
 
 
 async def trigger(address: Address, schedule: ScheduleConfig) -> tuple[int, str]:
@@ -161,6 +193,7 @@ async def pause_schedule(
                 with contextlib.suppress(greenstalk.NotFoundError):
                     await client.delete(found.id)
         if until is not None:
+            until = math.ceil(until)  # whole seconds, as fire times are shown
             delay = min(max(1, math.ceil(until - time.time())), p.MAX_INT)
             await client.put(encode_pause(schedule.name, until), priority=0, delay=delay, ttr=1)
         return await _row(client, schedule)

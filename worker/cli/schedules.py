@@ -13,15 +13,19 @@ import sys
 import time
 from typing import Any
 
-import greenstalk
-
-from tubeworker.admin_ops import admin_client, parse_duration
-from tubeworker.beanstalk.client import Address
+from tubeworker.admin_ops import parse_duration
 from tubeworker.cli.admin import EX_NOINPUT, EX_OK, EX_USAGE, render_table, run_admin
 from tubeworker.cli.startup import EX_CONFIG, add_run_options, load_all, print_problems
 from tubeworker.config import Config, ScheduleConfig
-from tubeworker.schedule import HeartbeatRecord, clock_schedules, fire_id, record_tube
-from tubeworker.schedule_ops import ScheduleRow, pause_schedule, read_rows, tick_server, trigger
+from tubeworker.schedule import clock_schedules, fire_id
+from tubeworker.schedule_ops import (
+    ScheduleRow,
+    heartbeat_rows,
+    pause_schedule,
+    read_rows,
+    tick_server,
+    trigger,
+)
 
 __all__ = ["add_schedule_commands", "schedule_action", "schedules"]
 
@@ -61,28 +65,6 @@ def _state(row: ScheduleRow, now: float) -> str:
     return row.state
 
 
-async def _heartbeats(address: Address, config: Config, now: float) -> list[dict[str, Any]]:
-    rows = []
-    async with admin_client(address) as client:
-        for heartbeat in config.heartbeats:
-            await client.use(record_tube(heartbeat.tube))
-            try:
-                record = HeartbeatRecord.decode((await client.peek_ready()).body)
-            except greenstalk.NotFoundError:
-                record = None
-            ran = None if record is None else record.ran
-            rows.append(
-                {
-                    "tube": heartbeat.tube,
-                    "every": heartbeat.every,
-                    "last_run": _when(ran) if ran is not None else None,
-                    "age": None if ran is None else round(max(0.0, now - ran), 1),
-                    "by": None if record is None else record.by,
-                }
-            )
-    return rows
-
-
 def schedules(args: argparse.Namespace) -> int:
     config = _config(args)
     if config is None:
@@ -92,7 +74,7 @@ def schedules(args: argparse.Namespace) -> int:
         address = await tick_server(config.servers)
         now = time.time()
         rows = await read_rows(address, clock_schedules(config.schedules, config.heartbeats))
-        beats = await _heartbeats(address, config, now)
+        beats = await heartbeat_rows(address, config.heartbeats, now)
         if args.json:
             document = {
                 "server": str(address),
@@ -111,9 +93,9 @@ def schedules(args: argparse.Namespace) -> int:
             print()
             lines = [
                 [
-                    b["tube"],
+                    str(b["tube"]),
                     f"{b['every']:g}s",
-                    b["last_run"] or "never",
+                    str(b["last_run"] or "never"),
                     "-" if b["age"] is None else f"{b['age']:g}s",
                 ]
                 for b in beats

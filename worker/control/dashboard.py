@@ -23,6 +23,7 @@ token configured the dashboard is read-only: 403, and ``/api/overview`` says
     POST /api/kick-reason {server, tube, reason} POST /api/delete {server, id}
     POST /api/pause {server, tube, seconds}      POST /api/put {server, tube, body, ...}
     POST /api/worker {worker, action: quiet|resume}
+    GET /api/schedules, POST /api/schedule {name, action, seconds}: dashboard_schedules
 
 ``POST /api/refresh`` (no token) asks the tube poller for a round soon; the poller keeps
 its own minimum gap, so viewers never set the rate of ``stats-tube``. Tube data comes from
@@ -57,6 +58,7 @@ from tubeworker.admin_ops import (
     error_line,
 )
 from tubeworker.beanstalk.client import Address
+from tubeworker.config_model import HeartbeatConfig, ScheduleConfig
 from tubeworker.control.asgi import (
     BodyTooLarge,
     Receive,
@@ -74,6 +76,7 @@ from tubeworker.control.board import TubeBoard
 from tubeworker.control.dashboard_actions import DashboardActions
 from tubeworker.control.dashboard_context import BadRequest, DashboardContext, Read
 from tubeworker.control.dashboard_reads import DashboardReads
+from tubeworker.control.dashboard_schedules import DashboardSchedules
 from tubeworker.control.fleet import Fleet
 from tubeworker.control.poller import TubeDepths
 from tubeworker.observe.events import EventBus
@@ -140,6 +143,8 @@ class Dashboard:
         token: str | None,
         interval: float,
         allowed_hosts: Sequence[str] = (),
+        schedules: Sequence[ScheduleConfig] = (),
+        heartbeats: Sequence[HeartbeatConfig] = (),
     ) -> None:
         self.context = DashboardContext.of(
             servers=servers,
@@ -150,13 +155,17 @@ class Dashboard:
             token=token,
             interval=interval,
         )
+        self.context.schedules = tuple(schedules)
+        self.context.heartbeats = tuple(heartbeats)
+        self.context.clock_servers = tuple(servers)
         #: Host names a browser may reach it under, besides IP addresses and localhost.
         self.allowed_hosts = tuple(allowed_hosts)
         self.static = _load_static()
         self.reads = DashboardReads(self.context)
         self.actions = DashboardActions(self.context)
-        self._reads = self.reads.routes()
-        self._actions = self.actions.routes()
+        clock = DashboardSchedules(self.context)
+        self._reads = {**self.reads.routes(), **clock.reads()}
+        self._actions = {**self.actions.routes(), **clock.actions()}
         # The history a page shows when it opens is kept before it opens: every tube is
         # polled at every round, whether or not a page is open (the board samples them).
         depths.watch_every_tube(math.inf)

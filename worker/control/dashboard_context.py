@@ -16,6 +16,7 @@ from tubeworker.admin_ops import parse_duration, parse_int, parse_job_id
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address
 from tubeworker.beanstalk.protocol import MAX_INT
+from tubeworker.config_model import HeartbeatConfig, ScheduleConfig
 from tubeworker.control.asgi import Response
 from tubeworker.control.board import TubeBoard
 from tubeworker.control.fleet import Fleet
@@ -59,6 +60,11 @@ class DashboardContext:
     interval: float
     #: (server, tube) → (seconds, wall time): pauses made from this dashboard.
     paused_here: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    #: The daemon's [[schedule]] and [[heartbeat]] tables (none: `tubeworker dashboard`
+    #: has no config), and the servers its clock keeps ticks on, in order.
+    schedules: tuple[ScheduleConfig, ...] = ()
+    heartbeats: tuple[HeartbeatConfig, ...] = ()
+    clock_servers: tuple[Address, ...] = ()
 
     @classmethod
     def of(

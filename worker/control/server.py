@@ -25,6 +25,7 @@ from tubeworker.control.fleet import Fleet, run_fleet_poller
 from tubeworker.control.metrics import TubeDepths, build_registry, run_tube_poller
 from tubeworker.flow.apis import tube_apis
 from tubeworker.runtime.state import WorkerState
+from tubeworker.schedule import clock_schedules
 
 __all__ = ["hypercorn_config", "read_token", "run_control_plane"]
 
@@ -87,6 +88,8 @@ async def run_control_plane(
         token=token,
         interval=interval,
         allowed_hosts=(*config.control.allowed_hosts, listen.host),
+        schedules=clock_schedules(config.schedules, config.heartbeats),
+        heartbeats=config.heartbeats,
     )
     state.events.job_events_per_second = config.control.events_per_second
     state.counters.detailed = True  # /metrics reads the labelled counts and histograms

@@ -8,6 +8,7 @@
 import { $, api, applySettings, debounce, renderTroubles, el, probe, showLoadError, state } from "./common.js";
 import * as fleet from "./fleet.js";
 import * as overview from "./overview.js";
+import * as schedules from "./schedules.js";
 import * as tube from "./tube.js";
 
 // ------------------------------------------------------------------ event log
@@ -119,7 +120,7 @@ function route() {
     state.tube = { server: decodeURIComponent(parts[1]), tube: decodeURIComponent(parts.slice(2).join("/")) };
     state.buried.offset = 0;
     $("job").hidden = true;
-  } else if (!["overview", "workers", "apis", "buried"].includes(view)) {
+  } else if (!["overview", "workers", "apis", "buried", "schedules"].includes(view)) {
     view = "overview";
   }
   state.view = view;
@@ -132,6 +133,7 @@ function route() {
     workers: fleet.loadWorkers,
     apis: fleet.loadApis,
     buried: fleet.loadBuriedTubes,
+    schedules: schedules.loadSchedules,
   };
   return loaders[view]().catch(showLoadError);
 }

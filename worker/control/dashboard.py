@@ -24,6 +24,7 @@ token configured the dashboard is read-only: 403, and ``/api/overview`` says
     POST /api/pause {server, tube, seconds}      POST /api/put {server, tube, body, ...}
     POST /api/worker {worker, action: quiet|resume}
     GET /api/schedules, POST /api/schedule {name, action, seconds}: dashboard_schedules
+    GET /api/servers: each beanstalkd's own stats (dashboard_servers)
 
 ``POST /api/refresh`` (no token) asks the tube poller for a round soon; the poller keeps
 its own minimum gap, so viewers never set the rate of ``stats-tube``. Tube data comes from
@@ -77,6 +78,7 @@ from tubeworker.control.dashboard_actions import DashboardActions
 from tubeworker.control.dashboard_context import BadRequest, DashboardContext, Read
 from tubeworker.control.dashboard_reads import DashboardReads
 from tubeworker.control.dashboard_schedules import DashboardSchedules
+from tubeworker.control.dashboard_servers import DashboardServers
 from tubeworker.control.fleet import Fleet
 from tubeworker.control.poller import TubeDepths
 from tubeworker.observe.events import EventBus
@@ -164,7 +166,8 @@ class Dashboard:
         self.reads = DashboardReads(self.context)
         self.actions = DashboardActions(self.context)
         clock = DashboardSchedules(self.context)
-        self._reads = {**self.reads.routes(), **clock.reads()}
+        health = DashboardServers(self.context)
+        self._reads = {**self.reads.routes(), **clock.reads(), **health.reads()}
         self._actions = {**self.actions.routes(), **clock.actions()}
         # The history a page shows when it opens is kept before it opens: every tube is
         # polled at every round, whether or not a page is open (the board samples them).

@@ -9,6 +9,7 @@ import { $, api, applySettings, debounce, renderTroubles, el, probe, showLoadErr
 import * as fleet from "./fleet.js";
 import * as overview from "./overview.js";
 import * as schedules from "./schedules.js";
+import * as servers from "./servers.js";
 import * as tube from "./tube.js";
 
 // ------------------------------------------------------------------ event log
@@ -120,7 +121,7 @@ function route() {
     state.tube = { server: decodeURIComponent(parts[1]), tube: decodeURIComponent(parts.slice(2).join("/")) };
     state.buried.offset = 0;
     $("job").hidden = true;
-  } else if (!["overview", "workers", "apis", "buried", "schedules"].includes(view)) {
+  } else if (!["overview", "workers", "apis", "buried", "schedules", "servers"].includes(view)) {
     view = "overview";
   }
   state.view = view;
@@ -134,6 +135,7 @@ function route() {
     apis: fleet.loadApis,
     buried: fleet.loadBuriedTubes,
     schedules: schedules.loadSchedules,
+    servers: servers.loadServers,
   };
   return loaders[view]().catch(showLoadError);
 }

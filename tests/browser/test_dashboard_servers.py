@@ -52,7 +52,7 @@ def test_the_servers_view_shows_each_beanstalkd_and_a_dead_one(
                                 timeout=DEADLINE, what=f"{server.address} up")  # fmt: skip
             row = page.text(f"#servers-table tr[data-server='{first.address}']")
             assert "file(s)" in row  # its binlog
-            assert "workers" in row
+            assert "working" in row
             page.shot("servers")
             second.kill9()
             wait_until_sync(lambda: health(page, second.address) == "down", timeout=DEADLINE,

@@ -44,6 +44,10 @@ READS = {
     "#filter",
     "#per-page",
     "#show-internal",
+    "List jobs",  # the job browser's reads
+    "More \u203a",
+    "#jobs-state",
+    "#jobs-grep",
 }
 BADGE = "read-only (no token configured)"
 

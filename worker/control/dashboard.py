@@ -25,6 +25,7 @@ token configured the dashboard is read-only: 403, and ``/api/overview`` says
     POST /api/worker {worker, action: quiet|resume}
     GET /api/schedules, POST /api/schedule {name, action, seconds}: dashboard_schedules
     GET /api/servers: each beanstalkd's own stats (dashboard_servers)
+    GET /api/jobs, POST /api/move: the job browser (dashboard_browse)
 
 ``POST /api/refresh`` (no token) asks the tube poller for a round soon; the poller keeps
 its own minimum gap, so viewers never set the rate of ``stats-tube``. Tube data comes from
@@ -75,6 +76,7 @@ from tubeworker.control.asgi import (
 )
 from tubeworker.control.board import TubeBoard
 from tubeworker.control.dashboard_actions import DashboardActions
+from tubeworker.control.dashboard_browse import DashboardBrowse
 from tubeworker.control.dashboard_context import BadRequest, DashboardContext, Read
 from tubeworker.control.dashboard_reads import DashboardReads
 from tubeworker.control.dashboard_schedules import DashboardSchedules
@@ -95,7 +97,7 @@ READ_ONLY: Final = (
     "--token-file), so the dashboard takes no actions"
 )
 #: Fields of an action's request that its log line and ``action`` event repeat.
-_LOGGED_FIELDS: Final = ("server", "tube", "id", "count", "seconds", "worker")
+_LOGGED_FIELDS: Final = ("server", "tube", "id", "count", "seconds", "worker", "to", "state", "name")
 
 _STATUS_OF_CODE: Final = {
     EX_NOINPUT: 404,
@@ -167,8 +169,14 @@ class Dashboard:
         self.actions = DashboardActions(self.context)
         clock = DashboardSchedules(self.context)
         health = DashboardServers(self.context)
-        self._reads = {**self.reads.routes(), **clock.reads(), **health.reads()}
-        self._actions = {**self.actions.routes(), **clock.actions()}
+        browse = DashboardBrowse(self.context)
+        self._reads = {
+            **self.reads.routes(),
+            **clock.reads(),
+            **health.reads(),
+            **browse.reads(),
+        }
+        self._actions = {**self.actions.routes(), **clock.actions(), **browse.actions()}
         # The history a page shows when it opens is kept before it opens: every tube is
         # polled at every round, whether or not a page is open (the board samples them).
         depths.watch_every_tube(math.inf)

@@ -6,6 +6,7 @@
 // overview.js, tube.js and fleet.js, what they share in common.js, actions in actions.js.
 
 import { $, api, applySettings, debounce, renderTroubles, el, probe, showLoadError, state } from "./common.js";
+import "./browse.js";
 import * as fleet from "./fleet.js";
 import * as overview from "./overview.js";
 import * as schedules from "./schedules.js";

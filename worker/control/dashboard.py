@@ -97,7 +97,17 @@ READ_ONLY: Final = (
     "--token-file), so the dashboard takes no actions"
 )
 #: Fields of an action's request that its log line and ``action`` event repeat.
-_LOGGED_FIELDS: Final = ("server", "tube", "id", "count", "seconds", "worker", "to", "state", "name")
+_LOGGED_FIELDS: Final = (
+    "server",
+    "tube",
+    "id",
+    "count",
+    "seconds",
+    "worker",
+    "to",
+    "state",
+    "name",
+)
 
 _STATUS_OF_CODE: Final = {
     EX_NOINPUT: 404,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tubeworker.backoff import parse_retry_after
 from tubeworker.job import Bury, Job, Middleware, Retry, Verdict, handler
+from tubeworker.producing.errors import PayloadInvalid
 
 __version__ = "0.1.0"
 
@@ -15,6 +16,7 @@ __all__ = [
     "Bury",
     "Job",
     "Middleware",
+    "PayloadInvalid",
     "Retry",
     "Verdict",
     "__version__",

@@ -69,6 +69,9 @@ class RetrySettings:
     # Deliveries that ended with no outcome from us (worker crash, lost connection, drain
     # return). Past this the job is buried before it runs again: a poison pill.
     redelivery_limit: int = 3
+    # A job whose payload version is newer than its handler here waits this long (as a
+    # delayed copy, no attempt counted) for a newer worker to take it.
+    newer_version_delay: int = 30
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ them all."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -46,7 +47,13 @@ _D_API: Final = ApiConfig("")
 _D_LIMIT: Final = LimitConfig("", rate=1.0)  # (a limit needs a cap; its other defaults)
 
 
-_RETRY_KEYS: Final = ("max_attempts", "backoff_base", "backoff_cap", "redelivery_limit")
+_RETRY_KEYS: Final = (
+    "max_attempts",
+    "backoff_base",
+    "backoff_cap",
+    "redelivery_limit",
+    "newer_version_delay",
+)
 _POOL_KEYS: Final = (
     "jobs_per_connection",
     "name",
@@ -68,6 +75,9 @@ def _retry(reader: Reader, base: RetrySettings) -> RetrySettings:
         backoff_cap=reader.seconds("backoff_cap", base.backoff_cap, low=1, high=MAX_INT),
         redelivery_limit=reader.integer(
             "redelivery_limit", base.redelivery_limit, low=1, high=1000
+        ),
+        newer_version_delay=math.ceil(
+            reader.seconds("newer_version_delay", base.newer_version_delay, low=1, high=86_400)
         ),
     )
     if settings.backoff_cap < settings.backoff_base:

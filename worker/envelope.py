@@ -9,6 +9,9 @@ key        meaning                                                         set b
 ``payload``  its data (any JSON; absent means null)                        every producer
 ``id``     the producer's idempotency key, a string (a number is read as   producers,
            its decimal text); schedules set ``schedule:NAME:FIRE_TIME``    schedules
+``v``      the payload's version, an integer >= 1 (absent means 1): a      typed
+           worker whose handler knows only older versions leaves the job   producers
+           for a newer worker (docs/contracts.md)
 =========  ==============================================================  ==============
 """
 
@@ -24,10 +27,12 @@ __all__ = [
     "MissingTask",
     "decode_envelope",
     "encode_envelope",
+    "envelope_id",
     "read_envelope",
 ]
 
 MAX_ID = 200  # characters of an envelope's id (it goes into log lines and records)
+MAX_VERSION = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +40,7 @@ class Envelope:
     task: str
     payload: Any = None
     id: str | None = None  # the producer's idempotency key
+    v: int = 1  # the payload's version
 
 
 class BadEnvelope(ValueError):
@@ -72,10 +78,20 @@ def read_envelope(body: bytes) -> Envelope:
     task = data.get("task")
     if not isinstance(task, str) or not task:
         raise MissingTask('envelope has no "task" string')
-    return Envelope(task, data.get("payload"), _id(data.get("id")))
+    version = data.get("v", 1)
+    if version != 1 or type(version) is not int:  # True == 1, and is no version
+        version = _version(version)
+    return Envelope(task, data.get("payload"), envelope_id(data.get("id")), version)
 
 
-def _id(value: Any) -> str | None:
+def _version(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VERSION:
+        raise BadEnvelope(f'envelope "v" must be an integer 1..{MAX_VERSION}, got {value!r}')
+    return value
+
+
+def envelope_id(value: Any) -> str | None:
+    """An envelope's ``id`` as a string (BadEnvelope when it cannot be one)."""
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
@@ -87,9 +103,12 @@ def _id(value: Any) -> str | None:
     return value
 
 
-def encode_envelope(task: str, payload: Any = None, *, id: str | None = None) -> bytes:
-    """The body of an envelope (``id`` only when given, so bodies stay as they were)."""
+def encode_envelope(task: str, payload: Any = None, *, id: str | None = None, v: int = 1) -> bytes:
+    """The body of an envelope (``id`` and ``v`` only when given, so bodies stay as they
+    were)."""
     data: dict[str, Any] = {"task": task, "payload": payload}
     if id is not None:
-        data["id"] = _id(id)
+        data["id"] = envelope_id(id)
+    if v != 1:
+        data["v"] = _version(v)
     return json.dumps(data, separators=(",", ":")).encode()

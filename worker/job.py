@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar, ru
 
 import structlog
 
+from tubeworker.contracts import Contract, make_contract
 from tubeworker.schedule import ScheduleRef, parse_fire_id
 
 if TYPE_CHECKING:
@@ -110,7 +111,10 @@ def attach_services(job: Job, services: _JobServices) -> None:
 
 
 def _put_body(
-    body: bytes | str | Mapping[str, Any] | None, task: str | None, payload: Any
+    body: bytes | str | Mapping[str, Any] | None,
+    task: str | None,
+    payload: Any,
+    id: str | None = None,
 ) -> bytes:
     """The body of ``job.put()``: ``body`` as given (a dict as JSON), or the envelope of
     ``task`` and ``payload``."""
@@ -119,7 +123,9 @@ def _put_body(
     if task is not None:
         if body is not None:
             raise InvalidJob("job.put(): give a body or task= (with payload=), not both")
-        return make_envelope(task, payload)
+        return make_envelope(task, payload, id=id)
+    if id is not None:
+        raise InvalidJob("job.put(): id= needs task= (it is the envelope's idempotency key)")
     if payload is not None:
         raise InvalidJob("job.put(): payload= needs task= (the envelope's task name)")
     if body is None:
@@ -237,16 +243,19 @@ class Job:
         priority: int = 1024,
         delay: int = 0,
         ttr: int = 60,
+        id: str | None = None,
     ) -> int:
         """Put a follow-up job and return its id: ``body`` (bytes, str, or a dict sent as
-        JSON), or with ``task=`` (and ``payload=``) the envelope tubeworker dispatches on.
-        ``tube``: this job's by default.
+        JSON), or with ``task=`` (and ``payload=``, ``id=``) the envelope tubeworker
+        dispatches on; the payload of a task whose handler this daemon loaded is validated
+        against its declared type first (``PayloadInvalid``). ``tube``: this job's by
+        default.
 
         It goes to this job's server; if that one cannot store it (down, draining, out of
         memory), to the daemon's other servers in their configured order (``servers``),
         where the workers watching that server process it. Errors:
         :mod:`tubeworker.producer`'s (``InvalidJob``, ``NoServerAvailable``, …)."""
-        data = _put_body(body, task, payload)
+        data = _put_body(body, task, payload, id)
         return await self._need_services("put").put(
             data, tube=tube or self.tube, priority=priority, delay=delay, ttr=ttr
         )
@@ -261,12 +270,13 @@ class Job:
         priority: int = 1024,
         delay: int = 0,
         ttr: int = 60,
+        id: str | None = None,
     ) -> int:
         """:meth:`put` for sync handlers, which cannot ``await``: in a worker process
         (compute profile: the first of the daemon's servers that stores it, in their
         configured order) or in a thread (io profile: as :meth:`put`). Blocks until the
         job is stored; returns its id."""
-        data = _put_body(body, task, payload)
+        data = _put_body(body, task, payload, id)
         services = self._need_services("put_sync")
         tube = tube or self.tube
         if isinstance(services, _SyncPuts):
@@ -418,6 +428,7 @@ class HandlerSpec:
     backoff_base: float | None = None
     backoff_cap: float | None = None
     long_running: bool = False  # touch the job on its connection while it runs
+    contract: Contract | None = None  # its payload type and version (contracts.py)
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -432,6 +443,9 @@ def handler(
     max_attempts: int | None = None,
     backoff: tuple[float, float] | None = None,
     long_running: bool = False,
+    payload: Any = None,
+    version: int = 1,
+    upcast: Mapping[int, Callable[[Any], Any]] | None = None,
 ) -> Callable[[F], F]:
     """Declare a handler's options. Register it with an entry point in group
     ``tubeworker.handlers``; the entry point's name is the task name.
@@ -442,7 +456,16 @@ def handler(
     - ``max_attempts``, ``backoff=(base, cap)``: override the pool's retry policy.
     - ``long_running``: the job is touched on its connection while the handler runs, so
       it may run longer than its TTR (up to ``timeout``, if given).
+    - ``payload``: the payload's type (a pydantic model, dataclass, ``TypedDict``…): a job
+      whose payload does not validate is buried at once (cause ``schema``), and the
+      handler gets the validated object as ``job.payload``; puts of this task from this
+      process are checked too.
+    - ``version``: the payload version this handler produces and accepts (the envelope's
+      ``"v"``; absent means 1). A newer job is left for a newer worker, no attempt burned;
+      an older one goes through ``upcast``: ``{1: v1_to_v2, 2: v2_to_v3}``, each a function
+      from one version's payload (JSON data) to the next's.
     """
+    contract = make_contract(payload, version, upcast)
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be > 0, got {timeout}")
     if max_attempts is not None and max_attempts < 1:
@@ -460,6 +483,7 @@ def handler(
             backoff_base=backoff[0] if backoff else None,
             backoff_cap=backoff[1] if backoff else None,
             long_running=long_running,
+            contract=contract,
         )
         setattr(func, _SPEC_ATTRIBUTE, spec)
         return func

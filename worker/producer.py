@@ -30,8 +30,10 @@ talking to beanstalkd; each server reply keeps its greenstalk class too)::
     ProducerError
     ├── InvalidJob              nothing was sent: a bad tube, task, payload, number, or
     │   │                       body (also ValueError and LocalProtocolError)
-    │   └── JobTooBig           the body is over max-job-size: ours, the server's (read
-    │                           when connecting), or the server said JOB_TOO_BIG
+    │   ├── JobTooBig           the body is over max-job-size: ours, the server's (read
+    │   │                       when connecting), or the server said JOB_TOO_BIG
+    │   └── PayloadInvalid      the payload does not fit its task's declared type
+    │                           (``register``, or a handler loaded in this process)
     ├── NoServerAvailable       no server stored the job; ``failures`` says why, per server
     │   ├── ServerUnreachable   every server: cannot connect, or the connection was lost
     │   │                       (also ConnectionLostError)
@@ -67,6 +69,7 @@ from tubeworker.producing.errors import (
     JobBuried,
     JobTooBig,
     NoServerAvailable,
+    PayloadInvalid,
     ProducerError,
     ServerDraining,
     ServerFailure,
@@ -88,6 +91,7 @@ __all__ = [
     "JobBuried",
     "JobTooBig",
     "NoServerAvailable",
+    "PayloadInvalid",
     "Producer",
     "ProducerError",
     "ProducerStatistics",

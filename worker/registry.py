@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from tubeworker.contracts import Contract
 from tubeworker.errors import ConfigError
 from tubeworker.job import HandlerSpec, Middleware, spec_of
 
@@ -80,6 +81,10 @@ class Registry:
     def get(self, name: str) -> HandlerSpec | None:
         registered = self.handlers.get(name)
         return registered.spec if registered else None
+
+    def contracts(self) -> dict[str, Contract]:
+        """Task name → the payload contract its handler declares (only those that do)."""
+        return {name: h.spec.contract for name, h in self.handlers.items() if h.spec.contract}
 
     def broken_reason(self, name: str) -> str | None:
         """Why the handler registered as ``name`` failed to load, or None."""

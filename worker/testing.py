@@ -50,6 +50,7 @@ import trio
 
 from tubeworker.beanstalk import protocol as p
 from tubeworker.config import Config, Overrides, load_config
+from tubeworker.contracts import plain
 from tubeworker.envelope import BadEnvelope, decode_envelope, encode_envelope
 from tubeworker.flow import (
     CALLER,
@@ -64,7 +65,7 @@ from tubeworker.flow import (
 from tubeworker.job import HandlerSpec, Middleware, Verdict, attach_services, spec_of
 from tubeworker.runtime.dispatch import DispatchRules, Plan, effective_policy, plan_job
 from tubeworker.runtime.invoke import run_job, verdict_of
-from tubeworker.runtime.outcome import BuryJob, DeleteJob, ReleaseJob, ReturnJob
+from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, ReleaseJob, ReturnJob
 from tubeworker.runtime.policy import RetrySettings
 from tubeworker.runtime.run import handler_timeout
 
@@ -178,6 +179,7 @@ def run(
     payload: Any = _UNSET,
     body: bytes | str | None = None,
     task: str | None = None,
+    version: int = 1,
     attempt: int = 1,
     max_attempts: int | None = None,
     backoff: tuple[float, float] | None = None,
@@ -216,6 +218,7 @@ def run(
         payload=payload,
         body=body,
         task=task,
+        version=version,
         attempt=attempt,
         max_attempts=max_attempts,
         backoff=backoff,
@@ -242,6 +245,7 @@ async def run_async(
     payload: Any = _UNSET,
     body: bytes | str | None = None,
     task: str | None = None,
+    version: int = 1,
     attempt: int = 1,
     max_attempts: int | None = None,
     backoff: tuple[float, float] | None = None,
@@ -264,8 +268,12 @@ async def run_async(
     dispatched by its task (``task`` defaults to the ``@handler`` name or the function's
     name); ``body=`` is a raw body, as in a pool bound to the handler (``job.task`` and
     ``job.payload`` are None), or, with ``task=`` too, a body dispatched as an envelope
-    (to see how the daemon treats a malformed one). ``attempt`` is this run's number
-    (1-based) and ``ttr``, ``priority``, ``tube`` and ``job_id`` are the job's.
+    (to see how the daemon treats a malformed one). ``payload`` may be a model instance
+    (written as its JSON data); ``version`` is the envelope's ``"v"``: a handler with a
+    declared payload type gets it upcast and validated (a payload that does not validate:
+    verdict ``bury``, cause ``schema``; a version newer than the handler's: verdict
+    ``retry``, cause ``newer_version``, not run, no attempt counted). ``attempt`` is this
+    run's number (1-based) and ``ttr``, ``priority``, ``tube`` and ``job_id`` are the job's.
 
     The pool: ``max_attempts``, ``backoff=(base, cap)`` and ``timeout`` are the pool's
     settings (``[pool.retry]``, ``[[pool]] timeout``; the handler's own ``@handler``
@@ -289,7 +297,7 @@ async def run_async(
     )
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be > 0, got {timeout}")
-    job = _JobData(payload, body, task, attempt, ttr, priority, tube, job_id)
+    job = _JobData(payload, body, task, attempt, ttr, priority, tube, job_id, version)
     plan = plan_job(job_id, *job.dispatch(spec, policy))
     recorder = _Recorder(http, apis, job_id)
     recorder.settings = settings
@@ -297,6 +305,11 @@ async def run_async(
         if not isinstance(plan, Plan):  # dispatch decided it: the handler never runs
             budget = effective_policy(spec, policy).max_attempts
             return recorder.outcome(plan, attempt, budget, None, ran=False)
+        if plan.too_new is not None:  # left for a newer worker, as a delayed copy
+            later = ReleaseJob(
+                pool.retry.newer_version_delay, priority, Cause.NEWER_VERSION, plan.too_new
+            )
+            return recorder.outcome(later, attempt, plan.budget.max_attempts, None, ran=False)
         margin = ttr_margin if ttr_margin is not None else defaults.ttr_margin
         deadline = handler_timeout(plan.spec, timeout, plan.job.ttr, margin)
         attach_services(plan.job, recorder)  # as the lane gives a job its own services
@@ -343,6 +356,7 @@ class _JobData:
     priority: int
     tube: str
     job_id: int
+    version: int = 1
 
     def dispatch(
         self, spec: HandlerSpec, policy: RetrySettings
@@ -358,7 +372,7 @@ class _JobData:
         p.validate_tube_name(self.tube)
         name = self.task or spec.name or str(getattr(spec.func, "__name__", "handler"))
         if self.payload is not _UNSET:
-            raw = encode_envelope(name, self.payload)
+            raw = encode_envelope(name, plain(self.payload), v=self.version)
         else:
             raw = self.body.encode() if isinstance(self.body, str) else bytes(self.body or b"")
         if self.payload is not _UNSET or self.task is not None:  # an envelope pool

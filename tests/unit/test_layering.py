@@ -30,6 +30,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "tubeworker.job",
             "tubeworker.envelope",
+            # Payload types and versions a handler declares (checked at put and at run).
+            "tubeworker.contracts",
             "tubeworker.registry",
             "tubeworker.config_model",
             "tubeworker.config_reader",
@@ -58,8 +60,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 # The public API (tubeworker/__init__) sits beside the model: handler authors' import.
 PUBLIC = "tubeworker"
-# The job model, and Retry-After reading for handlers that call HTTP APIs (pure).
-PUBLIC_MAY_IMPORT = {"tubeworker.job", "tubeworker.backoff"}
+# The job model, Retry-After reading for handlers that call HTTP APIs (pure), and the
+# error a put of an invalid payload raises.
+PUBLIC_MAY_IMPORT = {"tubeworker.job", "tubeworker.backoff", "tubeworker.producing.errors"}
 
 
 def _modules() -> dict[str, Path]:

@@ -57,6 +57,7 @@ def test_given_package_when_inspected_then_all_is_exactly_the_public_api() -> No
         "Bury",
         "Job",
         "Middleware",
+        "PayloadInvalid",
         "Retry",
         "Verdict",
         "__version__",

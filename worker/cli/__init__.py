@@ -21,6 +21,7 @@ from tubeworker.cli.admin import EX_USAGE, add_admin_commands
 from tubeworker.cli.browse import add_browse_commands
 from tubeworker.cli.dashboard import add_dashboard_command
 from tubeworker.cli.schedules import add_schedule_commands
+from tubeworker.cli.schemas import add_schemas_command
 from tubeworker.cli.spool import add_spool_command
 from tubeworker.cli.startup import EX_OK, add_run_options
 
@@ -84,6 +85,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, Commands]:
     add_schedule_commands(commands)  # schedules, schedule trigger|pause|resume
     add_spool_command(commands)
     add_browse_commands(commands)  # jobs, move, flush, tail
+    add_schemas_command(commands)
     return parser, commands
 
 
@@ -121,6 +123,7 @@ _COMMANDS: Final = {
     "flush": ("tubeworker.cli.browse", "flush"),
     "tail": ("tubeworker.cli.browse", "tail"),
     "dashboard": ("tubeworker.cli.dashboard", "dashboard"),
+    "schemas": ("tubeworker.cli.schemas", "schemas"),
 }
 
 

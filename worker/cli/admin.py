@@ -227,6 +227,13 @@ def _add_put(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     put.add_argument("body", nargs="?", metavar="BODY|-", help="the body; '-': read stdin")
     put.add_argument("--task", metavar="NAME", help="build an envelope for this task")
     put.add_argument("--payload", metavar="JSON", help="the envelope's payload (JSON)")
+    put.add_argument("--id", metavar="KEY", help="the envelope's idempotency key")
+    put.add_argument(
+        "-c",
+        "--config",
+        help="with --task: also load this config's [handlers] (a typed task's payload is "
+        "validated, and its version written, as the handler declares; entry points always)",
+    )
     put.add_argument("--priority", metavar="N", help="0 (most urgent) to 4294967295 (default 1024)")
     put.add_argument("--delay", metavar="DURATION", help="ready after this long (default 0)")
     put.add_argument("--ttr", metavar="DURATION", help="time to run (default 60s)")

@@ -28,14 +28,20 @@ from tubeworker.producer import make_envelope, prepare_put, to_seconds
 __all__ = ["put"]
 
 
-def _envelope(task: str, payload_text: str | None) -> bytes:
+def _envelope(args: argparse.Namespace) -> bytes:
     payload = None
-    if payload_text is not None:
+    if args.payload is not None:
         try:
-            payload = json.loads(payload_text)
+            payload = json.loads(args.payload)
         except ValueError as exc:
             raise AdminError(f"--payload is not JSON: {exc}", EX_DATAERR) from None
-    return make_envelope(task, payload)
+    # The handlers this machine has: a typed task's payload is checked as the worker will.
+    from tubeworker.cli.schemas import contracts_for
+
+    _, code = contracts_for(getattr(args, "config", None))
+    if code:
+        raise AdminError("the config has problems (above)", code)
+    return make_envelope(args.task, payload, id=getattr(args, "id", None))
 
 
 def body_from(args: argparse.Namespace) -> bytes:
@@ -43,7 +49,9 @@ def body_from(args: argparse.Namespace) -> bytes:
     if args.task is not None:
         if args.body is not None:
             raise AdminError("give BODY or --task, not both", EX_USAGE)
-        return _envelope(args.task, args.payload)
+        return _envelope(args)
+    if getattr(args, "id", None) is not None:
+        raise AdminError("--id needs --task NAME (it is the envelope's key)", EX_USAGE)
     if args.payload is not None:
         raise AdminError("--payload needs --task NAME", EX_USAGE)
     if args.body is None:

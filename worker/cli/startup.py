@@ -13,6 +13,7 @@ from typing import Final
 import trio
 
 from tubeworker.config import Config, Overrides, validate_config
+from tubeworker.contracts import declare
 from tubeworker.errors import ConfigError
 from tubeworker.job import Middleware
 from tubeworker.observe.logs import configure_logging
@@ -142,6 +143,7 @@ def collect_registry(config: Config) -> tuple[Registry, tuple[ConfigError, ...]]
         except ConfigError as exc:
             problems.append(exc)
     registry.middleware = tuple(middleware)
+    declare(registry.contracts())  # puts from this process are checked against them
     return registry, tuple(problems)
 
 

@@ -15,6 +15,8 @@ from typing import Any, Final, TypeAlias
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, parse_address
 from tubeworker.config import duration_seconds
+from tubeworker.contracts import Contract, declared, plain
+from tubeworker.envelope import BadEnvelope, envelope_id
 from tubeworker.errors import ConfigError, LocalProtocolError
 from tubeworker.producing.errors import InvalidJob, JobTooBig
 
@@ -114,16 +116,36 @@ def check_size(size: int, limit: int | None, server: str | None = None) -> None:
         )
 
 
-def make_envelope(task: str, payload: Any = None) -> bytes:
+def make_envelope(
+    task: str,
+    payload: Any = None,
+    *,
+    id: str | None = None,
+    contracts: Mapping[str, Contract] | None = None,
+) -> bytes:
     """The body ``{"task": TASK, "payload": PAYLOAD}`` that tubeworker dispatches on, in the
     form :func:`tubeworker.envelope.encode_envelope` writes, but strict JSON (no NaN or
-    Infinity, which other languages' parsers refuse)."""
+    Infinity, which other languages' parsers refuse). ``id``: the envelope's idempotency
+    key. A task with a known contract (``contracts``, or a handler loaded in this process)
+    has its payload validated (:class:`PayloadInvalid`) and its version written as ``v``;
+    a model instance is written as its JSON data."""
     if not isinstance(task, str) or not task:
         raise InvalidJob(f"task must be a non-empty string, got {task!r}")
+    data: dict[str, Any] = {"task": task}
+    contract = (contracts.get(task) if contracts else None) or declared(task)
+    if contract is not None:
+        data["payload"] = contract.dump(payload, task=task)
+    else:
+        data["payload"] = plain(payload)
+    if id is not None:
+        try:
+            data["id"] = envelope_id(id)
+        except BadEnvelope as exc:
+            raise InvalidJob(str(exc)) from None
+    if contract is not None and contract.version != 1:
+        data["v"] = contract.version
     try:
-        text = json.dumps(
-            {"task": task, "payload": payload}, separators=(",", ":"), allow_nan=False
-        )
+        text = json.dumps(data, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidJob(f"the payload of task {task!r} is not JSON: {exc}") from None
     return text.encode()

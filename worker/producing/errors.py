@@ -14,6 +14,7 @@ __all__ = [
     "JobBuried",
     "JobTooBig",
     "NoServerAvailable",
+    "PayloadInvalid",
     "ProducerError",
     "ServerDraining",
     "ServerFailure",
@@ -45,6 +46,22 @@ class JobTooBig(InvalidJob, greenstalk.JobTooBigError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.size, self.limit, self.server))
+
+
+class PayloadInvalid(InvalidJob):
+    """The payload does not fit its task's declared type (``@handler(payload=...)`` or
+    ``producer.register``), or cannot be brought up to its version: nothing was sent (at
+    put), or the job is buried, cause ``schema`` (at run). ``problems``: one
+    ``path: why`` per failing field, e.g. ``payload.user_id: input should be a valid
+    integer``."""
+
+    def __init__(self, message: str, task: str | None = None, problems: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.task = task
+        self.problems = problems
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.task, self.problems))
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,16 +6,19 @@ error when no server stored the job. The producers only do the I/O."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address
+from tubeworker.contracts import Contract, make_contract
 from tubeworker.producing.checks import (
     PutRequest,
     Seconds,
     ServersArg,
     as_address,
+    make_envelope,
     parse_servers,
     prepare_put,
 )
@@ -229,6 +232,28 @@ class ProducerCore:
         self._clock = clock
         self._health = ServerHealth(demote_for, clock)
         self._counters = _Counters()
+        self._contracts: dict[str, Contract] = {}
+
+    def register(
+        self,
+        task: str,
+        payload: Any,
+        *,
+        version: int = 1,
+        upcast: Mapping[int, Callable[[Any], Any]] | None = None,
+    ) -> None:
+        """Check every ``enqueue`` of ``task`` against ``payload`` (a pydantic model, a
+        dataclass, a ``TypedDict``…) before anything is sent (:class:`PayloadInvalid`), and
+        write ``version`` as the envelope's ``v``: the same declaration as the handler's
+        ``@handler(payload=..., version=...)``, for processes that do not load handlers."""
+        contract = make_contract(payload, version, upcast)
+        if contract is None:
+            self._contracts.pop(task, None)
+        else:
+            self._contracts[task] = contract
+
+    def _envelope(self, task: str, payload: Any, id: str | None) -> bytes:
+        return make_envelope(task, payload, id=id, contracts=self._contracts)
 
     def _request(
         self, tube: str, body: bytes | str, priority: int, delay: Seconds, ttr: Seconds

@@ -21,7 +21,6 @@ from tubeworker.producing.checks import (
     Seconds,
     ServersArg,
     check_size,
-    make_envelope,
 )
 from tubeworker.producing.errors import NoServerAvailable, ProducerError, ServerFailure
 from tubeworker.producing.failover import (
@@ -208,10 +207,12 @@ class Producer(ProducerCore):
         priority: int = p.DEFAULT_PRIORITY,
         delay: Seconds = 0,
         ttr: Seconds = p.DEFAULT_TTR,
+        id: str | None = None,
     ) -> Receipt:
-        """Put the envelope ``{"task": task, "payload": payload}`` into ``tube``; its id
+        """Put the envelope ``{"task": task, "payload": payload}`` into ``tube`` (``id``:
+        its idempotency key; a registered task's payload is validated first); its id
         (on the server that stored it), or a spooled receipt."""
-        body = make_envelope(task, payload)
+        body = self._envelope(task, payload, id)
         return self.put(tube, body, priority=priority, delay=delay, ttr=ttr)
 
     def put(

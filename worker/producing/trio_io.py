@@ -21,7 +21,6 @@ from tubeworker.producing.checks import (
     Seconds,
     ServersArg,
     check_size,
-    make_envelope,
 )
 from tubeworker.producing.errors import (
     InvalidJob,
@@ -119,10 +118,12 @@ class AsyncProducer(ProducerCore):
         priority: int = p.DEFAULT_PRIORITY,
         delay: Seconds = 0,
         ttr: Seconds = p.DEFAULT_TTR,
+        id: str | None = None,
     ) -> Receipt:
-        """Put the envelope ``{"task": task, "payload": payload}`` into ``tube``; its id
+        """Put the envelope ``{"task": task, "payload": payload}`` into ``tube`` (``id``:
+        its idempotency key; a registered task's payload is validated first); its id
         (or a spooled receipt)."""
-        body = make_envelope(task, payload)
+        body = self._envelope(task, payload, id)
         return await self.put(tube, body, priority=priority, delay=delay, ttr=ttr)
 
     async def put(

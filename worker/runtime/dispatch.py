@@ -6,12 +6,15 @@ or queues the burial. Everything a burial says to the operator is decided here.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from dataclasses import field
 from typing import Any
 
 import structlog
 
 from tubeworker.beanstalk.protocol import JobStats
+from tubeworker.contracts import PayloadInvalid, TooNew
 from tubeworker.envelope import BadEnvelope, MissingTask, read_envelope
 from tubeworker.frozen import frozen
 from tubeworker.job import HandlerSpec, Job
@@ -32,6 +35,8 @@ class DispatchRules:
     bound_name: str | None = None
     # A registered handler that failed to load here: task name → why (else None).
     broken: Callable[[str], str | None] = lambda task: None
+    # (task, version) pairs newer than their handler here, logged once each.
+    newer_seen: set[tuple[str, int]] = field(default_factory=set, hash=False, compare=False)
 
 
 @frozen
@@ -43,6 +48,8 @@ class Plan:
     handler: str
     policy: RetrySettings
     budget: Budget
+    # Set when the job is not run here: its payload is newer than its handler (why).
+    too_new: str | None = None
 
 
 def plan_job(
@@ -60,6 +67,7 @@ def plan_job(
     task: str | None = None
     payload: Any = None
     id_key: str | None = None
+    version = 1
     # A heartbeat goes through a bound pool like its jobs, and runs the built-in handler.
     if rules.bound is not None and not body.startswith(HEARTBEAT_BODY_START):
         spec, handler = rules.bound, rules.bound_name or "?"
@@ -75,7 +83,7 @@ def plan_job(
             )
         except BadEnvelope as exc:
             return BuryJob(stats.pri, Cause.BAD_BODY, str(exc))
-        task, payload, id_key = envelope.task, envelope.payload, envelope.id
+        task, payload, id_key, version = envelope.task, envelope.payload, envelope.id, envelope.v
         found = rules.lookup(task)
         if found is None:
             error = rules.broken(task)
@@ -85,24 +93,21 @@ def plan_job(
                 stats.pri, Cause.UNKNOWN_TASK, f"no handler registered for task {task!r}"
             )
         spec, handler = found, task
+    too_new: str | None = None
+    if spec.contract is not None or version != 1:
+        # A typed bound pool's payload is its body, as JSON.
+        given = payload if task is not None else body
+        checked = _check_contract(spec, task, given, version, rules, log)
+        if isinstance(checked, _Bury):
+            return BuryJob(stats.pri, Cause.SCHEMA, checked.detail)
+        payload, too_new = checked
     # The handler's own options (@handler(max_attempts=...)) before any budget is judged.
     policy = rules.policy
     if spec.max_attempts is not None or spec.backoff_base is not None:
         policy = effective_policy(spec, policy)
     budget = job_budget(stats, policy, excused=excused)
-    if budget.poison:
-        return BuryJob(
-            stats.pri,
-            Cause.POISON,
-            f"delivered {budget.redeliveries + 1} times without an outcome "
-            f"(limit {budget.max_redeliveries}): did it crash or hang the worker?",
-        )
-    if budget.attempts_exhausted:
-        return BuryJob(
-            stats.pri,
-            Cause.ATTEMPTS_EXHAUSTED,
-            f"attempt {budget.attempt} exceeds max_attempts {budget.max_attempts}",
-        )
+    if budget.poison or budget.attempts_exhausted:
+        return _spent(budget, stats)
     job = Job(
         id=job_id,
         tube=stats.tube,
@@ -116,7 +121,63 @@ def plan_job(
         log=log,  # bound to the job on first use
         id_key=id_key,
     )
-    return Plan(job, spec, handler, policy, budget)
+    return Plan(job, spec, handler, policy, budget, too_new)
+
+
+def _spent(budget: Budget, stats: JobStats) -> BuryJob:
+    """The burial of a job whose budget is spent (poison, or out of attempts)."""
+    if budget.poison:
+        return BuryJob(
+            stats.pri,
+            Cause.POISON,
+            f"delivered {budget.redeliveries + 1} times without an outcome "
+            f"(limit {budget.max_redeliveries}): did it crash or hang the worker?",
+        )
+    return BuryJob(
+        stats.pri,
+        Cause.ATTEMPTS_EXHAUSTED,
+        f"attempt {budget.attempt} exceeds max_attempts {budget.max_attempts}",
+    )
+
+
+@frozen
+class _Bury:
+    detail: str
+
+
+def _check_contract(
+    spec: HandlerSpec,
+    task: str | None,
+    payload: Any,
+    version: int,
+    rules: DispatchRules,
+    log: structlog.typing.FilteringBoundLogger | None,
+) -> tuple[Any, str | None] | _Bury:
+    """The payload the handler gets (upcast, validated) and why the job is too new for it
+    (None: it is not); or why it is buried. A typed bound pool's payload is its body."""
+    contract = spec.contract
+    if isinstance(payload, bytes):
+        try:
+            payload = json.loads(payload)
+        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError too
+            return _Bury(f"body is not JSON: {exc}")
+    try:
+        if contract is None:
+            raise TooNew(task, version, 1)
+        return contract.accept(payload, version, task=task), None
+    except PayloadInvalid as exc:
+        return _Bury(str(exc))
+    except TooNew as exc:
+        seen = (task or "", version)
+        if seen not in rules.newer_seen:
+            rules.newer_seen.add(seen)
+            (log or structlog.get_logger()).warning(
+                "newer payload version: left for a newer worker",
+                task=task,
+                version=version,
+                known=exc.known,
+            )
+        return payload, str(exc)
 
 
 def _not_loaded(

@@ -16,7 +16,7 @@ import enum
 
 from tubeworker.frozen import frozen
 
-__all__ = ["BuryJob", "Cause", "DeleteJob", "Outcome", "ReleaseJob", "ReturnJob"]
+__all__ = ["DEFERRALS", "BuryJob", "Cause", "DeleteJob", "Outcome", "ReleaseJob", "ReturnJob"]
 
 
 class Cause(enum.Enum):
@@ -25,6 +25,7 @@ class Cause(enum.Enum):
     # deleted
     COMPLETED = "completed"
     DEFERRED = "deferred"  # its API was open or its limit full: a delayed copy waits instead
+    NEWER_VERSION = "newer_version"  # its payload version is newer than its handler here
     # released, or buried when no attempt is left
     HANDLER_ERROR = "handler_error"  # the handler raised an exception
     HANDLER_RETRY = "handler_retry"  # the handler raised Retry
@@ -37,6 +38,7 @@ class Cause(enum.Enum):
     BAD_BODY = "bad_body"  # not a JSON envelope this pool can dispatch
     NO_TASK = "no_task"  # valid JSON, but no "task" and no handler bound to the pool
     UNKNOWN_TASK = "unknown_task"  # no handler registered under the envelope's task
+    SCHEMA = "schema"  # its payload does not fit the handler's declared type
     SERVER_BURIED = "server_buried"  # beanstalkd buried a release (out of memory)
     # returned: the connection was closed with the job, beanstalkd has it back
     DRAIN_DEADLINE = "drain_deadline"
@@ -103,3 +105,6 @@ class ReturnJob(_Described):
 
 
 Outcome = DeleteJob | ReleaseJob | BuryJob | ReturnJob
+
+#: Deletions whose job waits as a delayed copy (no attempt counted): "job deferred".
+DEFERRALS = frozenset({Cause.DEFERRED, Cause.NEWER_VERSION})

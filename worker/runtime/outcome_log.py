@@ -20,7 +20,15 @@ from tubeworker.observe.counters import JobCounters
 from tubeworker.observe.events import EventBus
 from tubeworker.observe.logs import JobLines
 from tubeworker.observe.logs import job_lines as job_lines_writer
-from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob, ReturnJob
+from tubeworker.runtime.outcome import (
+    DEFERRALS,
+    BuryJob,
+    Cause,
+    DeleteJob,
+    Outcome,
+    ReleaseJob,
+    ReturnJob,
+)
 from tubeworker.runtime.policy import attempt_number
 
 __all__ = ["Finished", "OutcomeLog", "command_for", "refused", "unapplied"]
@@ -85,7 +93,7 @@ class OutcomeLog:
         """Bump the outcome's counter; its name in the log and the metrics."""
         counters = self.counters
         if isinstance(outcome, DeleteJob):
-            if outcome.cause is Cause.DEFERRED:
+            if outcome.cause in DEFERRALS:
                 counters.deferred += 1
             else:
                 counters.deleted += 1
@@ -115,8 +123,10 @@ class OutcomeLog:
         if finished.id_key is not None:
             fields["id_key"] = finished.id_key
         if isinstance(outcome, DeleteJob):
-            if outcome.cause is Cause.DEFERRED:
-                self.log.info("job deferred", **fields, reason=outcome.detail)
+            if outcome.cause in DEFERRALS:
+                self.log.info(
+                    "job deferred", **fields, cause=outcome.cause.value, reason=outcome.detail
+                )
             else:
                 self.log.info("job done", **fields)
             return
@@ -139,7 +149,8 @@ class OutcomeLog:
         if finished.id_key is not None:
             fields += f'"id_key": {json.dumps(finished.id_key)}, '
         if isinstance(outcome, DeleteJob):
-            if outcome.cause is Cause.DEFERRED:
+            if outcome.cause in DEFERRALS:
+                fields += f'"cause": "{outcome.cause.value}", '
                 fields += f'"reason": {json.dumps(outcome.detail)}, '
                 lines.write(logging.INFO, fields, '"job deferred"')
             else:

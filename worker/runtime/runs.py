@@ -14,10 +14,12 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
+import greenstalk
 import trio
 
 from tubeworker.beanstalk import protocol as p
 from tubeworker.config import LimitConfig
+from tubeworker.errors import ConnectionLostError
 from tubeworker.flow import CALLER, Caller
 from tubeworker.job import Middleware
 from tubeworker.observe.counters import JobCounters
@@ -25,7 +27,7 @@ from tubeworker.runtime.admission import Admission, Defer
 from tubeworker.runtime.binlog import BinlogHealth, hold_for_binlog, needs_room
 from tubeworker.runtime.dispatch import Plan
 from tubeworker.runtime.invoke import ProcessPool, report_timeout, run_job, timeout_outcome
-from tubeworker.runtime.outcome import Cause, Outcome
+from tubeworker.runtime.outcome import Cause, DeleteJob, Outcome, ReleaseJob
 from tubeworker.runtime.run import Run, handler_timeout
 from tubeworker.runtime.slots import Slot
 
@@ -136,6 +138,8 @@ class Runs:
         """The run's outcome (see the module docstring). A wait that ends by a drain
         cancels the run's scope: no outcome comes back."""
         plan = run.plan
+        if plan.too_new is not None:
+            return await self._leave_for_newer(run, plan.too_new)
         while True:
             if run.holding:
                 deferred = await self._admission.admit(run, self._defer)
@@ -159,6 +163,21 @@ class Runs:
         if binlog is not None and binlog.full and needs_room(outcome):
             return await hold_for_binlog(run, outcome, binlog, self._draining)
         return outcome
+
+    async def _leave_for_newer(self, run: Run, why: str) -> Outcome:
+        """A payload newer than its handler here: a delayed copy for a newer worker (the
+        original deleted; no attempt counted). If no copy can be put, a release (which
+        beanstalkd counts: the rare case costs an attempt, never the job)."""
+        plan = run.plan
+        delay = plan.policy.newer_version_delay
+        if self._defer is not None:
+            try:
+                copy = await self._defer(run, delay)
+            except (ConnectionLostError, greenstalk.Error) as exc:
+                why = f"{why} (no copy could be put: {exc})"
+            else:
+                return DeleteJob(Cause.NEWER_VERSION, f"{why}: waits as job {copy} for {delay} s")
+        return ReleaseJob(delay, plan.job.priority, Cause.NEWER_VERSION, why)
 
     # ---- touches
 

@@ -34,6 +34,7 @@ __all__ = [
     "invalid",
     "make_contract",
     "plain",
+    "schema_document",
 ]
 
 MAX_PROBLEMS = 10  # field errors named in one reason; the rest are counted
@@ -180,6 +181,16 @@ def declare(contracts: Mapping[str, Contract]) -> None:
 
 def declared(task: str) -> Contract | None:
     return _declared.get(task) if _declared else None
+
+
+def schema_document(contracts: Mapping[str, Contract] | None = None) -> dict[str, Any]:
+    """task → ``{"version": N, "schema": JSON Schema}``, sorted by task: what ``tubeworker
+    schemas`` prints and ``/schemas`` serves (default: the contracts this process knows)."""
+    known = _declared if contracts is None else contracts
+    return {
+        task: {"version": contract.version, "schema": contract.json_schema()}
+        for task, contract in sorted(known.items())
+    }
 
 
 def plain(value: Any) -> Any:

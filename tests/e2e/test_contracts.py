@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import greenstalk
+import httpx
 import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
-from tests.support.beanstalkd import BeanstalkdProcess
+from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tests.support.process import REPO, DaemonProcess
 from tests.support.waiting import wait_until
 from tubeworker.producer import PayloadInvalid, Producer
@@ -99,7 +102,8 @@ async def test_given_malformed_payloads_then_each_is_buried_once_with_its_field_
 ) -> None:
     config = write_app(tmp_path, HANDLER, CONFIG, beanstalkd.address)
     daemon = DaemonProcess(config, tmp_path)
-    daemons.append(daemon.start())
+    port = free_port()
+    daemons.append(daemon.start("--control", f"127.0.0.1:{port}"))
     daemon.wait_ready()
 
     malformed: dict[int, str] = {}
@@ -129,6 +133,18 @@ async def test_given_malformed_payloads_then_each_is_buried_once_with_its_field_
         for job_id in malformed:
             stats = client.stats_job(job_id)
             assert (stats["state"], stats["reserves"], stats["releases"]) == ("buried", 1, 0)
+    # Counted, and the schema served for the dashboard and other languages' producers.
+    base = f"http://127.0.0.1:{port}"
+    metrics = (await trio.to_thread.run_sync(lambda: httpx.get(f"{base}/metrics"))).text
+    buried_for_schema = [
+        sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "tubeworker_jobs_total" and sample.labels.get("cause") == "schema"
+    ]
+    assert buried_for_schema == [100.0]
+    schemas = (await trio.to_thread.run_sync(lambda: httpx.get(f"{base}/schemas"))).json()
+    assert schemas["send-welcome"]["schema"]["properties"]["user_id"]["type"] == "integer"
 
 
 def test_given_a_malformed_payload_then_producers_refuse_it_with_the_field_named(

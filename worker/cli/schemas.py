@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from tubeworker.cli.startup import EX_CONFIG, EX_OK, load_all, print_problems
 from tubeworker.config import Overrides
-from tubeworker.contracts import Contract, declare
+from tubeworker.contracts import declare, schema_document
 from tubeworker.registry import Registry, discover
 
-__all__ = ["add_schemas_command", "contracts_for", "schema_document", "schemas"]
+__all__ = ["add_schemas_command", "contracts_for", "schemas"]
 
 EX_NOTFOUND = 66  # EX_NOINPUT: no such (typed) task
 
@@ -41,14 +40,6 @@ def contracts_for(config: str | None) -> tuple[Registry, int]:
     registry = discover()
     declare(registry.contracts())
     return registry, EX_OK
-
-
-def schema_document(contracts: dict[str, Contract]) -> dict[str, Any]:
-    """task → {"version": N, "schema": JSON Schema}, sorted by task."""
-    return {
-        task: {"version": contract.version, "schema": contract.json_schema()}
-        for task, contract in sorted(contracts.items())
-    }
 
 
 def schemas(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from tubeworker.contracts import schema_document
 from tubeworker.control.asgi import (
     Receive,
     Scope,
@@ -121,6 +122,10 @@ class ControlApp:
 
     def _status(self) -> tuple[int, str, bytes]:
         return _json(200, self.status_document())
+
+    def _schemas(self) -> tuple[int, str, bytes]:
+        """Each typed task's payload schema and version (``tubeworker schemas``)."""
+        return _json(200, schema_document())
 
     def status_document(self) -> dict[str, Any]:
         """What ``/status`` answers (and the dashboard shows of this daemon)."""
@@ -260,6 +265,7 @@ _GETS: dict[str, Callable[[ControlApp], tuple[int, str, bytes]]] = {
     "/healthz": ControlApp._healthz,
     "/readyz": ControlApp._readyz,
     "/status": ControlApp._status,
+    "/schemas": ControlApp._schemas,
 }
 _ACTIONS = ("/quiet", "/resume", "/drain")
 

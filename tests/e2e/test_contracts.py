@@ -27,35 +27,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from tests.support.beanstalkd import BeanstalkdProcess, free_port
+from tests.support.docs import block
 from tests.support.process import REPO, DaemonProcess
 from tests.support.waiting import wait_until
 from tubeworker.producer import PayloadInvalid, Producer
 
 pytestmark = pytest.mark.slow
 
-HANDLER = """
-from pydantic import BaseModel
-
-from tubeworker import Job, handler
-
-
-class SendWelcome(BaseModel):
-    user_id: int
-    email: str
-
-
-@handler(payload=SendWelcome)
-async def send_welcome(job: Job) -> None:
-    welcome: SendWelcome = job.payload
-    job.log.info("welcome sent", user_id=welcome.user_id)
-"""
+# The README's typed handler, and docs/contracts.md's version 2 of it: as written.
+HANDLER = block("README.md", "# myapp/welcome.py").code
+NEW_HANDLER = block("docs/contracts.md", "# myapp/welcome.py, version 2").code
 
 CONFIG = """\
 [worker]
 servers = ["{address}"]
 
 [handlers]
-"send-welcome" = "myapp.jobs:send_welcome"
+"send-welcome" = "myapp.welcome:send_welcome"
 
 [[pool]]
 name = "emails"
@@ -74,7 +62,7 @@ MALFORMED: list[tuple[Any, str]] = [
 def write_app(folder: Path, handler: str, config: str, address: str) -> Path:
     (folder / "myapp").mkdir(parents=True)
     (folder / "myapp" / "__init__.py").write_text("")
-    (folder / "myapp" / "jobs.py").write_text(handler)
+    (folder / "myapp" / "welcome.py").write_text(handler)
     path = folder / "worker.toml"
     path.write_text(config.format(address=address))
     return path
@@ -198,60 +186,20 @@ def test_given_a_malformed_payload_then_producers_refuse_it_with_the_field_named
     assert document["send-welcome"]["schema"]["required"] == ["user_id", "email"]
 
 
-OLD_HANDLER = """
-from pydantic import BaseModel
-
-from tubeworker import Job, handler
-
-
-class SendWelcome(BaseModel):
-    n: int
-    user_id: int
-
-
-@handler(payload=SendWelcome)
-async def send_welcome(job: Job) -> None:
-    job.log.info("welcome sent", n=job.payload.n, worker="old", v=1)
-"""
-
-NEW_HANDLER = """
-from typing import Any
-
-from pydantic import BaseModel
-
-from tubeworker import Job, handler
-
-
-class SendWelcomeV2(BaseModel):
-    n: int
-    user_id: int
-    locale: str
-
-
-def v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
-    return {**payload, "locale": "en"}
-
-
-@handler(payload=SendWelcomeV2, version=2, upcast={1: v1_to_v2})
-async def send_welcome(job: Job) -> None:
-    welcome: SendWelcomeV2 = job.payload
-    job.log.info("welcome sent", n=welcome.n, worker="new", locale=welcome.locale)
-"""
-
 # A short wait for a too-new job, so the test does not sit out the default 30 s.
 ROLLING_CONFIG = CONFIG + '\n[retry]\nnewer_version_delay = "1s"\n'
 
 
 class SendWelcomeV2(BaseModel):
-    n: int
     user_id: int
+    email: str
     locale: str
 
 
 async def test_given_a_rolling_deploy_then_no_job_fails_and_each_runs_once_where_understood(
     beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
 ) -> None:
-    old_config = write_app(tmp_path / "old", OLD_HANDLER, ROLLING_CONFIG, beanstalkd.address)
+    old_config = write_app(tmp_path / "old", HANDLER, ROLLING_CONFIG, beanstalkd.address)
     new_config = write_app(tmp_path / "new", NEW_HANDLER, ROLLING_CONFIG, beanstalkd.address)
     old = [DaemonProcess(old_config, tmp_path / "old") for _ in range(2)]
     new = DaemonProcess(new_config, tmp_path / "new")
@@ -262,10 +210,11 @@ async def test_given_a_rolling_deploy_then_no_job_fails_and_each_runs_once_where
 
     with Producer([beanstalkd.address]) as producer:
         for n in range(300):  # the old producers: v1
-            producer.enqueue("emails", "send-welcome", {"n": n, "user_id": n})
+            producer.enqueue("emails", "send-welcome", {"user_id": n, "email": f"{n}@e.org"})
         producer.register("send-welcome", SendWelcomeV2, version=2)  # the deploy
         for n in range(300, 600):
-            producer.enqueue("emails", "send-welcome", SendWelcomeV2(n=n, user_id=n, locale="de"))
+            welcome = SendWelcomeV2(user_id=n, email=f"{n}@e.org", locale="de")
+            producer.enqueue("emails", "send-welcome", welcome)
 
     def left_for_newer() -> list[dict[str, Any]]:
         return [e for d in old for e in _events(d, "job deferred")]
@@ -275,20 +224,24 @@ async def test_given_a_rolling_deploy_then_no_job_fails_and_each_runs_once_where
         daemon.stop()
     everything = (*old, new)
 
-    def done() -> list[dict[str, Any]]:
-        return [e for d in everything for e in d.events() if e.get("event") == "welcome sent"]
+    def done() -> list[tuple[str, dict[str, Any]]]:
+        return [
+            ("new" if d is new else "old", e)
+            for d in everything
+            for e in _events(d, "welcome sent")
+        ]
 
     await wait_until(lambda: len(done()) >= 600, timeout=60, what="all 600 jobs done")
     assert _tube(beanstalkd).get("current-jobs-ready", 0) == 0
-    runs = Counter(e["n"] for e in done())
+    runs = Counter(e["user_id"] for _, e in done())
     assert sorted(runs) == list(range(600))
     assert set(runs.values()) == {1}  # each once
-    for event in done():
-        if event["n"] >= 300:
-            assert event["worker"] == "new", event  # v2 only where it is understood
+    for worker, event in done():
+        if event["user_id"] >= 300:
+            assert worker == "new", event  # v2 only where it is understood
             assert event["locale"] == "de"
-        elif event["worker"] == "new":
-            assert event["locale"] == "en"  # v1 upcast
+        elif worker == "new":
+            assert event["locale"] == "en"  # v1, upcast
     for daemon in everything:
         assert _events(daemon, "job buried") == []
         assert _events(daemon, "job released") == []

@@ -34,6 +34,7 @@ RUN_FLAGS = ".venv/bin/tubeworker run --server 127.0.0.1:11300 --tube emails --t
 #: The test that runs each block as written (it reads the block from the docs file). A
 #: block is named by its file and its first line, up to a gap of two spaces.
 SPOOL_TESTS = "tests/integration/test_spool.py"
+CONTRACTS = "tests/e2e/test_contracts.py"
 RUN_BY: dict[Key, str] = {
     (
         "README.md",
@@ -49,6 +50,14 @@ RUN_BY: dict[Key, str] = {
         "# tests/test_jobs.py",
     ): f"{HERE}::test_the_handler_examples_pass_their_own_tests",
     ("README.md", "[worker]"): f"{INSTALL}::test_the_first_handler_runs_as_the_readme_says",
+    (
+        "README.md",
+        "# myapp/welcome.py",
+    ): f"{CONTRACTS}::test_given_malformed_payloads_then_each_is_buried_once_with_its_field_named",
+    (
+        "docs/contracts.md",
+        "# myapp/welcome.py, version 2",
+    ): f"{CONTRACTS}::test_given_a_rolling_deploy_then_no_job_fails_and_each_runs_once_where_understood",  # noqa: E501
     (
         "README.md",
         "tubeworker check -c worker.toml",
@@ -125,6 +134,14 @@ NOT_RUN: dict[Key, str] = {
         "README.md",
         "FROM python:3.11-slim",
     ): "no image is built (no registry, no network): its RUN line is the checkout install that tests/e2e/test_install_docs.py runs",  # noqa: E501
+    (
+        "docs/contracts.md",
+        "payload of task 'send-welcome' is invalid: payload.user_id: input should be a valid integer, unable to parse string as an integer; payload.email: field required",  # noqa: E501
+    ): "a reason as the log shows it: tests/e2e/test_contracts.py checks each field's words",
+    (
+        "docs/contracts.md",
+        "from myapp.welcome import SendWelcome",
+    ): "needs a beanstalkd on 11300: tests/e2e/test_contracts.py makes the same calls (register, enqueue a model, PayloadInvalid)",  # noqa: E501
     (
         "docs/admin.md",
         "tubeworker stats [TUBE...] [--json] [--watch]",

@@ -429,6 +429,8 @@ class HandlerSpec:
     backoff_cap: float | None = None
     long_running: bool = False  # touch the job on its connection while it runs
     contract: Contract | None = None  # its payload type and version (contracts.py)
+    # At most one job per key runs at a time, fleet-wide: a payload path, or job → key.
+    unique: str | Callable[[Job], Any] | None = None
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -446,6 +448,7 @@ def handler(
     payload: Any = None,
     version: int = 1,
     upcast: Mapping[int, Callable[[Any], Any]] | None = None,
+    unique: str | Callable[[Job], Any] | None = None,
 ) -> Callable[[F], F]:
     """Declare a handler's options. Register it with an entry point in group
     ``tubeworker.handlers``; the entry point's name is the task name.
@@ -464,8 +467,17 @@ def handler(
       ``"v"``; absent means 1). A newer job is left for a newer worker, no attempt burned;
       an older one goes through ``upcast``: ``{1: v1_to_v2, 2: v2_to_v3}``, each a function
       from one version's payload (JSON data) to the next's.
+    - ``unique``: at most one job with the same key runs at a time across the fleet: a
+      payload path (``"payload.order_id"``, dots for nesting) or a function of the job
+      returning the key. Jobs without the field run unlocked.
     """
     contract = make_contract(payload, version, upcast)
+    if not (unique is None or callable(unique)) and not (
+        isinstance(unique, str) and unique.startswith("payload.")
+    ):
+        raise ValueError(
+            f'unique must be a path like "payload.order_id" or a function, got {unique!r}'
+        )
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be > 0, got {timeout}")
     if max_attempts is not None and max_attempts < 1:
@@ -484,6 +496,7 @@ def handler(
             backoff_cap=backoff[1] if backoff else None,
             long_running=long_running,
             contract=contract,
+            unique=unique,
         )
         setattr(func, _SPEC_ATTRIBUTE, spec)
         return func

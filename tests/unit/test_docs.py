@@ -55,6 +55,10 @@ RUN_BY: dict[Key, str] = {
         "# myapp/welcome.py",
     ): f"{CONTRACTS}::test_given_malformed_payloads_then_each_is_buried_once_with_its_field_named",
     (
+        "docs/unique.md",
+        "# myapp/orders.py",
+    ): "tests/e2e/test_unique.py::test_given_two_daemons_then_no_key_ever_runs_twice_at_once",
+    (
         "docs/contracts.md",
         "# myapp/welcome.py, version 2",
     ): f"{CONTRACTS}::test_given_a_rolling_deploy_then_no_job_fails_and_each_runs_once_where_understood",  # noqa: E501

@@ -110,6 +110,7 @@ class LaneJobs:
             draining=lambda: self.state.draining,
             defer=self._put_copy,
             binlog=services.binlog(address),
+            unique=services.unique,
         )
         self.server_id = str(address)  # the server's instance id once connected
         self.must_close = False  # a job was returned: close the connection when idle

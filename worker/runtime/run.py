@@ -17,6 +17,7 @@ from tubeworker.config import LimitConfig
 from tubeworker.flow import Permit
 from tubeworker.flow.limits import Lease
 from tubeworker.flow.tokens import TokenBroker
+from tubeworker.flow.unique import UniqueLock, UniqueLocks
 from tubeworker.job import HandlerSpec
 from tubeworker.runtime.dispatch import Plan
 from tubeworker.runtime.outcome import Cause, ReturnJob
@@ -71,6 +72,7 @@ class Run:
         "tokens",
         "touch_once",
         "touched_at",
+        "unique",
     )
 
     def __init__(
@@ -100,6 +102,7 @@ class Run:
         self.limit_keys: dict[str, str] = {}  # limit name → its key's value for this job
         self.lease: Lease | None = None  # admitted by the local limits
         self.tokens: list[tuple[TokenBroker, int]] = []  # fleet tokens held while it runs
+        self.unique: tuple[UniqueLocks, UniqueLock] | None = None  # its key's lock, held
         # Waiting for its APIs, limits or binlog room: touched, its own deadline not running.
         self.holding = False
         self.touched_at = now  # the TTR's last restart: reserve or touch
@@ -166,6 +169,10 @@ class Run:
         while self.tokens:
             broker, token = self.tokens.pop()
             broker.give_back(token)
+        if self.unique is not None:
+            locks, lock = self.unique
+            self.unique = None
+            locks.release(lock)
 
     def give_back(self, cause: Cause, detail: str, *, lost: bool = False) -> None:
         """Cancel the handler; the job goes back to beanstalkd when the connection closes."""

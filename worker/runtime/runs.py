@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Literal
 
 import greenstalk
@@ -21,7 +22,8 @@ from tubeworker.beanstalk import protocol as p
 from tubeworker.config import LimitConfig
 from tubeworker.errors import ConnectionLostError
 from tubeworker.flow import CALLER, Caller
-from tubeworker.job import Middleware
+from tubeworker.flow.unique import UniqueLocks, key_path_value
+from tubeworker.job import HandlerSpec, Job, Middleware
 from tubeworker.observe.counters import JobCounters
 from tubeworker.runtime.admission import Admission, Defer
 from tubeworker.runtime.binlog import BinlogHealth, hold_for_binlog, needs_room
@@ -31,7 +33,26 @@ from tubeworker.runtime.outcome import Cause, DeleteJob, Outcome, ReleaseJob
 from tubeworker.runtime.run import Run, handler_timeout
 from tubeworker.runtime.slots import Slot
 
-__all__ = ["Runs"]
+__all__ = ["UNIQUE_DEFER", "UNIQUE_PATIENCE", "Runs", "unique_key"]
+
+UNIQUE_PATIENCE = 10.0  # seconds a job waits for its unique key before it is deferred
+UNIQUE_DEFER = 2  # seconds the deferred copy waits
+
+
+def unique_key(spec: HandlerSpec, job: Job) -> str | None:
+    """The job's unique key (``@handler(unique=...)``), or None when it has none."""
+    unique = spec.unique
+    if unique is None:
+        return None
+    if callable(unique):
+        value = unique(job)
+        return None if value is None else str(value)
+    return key_path_value(job.payload, unique)
+
+
+def _key_lost(run: Run, why: str) -> None:
+    """Its key's lock is gone while it runs: another process may take the key, so stop."""
+    run.give_back(Cause.CONNECTION_LOST, why)
 
 
 class Runs:
@@ -52,6 +73,7 @@ class Runs:
         draining: Callable[[], bool] = lambda: False,
         defer: Defer | None = None,
         binlog: BinlogHealth | None = None,
+        unique: UniqueLocks | None = None,
     ) -> None:
         self._runs: dict[int, Run] = {}
         self._on_finished = on_finished
@@ -66,6 +88,7 @@ class Runs:
         self._draining = draining
         self._defer = defer
         self._binlog = binlog
+        self._unique = unique
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -146,6 +169,10 @@ class Runs:
                 if deferred is not None:
                     return deferred
                 run.arm(trio.current_time(), self._pool_timeout, held=True)
+            if plan.spec.unique is not None and run.unique is None:
+                waited = await self._lock_key(run)
+                if waited is not None:
+                    return waited
             outcome = await run_job(
                 plan.job,
                 plan.spec,
@@ -178,6 +205,36 @@ class Runs:
             else:
                 return DeleteJob(Cause.NEWER_VERSION, f"{why}: waits as job {copy} for {delay} s")
         return ReleaseJob(delay, plan.job.priority, Cause.NEWER_VERSION, why)
+
+    async def _lock_key(self, run: Run) -> Outcome | None:
+        """Hold the run until its unique key is locked (None), or defer it: a delayed copy,
+        no attempt counted (see flow/unique.py). A job whose key cannot be read runs
+        unlocked, and says so once."""
+        plan = run.plan
+        key = unique_key(plan.spec, plan.job)
+        if key is None:
+            return None
+        if self._unique is None:  # no lock server: never run a unique job unlocked
+            return ReleaseJob(UNIQUE_DEFER, plan.job.priority, Cause.DEFERRED, "no lock server")
+        run.hold()
+        lock = await self._unique.acquire(
+            plan.handler, key, patience=UNIQUE_PATIENCE, on_lost=partial(_key_lost, run)
+        )
+        if lock is None:
+            why = f"its unique key {key!r} stayed locked {UNIQUE_PATIENCE:g} s"
+            if self._defer is not None:
+                try:
+                    copy = await self._defer(run, UNIQUE_DEFER)
+                except (ConnectionLostError, greenstalk.Error) as exc:
+                    why = f"{why} (no copy could be put: {exc})"
+                else:
+                    return DeleteJob(
+                        Cause.DEFERRED, f"{why}: waits as job {copy} for {UNIQUE_DEFER} s"
+                    )
+            return ReleaseJob(UNIQUE_DEFER, plan.job.priority, Cause.DEFERRED, why)
+        run.unique = (self._unique, lock)
+        run.arm(trio.current_time(), self._pool_timeout, held=True)
+        return None
 
     # ---- touches
 

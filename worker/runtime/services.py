@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from tubeworker.config import Config
     from tubeworker.flow.tokens import TokenGroup
+    from tubeworker.flow.unique import UniqueLocks
     from tubeworker.job import Middleware
     from tubeworker.registry import Registry
     from tubeworker.runtime.slots import InFlight
@@ -111,6 +112,8 @@ class Services:
     # daemon).
     limits: Limits = field(default_factory=lambda: Limits((), clock=trio.current_time))
     token_groups: dict[str, tuple[TokenGroup, ...]] = field(default_factory=dict)
+    # Unique-key locks (@handler(unique=...)), run by the daemon; None: no handler has one.
+    unique: UniqueLocks | None = None
     # Whether each server's binlog has room (server address → its health).
     binlogs: dict[str, BinlogHealth] = field(default_factory=dict)
     _lease_returned: trio.Event = field(default_factory=trio.Event)
@@ -211,4 +214,6 @@ class Services:
                 await self._puts.aclose()
             if self.returns is not None:
                 await self.returns.aclose()
+            if self.unique is not None:
+                await self.unique.aclose()
             await self.http.aclose()

@@ -21,6 +21,7 @@ from tubeworker.config import Config
 from tubeworker.flow.apis import build_tracker, log_transitions, run_tube_pauser, tube_apis
 from tubeworker.flow.limits import Limits
 from tubeworker.flow.tokens import fleet_tokens
+from tubeworker.flow.unique import UniqueLocks
 from tubeworker.observe.logs import line_buffer
 from tubeworker.registry import Registry
 from tubeworker.runtime.binlog import run_binlog_probe
@@ -157,6 +158,25 @@ async def run_daemon(
             buffer.bind_to_this_thread(False)
 
 
+def unique_locks(config: Config, registry: Registry) -> UniqueLocks | None:
+    """The unique-key locks, on the first of the servers (sorted, so that every daemon
+    listing the same servers agrees), when a handler declares ``unique``."""
+    if not any(h.spec.unique is not None for h in registry.handlers.values()):
+        return None
+    servers = {a for pool in config.pools for a in pool.servers or config.servers}
+    return UniqueLocks(min(servers, key=str), connect_timeout=config.connect_timeout)
+
+
+def _start_fleet_locks(helpers: trio.Nursery, services: Services) -> None:
+    """What the fleet shares through reservations: limit tokens, unique-key locks."""
+    if services.unique is not None:
+        helpers.start_soon(services.unique.run)
+    for groups in services.token_groups.values():
+        for group in groups:
+            for broker in group.brokers:
+                helpers.start_soon(broker.run)
+
+
 async def _run_daemon(
     config: Config,
     registry: Registry,
@@ -179,6 +199,7 @@ async def _run_daemon(
         returns=ReturnsLookup(config),
         limits=Limits(config.limits, clock=trio.current_time),
         token_groups=fleet_tokens(config),
+        unique=unique_locks(config, registry),
     )
     state.tracker = services.tracker
     state.limits = services.limits
@@ -193,10 +214,7 @@ async def _run_daemon(
             helpers.start_soon(_drain_deadline, state, config, notifier)
             helpers.start_soon(_recycle, state, config)
             helpers.start_soon(run_tube_pauser, config, services.tracker, servers)
-            for groups in services.token_groups.values():
-                for group in groups:
-                    for broker in group.brokers:
-                        helpers.start_soon(broker.run)
+            _start_fleet_locks(helpers, services)
             records = services.records
             assert records is not None
             recorded = trio.Event()

@@ -7,13 +7,15 @@ submodules and are not part of it.
 from __future__ import annotations
 
 from tubeworker.backoff import parse_retry_after
-from tubeworker.job import Bury, Job, Middleware, Retry, Verdict, handler
+from tubeworker.idempotency import idempotent
+from tubeworker.job import Bury, Duplicate, Job, Middleware, Retry, Verdict, handler
 from tubeworker.producing.errors import PayloadInvalid
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Bury",
+    "Duplicate",
     "Job",
     "Middleware",
     "PayloadInvalid",
@@ -21,5 +23,6 @@ __all__ = [
     "Verdict",
     "__version__",
     "handler",
+    "idempotent",
     "parse_retry_after",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "declare",
     "declared",
     "invalid",
+    "key_path_value",
     "make_contract",
     "plain",
     "schema_document",
@@ -217,3 +218,22 @@ def _path(loc: tuple[int | str, ...]) -> str:
 
 def _message(msg: str) -> str:
     return msg[:1].lower() + msg[1:]
+
+
+def key_path_value(payload: Any, path: str) -> str | None:
+    """The value at ``path`` (``payload.order_id``; dots for nesting) of a job's payload,
+    as text; None when it has no such field."""
+    parts = path.split(".")
+    if parts and parts[0] == "payload":
+        parts = parts[1:]
+    value = payload
+    for part in parts:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif hasattr(value, "__pydantic_fields__") or hasattr(value, "__dataclass_fields__"):
+            if not hasattr(value, part):
+                return None
+            value = getattr(value, part)
+        else:
+            return None
+    return None if value is None else str(value)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Bury",
+    "Duplicate",
     "HandlerFunc",
     "HandlerSpec",
     "Job",
@@ -54,6 +55,15 @@ class Retry(Exception):
 
 class Bury(Exception):
     """Raise to bury the job at once (no more attempts); ``reason`` is logged with its id."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Duplicate(Exception):
+    """Raise when the job's work is already done (an idempotency key seen before): the job
+    is deleted without doing it again, counted as cause ``duplicate``."""
 
     def __init__(self, reason: str) -> None:
         self.reason = reason

@@ -180,6 +180,7 @@ def run(
     body: bytes | str | None = None,
     task: str | None = None,
     version: int = 1,
+    id: str | None = None,
     attempt: int = 1,
     max_attempts: int | None = None,
     backoff: tuple[float, float] | None = None,
@@ -219,6 +220,7 @@ def run(
         body=body,
         task=task,
         version=version,
+        id=id,
         attempt=attempt,
         max_attempts=max_attempts,
         backoff=backoff,
@@ -246,6 +248,7 @@ async def run_async(
     body: bytes | str | None = None,
     task: str | None = None,
     version: int = 1,
+    id: str | None = None,
     attempt: int = 1,
     max_attempts: int | None = None,
     backoff: tuple[float, float] | None = None,
@@ -272,7 +275,8 @@ async def run_async(
     (written as its JSON data); ``version`` is the envelope's ``"v"``: a handler with a
     declared payload type gets it upcast and validated (a payload that does not validate:
     verdict ``bury``, cause ``schema``; a version newer than the handler's: verdict
-    ``retry``, cause ``newer_version``, not run, no attempt counted). ``attempt`` is this
+    ``retry``, cause ``newer_version``, not run, no attempt counted); ``id`` is its
+    idempotency key (``job.id_key``). ``attempt`` is this
     run's number (1-based) and ``ttr``, ``priority``, ``tube`` and ``job_id`` are the job's.
 
     The pool: ``max_attempts``, ``backoff=(base, cap)`` and ``timeout`` are the pool's
@@ -297,7 +301,7 @@ async def run_async(
     )
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be > 0, got {timeout}")
-    job = _JobData(payload, body, task, attempt, ttr, priority, tube, job_id, version)
+    job = _JobData(payload, body, task, attempt, ttr, priority, tube, job_id, version, id)
     plan = plan_job(job_id, *job.dispatch(spec, policy))
     recorder = _Recorder(http, apis, job_id)
     recorder.settings = settings
@@ -357,6 +361,7 @@ class _JobData:
     tube: str
     job_id: int
     version: int = 1
+    id: str | None = None
 
     def dispatch(
         self, spec: HandlerSpec, policy: RetrySettings
@@ -372,7 +377,7 @@ class _JobData:
         p.validate_tube_name(self.tube)
         name = self.task or spec.name or str(getattr(spec.func, "__name__", "handler"))
         if self.payload is not _UNSET:
-            raw = encode_envelope(name, plain(self.payload), v=self.version)
+            raw = encode_envelope(name, plain(self.payload), id=self.id, v=self.version)
         else:
             raw = self.body.encode() if isinstance(self.body, str) else bytes(self.body or b"")
         if self.payload is not _UNSET or self.task is not None:  # an envelope pool

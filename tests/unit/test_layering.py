@@ -32,6 +32,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tubeworker.envelope",
             # Payload types and versions a handler declares (checked at put and at run).
             "tubeworker.contracts",
+            # Handlers' consume-side idempotency (a store of keys done).
+            "tubeworker.idempotency",
             "tubeworker.registry",
             "tubeworker.config_model",
             "tubeworker.config_reader",
@@ -62,7 +64,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 PUBLIC = "tubeworker"
 # The job model, Retry-After reading for handlers that call HTTP APIs (pure), and the
 # error a put of an invalid payload raises.
-PUBLIC_MAY_IMPORT = {"tubeworker.job", "tubeworker.backoff", "tubeworker.producing.errors"}
+PUBLIC_MAY_IMPORT = {
+    "tubeworker.job",
+    "tubeworker.backoff",
+    "tubeworker.producing.errors",
+    "tubeworker.idempotency",
+}
 
 
 def _modules() -> dict[str, Path]:

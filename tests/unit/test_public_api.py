@@ -55,6 +55,7 @@ class FakeServices:
 def test_given_package_when_inspected_then_all_is_exactly_the_public_api() -> None:
     assert sorted(tubeworker.__all__) == [
         "Bury",
+        "Duplicate",
         "Job",
         "Middleware",
         "PayloadInvalid",
@@ -62,6 +63,7 @@ def test_given_package_when_inspected_then_all_is_exactly_the_public_api() -> No
         "Verdict",
         "__version__",
         "handler",
+        "idempotent",
         "parse_retry_after",
     ]
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
-from typing import Any
 
 import greenstalk
 import structlog
@@ -40,9 +39,17 @@ import trio
 
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect
+from tubeworker.contracts import key_path_value
 from tubeworker.errors import ConnectionLostError, ProtocolError
 
-__all__ = ["TOKEN_TTR", "UNIQUE_PREFIX", "UniqueLock", "UniqueLocks", "unique_tube"]
+__all__ = [
+    "TOKEN_TTR",
+    "UNIQUE_PREFIX",
+    "UniqueLock",
+    "UniqueLocks",
+    "key_path_value",
+    "unique_tube",
+]
 
 UNIQUE_PREFIX = "tubeworker.unique."
 TOKEN_TTR = 30  # seconds; touched every third of it while its job runs
@@ -213,22 +220,3 @@ class UniqueLocks:
             )
         for lock in held.values():
             lock.on_lost(f"unique key {lock.key!r} lost with the lock server connection: {why}")
-
-
-def key_path_value(payload: Any, path: str) -> str | None:
-    """The value at ``path`` (``payload.order_id``; dots for nesting) of a job's payload,
-    as text; None when it has no such field."""
-    parts = path.split(".")
-    if parts and parts[0] == "payload":
-        parts = parts[1:]
-    value = payload
-    for part in parts:
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        elif hasattr(value, "__pydantic_fields__") or hasattr(value, "__dataclass_fields__"):
-            if not hasattr(value, part):
-                return None
-            value = getattr(value, part)
-        else:
-            return None
-    return None if value is None else str(value)

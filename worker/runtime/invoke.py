@@ -16,7 +16,16 @@ import structlog
 import trio
 
 from tubeworker.burials import format_traceback
-from tubeworker.job import Bury, HandlerSpec, Job, JobRecord, Middleware, Retry, Verdict
+from tubeworker.job import (
+    Bury,
+    Duplicate,
+    HandlerSpec,
+    Job,
+    JobRecord,
+    Middleware,
+    Retry,
+    Verdict,
+)
 from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob, ReturnJob
 from tubeworker.runtime.policy import Budget, RetrySettings, failure_outcome
 from tubeworker.runtime.processes import WorkerStopped
@@ -155,6 +164,8 @@ async def _run(
                 return timeout_outcome(job, budget, policy, timeout, rng)
     except WorkerStopped as exc:  # not the handler's doing: the job goes back
         return ReturnJob(Cause.WORKER_STOPPED, str(exc))
+    except Duplicate as exc:  # its work was done before: done, counted apart
+        return DeleteJob(Cause.DUPLICATE, _short(exc.reason))
     except (Exception, SystemExit) as exc:  # user code: anything it raises is a verdict
         if errors is not None:
             errors.append(exc)

@@ -26,6 +26,7 @@ class Cause(enum.Enum):
     COMPLETED = "completed"
     DEFERRED = "deferred"  # its API was open or its limit full: a delayed copy waits instead
     NEWER_VERSION = "newer_version"  # its payload version is newer than its handler here
+    DUPLICATE = "duplicate"  # the handler raised Duplicate: its work was done already
     # released, or buried when no attempt is left
     HANDLER_ERROR = "handler_error"  # the handler raised an exception
     HANDLER_RETRY = "handler_retry"  # the handler raised Retry

@@ -127,8 +127,12 @@ class OutcomeLog:
                 self.log.info(
                     "job deferred", **fields, cause=outcome.cause.value, reason=outcome.detail
                 )
-            else:
+            elif outcome.cause is Cause.COMPLETED:
                 self.log.info("job done", **fields)
+            else:  # done without running again (a duplicate): say why
+                self.log.info(
+                    "job done", **fields, cause=outcome.cause.value, reason=outcome.detail
+                )
             return
         if isinstance(outcome, ReleaseJob):
             fields["delay"] = outcome.delay
@@ -149,12 +153,11 @@ class OutcomeLog:
         if finished.id_key is not None:
             fields += f'"id_key": {json.dumps(finished.id_key)}, '
         if isinstance(outcome, DeleteJob):
-            if outcome.cause in DEFERRALS:
+            if outcome.cause is not Cause.COMPLETED:
                 fields += f'"cause": "{outcome.cause.value}", '
                 fields += f'"reason": {json.dumps(outcome.detail)}, '
-                lines.write(logging.INFO, fields, '"job deferred"')
-            else:
-                lines.write(logging.INFO, fields, '"job done"')
+            event = '"job deferred"' if outcome.cause in DEFERRALS else '"job done"'
+            lines.write(logging.INFO, fields, event)
             return
         if isinstance(outcome, ReleaseJob):
             fields += f'"delay": {outcome.delay}, '

@@ -56,6 +56,14 @@ RUN_BY: dict[Key, str] = {
     ): f"{CONTRACTS}::test_given_malformed_payloads_then_each_is_buried_once_with_its_field_named",
     (
         "docs/unique.md",
+        "# myapp/receipts.py",
+    ): "tests/e2e/test_idempotency.py::test_given_an_outbox_and_an_idempotent_handler_then_each_receipt_is_mailed_once",  # noqa: E501
+    (
+        "docs/unique.md",
+        "# myapp/orders.py (the web app)",
+    ): "tests/e2e/test_idempotency.py::test_given_an_outbox_and_an_idempotent_handler_then_each_receipt_is_mailed_once",  # noqa: E501
+    (
+        "docs/unique.md",
         "# myapp/orders.py",
     ): "tests/e2e/test_unique.py::test_given_two_daemons_then_no_key_ever_runs_twice_at_once",
     (

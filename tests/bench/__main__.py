@@ -16,6 +16,7 @@ from tests.bench import (
     broker,
     client_roundtrip,
     daemon_io,
+    dedup,
     limits,
     memory,
     outage,
@@ -33,6 +34,7 @@ SCENARIOS: dict[str, ModuleType] = {
     broker.NAME: broker,
     memory.NAME: memory,
     schedules.NAME: schedules,
+    dedup.NAME: dedup,
 }
 _DEFAULT_JOBS = 20_000
 _RESULTS = Path(__file__).parent / "results"  # gitignored

@@ -5,6 +5,7 @@ error when no server stored the job. The producers only do the I/O."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,8 +22,10 @@ from tubeworker.producing.checks import (
     make_envelope,
     parse_servers,
     prepare_put,
+    to_seconds,
 )
 from tubeworker.producing.errors import (
+    InvalidJob,
     JobBuried,
     JobTooBig,
     NoServerAvailable,
@@ -31,6 +34,9 @@ from tubeworker.producing.errors import (
     ServerOutOfMemory,
     ServerUnreachable,
 )
+from tubeworker.producing.spool import Receipt
+
+log = logging.getLogger("tubeworker.producer")
 
 __all__ = [
     "BadReply",
@@ -166,6 +172,7 @@ class ProducerStatistics:
     server_failures: int  # a server did not store a job, and the next one was tried
     connections_opened: int
     demoted: tuple[str, ...]  # servers tried last for now (they failed recently)
+    duplicates_skipped: int = 0  # enqueues with unique_for that found their id's marker
 
 
 @dataclass
@@ -173,11 +180,16 @@ class _Counters:
     jobs_put: int = 0
     server_failures: int = 0
     connections_opened: int = 0
+    duplicates_skipped: int = 0
 
     def snapshot(self, health: ServerHealth) -> ProducerStatistics:
         demoted = tuple(sorted(str(a) for a in health.demoted()))
         return ProducerStatistics(
-            self.jobs_put, self.server_failures, self.connections_opened, demoted
+            self.jobs_put,
+            self.server_failures,
+            self.connections_opened,
+            demoted,
+            self.duplicates_skipped,
         )
 
 
@@ -254,6 +266,25 @@ class ProducerCore:
 
     def _envelope(self, task: str, payload: Any, id: str | None) -> bytes:
         return make_envelope(task, payload, id=id, contracts=self._contracts)
+
+    @staticmethod
+    def _unique_seconds(id: str | None, unique_for: Seconds | None) -> int | None:
+        if unique_for is None:
+            return None
+        if id is None:
+            raise InvalidJob("unique_for needs id= (the key jobs are told apart by)")
+        return to_seconds(unique_for, "unique_for", minimum=1)
+
+    def _duplicate(self, key: str, first: int) -> Receipt:
+        self._counters.duplicates_skipped += 1
+        log.info("duplicate enqueue skipped: %r was put as job %d", key, first)
+        return Receipt(first, duplicate=True)
+
+    @staticmethod
+    def _dedup_unasked(key: str, server: Address, exc: Exception) -> None:
+        log.warning(
+            "unique_for: cannot check %r on %s (%s): put without the check", key, server, exc
+        )
 
     def _request(
         self, tube: str, body: bytes | str, priority: int, delay: Seconds, ttr: Seconds

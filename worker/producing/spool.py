@@ -75,20 +75,32 @@ def _gone(holder: str) -> bool:
 class Receipt(int):
     """What ``enqueue`` and ``put`` return: the job's id (an ``int``, as before), and
     whether it was ``spooled`` instead (then the id is 0, not known until it is delivered;
-    ``spool_id`` is its place in the spool)."""
+    ``spool_id`` is its place in the spool), or not put as a ``duplicate`` (``unique_for``:
+    then the id is the first job's, 0 when unknown)."""
 
     spooled: bool
     spool_id: int | None
+    duplicate: bool
 
-    def __new__(cls, job_id: int, *, spooled: bool = False, spool_id: int | None = None) -> Receipt:
+    def __new__(
+        cls,
+        job_id: int,
+        *,
+        spooled: bool = False,
+        spool_id: int | None = None,
+        duplicate: bool = False,
+    ) -> Receipt:
         receipt = super().__new__(cls, job_id)
         receipt.spooled = spooled
         receipt.spool_id = spool_id
+        receipt.duplicate = duplicate
         return receipt
 
     def __repr__(self) -> str:
         if self.spooled:
             return f"Receipt(spooled, spool_id={self.spool_id})"
+        if self.duplicate:
+            return f"Receipt(duplicate of {int(self)})"
         return f"Receipt({int(self)})"
 
 

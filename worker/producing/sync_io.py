@@ -22,6 +22,7 @@ from tubeworker.producing.checks import (
     ServersArg,
     check_size,
 )
+from tubeworker.producing.dedup import MAX_EXPIRED, dedup_tube, found_duplicate, mark_commands
 from tubeworker.producing.errors import NoServerAvailable, ProducerError, ServerFailure
 from tubeworker.producing.failover import (
     BadReply,
@@ -208,12 +209,62 @@ class Producer(ProducerCore):
         delay: Seconds = 0,
         ttr: Seconds = p.DEFAULT_TTR,
         id: str | None = None,
+        unique_for: Seconds | None = None,
     ) -> Receipt:
         """Put the envelope ``{"task": task, "payload": payload}`` into ``tube`` (``id``:
-        its idempotency key; a registered task's payload is validated first); its id
+        its idempotency key; a registered task's payload is validated first). With
+        ``unique_for`` (a duration), not if a job with this ``id`` was put that recently:
+        best effort, see :mod:`tubeworker.producing.dedup` (the receipt says
+        ``duplicate``, with the first job's id). Returns its id
         (on the server that stored it), or a spooled receipt."""
         body = self._envelope(task, payload, id)
-        return self.put(tube, body, priority=priority, delay=delay, ttr=ttr)
+        seconds = self._unique_seconds(id, unique_for)
+        if seconds is None or id is None:
+            return self.put(tube, body, priority=priority, delay=delay, ttr=ttr)
+        with self._lock:
+            first = self._dedup_check(id)
+        if first is not None:
+            return self._duplicate(id, first)
+        receipt = self.put(tube, body, priority=priority, delay=delay, ttr=ttr)
+        if not receipt.spooled:
+            with self._lock:
+                self._dedup_mark(id, receipt, seconds)
+        return receipt
+
+    def _dedup_conn(self, server: Address) -> SyncConnection:
+        conn = self._connections.get(server)
+        return conn if conn is not None and conn.usable else self._connect(server, conn)
+
+    def _dedup_check(self, key: str) -> int | None:
+        """The first job's id if ``key``'s marker is there (expired ones are deleted)."""
+        server, tube = self.servers[0], dedup_tube(key)
+        try:
+            conn = self._dedup_conn(server)
+            (stats,) = conn.exchange([p.StatsTube(tube)])
+            if not isinstance(stats, p.TubeStats):
+                return None
+            conn.exchange([p.Use(tube)])
+            conn.tube = tube
+            if stats.current_jobs_delayed:
+                return found_duplicate(conn.exchange([p.PeekDelayed()])[0])
+            for _ in range(min(stats.current_jobs_ready, MAX_EXPIRED)):
+                (found,) = conn.exchange([p.PeekReady()])
+                if not isinstance(found, p.Found):
+                    break
+                conn.exchange([p.Delete(found.id)])
+        except (ConnectionLostError, RemoteProtocolError, Unstored) as exc:
+            self._dedup_unasked(key, server, exc)
+        return None
+
+    def _dedup_mark(self, key: str, job_id: int, seconds: int) -> None:
+        server, tube = self.servers[0], dedup_tube(key)
+        try:
+            conn = self._dedup_conn(server)
+            conn.exchange([p.Use(tube)])
+            conn.tube = tube
+            conn.exchange(mark_commands(job_id, seconds))
+        except (ConnectionLostError, RemoteProtocolError, Unstored) as exc:
+            self._dedup_unasked(key, server, exc)
 
     def put(
         self,

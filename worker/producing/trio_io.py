@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import greenstalk
 import trio
 
 from tubeworker.beanstalk import protocol as p
@@ -22,6 +23,7 @@ from tubeworker.producing.checks import (
     ServersArg,
     check_size,
 )
+from tubeworker.producing.dedup import MAX_EXPIRED, dedup_tube, found_duplicate, mark_commands
 from tubeworker.producing.errors import (
     InvalidJob,
     JobBuried,
@@ -119,12 +121,67 @@ class AsyncProducer(ProducerCore):
         delay: Seconds = 0,
         ttr: Seconds = p.DEFAULT_TTR,
         id: str | None = None,
+        unique_for: Seconds | None = None,
     ) -> Receipt:
         """Put the envelope ``{"task": task, "payload": payload}`` into ``tube`` (``id``:
-        its idempotency key; a registered task's payload is validated first); its id
+        its idempotency key; a registered task's payload is validated first). With
+        ``unique_for`` (a duration), not if a job with this ``id`` was put that recently:
+        best effort, see :mod:`tubeworker.producing.dedup` (the receipt says
+        ``duplicate``, with the first job's id). Returns its id
         (or a spooled receipt)."""
         body = self._envelope(task, payload, id)
-        return await self.put(tube, body, priority=priority, delay=delay, ttr=ttr)
+        seconds = self._unique_seconds(id, unique_for)
+        if seconds is None or id is None:
+            return await self.put(tube, body, priority=priority, delay=delay, ttr=ttr)
+        first = await self._dedup_check(id)
+        if first is not None:
+            return self._duplicate(id, first)
+        receipt = await self.put(tube, body, priority=priority, delay=delay, ttr=ttr)
+        if not receipt.spooled:
+            await self._dedup_mark(id, receipt, seconds)
+        return receipt
+
+    async def _dedup_check(self, key: str) -> int | None:
+        """The first job's id if ``key``'s marker is there (expired ones are deleted)."""
+        server, tube = self.servers[0], dedup_tube(key)
+        slot = self._slots.setdefault(server, _Slot())
+        try:
+            async with slot.lock:
+                if slot.client is None or not slot.client.is_usable:
+                    await self._connect(server, slot)
+                client = slot.client
+                assert client is not None
+                stats = await client.request(p.StatsTube(tube))
+                if not isinstance(stats, p.TubeStats):
+                    return None
+                await client.use(tube)
+                slot.tube = tube
+                if stats.current_jobs_delayed:
+                    return found_duplicate(await client.request(p.PeekDelayed()))
+                for _ in range(min(stats.current_jobs_ready, MAX_EXPIRED)):
+                    found = await client.request(p.PeekReady())
+                    if not isinstance(found, p.Found):
+                        break
+                    await client.request(p.Delete(found.id))
+        except (ConnectionLostError, RemoteProtocolError, Unstored, greenstalk.Error) as exc:
+            self._dedup_unasked(key, server, exc)
+        return None
+
+    async def _dedup_mark(self, key: str, job_id: int, seconds: int) -> None:
+        server, tube = self.servers[0], dedup_tube(key)
+        slot = self._slots.setdefault(server, _Slot())
+        try:
+            async with slot.lock:
+                if slot.client is None or not slot.client.is_usable:
+                    await self._connect(server, slot)
+                client = slot.client
+                assert client is not None
+                await client.use(tube)
+                slot.tube = tube
+                for command in mark_commands(job_id, seconds):
+                    await client.request(command)
+        except (ConnectionLostError, RemoteProtocolError, Unstored, greenstalk.Error) as exc:
+            self._dedup_unasked(key, server, exc)
 
     async def put(
         self,

@@ -16,10 +16,12 @@ import greenstalk
 import structlog
 import trio
 
+from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect
 from tubeworker.burials import BurialRecord, write_record
 from tubeworker.config import Config
 from tubeworker.errors import ConnectionLostError, ProtocolError
+from tubeworker.producing.dedup import DEDUP_PREFIX
 from tubeworker.returns import ReturnRecord, count_returns, sweep_returns, write_return
 
 __all__ = ["RecordQueue", "ReturnsLookup", "run_recorder", "run_return_sweeper"]
@@ -102,7 +104,9 @@ async def run_return_sweeper(config: Config, servers: tuple[Address, ...]) -> No
             for address in servers:
                 try:
                     with trio.fail_after(config.reply_timeout * 10):
-                        swept = await sweep_returns(await clients.get(address))
+                        client = await clients.get(address)
+                        swept = await sweep_returns(client)
+                        swept += await sweep_dedup_markers(client)
                 except _FAULTS as exc:
                     log.debug("return records not swept", server=str(address), error=str(exc))
                     continue
@@ -110,6 +114,23 @@ async def run_return_sweeper(config: Config, servers: tuple[Address, ...]) -> No
                     log.debug("return records swept", server=str(address), jobs=swept)
     finally:
         await clients.aclose()
+
+
+async def sweep_dedup_markers(client: Client, limit: int = 1000) -> int:
+    """Delete expired enqueue de-duplication markers (ready: their ``unique_for`` is over)
+    of ids never put again (tubeworker.producing.dedup); at most ``limit`` a sweep."""
+    deleted = 0
+    for tube in await client.list_tubes():
+        if not tube.startswith(DEDUP_PREFIX):
+            continue
+        await client.use(tube)
+        while deleted < limit:
+            found = await client.request(p.PeekReady())
+            if not isinstance(found, p.Found):
+                break
+            await client.request(p.Delete(found.id))
+            deleted += 1
+    return deleted
 
 
 class ReturnsLookup:

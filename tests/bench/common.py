@@ -133,7 +133,7 @@ def unique_tube(system: str, run: int) -> str:
 
 def job_body(seq: int) -> bytes:
     """A ~100-byte JSON body, like a small real job (exactly BODY_SIZE bytes)."""
-    head = b'{"task":"bench.noop","seq":%08d,"pad":"' % seq
+    head = b'{"task":"bench.noop","seq":%8d,"pad":"' % seq  # spaces: strict JSON
     return head + b"x" * (BODY_SIZE - len(head) - 2) + b'"}'
 
 

@@ -9,6 +9,9 @@ system, …):
   line per job), everything else at its default (stats-job per job, counters, the
   guardian task per job, …).
 - ``tubeworker-nolog``: the same with ``job_lines = false`` (per-job logging off).
+- ``tubeworker-typed`` (opt-in): ``tubeworker`` whose no-op handler declares a payload
+  model (``@handler(payload=BenchBody)``, pydantic): the body is read as JSON and validated
+  per job. Compare it with ``tubeworker`` in the same run (overhead scenario only).
 - ``tubeworker-control`` (opt-in with ``--daemon-systems``): ``tubeworker`` with its control
   plane on (``[control] listen`` on a free loopback port): labelled metrics kept per job,
   the tube poller, the HTTP server idle. Compare it with ``tubeworker`` in the same run.
@@ -80,7 +83,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tests.bench.common import (
@@ -110,13 +113,20 @@ _FDS_PER_CONNECTION_SLACK = 256  # files besides the C sockets (pipes, epoll, lo
 TUBEWORKER = "tubeworker"
 TUBEWORKER_NOLOG = "tubeworker-nolog"
 TUBEWORKER_CONTROL = "tubeworker-control"
+TUBEWORKER_TYPED = "tubeworker-typed"
 TUBEWORKER_BASELINE = "tubeworker-baseline"
 BASELINE_ENV = "TUBEWORKER_BENCH_BASELINE"
 GREENSTALK_THREADS = "greenstalk-threads"
 AIOSTALK = "aiostalk"
 SYSTEMS = (TUBEWORKER, TUBEWORKER_NOLOG, GREENSTALK_THREADS, AIOSTALK)
-OPTIONAL_SYSTEMS = (TUBEWORKER_CONTROL, TUBEWORKER_BASELINE)
-DAEMONS = (TUBEWORKER, TUBEWORKER_NOLOG, TUBEWORKER_CONTROL, TUBEWORKER_BASELINE)
+OPTIONAL_SYSTEMS = (TUBEWORKER_CONTROL, TUBEWORKER_BASELINE, TUBEWORKER_TYPED)
+DAEMONS = (
+    TUBEWORKER,
+    TUBEWORKER_NOLOG,
+    TUBEWORKER_CONTROL,
+    TUBEWORKER_BASELINE,
+    TUBEWORKER_TYPED,
+)
 PEERS = (GREENSTALK_THREADS, AIOSTALK)
 
 
@@ -284,6 +294,10 @@ def _argv(
     system: str, address: str, tube: str, concurrency: int, handler: Handler, workdir: Path
 ) -> list[str]:
     if system in DAEMONS:
+        if system == TUBEWORKER_TYPED:
+            if handler.name != "noop":
+                raise BenchError(f"{system} runs the overhead scenario only")
+            handler = replace(handler, name="noop_typed")
         config = workdir / f"{tube}.toml"
         config.write_text(
             _tubeworker_config(

@@ -11,12 +11,26 @@ import os
 import time
 
 import trio
+from pydantic import BaseModel
 
-from tubeworker import Job
+from tubeworker import Job, handler
 
 
 async def noop(job: Job) -> None:
     """The overhead scenario: no work at all."""
+
+
+class BenchBody(BaseModel):
+    """The bench body's shape (tests/bench/common.py job_body)."""
+
+    task: str
+    seq: int
+    pad: str
+
+
+@handler(payload=BenchBody)
+async def noop_typed(job: Job) -> None:
+    """The overhead scenario's ``tubeworker-typed``: no work, a payload model checked."""
 
 
 async def sleep20(job: Job) -> None:

@@ -78,6 +78,7 @@ class BurialRecord:
     # records written before tubeworker kept it.
     kicks: int | None = None
     traceback: str = ""  # the handler's, when an exception it raised buried the job
+    id_key: str | None = None  # the envelope's "id" (the producer's idempotency key)
     record_id: int = 0  # the record's own job id (set when read)
 
     def to_body(self) -> bytes:
@@ -87,6 +88,8 @@ class BurialRecord:
         data.pop("record_id")
         if self.kicks is None:
             data.pop("kicks")
+        if self.id_key is None:
+            data.pop("id_key")
         keep = len(self.traceback)
         while True:
             if keep < len(self.traceback):
@@ -145,6 +148,7 @@ def new_record(
     attempt: int,
     *,
     traceback: str = "",
+    id_key: str | None = None,
 ) -> BurialRecord:
     """The record of a burial beanstalkd confirmed; ``stats`` are the job's as it was
     reserved (its kicks do not change while it is reserved)."""
@@ -159,6 +163,7 @@ def new_record(
         attempt=attempt,
         kicks=stats.kicks,
         traceback=traceback,
+        id_key=id_key,
     )
 
 
@@ -293,8 +298,9 @@ _FIELDS: Final[dict[str, tuple[type, ...]]] = {
     "attempt": (int,),
     "kicks": (int, type(None)),
     "traceback": (str,),
+    "id_key": (str, type(None)),
 }
-_OPTIONAL: Final = frozenset({"kicks", "traceback"})
+_OPTIONAL: Final = frozenset({"kicks", "traceback", "id_key"})
 
 
 def _decode(reserved: p.Reserved) -> BurialRecord | None:

@@ -196,3 +196,17 @@ def test_the_latest_record_is_the_later_attempt_whatever_the_order_written() -> 
     assert max([earlier, later], key=_recency) is later
     same = record(attempt=2, buried_at=NOW, record_id=9)
     assert max([same, later], key=_recency) is same
+
+
+def test_given_an_id_key_then_the_record_keeps_it_and_older_records_read_without() -> None:
+    keyed = record(id_key="order-42-receipt")
+    decoded = _decode(p.Reserved(9, keyed.to_body()))
+    assert decoded is not None
+    assert decoded.id_key == "order-42-receipt"
+    plain = record()
+    assert "id_key" not in json.loads(plain.to_body())  # records stay as they were
+    old = _decode(p.Reserved(9, plain.to_body()))
+    assert old is not None
+    assert old.id_key is None
+    made = new_record(5, stats(), "handler_bury", "no", 1, id_key="k")
+    assert made.id_key == "k"

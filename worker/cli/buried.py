@@ -57,6 +57,7 @@ def _document(everything: Sequence[Listing]) -> str:
                     "attempt": record.attempt,
                     "buried_at": record.buried_at,
                     "traceback": record.traceback or None,
+                    "id_key": record.id_key,
                 }
                 for record, stats in records
             ],

@@ -154,6 +154,7 @@ class DashboardReads:
                 "cause": record.cause,
                 "reason": record.reason,
                 "traceback": record.traceback or None,
+                "id_key": record.id_key,
                 "buried_at": record.buried_at,
                 "preview": previews.get(record.job_id),
             }

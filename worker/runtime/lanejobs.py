@@ -289,6 +289,7 @@ class LaneJobs:
                 outcome.detail,
                 attempt_number(stats),
                 traceback=outcome.traceback,
+                id_key=finished.id_key,
             )
             records.add(self.address, record)
         if self.excuses and not isinstance(command, p.Release):

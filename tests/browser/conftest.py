@@ -148,6 +148,7 @@ def write_daemon_config(
         '"bury_once" = "tests.browser.handlers:bury_once"',
         '"bury_always" = "tests.browser.handlers:bury_always"',
         '"work" = "tests.browser.handlers:work"',
+        '"typed_welcome" = "tests.browser.handlers:typed_welcome"',
         '"fail_hard" = "tests.browser.handlers:fail_hard"',
         "[[pool]]",
         f"tubes = {json.dumps(list(WORKED_TUBES))}",

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import trio
+from pydantic import BaseModel
 
 from tubeworker import Bury, Job, handler
 
@@ -34,6 +35,17 @@ async def bury_once(job: Job) -> None:
         _log("buried", n)
         raise Bury(f"customer {n} has no address on file")
     _log("end", n)
+
+
+class Welcome(BaseModel):
+    user_id: int
+    email: str
+
+
+@handler(payload=Welcome)
+async def typed_welcome(job: Job) -> None:
+    """A typed task: the dashboard's put dialog checks its payload before sending."""
+    _log("end", job.payload.user_id)
 
 
 async def work(job: Job) -> None:

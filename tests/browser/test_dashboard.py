@@ -401,3 +401,33 @@ def test_given_a_handler_error_buries_a_job_then_its_panel_shows_the_traceback(
     with client(fleet) as c:
         c.delete(failed)
         c.delete(asked)
+
+
+def test_given_a_typed_task_then_the_put_dialog_refuses_a_bad_payload_naming_the_field(
+    fleet: Fleet, page: Page
+) -> None:
+    page.open(tube_view(fleet, "browser-sentinel"))
+    page.set_token(TOKEN)
+
+    def put(body: str) -> None:
+        page.click("#tube-put")
+        wait_until_sync(lambda: page.js("return document.getElementById('put-dialog').open"))
+        field = page.driver.find_element("css selector", "#put-body")
+        field.clear()
+        field.send_keys(body)
+        page.click("#put-send")
+        page.confirm()
+
+    before = tube_stats(fleet, "browser-sentinel")["total-jobs"]
+    put('{"task": "typed_welcome", "payload": {"user_id": "nope"}}')
+    wait_until_sync(
+        lambda: page.js("return document.body.dataset.lastAction") == "failed",
+        what="the refusal",
+    )
+    toast = page.text("#toast")
+    assert "payload.user_id: input should be a valid integer" in toast
+    assert "payload.email: field required" in toast
+    assert tube_stats(fleet, "browser-sentinel")["total-jobs"] == before  # nothing sent
+
+    put('{"task": "typed_welcome", "payload": {"user_id": 77, "email": "a@example.org"}}')
+    wait_until_sync(lambda: 77 in fleet.runs("end"), what="the valid job run")

@@ -136,4 +136,9 @@ def dashboard(args: argparse.Namespace) -> int:
             "actions, and refuses them)",
             file=sys.stderr,
         )
+    if token is not None:  # its put dialog checks typed tasks' payloads, as producers do
+        from tubeworker.contracts import declare
+        from tubeworker.registry import discover
+
+        declare(discover().contracts())
     return trio.run(_serve, servers, listen, token, list(args.daemon), interval)

@@ -22,6 +22,7 @@ from tubeworker.admin_ops import (
     put_job,
 )
 from tubeworker.beanstalk.protocol import DEFAULT_PRIORITY, DEFAULT_TTR, MAX_INT
+from tubeworker.contracts import PayloadInvalid, TooNew, declared
 from tubeworker.control.dashboard_context import (
     Action,
     BadRequest,
@@ -31,10 +32,30 @@ from tubeworker.control.dashboard_context import (
     seconds_of,
     tube_of,
 )
+from tubeworker.envelope import BadEnvelope, read_envelope
 
-__all__ = ["DashboardActions"]
+__all__ = ["DashboardActions", "check_payload"]
 
 Data = dict[str, Any]
+
+
+def check_payload(body: bytes) -> None:
+    """An envelope of a typed task (one whose handler this process loaded) must fit its
+    payload type, as a producer's put must: the reason names each failing field. Any
+    other body goes as it is."""
+    try:
+        envelope = read_envelope(body)
+    except BadEnvelope:
+        return  # a raw body, for a pool bound to one handler
+    contract = declared(envelope.task)
+    if contract is None:
+        return
+    try:
+        contract.accept(envelope.payload, envelope.v, task=envelope.task)
+    except PayloadInvalid as exc:
+        raise BadRequest(str(exc)) from None
+    except TooNew:
+        return  # for newer workers than this process knows: theirs to check
 
 
 class DashboardActions:
@@ -112,6 +133,7 @@ class DashboardActions:
         body = data.get("body")
         if not isinstance(body, str):
             raise BadRequest("body must be text")
+        check_payload(body.encode())
         job_id = await put_job(
             address,
             tube,

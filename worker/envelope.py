@@ -12,6 +12,10 @@ key        meaning                                                         set b
 ``v``      the payload's version, an integer >= 1 (absent means 1): a      typed
            worker whose handler knows only older versions leaves the job   producers
            for a newer worker (docs/contracts.md)
+``then``   a chain's next steps, each ``{"tube", "task", "payload", "id",   chains
+           "priority", "delay", "ttr"}``: put (first step, carrying the
+           rest) when this job succeeds, before it is deleted
+           (docs/workflows.md)
 =========  ==============================================================  ==============
 """
 
@@ -21,18 +25,49 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from tubeworker.beanstalk.protocol import DEFAULT_PRIORITY, DEFAULT_TTR, validate_tube_name
+from tubeworker.errors import LocalProtocolError
+
 __all__ = [
     "BadEnvelope",
     "Envelope",
     "MissingTask",
+    "Step",
     "decode_envelope",
     "encode_envelope",
     "envelope_id",
     "read_envelope",
+    "read_steps",
 ]
 
 MAX_ID = 200  # characters of an envelope's id (it goes into log lines and records)
 MAX_VERSION = 1_000_000
+MAX_STEPS = 100  # a chain's steps one envelope may carry
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a chain: the job to put when the one before it succeeds."""
+
+    tube: str
+    task: str
+    payload: Any = None
+    id: str | None = None
+    priority: int = DEFAULT_PRIORITY
+    delay: int = 0
+    ttr: int = DEFAULT_TTR
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"tube": self.tube, "task": self.task, "payload": self.payload}
+        if self.id is not None:
+            data["id"] = self.id
+        if self.priority != DEFAULT_PRIORITY:
+            data["priority"] = self.priority
+        if self.delay:
+            data["delay"] = self.delay
+        if self.ttr != DEFAULT_TTR:
+            data["ttr"] = self.ttr
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +76,7 @@ class Envelope:
     payload: Any = None
     id: str | None = None  # the producer's idempotency key
     v: int = 1  # the payload's version
+    then: tuple[Step, ...] = ()  # a chain's next steps
 
 
 class BadEnvelope(ValueError):
@@ -81,7 +117,8 @@ def read_envelope(body: bytes) -> Envelope:
     version = data.get("v", 1)
     if version != 1 or type(version) is not int:  # True == 1, and is no version
         version = _version(version)
-    return Envelope(task, data.get("payload"), envelope_id(data.get("id")), version)
+    steps = read_steps(data.get("then")) if "then" in data else ()
+    return Envelope(task, data.get("payload"), envelope_id(data.get("id")), version, steps)
 
 
 def _version(value: Any) -> int:
@@ -112,3 +149,46 @@ def encode_envelope(task: str, payload: Any = None, *, id: str | None = None, v:
     if v != 1:
         data["v"] = _version(v)
     return json.dumps(data, separators=(",", ":")).encode()
+
+
+def read_steps(value: Any) -> tuple[Step, ...]:
+    """An envelope's ``"then"`` (absent: none), or BadEnvelope saying what is wrong."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_STEPS:
+        raise BadEnvelope(f'envelope "then" must be a list of at most {MAX_STEPS} steps')
+    return tuple(_step(item, n) for n, item in enumerate(value))
+
+
+def _step(item: Any, n: int) -> Step:
+    where = f'envelope "then"[{n}]'
+    if not isinstance(item, dict):
+        raise BadEnvelope(f"{where} must be an object")
+    tube, task = item.get("tube"), item.get("task")
+    if not isinstance(task, str) or not task:
+        raise BadEnvelope(f'{where} has no "task" string')
+    if not isinstance(tube, str):
+        raise BadEnvelope(f'{where} has no "tube" string')
+    try:
+        validate_tube_name(tube)
+    except LocalProtocolError as exc:
+        raise BadEnvelope(f"{where}: {exc}") from None
+    numbers = {}
+    for name, default, low, high in (
+        ("priority", DEFAULT_PRIORITY, 0, 2**32 - 1),
+        ("delay", 0, 0, 2**32 - 1),
+        ("ttr", DEFAULT_TTR, 1, 2**32 - 1),
+    ):
+        value = item.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise BadEnvelope(f'{where} "{name}" must be an integer {low}..{high}')
+        numbers[name] = value
+    return Step(
+        tube,
+        task,
+        item.get("payload"),
+        envelope_id(item.get("id")),
+        numbers["priority"],
+        numbers["delay"],
+        numbers["ttr"],
+    )

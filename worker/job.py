@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar, ru
 import structlog
 
 from tubeworker.contracts import Contract, make_contract
+from tubeworker.envelope import Step
 from tubeworker.schedule import ScheduleRef, parse_fire_id
 
 if TYPE_CHECKING:
@@ -158,6 +159,7 @@ class Job:
     """
 
     __slots__ = (
+        "_added",
         "_log",
         "_log_parent",
         "_services",
@@ -168,6 +170,7 @@ class Job:
         "max_attempts",
         "payload",
         "priority",
+        "steps",
         "task",
         "ttr",
         "tube",
@@ -188,6 +191,7 @@ class Job:
         log: structlog.typing.FilteringBoundLogger | None = None,
         services: _JobServices | None = None,
         id_key: str | None = None,
+        steps: Sequence[Step] = (),
     ) -> None:
         self.id = id
         #: The envelope's ``id``: the producer's idempotency key (None when it has none).
@@ -204,6 +208,10 @@ class Job:
         self._log_parent = log
         self._log: structlog.typing.FilteringBoundLogger | None = None
         self._services = services
+        #: The chain's next steps (the envelope's "then", and what ``then()`` added first):
+        #: the first is put, carrying the others, when this job succeeds.
+        self.steps: list[Step] = list(steps)
+        self._added = 0
 
     @property
     def log(self) -> structlog.typing.FilteringBoundLogger:
@@ -230,6 +238,30 @@ class Job:
         """What the producer sent: the envelope's ``payload``, or, in a pool bound to this
         handler (no envelope), the body parsed as JSON (raises ValueError when it is not)."""
         return self.payload if self.task is not None else self.json()
+
+    def then(
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        tube: str | None = None,
+        id: str | None = None,
+        priority: int = 1024,
+        delay: int = 0,
+        ttr: int = 60,
+    ) -> None:
+        """Put this step when the job succeeds, before it is deleted (a crash in between
+        puts it twice, never loses it): it runs after this job, and the rest of the chain
+        after it. Several calls: in order, before the chain's own next steps. ``tube``:
+        this job's by default. Not in compute-profile handlers (their job is a copy)."""
+        if self._services is None:
+            raise RuntimeError(
+                "job.then() is not available here (a compute-profile handler "
+                "or a job built by hand): give the chain's steps at put"
+            )
+        step = Step(tube or self.tube, task, payload, id, priority, delay, ttr)
+        self.steps.insert(self._added, step)
+        self._added += 1
 
     def _need_services(self, what: str) -> _JobServices:
         if self._services is None:
@@ -356,7 +388,7 @@ class Job:
         """A job with no connection (``touch``, ``put`` and ``http`` say so), e.g. in a
         compute-profile worker process; inside :func:`services_for_records`, with those
         services (there: ``put``)."""
-        return cls(
+        job = cls(
             id=record.id,
             tube=record.tube,
             body=record.body,
@@ -369,6 +401,8 @@ class Job:
             services=_record_services.get(),
             id_key=record.id_key,
         )
+        job._added = -1  # a copy: steps added here would never reach the daemon
+        return job
 
     def __reduce__(self) -> tuple[Callable[[JobRecord], Job], tuple[JobRecord]]:
         # Pickled as its record, by construction: the lane's connection and logger (which

@@ -54,6 +54,7 @@ so a failover can store a job twice: at least once, like everything else here.
 
 from __future__ import annotations
 
+from tubeworker.chains import Step
 from tubeworker.producing.checks import (
     DEFAULT_SERVER,
     SERVERS_ENV,
@@ -106,6 +107,7 @@ __all__ = [
     "Spool",
     "SpoolFull",
     "SpoolStatus",
+    "Step",
     "SyncConnection",
     "enqueue",
     "enqueue_async",

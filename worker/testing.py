@@ -22,7 +22,8 @@ lane's (``handler_timeout``: the handler's or the pool's timeout, never past TTR
 that picks the release delay: ``Retry(delay=...)``, else the backoff with full jitter, and
 a burial once the last attempt failed.
 
-**What the job did on the way is recorded**: each ``job.put`` (checked as the wire would
+**What the job did on the way is recorded**: each ``job.put`` (and a chain's next step,
+put when the job succeeds) (checked as the wire would
 check it: tube name, priority, delay, TTR), each ``job.touch()``, each request made
 through ``job.http`` (answered by the transport you pass, e.g. ``httpx.MockTransport``),
 and every call flow control would count (``job.http`` requests by their host, through the
@@ -49,6 +50,7 @@ import httpx
 import trio
 
 from tubeworker.beanstalk import protocol as p
+from tubeworker.chains import next_put
 from tubeworker.config import Config, Overrides, load_config
 from tubeworker.contracts import plain
 from tubeworker.envelope import BadEnvelope, decode_envelope, encode_envelope
@@ -332,6 +334,17 @@ async def run_async(
                 middleware=(*middleware, recorder.errors),
                 rng=rng,
             )
+            # A chain's next step, put before the delete as the daemon does (runs.py).
+            if plan.job.steps and isinstance(decided, DeleteJob):
+                step = next_put(plan.job.steps)
+                assert step is not None
+                await recorder.put(
+                    step.body,
+                    tube=step.tube,
+                    priority=step.priority,
+                    delay=step.delay,
+                    ttr=step.ttr,
+                )
         finally:
             CALLER.reset(declared)
     finally:

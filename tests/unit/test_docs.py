@@ -55,6 +55,14 @@ RUN_BY: dict[Key, str] = {
         "# myapp/welcome.py",
     ): f"{CONTRACTS}::test_given_malformed_payloads_then_each_is_buried_once_with_its_field_named",
     (
+        "docs/workflows.md",
+        "# myapp/imports.py",
+    ): "tests/e2e/test_chains.py::test_given_kills_then_every_step_runs_at_least_once_and_in_order",
+    (
+        "docs/workflows.md",
+        "# the app: an import split into chunks, then a summary",
+    ): "tests/e2e/test_chains.py::test_given_kills_then_every_step_runs_at_least_once_and_in_order",
+    (
         "docs/unique.md",
         "# myapp/receipts.py",
     ): "tests/e2e/test_idempotency.py::test_given_an_outbox_and_an_idempotent_handler_then_each_receipt_is_mailed_once",  # noqa: E501

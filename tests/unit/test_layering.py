@@ -34,6 +34,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tubeworker.contracts",
             # Handlers' consume-side idempotency (a store of keys done).
             "tubeworker.idempotency",
+            # Chains: the next step's envelope, put when a job succeeds (pure).
+            "tubeworker.chains",
             "tubeworker.registry",
             "tubeworker.config_model",
             "tubeworker.config_reader",

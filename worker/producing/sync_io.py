@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address
-from tubeworker.errors import ConnectionLostError, RemoteProtocolError
+from tubeworker.chains import Step, chain_bodies
+from tubeworker.errors import ConnectionLostError, LocalProtocolError, RemoteProtocolError
 from tubeworker.producing.checks import (
     PutRequest,
     Seconds,
@@ -23,7 +24,7 @@ from tubeworker.producing.checks import (
     check_size,
 )
 from tubeworker.producing.dedup import MAX_EXPIRED, dedup_tube, found_duplicate, mark_commands
-from tubeworker.producing.errors import NoServerAvailable, ProducerError, ServerFailure
+from tubeworker.producing.errors import InvalidJob, NoServerAvailable, ProducerError, ServerFailure
 from tubeworker.producing.failover import (
     BadReply,
     ProducerCore,
@@ -265,6 +266,20 @@ class Producer(ProducerCore):
             conn.exchange(mark_commands(job_id, seconds))
         except (ConnectionLostError, RemoteProtocolError, Unstored) as exc:
             self._dedup_unasked(key, server, exc)
+
+    def chain(self, steps: Sequence[Step], *, chain_id: str | None = None) -> Receipt:
+        """Put a chain: its first step now, each next one when the one before succeeds
+        (put by the worker before it deletes the job: never lost, maybe twice). Each step
+        without an ``id`` gets ``chain:<chain_id>:<n>`` (a random chain id by default)."""
+        try:
+            first = chain_bodies(steps, chain_id)
+        except (ValueError, LocalProtocolError) as exc:
+            if isinstance(exc, InvalidJob):
+                raise
+            raise InvalidJob(str(exc)) from None
+        return self.put(
+            first.tube, first.body, priority=first.priority, delay=first.delay, ttr=first.ttr
+        )
 
     def put(
         self,

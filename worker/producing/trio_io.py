@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,8 @@ import trio
 
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect
-from tubeworker.errors import ConnectionLostError, RemoteProtocolError
+from tubeworker.chains import Step, chain_bodies
+from tubeworker.errors import ConnectionLostError, LocalProtocolError, RemoteProtocolError
 from tubeworker.producing.checks import (
     PutRequest,
     Seconds,
@@ -182,6 +183,20 @@ class AsyncProducer(ProducerCore):
                     await client.request(command)
         except (ConnectionLostError, RemoteProtocolError, Unstored, greenstalk.Error) as exc:
             self._dedup_unasked(key, server, exc)
+
+    async def chain(self, steps: Sequence[Step], *, chain_id: str | None = None) -> Receipt:
+        """Put a chain: its first step now, each next one when the one before succeeds
+        (put by the worker before it deletes the job: never lost, maybe twice). Each step
+        without an ``id`` gets ``chain:<chain_id>:<n>`` (a random chain id by default)."""
+        try:
+            first = chain_bodies(steps, chain_id)
+        except (ValueError, LocalProtocolError) as exc:
+            if isinstance(exc, InvalidJob):
+                raise
+            raise InvalidJob(str(exc)) from None
+        return await self.put(
+            first.tube, first.body, priority=first.priority, delay=first.delay, ttr=first.ttr
+        )
 
     async def put(
         self,

@@ -15,7 +15,7 @@ import structlog
 
 from tubeworker.beanstalk.protocol import JobStats
 from tubeworker.contracts import PayloadInvalid, TooNew
-from tubeworker.envelope import BadEnvelope, MissingTask, read_envelope
+from tubeworker.envelope import BadEnvelope, MissingTask, Step, read_envelope
 from tubeworker.frozen import frozen
 from tubeworker.job import HandlerSpec, Job
 from tubeworker.runtime.outcome import BuryJob, Cause, ReleaseJob
@@ -68,6 +68,7 @@ def plan_job(
     payload: Any = None
     id_key: str | None = None
     version = 1
+    steps: tuple[Step, ...] = ()
     # A heartbeat goes through a bound pool like its jobs, and runs the built-in handler.
     if rules.bound is not None and not body.startswith(HEARTBEAT_BODY_START):
         spec, handler = rules.bound, rules.bound_name or "?"
@@ -84,6 +85,7 @@ def plan_job(
         except BadEnvelope as exc:
             return BuryJob(stats.pri, Cause.BAD_BODY, str(exc))
         task, payload, id_key, version = envelope.task, envelope.payload, envelope.id, envelope.v
+        steps = envelope.then
         found = rules.lookup(task)
         if found is None:
             error = rules.broken(task)
@@ -120,6 +122,7 @@ def plan_job(
         payload=payload,
         log=log,  # bound to the job on first use
         id_key=id_key,
+        steps=steps,
     )
     return Plan(job, spec, handler, policy, budget, too_new)
 

@@ -15,6 +15,7 @@ import trio
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address
 from tubeworker.burials import new_record
+from tubeworker.chains import NextPut
 from tubeworker.config import LimitConfig
 from tubeworker.errors import JobLostError, UnexpectedReplyError
 from tubeworker.flow import Caller, TrackedCall, call_api
@@ -111,6 +112,7 @@ class LaneJobs:
             defer=self._put_copy,
             binlog=services.binlog(address),
             unique=services.unique,
+            put_next=self._put_next,
         )
         self.server_id = str(address)  # the server's instance id once connected
         self.must_close = False  # a job was returned: close the connection when idle
@@ -146,6 +148,13 @@ class LaneJobs:
         producer = self.pool.services.producer(self.address)
         return await producer.put(
             job.body, tube=job.tube, priority=job.priority, delay=delay, ttr=job.ttr
+        )
+
+    async def _put_next(self, step: NextPut) -> int:
+        """A chain's next step: to this job's server first, like job.put()."""
+        producer = self.pool.services.producer(self.address)
+        return await producer.put(
+            step.body, tube=step.tube, priority=step.priority, delay=step.delay, ttr=step.ttr
         )
 
     # ---- for the state (drain deadline) and for handlers

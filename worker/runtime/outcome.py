@@ -32,6 +32,7 @@ class Cause(enum.Enum):
     HANDLER_RETRY = "handler_retry"  # the handler raised Retry
     TIMEOUT = "timeout"  # the handler overran its own deadline
     HANDLER_BROKEN = "handler_broken"  # registered, but failed to load in this worker
+    NEXT_STEP = "next_step"  # it succeeded, but its chain's next step could not be put
     # buried without running again
     HANDLER_BURY = "handler_bury"  # the handler raised Bury
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # more failed runs than max_attempts

@@ -11,7 +11,7 @@ touches are due and applies touch replies.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
 from typing import Literal
 
@@ -19,17 +19,20 @@ import greenstalk
 import trio
 
 from tubeworker.beanstalk import protocol as p
+from tubeworker.chains import NextPut, next_put
 from tubeworker.config import LimitConfig
 from tubeworker.errors import ConnectionLostError
 from tubeworker.flow import CALLER, Caller
 from tubeworker.flow.unique import UniqueLocks, key_path_value
 from tubeworker.job import HandlerSpec, Job, Middleware
 from tubeworker.observe.counters import JobCounters
+from tubeworker.producing.errors import InvalidJob, PayloadInvalid, ProducerError
 from tubeworker.runtime.admission import Admission, Defer
 from tubeworker.runtime.binlog import BinlogHealth, hold_for_binlog, needs_room
 from tubeworker.runtime.dispatch import Plan
 from tubeworker.runtime.invoke import ProcessPool, report_timeout, run_job, timeout_outcome
-from tubeworker.runtime.outcome import Cause, DeleteJob, Outcome, ReleaseJob
+from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob
+from tubeworker.runtime.policy import failure_outcome
 from tubeworker.runtime.run import Run, handler_timeout
 from tubeworker.runtime.slots import Slot
 
@@ -37,6 +40,12 @@ __all__ = ["UNIQUE_DEFER", "UNIQUE_PATIENCE", "Runs", "unique_key"]
 
 UNIQUE_PATIENCE = 10.0  # seconds a job waits for its unique key before it is deferred
 UNIQUE_DEFER = 2  # seconds the deferred copy waits
+
+
+# Deletions after which a chain goes on: done, or done before (its step may be lost).
+_CHAIN_GOES_ON = frozenset({Cause.COMPLETED, Cause.DUPLICATE})
+
+PutNext = Callable[[NextPut], Awaitable[int]]
 
 
 def unique_key(spec: HandlerSpec, job: Job) -> str | None:
@@ -74,6 +83,7 @@ class Runs:
         defer: Defer | None = None,
         binlog: BinlogHealth | None = None,
         unique: UniqueLocks | None = None,
+        put_next: PutNext | None = None,
     ) -> None:
         self._runs: dict[int, Run] = {}
         self._on_finished = on_finished
@@ -89,6 +99,7 @@ class Runs:
         self._defer = defer
         self._binlog = binlog
         self._unique = unique
+        self._put_next = put_next
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -186,6 +197,8 @@ class Runs:
             )
             if not run.apis or not await self._admission.failed_with_its_api(run, outcome):
                 break
+        if plan.job.steps and isinstance(outcome, DeleteJob) and outcome.cause in _CHAIN_GOES_ON:
+            outcome = await self._next_step(run, outcome)
         binlog = self._binlog
         if binlog is not None and binlog.full and needs_room(outcome):
             return await hold_for_binlog(run, outcome, binlog, self._draining)
@@ -205,6 +218,31 @@ class Runs:
             else:
                 return DeleteJob(Cause.NEWER_VERSION, f"{why}: waits as job {copy} for {delay} s")
         return ReleaseJob(delay, plan.job.priority, Cause.NEWER_VERSION, why)
+
+    async def _next_step(self, run: Run, done: DeleteJob) -> Outcome:
+        """Put the chain's next step before the job is deleted (chains.py). A step that
+        cannot be put fails the job (retried; the step is put on its next success)."""
+        plan = run.plan
+        job = plan.job
+        try:
+            step = next_put(job.steps)
+            assert step is not None
+            if self._put_next is None:
+                raise ConnectionLostError("no producer for the next step")
+            await self._put_next(step)
+        except InvalidJob as exc:  # the step itself is wrong: no retry will fix it
+            cause = Cause.SCHEMA if isinstance(exc, PayloadInvalid) else Cause.BAD_BODY
+            return BuryJob(job.priority, cause, f"its next step cannot be put: {exc}")
+        except (ProducerError, ConnectionLostError, greenstalk.Error) as exc:
+            detail = f"its next step could not be put: {exc}"
+            return failure_outcome(
+                plan.budget,
+                plan.policy,
+                priority=job.priority,
+                cause=Cause.NEXT_STEP,
+                detail=detail,
+            )
+        return done
 
     async def _lock_key(self, run: Run) -> Outcome | None:
         """Hold the run until its unique key is locked (None), or defer it: a delayed copy,

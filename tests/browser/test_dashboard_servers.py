@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.browser.conftest import require_beanstalkd
@@ -58,9 +59,31 @@ def test_the_servers_view_shows_each_beanstalkd_and_a_dead_one(
             wait_until_sync(lambda: health(page, second.address) == "down", timeout=DEADLINE,
                             what="the killed server down")  # fmt: skip
             assert health(page, first.address) == "up"
+
+            # Its history: points before, a gap while it is down (never a zero), points
+            # after; and the page draws each server's three series.
+            def connections() -> list[float | None]:
+                answer = httpx.get(f"http://127.0.0.1:{port}/api/servers", timeout=5).json()
+                (row,) = [r for r in answer["servers"] if r["server"] == second.address]
+                return list(row["history"]["connections"])
+
+            wait_until_sync(lambda: connections()[-1:] == [None], timeout=DEADLINE,
+                            what="a gap in its history while it is down")  # fmt: skip
+            assert connections()[0] is not None  # it was up at first: a point
             second.restart()
             wait_until_sync(lambda: health(page, second.address) == "up", timeout=DEADLINE,
                             what="back up")  # fmt: skip
+            wait_until_sync(lambda: connections()[-1] is not None, timeout=DEADLINE,
+                            what="points again once it is back")  # fmt: skip
+            page.go("#/overview")
+            page.go("#/servers")
+            wait_until_sync(
+                lambda: (
+                    page.js("return document.querySelectorAll('#servers-history figure').length")
+                    == 6
+                ),
+                what="three charts per server",
+            )
             assert page.script_errors() == []
         finally:
             daemon.stop()

@@ -30,6 +30,7 @@ from typing import Any, Final
 
 from tubeworker.control.history import Key, Outcomes, TubeHistory
 from tubeworker.control.poller import TubeDepth, TubeDepths
+from tubeworker.control.server_history import ServerHistory
 from tubeworker.observe.events import EventBus
 from tubeworker.tubes import is_internal
 
@@ -67,6 +68,9 @@ class TubeBoard:
         self.depths = depths
         self.events = events
         self.history = TubeHistory(sample_every=sample_every, clock=clock, wall=wall)
+        #: Each server's own figures over time (the Servers view).
+        self.server_history = ServerHistory(sample_every=sample_every)
+        self._wall = wall
         self._published: dict[Key, tuple[object, ...]] = {}
         self.round = 0
         #: The fleet's outcome totals per tube (set by the fleet poller; empty without one).
@@ -86,6 +90,8 @@ class TubeBoard:
         """After every round of the poller: history points when due, then the event."""
         self.round += 1
         sampled = self.history.sample(self.depths.tubes, self.outcomes())
+        if sampled:
+            self.server_history.sample(self.depths.servers, self._wall())
         if sampled and self.depths.last_round_every_tube:  # totals of every tube, not a few
             self.history.add_totals(self.totals())
         if not (self.events.listening and self.viewed()):

@@ -1,6 +1,7 @@
 """The dashboard's Servers view: beanstalkd itself, per server, as the poller last read
 it (``stats``): up or why not, version, uptime, connections, jobs, job timeouts,
-draining, binlog files and records, CPU, host name and id.
+draining, binlog files and records, CPU, host name and id; and the history of its
+connections, jobs and CPU over the last 30 minutes (gaps while it was down).
 
     GET /api/servers
 """
@@ -39,6 +40,7 @@ class DashboardServers:
                     "error": None if seen is None else seen.error,
                     "read_ago": None if seen is None or not seen.at else round(now - seen.at, 1),
                     "stats": None if stats is None else dataclasses.asdict(stats),
+                    "history": ctx.board.server_history.describe(name),
                 }
             )
         return json_response(200, {"servers": rows})

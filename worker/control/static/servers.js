@@ -1,7 +1,7 @@
 // tubeworker dashboard: the Servers view. beanstalkd itself, per server, as the daemon's
 // poller last read it (stats): up or why not, connections, jobs, timeouts, binlog, CPU.
 
-import { $, api, el, fmtInt, fmtSeconds } from "./common.js";
+import { $, api, el, fmtInt, fmtSeconds, known, sparkline } from "./common.js";
 
 function health(s) {
   if (!s.up) return el("span", { class: "badge bad", title: s.error || "" }, "down");
@@ -33,6 +33,29 @@ export function renderServers(data) {
       el("td", { class: "muted small" }, st ? `${st.hostname} ${st.id}` : dash));
   }));
   $("servers-note").textContent = "Read by the daemon's poller every few seconds (stats); a server that does not answer is down at once.";
+  renderHistory(data.servers);
+}
+
+// Each server's connections, jobs and CPU over time; a gap where it was down.
+const SERIES = [
+  ["connections", "connections", (v) => fmtInt(v)],
+  ["jobs", "jobs (every state)", (v) => fmtInt(v)],
+  ["cpu", "CPU (s per s)", (v) => v.toFixed(3)],
+];
+
+function renderHistory(servers) {
+  $("servers-history").replaceChildren(...servers.map((s) => {
+    const history = s.history || { at: [] };
+    return el("div", { class: "server-history", dataset: { server: s.server, points: String(history.at.length) } },
+      el("h4", {}, s.server),
+      ...SERIES.map(([key, label, format]) => {
+        const values = history[key] || [];
+        const last = [...values].reverse().find(known);
+        return el("figure", { class: "chart", dataset: { series: key } },
+          sparkline(values, 230, 52, "chart-svg"),
+          el("figcaption", {}, `${label}: ${known(last) ? format(last) : "–"}`));
+      }));
+  }));
 }
 
 export async function loadServers() {

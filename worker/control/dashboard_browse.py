@@ -4,7 +4,12 @@ bulk actions (token-guarded like the others): move a tube's jobs of one state to
 tube, put a listed job again.
 
     GET  /api/jobs?server=&tube=&state=ready,delayed,buried&from=&limit=&grep=
-    POST /api/move {server, tube, to, state, kick?}
+    POST /api/move {server, tube, to, state, kick?, limit?}
+
+A move of many jobs is sent by the page in chunks (``limit`` jobs a request), so that its
+Stop button can end it between two chunks: every job is put into the other tube before it
+is deleted from this one, so a move stopped (or cut) midway leaves each job in one tube or
+the other, never none.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from tubeworker.control.dashboard_context import (
 __all__ = ["DashboardBrowse"]
 
 _MAX_PAGE = 200
+_MAX_MOVE = 10_000  # jobs one /api/move request may move (the page sends 200 at a time)
 _PREVIEW = 300  # characters of a body shown in the list (View shows it all)
 
 
@@ -76,9 +82,21 @@ class DashboardBrowse:
         address, tube = self.context.server(data), tube_of(data)
         to = tube_of({"tube": data.get("to")})
         states = _states(data.get("state"))
+        limit = number_of(data, "limit", 0, high=_MAX_MOVE) or None
         async with admin_client(address) as client, admin_client(address) as reader:
             result = await move_jobs(
-                client, tube, to, states=states, kick=bool(data.get("kick")), reader=reader
+                client,
+                tube,
+                to,
+                states=states,
+                kick=bool(data.get("kick")),
+                reader=reader,
+                limit=limit,
             )
         self.context.depths.poke()
-        return {"moved": len(result.moved), "skipped": len(result.skipped)}
+        return {
+            "moved": len(result.moved),
+            "skipped": len(result.skipped),
+            "matched": result.matched,
+            "limit": limit,
+        }

@@ -61,7 +61,7 @@ export async function act(path, body, question) {
     toast("Read-only: no token is configured, so the dashboard takes no actions.", "error");
     return null;
   }
-  if (!(await confirmAction(question))) return null;
+  if (question !== null && !(await confirmAction(question))) return null; // null: asked already
   const headers = { "Content-Type": "application/json" };
   const token = getToken();
   if (token) headers.Authorization = `Bearer ${token}`;

@@ -43,18 +43,43 @@ export async function listJobs(again) {
   from = data.next_from || from;
 }
 
+// A move goes in chunks, so that Stop can end it between two: each job is put there
+// before it is deleted here, so a stopped move leaves every job in one tube or the other.
+const MOVE_CHUNK = 200;
+let stopMove = false;
+
 async function moveJobs() {
   const { server, tube } = state.tube;
   const to = $("jobs-move-to").value.trim();
   if (!to) { toast("Name the tube to move them to.", "error"); return; }
   const which = $("jobs-state").value;
-  const done = await act("/api/move", { server, tube, to, state: which },
-    `Move every ${which.replaceAll(",", "/")} job of ${tube} to ${to}? Each is put there, then deleted here.`);
-  if (done) {
-    toast(`Moved ${done.moved} job(s) to ${to}` + (done.skipped ? `; ${done.skipped} skipped (held by a worker)` : "") + ".");
+  let question = `Move every ${which.replaceAll(",", "/")} job of ${tube} to ${to}? Each is put there, then deleted here.`;
+  let moved = 0;
+  let skipped = 0;
+  stopMove = false;
+  $("jobs-move-stop").hidden = false;
+  document.body.dataset.moving = "yes";
+  try {
+    while (!stopMove) {
+      const done = await act("/api/move", { server, tube, to, state: which, limit: MOVE_CHUNK }, question);
+      question = null; // asked once for the whole move
+      if (!done) return;
+      moved += done.moved;
+      skipped = done.skipped;
+      $("jobs-move-progress").textContent = `Moved ${moved} so far…`;
+      if (done.matched < MOVE_CHUNK || done.moved === 0) break;
+    }
+    const how = stopMove ? "Stopped: moved" : "Moved";
+    toast(`${how} ${moved} job(s) to ${to}` + (skipped ? `; ${skipped} skipped (held by a worker)` : "") + ".");
+    $("jobs-move-progress").textContent = `${how} ${moved} job(s).`;
     await listJobs(false);
+  } finally {
+    $("jobs-move-stop").hidden = true;
+    document.body.dataset.moving = "";
   }
 }
+
+$("jobs-move-stop").addEventListener("click", () => { stopMove = true; });
 
 $("jobs-list").addEventListener("click", () => listJobs(false));
 $("jobs-more").addEventListener("click", () => listJobs(true));

@@ -218,7 +218,83 @@ $("tube-kick-reason").addEventListener("click", async () => {
 
 // ------------------------------------------------------------------ put
 
+// Saved job templates: kept in this browser (localStorage), exported and imported as JSON.
+const TEMPLATES_KEY = "tubeworker.templates";
+const FIELDS = ["tube", "body", "priority", "delay", "ttr"];
+
+function templates() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(TEMPLATES_KEY) || "[]");
+    return Array.isArray(saved) ? saved.filter(validTemplate) : [];
+  } catch (error) {
+    return [];
+  }
+}
+
+function validTemplate(t) {
+  return t && typeof t.name === "string" && t.name && FIELDS.every((f) => t[f] === undefined || typeof t[f] === "string");
+}
+
+function keepTemplates(list) {
+  list.sort((a, b) => a.name.localeCompare(b.name));
+  localStorage.setItem(TEMPLATES_KEY, JSON.stringify(list));
+  showTemplates();
+}
+
+function showTemplates(selected) {
+  const select = $("put-template");
+  select.replaceChildren(el("option", { value: "" }, "(none)"),
+    ...templates().map((t) => el("option", { value: t.name, selected: t.name === selected }, t.name)));
+}
+
+$("put-template").addEventListener("change", () => {
+  const found = templates().find((t) => t.name === $("put-template").value);
+  if (!found) return;
+  for (const f of FIELDS) if (found[f] !== undefined) $(`put-${f}`).value = found[f];
+  $("put-template-name").value = found.name;
+});
+$("put-template-save").addEventListener("click", () => {
+  const name = $("put-template-name").value.trim();
+  if (!name) { toast("Name the template first.", "error"); return; }
+  const entry = { name };
+  for (const f of FIELDS) entry[f] = $(`put-${f}`).value;
+  keepTemplates([...templates().filter((t) => t.name !== name), entry]);
+  showTemplates(name);
+  toast(`Template “${name}” saved in this browser.`);
+});
+$("put-template-delete").addEventListener("click", () => {
+  const name = $("put-template").value;
+  if (!name) return;
+  keepTemplates(templates().filter((t) => t.name !== name));
+  toast(`Template “${name}” deleted.`);
+});
+$("put-templates-export").addEventListener("click", () => {
+  const link = $("put-templates-link");
+  link.href = `data:application/json;charset=utf-8,${encodeURIComponent(JSON.stringify(templates(), null, 2))}`;
+  link.click();
+});
+$("put-templates-import").addEventListener("change", async (event) => {
+  const file = event.target.files[0];
+  if (!file) return;
+  let imported;
+  try {
+    imported = JSON.parse(await file.text());
+  } catch (error) {
+    toast(`Not JSON: ${error.message}`, "error");
+    return;
+  }
+  if (!Array.isArray(imported) || !imported.every(validTemplate)) {
+    toast("Not a template list: expected [{\"name\": …, \"tube\": …, \"body\": …}, …].", "error");
+    return;
+  }
+  const names = new Set(imported.map((t) => t.name));
+  keepTemplates([...templates().filter((t) => !names.has(t.name)), ...imported]);
+  toast(`Imported ${imported.length} template(s).`);
+  event.target.value = "";
+});
+
 function openPut(tube, server) {
+  showTemplates();
   $("put-tube").value = tube || "";
   const select = $("put-server");
   select.replaceChildren(...state.servers.map((s) => el("option", { value: s, selected: s === server }, s)));

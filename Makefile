@@ -70,6 +70,7 @@ $(STAMP): $(RUNTIME)
 #   tmux             the terminal test of `tubeworker top`
 #   promtool         tests/e2e/test_deploy_prometheus.py checks and tests deploy/prometheus
 #   chromium, chromedriver  tests/browser/: the dashboard in a headless browser (Selenium)
+#   php              tests/e2e/test_signed_jobs.py: a PHP app signs and puts a job
 SYSTEM_PACKAGES := \
 	beanstalkd=beanstalkd \
 	promtool=prometheus \
@@ -77,7 +78,8 @@ SYSTEM_PACKAGES := \
 	systemd-analyze=systemd \
 	tmux=tmux \
 	chromium=chromium \
-	chromedriver=chromium-driver
+	chromedriver=chromium-driver \
+	php=php-cli
 
 beanstalkd:
 	@$(MAKE) --no-print-directory install-missing PACKAGES="$(firstword $(SYSTEM_PACKAGES))"

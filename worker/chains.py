@@ -16,7 +16,6 @@ repeat.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +23,8 @@ from typing import Any
 
 from tubeworker.beanstalk.protocol import validate_tube_name
 from tubeworker.contracts import declared, plain
-from tubeworker.envelope import MAX_STEPS, Step
+from tubeworker.envelope import MAX_STEPS, Step, envelope_bytes
+from tubeworker.security.keys import KeyRing
 
 __all__ = ["NextPut", "Step", "chain_bodies", "next_put"]
 
@@ -41,7 +41,7 @@ class NextPut:
     id: str | None
 
 
-def _envelope(step: Step, rest: Sequence[Step]) -> bytes:
+def _envelope(step: Step, rest: Sequence[Step], signer: KeyRing | None = None) -> bytes:
     data: dict[str, Any] = {"task": step.task}
     contract = declared(step.task)
     data["payload"] = (
@@ -53,19 +53,21 @@ def _envelope(step: Step, rest: Sequence[Step]) -> bytes:
         data["v"] = contract.version
     if rest:
         data["then"] = [each.to_json() for each in rest]
-    return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+    return envelope_bytes(data, signer)
 
 
-def next_put(steps: Sequence[Step]) -> NextPut | None:
+def next_put(steps: Sequence[Step], signer: KeyRing | None = None) -> NextPut | None:
     """What a job that succeeded puts next: its first step, carrying the others."""
     if not steps:
         return None
     first, rest = steps[0], steps[1:]
-    body = _envelope(first, rest)
+    body = _envelope(first, rest, signer)
     return NextPut(first.tube, body, first.priority, first.delay, first.ttr, first.id)
 
 
-def chain_bodies(steps: Sequence[Step], chain_id: str | None = None) -> NextPut:
+def chain_bodies(
+    steps: Sequence[Step], chain_id: str | None = None, signer: KeyRing | None = None
+) -> NextPut:
     """The first job of a new chain (each step without an id gets ``chain:<id>:<n>``).
     Raises ValueError for an empty chain, PayloadInvalid for a typed step's bad payload."""
     if not steps:
@@ -79,7 +81,7 @@ def chain_bodies(steps: Sequence[Step], chain_id: str | None = None) -> NextPut:
     ]
     for step in named:
         validate_tube_name(step.tube)
-    put = next_put(named)
+    put = next_put(named, signer)
     assert put is not None
     return put
 

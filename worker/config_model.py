@@ -75,6 +75,15 @@ class RetrySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """``[security]``: the signing keys file (its path: the daemon reads the secrets when
+    it starts) and whether every job must be signed (pools may say otherwise)."""
+
+    signing_keys_file: Path | None = None
+    require_signature: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class PoolConfig:
     name: str
     tubes: tuple[str, ...]  # names or glob patterns (tenant-*)
@@ -86,6 +95,8 @@ class PoolConfig:
     retry: RetrySettings = field(default_factory=RetrySettings)
     # Jobs reserved on one connection at once: fewer connections, batched round trips.
     jobs_per_connection: int = 50
+    # Every job must be signed ([security]); None: as [security] require_signature says.
+    require_signature: bool | None = None
 
     @property
     def has_globs(self) -> bool:
@@ -278,6 +289,7 @@ class Config:
     # [settings.NAME]: options of the handler registered as NAME (its job.settings).
     handler_settings: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     schedules: tuple[ScheduleConfig, ...] = ()  # [[schedule]] tables
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     heartbeats: tuple[HeartbeatConfig, ...] = ()  # [[heartbeat]] tables
     source: str = "defaults"
     # The config file's folder: [handlers] modules beside the config are found there.

@@ -32,6 +32,7 @@ from tubeworker.config_model import (
 )
 from tubeworker.config_reader import Problems, Reader, tube_patterns
 from tubeworker.config_schedules import heartbeats, schedules
+from tubeworker.config_security import security
 from tubeworker.errors import LocalProtocolError
 
 __all__ = ["build"]
@@ -56,6 +57,7 @@ _RETRY_KEYS: Final = (
 )
 _POOL_KEYS: Final = (
     "jobs_per_connection",
+    "require_signature",
     "name",
     "tubes",
     "concurrency",
@@ -109,6 +111,11 @@ def _pool(reader: Reader, index: int, retry: RetrySettings) -> PoolConfig:
             "jobs_per_connection", _D_POOL.jobs_per_connection, low=1, high=1000
         ),
         retry=_retry(reader.table_at("retry"), retry),
+        require_signature=(
+            reader.boolean("require_signature", False)
+            if reader.get("require_signature") is not None
+            else None
+        ),
     )
 
 
@@ -392,6 +399,7 @@ _TOP_KEYS: Final = (
     "settings",
     "schedule",
     "heartbeat",
+    "security",
 )
 _TARGET: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -485,4 +493,5 @@ def build(raw: dict[str, Any], origins: dict[str, str], problems: Problems) -> C
         handler_settings=_handler_settings(top.table_at("settings")),
         schedules=schedules(top),
         heartbeats=heartbeats(top),
+        security=security(top.table_at("security")),
     )

@@ -27,6 +27,8 @@ from typing import Any
 
 from tubeworker.beanstalk.protocol import DEFAULT_PRIORITY, DEFAULT_TTR, validate_tube_name
 from tubeworker.errors import LocalProtocolError
+from tubeworker.security.keys import KeyRing
+from tubeworker.security.signing import current_signer, sign
 
 __all__ = [
     "BadEnvelope",
@@ -35,6 +37,7 @@ __all__ = [
     "Step",
     "decode_envelope",
     "encode_envelope",
+    "envelope_bytes",
     "envelope_id",
     "read_envelope",
     "read_steps",
@@ -140,6 +143,18 @@ def envelope_id(value: Any) -> str | None:
     return value
 
 
+def envelope_bytes(
+    data: dict[str, Any], signer: KeyRing | None = None, *, strict: bool = True
+) -> bytes:
+    """An envelope's body: compact JSON (``strict``: no NaN, which other languages refuse),
+    signed with ``signer`` or this process's signing keys when it has some
+    (docs/security.md; signed bodies are always strict)."""
+    keys = signer or current_signer()
+    if keys is not None:
+        return sign(data, keys)
+    return json.dumps(data, separators=(",", ":"), allow_nan=not strict).encode()
+
+
 def encode_envelope(task: str, payload: Any = None, *, id: str | None = None, v: int = 1) -> bytes:
     """The body of an envelope (``id`` and ``v`` only when given, so bodies stay as they
     were)."""
@@ -148,7 +163,7 @@ def encode_envelope(task: str, payload: Any = None, *, id: str | None = None, v:
         data["id"] = envelope_id(id)
     if v != 1:
         data["v"] = _version(v)
-    return json.dumps(data, separators=(",", ":")).encode()
+    return envelope_bytes(data, strict=False)
 
 
 def read_steps(value: Any) -> tuple[Step, ...]:

@@ -5,6 +5,7 @@ claims to run, fails too. The blocks that need no server run here."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -54,6 +55,14 @@ RUN_BY: dict[Key, str] = {
         "README.md",
         "# myapp/welcome.py",
     ): f"{CONTRACTS}::test_given_malformed_payloads_then_each_is_buried_once_with_its_field_named",
+    (
+        "docs/security.md",
+        "[security]",
+    ): "tests/e2e/test_signed_jobs.py::test_given_required_signatures_then_only_signed_jobs_run",
+    (
+        "docs/security.md",
+        "<?php",
+    ): "tests/e2e/test_signed_jobs.py::test_given_required_signatures_then_only_signed_jobs_run",
     (
         "docs/workflows.md",
         "# myapp/imports.py",
@@ -163,6 +172,10 @@ NOT_RUN: dict[Key, str] = {
         "from myapp.welcome import SendWelcome",
     ): "needs a beanstalkd on 11300: tests/e2e/test_contracts.py makes the same calls (register, enqueue a model, PayloadInvalid)",  # noqa: E501
     (
+        "docs/security.md",
+        'echo "k2026-12: $(head -c 32 /dev/urandom | base64)" > /etc/tubeworker/signing-keys',
+    ): "writes into /etc: the tests make their keys files with the same format (tests/e2e/test_signed_jobs.py)",  # noqa: E501
+    (
         "docs/admin.md",
         "tubeworker stats [TUBE...] [--json] [--watch]",
     ): "a listing of the commands: each is run by tests/e2e/test_admin_cli.py",
@@ -270,7 +283,11 @@ def test_the_toml_blocks_are_valid_config(tmp_path: Path) -> None:
             assert tomllib.loads(b.code)["project"]["entry-points"]["tubeworker.handlers"]
             continue
         text = b.code if "[[pool]]" in b.code else b.code + '\n[[pool]]\ntubes = ["x"]\n'
+        if "/etc/tubeworker/signing-keys" in text:  # a keys file of the documented format
+            keys = tmp_path / "signing-keys"
+            keys.write_text(f"k2026-12: {base64.b64encode(bytes(32)).decode()}\n")
+            text = text.replace("/etc/tubeworker/signing-keys", str(keys))
         path = tmp_path / f"block{checked}.toml"
         path.write_text(text)
         load_config(path, env={})
-    assert checked == 11
+    assert checked == 12

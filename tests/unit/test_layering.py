@@ -22,7 +22,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("observe", ("tubeworker.observe",)),
     (
         "foundation",
-        ("tubeworker.errors", "tubeworker.backoff", "tubeworker.tubes", "tubeworker.frozen"),
+        (
+            "tubeworker.errors",
+            "tubeworker.backoff",
+            "tubeworker.tubes",
+            "tubeworker.frozen",
+            # Keys and signatures (stdlib only): the envelope signs with them.
+            "tubeworker.security",
+        ),
     ),
     ("beanstalk", ("tubeworker.beanstalk",)),
     (
@@ -41,6 +48,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tubeworker.config_reader",
             "tubeworker.config_sections",
             "tubeworker.config_schedules",
+            "tubeworker.config_security",
             "tubeworker.config",
             "tubeworker.burials",
             "tubeworker.returns",

@@ -10,6 +10,8 @@ from tubeworker.cli.startup import EX_CONFIG, EX_OK, load_all, print_problems
 from tubeworker.config import Overrides
 from tubeworker.contracts import declare, schema_document
 from tubeworker.registry import Registry, discover
+from tubeworker.security.keys import load_keys
+from tubeworker.security.signing import install_signer
 
 __all__ = ["add_schemas_command", "contracts_for", "schemas"]
 
@@ -36,6 +38,9 @@ def contracts_for(config: str | None) -> tuple[Registry, int]:
         args = argparse.Namespace(config=config)
         loaded = load_all(args, overrides=Overrides())
         print_problems(loaded.problems)
+        if loaded.config is not None and loaded.config.security.signing_keys_file:
+            # What this process puts is signed as the daemon's own puts are.
+            install_signer(load_keys(loaded.config.security.signing_keys_file))
         return loaded.registry, EX_CONFIG if loaded.problems else EX_OK
     registry = discover()
     declare(registry.contracts())

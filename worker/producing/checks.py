@@ -3,7 +3,6 @@ seconds, the envelope, and which servers (see :mod:`tubeworker.producer`)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -16,9 +15,10 @@ from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, parse_address
 from tubeworker.config import duration_seconds
 from tubeworker.contracts import Contract, declared, plain
-from tubeworker.envelope import BadEnvelope, envelope_id
+from tubeworker.envelope import BadEnvelope, envelope_bytes, envelope_id
 from tubeworker.errors import ConfigError, LocalProtocolError
 from tubeworker.producing.errors import InvalidJob, JobTooBig
+from tubeworker.security.keys import KeyRing
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -122,13 +122,15 @@ def make_envelope(
     *,
     id: str | None = None,
     contracts: Mapping[str, Contract] | None = None,
+    signer: KeyRing | None = None,
 ) -> bytes:
     """The body ``{"task": TASK, "payload": PAYLOAD}`` that tubeworker dispatches on, in the
     form :func:`tubeworker.envelope.encode_envelope` writes, but strict JSON (no NaN or
     Infinity, which other languages' parsers refuse). ``id``: the envelope's idempotency
     key. A task with a known contract (``contracts``, or a handler loaded in this process)
     has its payload validated (:class:`PayloadInvalid`) and its version written as ``v``;
-    a model instance is written as its JSON data."""
+    a model instance is written as its JSON data. ``signer``: keys to sign it with (else
+    this process's, if it has signing keys; else unsigned)."""
     if not isinstance(task, str) or not task:
         raise InvalidJob(f"task must be a non-empty string, got {task!r}")
     data: dict[str, Any] = {"task": task}
@@ -145,10 +147,9 @@ def make_envelope(
     if contract is not None and contract.version != 1:
         data["v"] = contract.version
     try:
-        text = json.dumps(data, separators=(",", ":"), allow_nan=False)
+        return envelope_bytes(data, signer)  # signed with signer, or this process's keys
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidJob(f"the payload of task {task!r} is not JSON: {exc}") from None
-    return text.encode()
 
 
 def prepare_put(

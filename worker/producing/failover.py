@@ -35,6 +35,7 @@ from tubeworker.producing.errors import (
     ServerUnreachable,
 )
 from tubeworker.producing.spool import Receipt
+from tubeworker.security.keys import KeyRing, load_keys
 
 log = logging.getLogger("tubeworker.producer")
 
@@ -235,6 +236,7 @@ class ProducerCore:
         demote_for: float,
         clock: Callable[[], float],
         on_failure: Callable[[ServerFailure], None] | None,
+        signing_keys: str | os.PathLike[str] | KeyRing | None = None,
     ) -> None:
         self.servers = parse_servers(servers)
         self.on_failure = on_failure
@@ -245,6 +247,12 @@ class ProducerCore:
         self._health = ServerHealth(demote_for, clock)
         self._counters = _Counters()
         self._contracts: dict[str, Contract] = {}
+        # Keys envelopes are signed with (the first of the file): given, else this process's.
+        self._signer = (
+            signing_keys
+            if isinstance(signing_keys, KeyRing) or signing_keys is None
+            else load_keys(signing_keys)
+        )
 
     def register(
         self,
@@ -265,7 +273,7 @@ class ProducerCore:
             self._contracts[task] = contract
 
     def _envelope(self, task: str, payload: Any, id: str | None) -> bytes:
-        return make_envelope(task, payload, id=id, contracts=self._contracts)
+        return make_envelope(task, payload, id=id, contracts=self._contracts, signer=self._signer)
 
     @staticmethod
     def _unique_seconds(id: str | None, unique_for: Seconds | None) -> int | None:

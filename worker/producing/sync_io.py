@@ -42,6 +42,7 @@ from tubeworker.producing.spool import (
     Spool,
     SpoolStatus,
 )
+from tubeworker.security.keys import KeyRing
 
 __all__ = ["Producer", "SyncConnection", "enqueue"]
 
@@ -174,6 +175,7 @@ class Producer(ProducerCore):
         spool: str | Path | Spool | None = None,
         spool_max_bytes: int = DEFAULT_MAX_BYTES,
         flush_every: float = 1.0,
+        signing_keys: str | Path | KeyRing | None = None,
     ) -> None:
         super().__init__(
             servers,
@@ -183,6 +185,7 @@ class Producer(ProducerCore):
             demote_for=demote_for,
             clock=clock,
             on_failure=on_failure,
+            signing_keys=signing_keys,
         )
         self._connector = connector
         self._connections: dict[Address, SyncConnection] = {}
@@ -272,7 +275,7 @@ class Producer(ProducerCore):
         (put by the worker before it deletes the job: never lost, maybe twice). Each step
         without an ``id`` gets ``chain:<chain_id>:<n>`` (a random chain id by default)."""
         try:
-            first = chain_bodies(steps, chain_id)
+            first = chain_bodies(steps, chain_id, self._signer)
         except (ValueError, LocalProtocolError) as exc:
             if isinstance(exc, InvalidJob):
                 raise

@@ -21,6 +21,8 @@ from tubeworker.job import HandlerSpec, Job
 from tubeworker.runtime.outcome import BuryJob, Cause, ReleaseJob
 from tubeworker.runtime.policy import Budget, RetrySettings, failure_outcome, job_budget
 from tubeworker.schedule import HEARTBEAT_BODY_START
+from tubeworker.security.keys import KeyRing
+from tubeworker.security.signing import verify
 
 __all__ = ["DispatchRules", "Plan", "plan_job"]
 
@@ -35,6 +37,10 @@ class DispatchRules:
     bound_name: str | None = None
     # A registered handler that failed to load here: task name → why (else None).
     broken: Callable[[str], str | None] = lambda task: None
+    # Signed envelopes ([security]): the keys jobs are checked with, and whether every job
+    # of the pool must be signed. A signed job is checked whenever there are keys.
+    signing: KeyRing | None = None
+    require_signature: bool = False
     # (task, version) pairs newer than their handler here, logged once each.
     newer_seen: set[tuple[str, int]] = field(default_factory=set, hash=False, compare=False)
 
@@ -61,9 +67,25 @@ def plan_job(
     log: structlog.typing.FilteringBoundLogger | None = None,
     excused: int = 0,
 ) -> Plan | BuryJob | ReleaseJob:
-    """What to run, or a burial without running (bad body, poison, out of attempts), or a
-    release (its handler failed to load in this worker: another may run it, or this one
-    once it is fixed; buried like any failure once its attempts are spent)."""
+    """What to run, or a burial without running (bad body or signature, poison, out of
+    attempts), or a release (its handler failed to load in this worker: another may run
+    it, or this one once it is fixed; buried like any failure once its attempts are
+    spent)."""
+    if rules.signing is not None or rules.require_signature:
+        problem = verify(body, rules.signing, required=rules.require_signature)
+        if problem is not None:
+            return BuryJob(stats.pri, Cause.BAD_SIGNATURE, f"bad signature: {problem}")
+    return _plan(job_id, body, stats, rules, log, excused)
+
+
+def _plan(
+    job_id: int,
+    body: bytes,
+    stats: JobStats,
+    rules: DispatchRules,
+    log: structlog.typing.FilteringBoundLogger | None,
+    excused: int,
+) -> Plan | BuryJob | ReleaseJob:
     task: str | None = None
     payload: Any = None
     id_key: str | None = None

@@ -41,6 +41,7 @@ class Cause(enum.Enum):
     NO_TASK = "no_task"  # valid JSON, but no "task" and no handler bound to the pool
     UNKNOWN_TASK = "unknown_task"  # no handler registered under the envelope's task
     SCHEMA = "schema"  # its payload does not fit the handler's declared type
+    BAD_SIGNATURE = "bad_signature"  # unsigned where signatures are required, or forged
     SERVER_BURIED = "server_buried"  # beanstalkd buried a release (out of memory)
     # returned: the connection was closed with the job, beanstalkd has it back
     DRAIN_DEADLINE = "drain_deadline"

@@ -45,6 +45,12 @@ class Pool:
             bound=services.registry.get(config.handler) if config.handler else None,
             bound_name=config.handler,
             broken=services.registry.broken_reason,
+            signing=services.signing_keys,
+            require_signature=(
+                config.require_signature
+                if config.require_signature is not None
+                else services.config.security.require_signature
+            ),
         )
         self.patterns = tuple(t for t in config.tubes if is_pattern(t))
         self.tubes: frozenset[str] = frozenset(t for t in config.tubes if not is_pattern(t))

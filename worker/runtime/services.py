@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from tubeworker.registry import Registry
     from tubeworker.runtime.slots import InFlight
     from tubeworker.runtime.state import WorkerState
+    from tubeworker.security.keys import KeyRing
 
 __all__ = ["LaneProducer", "Services", "SharedHttp", "put_servers"]
 
@@ -114,6 +115,9 @@ class Services:
     token_groups: dict[str, tuple[TokenGroup, ...]] = field(default_factory=dict)
     # Unique-key locks (@handler(unique=...)), run by the daemon; None: no handler has one.
     unique: UniqueLocks | None = None
+    # [security] signing keys: jobs are checked with them (and what the daemon writes is
+    # signed with them); None: none configured.
+    signing_keys: KeyRing | None = None
     # Whether each server's binlog has room (server address → its health).
     binlogs: dict[str, BinlogHealth] = field(default_factory=dict)
     _lease_returned: trio.Event = field(default_factory=trio.Event)

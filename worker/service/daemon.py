@@ -18,6 +18,7 @@ import structlog
 import trio
 
 from tubeworker.config import Config
+from tubeworker.errors import ConfigError
 from tubeworker.flow.apis import build_tracker, log_transitions, run_tube_pauser, tube_apis
 from tubeworker.flow.limits import Limits
 from tubeworker.flow.tokens import fleet_tokens
@@ -37,6 +38,8 @@ from tubeworker.runtime.serve import run_pool
 from tubeworker.runtime.services import Services
 from tubeworker.runtime.slots import InFlight
 from tubeworker.runtime.state import WorkerState
+from tubeworker.security.keys import KeyRing, KeysError, load_keys
+from tubeworker.security.signing import install_signer
 from tubeworker.service.notify import Notifier
 from tubeworker.service.stall import run_stall_detector
 from tubeworker.service.status import DRAIN_MARGIN, run_drain_updates, run_status_updates
@@ -158,6 +161,18 @@ async def run_daemon(
             buffer.bind_to_this_thread(False)
 
 
+def signing_keys(config: Config) -> KeyRing | None:
+    """The [security] signing keys, read now (checked with the config already); this
+    process signs the envelopes it writes with them (job.put, chains, the clock)."""
+    path = config.security.signing_keys_file
+    try:
+        keys = None if path is None else load_keys(path)
+    except KeysError as exc:  # changed since the config was checked
+        raise ConfigError(str(exc), key="security.signing_keys_file") from None
+    install_signer(keys)
+    return keys
+
+
 def unique_locks(config: Config, registry: Registry) -> UniqueLocks | None:
     """The unique-key locks, on the first of the servers (sorted, so that every daemon
     listing the same servers agrees), when a handler declares ``unique``."""
@@ -200,6 +215,7 @@ async def _run_daemon(
         limits=Limits(config.limits, clock=trio.current_time),
         token_groups=fleet_tokens(config),
         unique=unique_locks(config, registry),
+        signing_keys=signing_keys(config),
     )
     state.tracker = services.tracker
     state.limits = services.limits

@@ -1,0 +1,36 @@
+"""The ``[security]`` section (read by :func:`~tubeworker.config_sections.build`): the
+signing keys file and whether jobs must be signed (docs/security.md). A keys file is read
+and checked here, so ``tubeworker check`` reports a bad one; the daemon loads it again
+when it starts (the secrets are never kept in the config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tubeworker.config_model import SecurityConfig
+from tubeworker.config_reader import Reader
+from tubeworker.security.keys import KeysError, load_keys
+
+__all__ = ["security"]
+
+
+def security(reader: Reader) -> SecurityConfig:
+    reader.check_unknown(("signing_keys_file", "require_signature"))
+    keys_file = _keys_file(reader, "signing_keys_file")
+    require = reader.boolean("require_signature", False)
+    if require and keys_file is None:
+        require = reader.bad(
+            "require_signature", "needs signing_keys_file (the keys jobs are checked with)", False
+        )
+    return SecurityConfig(signing_keys_file=keys_file, require_signature=require)
+
+
+def _keys_file(reader: Reader, name: str) -> Path | None:
+    value = reader.text(name)
+    if not value:
+        return None
+    try:
+        load_keys(value)
+    except KeysError as exc:
+        return reader.bad(name, str(exc), None)
+    return Path(value)

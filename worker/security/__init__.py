@@ -1,0 +1,1 @@
+"""Trust at the boundaries: named keys (``keys``) and signed envelopes (``signing``)."""

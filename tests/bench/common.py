@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -184,8 +184,16 @@ class SyncBeanstalk:
         self.close()
 
 
-def prefill(admin: SyncBeanstalk, tube: str, jobs: int, *, batch: int = 1000) -> None:
-    """Put ``jobs`` bodies into ``tube`` with pipelined puts, ``batch`` per write.
+def prefill(
+    admin: SyncBeanstalk,
+    tube: str,
+    jobs: int,
+    *,
+    batch: int = 1000,
+    body: Callable[[int], bytes] | None = None,
+) -> None:
+    """Put ``jobs`` bodies into ``tube`` with pipelined puts, ``batch`` per write
+    (``body``: each job's, default :func:`job_body`).
 
     ``admin`` keeps using the tube afterwards: an empty tube nobody uses or watches is
     dropped by beanstalkd, and the check after the run needs its stats-tube.
@@ -194,7 +202,8 @@ def prefill(admin: SyncBeanstalk, tube: str, jobs: int, *, batch: int = 1000) ->
     if reply != p.Using(tube):
         raise BenchError(f"use {tube}: {reply!r}")
     for start in range(0, jobs, batch):
-        puts = [p.Put(job_body(seq)) for seq in range(start, min(start + batch, jobs))]
+        make = body or job_body
+        puts = [p.Put(make(seq)) for seq in range(start, min(start + batch, jobs))]
         for reply in admin.pipeline(puts):
             if not isinstance(reply, p.Inserted):
                 raise BenchError(f"prefill put into {tube}: {reply!r}")

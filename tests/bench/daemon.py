@@ -9,6 +9,8 @@ system, …):
   line per job), everything else at its default (stats-job per job, counters, the
   guardian task per job, …).
 - ``tubeworker-nolog``: the same with ``job_lines = false`` (per-job logging off).
+- ``tubeworker-signed`` (opt-in): ``tubeworker`` with ``[security] require_signature`` and
+  every prefilled body signed (HMAC-SHA256): each job's signature verified (overhead only).
 - ``tubeworker-typed`` (opt-in): ``tubeworker`` whose no-op handler declares a payload
   model (``@handler(payload=BenchBody)``, pydantic): the body is read as JSON and validated
   per job. Compare it with ``tubeworker`` in the same run (overhead scenario only).
@@ -69,6 +71,7 @@ The polling harness costs a little of beanstalkd's CPU (≤ 500 stats-tube/s, we
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import gc
 import hashlib
@@ -93,6 +96,7 @@ from tests.bench.common import (
     SyncBeanstalk,
     environment_info,
     format_table,
+    job_body,
     prefill,
     process_cpu_seconds,
     sample_records,
@@ -102,6 +106,8 @@ from tests.bench.common import (
 )
 from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tubeworker.beanstalk import protocol as p
+from tubeworker.security.keys import parse_keys
+from tubeworker.security.signing import sign
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _PEER_DIR = Path(__file__).parent / "peers"
@@ -114,18 +120,21 @@ TUBEWORKER = "tubeworker"
 TUBEWORKER_NOLOG = "tubeworker-nolog"
 TUBEWORKER_CONTROL = "tubeworker-control"
 TUBEWORKER_TYPED = "tubeworker-typed"
+TUBEWORKER_SIGNED = "tubeworker-signed"
+BENCH_KEYS = f"bench: {base64.b64encode(b'b' * 32).decode()}\n"
 TUBEWORKER_BASELINE = "tubeworker-baseline"
 BASELINE_ENV = "TUBEWORKER_BENCH_BASELINE"
 GREENSTALK_THREADS = "greenstalk-threads"
 AIOSTALK = "aiostalk"
 SYSTEMS = (TUBEWORKER, TUBEWORKER_NOLOG, GREENSTALK_THREADS, AIOSTALK)
-OPTIONAL_SYSTEMS = (TUBEWORKER_CONTROL, TUBEWORKER_BASELINE, TUBEWORKER_TYPED)
+OPTIONAL_SYSTEMS = (TUBEWORKER_CONTROL, TUBEWORKER_BASELINE, TUBEWORKER_TYPED, TUBEWORKER_SIGNED)
 DAEMONS = (
     TUBEWORKER,
     TUBEWORKER_NOLOG,
     TUBEWORKER_CONTROL,
     TUBEWORKER_BASELINE,
     TUBEWORKER_TYPED,
+    TUBEWORKER_SIGNED,
 )
 PEERS = (GREENSTALK_THREADS, AIOSTALK)
 
@@ -299,16 +308,19 @@ def _argv(
                 raise BenchError(f"{system} runs the overhead scenario only")
             handler = replace(handler, name="noop_typed")
         config = workdir / f"{tube}.toml"
-        config.write_text(
-            _tubeworker_config(
-                address,
-                tube,
-                concurrency,
-                handler,
-                job_lines=system != TUBEWORKER_NOLOG,
-                control=system == TUBEWORKER_CONTROL,
-            )
+        text = _tubeworker_config(
+            address,
+            tube,
+            concurrency,
+            handler,
+            job_lines=system != TUBEWORKER_NOLOG,
+            control=system == TUBEWORKER_CONTROL,
         )
+        if system == TUBEWORKER_SIGNED:
+            keys = workdir / "bench-keys"
+            keys.write_text(BENCH_KEYS)
+            text += f'[security]\nsigning_keys_file = "{keys}"\nrequire_signature = true\n'
+        config.write_text(text)
         if system == TUBEWORKER_BASELINE:
             return [sys.executable, "-m", "tubeworker", "run", "-c", str(config)]
         return [str(_tubeworker_binary()), "run", "-c", str(config)]
@@ -545,10 +557,17 @@ def _check_own_counts(run: _Run, counts: dict[str, int], expected: int) -> None:
         raise BenchError(f"{run.system} run {run.run}: own counters: " + "; ".join(problems))
 
 
+def _signed_body(seq: int) -> bytes:
+    """The bench body (tests/bench/common.py job_body), signed as producers sign."""
+    return sign(json.loads(job_body(seq)), parse_keys(BENCH_KEYS))
+
+
 def _one_run(server: BeanstalkdProcess, run: _Run, workdir: Path) -> Sample:
     tube = unique_tube(f"{run.system}.c{run.concurrency}", run.run)
     with SyncBeanstalk(server.host, server.port) as admin:
-        prefill(admin, tube, run.jobs)
+        prefill(
+            admin, tube, run.jobs, body=_signed_body if run.system == TUBEWORKER_SIGNED else None
+        )
         if admin.request(p.PauseTube(tube, _GATE_CLOSED)) != p.Paused():
             raise BenchError(f"pause-tube {tube} failed")
         before = _server_counters(admin)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["KeyRing", "KeysError", "load_keys", "parse_keys"]
@@ -34,10 +36,18 @@ class KeyRing:
     keys: dict[str, bytes]
     current: str
     source: str = ""
+    # Key id → an HMAC-SHA256 keyed with it, copied for each message (keying it is the
+    # larger part of a short message's cost).
+    macs: dict[str, hmac.HMAC] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.current not in self.keys:
             raise KeysError(f"{self.source}: no key {self.current!r}")
+        for key_id, secret in self.keys.items():
+            self.macs[key_id] = hmac.new(secret, digestmod=hashlib.sha256)
+
+    def __repr__(self) -> str:  # never the secrets
+        return f"KeyRing({sorted(self.keys)}, current={self.current!r})"
 
     @property
     def secret(self) -> bytes:

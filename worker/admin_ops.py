@@ -35,6 +35,7 @@ from tubeworker.errors import (
     RemoteProtocolError,
     ServerUnresponsiveError,
 )
+from tubeworker.security.secrets import describe_secret
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -355,6 +356,21 @@ def _truncation_note(shown: int, total: int, unit: str, hint: str) -> str | None
     return f"truncated: showing {shown} of {total} {unit}; {hint}"
 
 
+def _secret_hidden(text: str) -> str:
+    """An envelope's sealed secret shown as what it is (its size and key), not as its
+    ciphertext; any other JSON exactly as it is."""
+    if '"secret"' not in text:
+        return text
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(data, dict) or not isinstance(data.get("secret"), dict):
+        return text
+    data["secret"] = describe_secret(data["secret"])
+    return json.dumps(data, ensure_ascii=False)
+
+
 def render_body(
     body: bytes, limit: int = DEFAULT_BODY_LIMIT, *, hint: str = "--raw for the whole body"
 ) -> RenderedBody:
@@ -375,6 +391,7 @@ def render_body(
             "binary", hex_dump(head), _truncation_note(len(head), len(body), "bytes", hint)
         )
     if _is_json(text):
+        text = _secret_hidden(text)
         pretty = _escape_json(pretty_json(text))
         cap = limit if limit > 0 else len(pretty)
         note = _truncation_note(

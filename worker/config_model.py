@@ -81,6 +81,7 @@ class SecurityConfig:
 
     signing_keys_file: Path | None = None
     require_signature: bool = False
+    encryption_keys_file: Path | None = None  # job secrets (AES-256-GCM, 32-byte keys)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,22 +15,26 @@ __all__ = ["security"]
 
 
 def security(reader: Reader) -> SecurityConfig:
-    reader.check_unknown(("signing_keys_file", "require_signature"))
+    reader.check_unknown(("signing_keys_file", "require_signature", "encryption_keys_file"))
     keys_file = _keys_file(reader, "signing_keys_file")
     require = reader.boolean("require_signature", False)
     if require and keys_file is None:
         require = reader.bad(
             "require_signature", "needs signing_keys_file (the keys jobs are checked with)", False
         )
-    return SecurityConfig(signing_keys_file=keys_file, require_signature=require)
+    return SecurityConfig(
+        signing_keys_file=keys_file,
+        require_signature=require,
+        encryption_keys_file=_keys_file(reader, "encryption_keys_file", exact_bytes=32),
+    )
 
 
-def _keys_file(reader: Reader, name: str) -> Path | None:
+def _keys_file(reader: Reader, name: str, *, exact_bytes: int | None = None) -> Path | None:
     value = reader.text(name)
     if not value:
         return None
     try:
-        load_keys(value)
+        load_keys(value, exact_bytes=exact_bytes)
     except KeysError as exc:
         return reader.bad(name, str(exc), None)
     return Path(value)

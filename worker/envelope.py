@@ -12,6 +12,9 @@ key        meaning                                                         set b
 ``v``      the payload's version, an integer >= 1 (absent means 1): a      typed
            worker whose handler knows only older versions leaves the job   producers
            for a newer worker (docs/contracts.md)
+``secret`` a secret part, sealed (AES-256-GCM, ``{"kid", "nonce",   producers with
+           "ct"}``): opened only in the worker, for ``job.secret``         encryption keys
+           (docs/security.md)
 ``then``   a chain's next steps, each ``{"tube", "task", "payload", "id",   chains
            "priority", "delay", "ttr"}``: put (first step, carrying the
            rest) when this job succeeds, before it is deleted
@@ -80,6 +83,7 @@ class Envelope:
     id: str | None = None  # the producer's idempotency key
     v: int = 1  # the payload's version
     then: tuple[Step, ...] = ()  # a chain's next steps
+    secret: Any = None  # the sealed secret member (security/secrets.py), as given
 
 
 class BadEnvelope(ValueError):
@@ -121,7 +125,9 @@ def read_envelope(body: bytes) -> Envelope:
     if version != 1 or type(version) is not int:  # True == 1, and is no version
         version = _version(version)
     steps = read_steps(data.get("then")) if "then" in data else ()
-    return Envelope(task, data.get("payload"), envelope_id(data.get("id")), version, steps)
+    return Envelope(
+        task, data.get("payload"), envelope_id(data.get("id")), version, steps, data.get("secret")
+    )
 
 
 def _version(value: Any) -> int:

@@ -126,6 +126,7 @@ def _put_body(
     task: str | None,
     payload: Any,
     id: str | None = None,
+    secret: Any = None,
 ) -> bytes:
     """The body of ``job.put()``: ``body`` as given (a dict as JSON), or the envelope of
     ``task`` and ``payload``."""
@@ -134,9 +135,9 @@ def _put_body(
     if task is not None:
         if body is not None:
             raise InvalidJob("job.put(): give a body or task= (with payload=), not both")
-        return make_envelope(task, payload, id=id)
-    if id is not None:
-        raise InvalidJob("job.put(): id= needs task= (it is the envelope's idempotency key)")
+        return make_envelope(task, payload, id=id, secret=secret)
+    if id is not None or secret is not None:
+        raise InvalidJob("job.put(): id= and secret= need task= (they are envelope members)")
     if payload is not None:
         raise InvalidJob("job.put(): payload= needs task= (the envelope's task name)")
     if body is None:
@@ -170,6 +171,7 @@ class Job:
         "max_attempts",
         "payload",
         "priority",
+        "secret",
         "steps",
         "task",
         "ttr",
@@ -192,6 +194,7 @@ class Job:
         services: _JobServices | None = None,
         id_key: str | None = None,
         steps: Sequence[Step] = (),
+        secret: Any = None,
     ) -> None:
         self.id = id
         #: The envelope's ``id``: the producer's idempotency key (None when it has none).
@@ -205,6 +208,9 @@ class Job:
         self.max_attempts = max_attempts
         self.task = task
         self.payload = payload
+        #: The envelope's secret, opened (docs/security.md): None when it has none. Never
+        #: logged, never shown: keep it out of log lines and exceptions.
+        self.secret = secret
         self._log_parent = log
         self._log: structlog.typing.FilteringBoundLogger | None = None
         self._services = services
@@ -286,6 +292,7 @@ class Job:
         delay: int = 0,
         ttr: int = 60,
         id: str | None = None,
+        secret: Any = None,
     ) -> int:
         """Put a follow-up job and return its id: ``body`` (bytes, str, or a dict sent as
         JSON), or with ``task=`` (and ``payload=``, ``id=``) the envelope tubeworker
@@ -297,7 +304,7 @@ class Job:
         memory), to the daemon's other servers in their configured order (``servers``),
         where the workers watching that server process it. Errors:
         :mod:`tubeworker.producer`'s (``InvalidJob``, ``NoServerAvailable``, …)."""
-        data = _put_body(body, task, payload, id)
+        data = _put_body(body, task, payload, id, secret)
         return await self._need_services("put").put(
             data, tube=tube or self.tube, priority=priority, delay=delay, ttr=ttr
         )
@@ -313,12 +320,13 @@ class Job:
         delay: int = 0,
         ttr: int = 60,
         id: str | None = None,
+        secret: Any = None,
     ) -> int:
         """:meth:`put` for sync handlers, which cannot ``await``: in a worker process
         (compute profile: the first of the daemon's servers that stores it, in their
         configured order) or in a thread (io profile: as :meth:`put`). Blocks until the
         job is stored; returns its id."""
-        data = _put_body(body, task, payload, id)
+        data = _put_body(body, task, payload, id, secret)
         services = self._need_services("put_sync")
         tube = tube or self.tube
         if isinstance(services, _SyncPuts):

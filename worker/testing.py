@@ -38,8 +38,10 @@ connection, crossing to the worker as pickled data) but in a thread of this proc
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
+import os
 import pickle
 import random
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -70,6 +72,8 @@ from tubeworker.runtime.invoke import run_job, verdict_of
 from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, ReleaseJob, ReturnJob
 from tubeworker.runtime.policy import RetrySettings
 from tubeworker.runtime.run import handler_timeout
+from tubeworker.security.keys import parse_keys
+from tubeworker.security.secrets import seal
 
 __all__ = ["ApiCall", "HttpStub", "Outcome", "Put", "run", "run_async"]
 
@@ -183,6 +187,7 @@ def run(
     task: str | None = None,
     version: int = 1,
     id: str | None = None,
+    secret: Any = None,
     attempt: int = 1,
     max_attempts: int | None = None,
     backoff: tuple[float, float] | None = None,
@@ -223,6 +228,7 @@ def run(
         task=task,
         version=version,
         id=id,
+        secret=secret,
         attempt=attempt,
         max_attempts=max_attempts,
         backoff=backoff,
@@ -251,6 +257,7 @@ async def run_async(
     task: str | None = None,
     version: int = 1,
     id: str | None = None,
+    secret: Any = None,
     attempt: int = 1,
     max_attempts: int | None = None,
     backoff: tuple[float, float] | None = None,
@@ -278,7 +285,8 @@ async def run_async(
     declared payload type gets it upcast and validated (a payload that does not validate:
     verdict ``bury``, cause ``schema``; a version newer than the handler's: verdict
     ``retry``, cause ``newer_version``, not run, no attempt counted); ``id`` is its
-    idempotency key (``job.id_key``). ``attempt`` is this
+    idempotency key (``job.id_key``); ``secret`` its sealed secret (``job.secret``), sealed
+    and opened as in the daemon under a key made for the run. ``attempt`` is this
     run's number (1-based) and ``ttr``, ``priority``, ``tube`` and ``job_id`` are the job's.
 
     The pool: ``max_attempts``, ``backoff=(base, cap)`` and ``timeout`` are the pool's
@@ -303,7 +311,7 @@ async def run_async(
     )
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be > 0, got {timeout}")
-    job = _JobData(payload, body, task, attempt, ttr, priority, tube, job_id, version, id)
+    job = _JobData(payload, body, task, attempt, ttr, priority, tube, job_id, version, id, secret)
     plan = plan_job(job_id, *job.dispatch(spec, policy))
     recorder = _Recorder(http, apis, job_id)
     recorder.settings = settings
@@ -375,6 +383,7 @@ class _JobData:
     job_id: int
     version: int = 1
     id: str | None = None
+    secret: Any = None
 
     def dispatch(
         self, spec: HandlerSpec, policy: RetrySettings
@@ -393,8 +402,18 @@ class _JobData:
             raw = encode_envelope(name, plain(self.payload), id=self.id, v=self.version)
         else:
             raw = self.body.encode() if isinstance(self.body, str) else bytes(self.body or b"")
+        keys = None
+        if self.secret is not None:  # sealed as a producer seals it, under a key of the run
+            if self.payload is _UNSET:
+                raise TypeError("secret= needs payload= (it is an envelope member)")
+            keys = parse_keys(f"test-kit: {base64.b64encode(os.urandom(32)).decode()}")
+            envelope = json.loads(raw)
+            envelope["secret"] = seal(self.secret, name, keys)
+            raw = json.dumps(envelope).encode()
         if self.payload is not _UNSET or self.task is not None:  # an envelope pool
-            rules = DispatchRules(policy, lookup=lambda wanted: spec if wanted == name else None)
+            rules = DispatchRules(
+                policy, lookup=lambda wanted: spec if wanted == name else None, encryption=keys
+            )
         else:  # a pool bound to this handler: the body as it is
             rules = DispatchRules(policy, lookup=lambda _: None, bound=spec, bound_name=name)
         # Counters as beanstalkd keeps them: each earlier attempt ended in a release.

@@ -176,6 +176,10 @@ NOT_RUN: dict[Key, str] = {
         'echo "k2026-12: $(head -c 32 /dev/urandom | base64)" > /etc/tubeworker/signing-keys',
     ): "writes into /etc: the tests make their keys files with the same format (tests/e2e/test_signed_jobs.py)",  # noqa: E501
     (
+        "docs/security.md",
+        'producer = Producer(servers, encryption_keys="/etc/myapp/encryption-keys")',
+    ): "needs keys in /etc and a server: tests/e2e/test_job_secrets.py makes the same calls",
+    (
         "docs/admin.md",
         "tubeworker stats [TUBE...] [--json] [--watch]",
     ): "a listing of the commands: each is run by tests/e2e/test_admin_cli.py",

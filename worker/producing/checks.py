@@ -19,6 +19,8 @@ from tubeworker.envelope import BadEnvelope, envelope_bytes, envelope_id
 from tubeworker.errors import ConfigError, LocalProtocolError
 from tubeworker.producing.errors import InvalidJob, JobTooBig
 from tubeworker.security.keys import KeyRing
+from tubeworker.security.secrets import seal
+from tubeworker.security.secrets import sealer as installed_sealer
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -123,6 +125,8 @@ def make_envelope(
     id: str | None = None,
     contracts: Mapping[str, Contract] | None = None,
     signer: KeyRing | None = None,
+    secret: Any = None,
+    sealer: KeyRing | None = None,
 ) -> bytes:
     """The body ``{"task": TASK, "payload": PAYLOAD}`` that tubeworker dispatches on, in the
     form :func:`tubeworker.envelope.encode_envelope` writes, but strict JSON (no NaN or
@@ -130,7 +134,8 @@ def make_envelope(
     key. A task with a known contract (``contracts``, or a handler loaded in this process)
     has its payload validated (:class:`PayloadInvalid`) and its version written as ``v``;
     a model instance is written as its JSON data. ``signer``: keys to sign it with (else
-    this process's, if it has signing keys; else unsigned)."""
+    this process's, if it has signing keys; else unsigned). ``secret``: sealed with
+    ``sealer`` (else this process's encryption keys) into ``"secret"``."""
     if not isinstance(task, str) or not task:
         raise InvalidJob(f"task must be a non-empty string, got {task!r}")
     data: dict[str, Any] = {"task": task}
@@ -146,10 +151,22 @@ def make_envelope(
             raise InvalidJob(str(exc)) from None
     if contract is not None and contract.version != 1:
         data["v"] = contract.version
+    if secret is not None:
+        data["secret"] = _sealed(secret, task, sealer)
     try:
         return envelope_bytes(data, signer)  # signed with signer, or this process's keys
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidJob(f"the payload of task {task!r} is not JSON: {exc}") from None
+
+
+def _sealed(secret: Any, task: str, sealer: KeyRing | None) -> dict[str, str]:
+    keys = sealer or installed_sealer()
+    if keys is None:
+        raise InvalidJob("secret= needs encryption keys (encryption_keys=, or [security])")
+    try:
+        return seal(secret, task, keys)
+    except (TypeError, ValueError) as exc:
+        raise InvalidJob(f"the secret of task {task!r} is not JSON: {exc}") from None
 
 
 def prepare_put(

@@ -237,6 +237,7 @@ class ProducerCore:
         clock: Callable[[], float],
         on_failure: Callable[[ServerFailure], None] | None,
         signing_keys: str | os.PathLike[str] | KeyRing | None = None,
+        encryption_keys: str | os.PathLike[str] | KeyRing | None = None,
     ) -> None:
         self.servers = parse_servers(servers)
         self.on_failure = on_failure
@@ -252,6 +253,12 @@ class ProducerCore:
             signing_keys
             if isinstance(signing_keys, KeyRing) or signing_keys is None
             else load_keys(signing_keys)
+        )
+        # Keys secrets are sealed with (AES-256: 32-byte keys): given, else this process's.
+        self._sealer = (
+            encryption_keys
+            if isinstance(encryption_keys, KeyRing) or encryption_keys is None
+            else load_keys(encryption_keys, exact_bytes=32)
         )
 
     def register(
@@ -272,8 +279,16 @@ class ProducerCore:
         else:
             self._contracts[task] = contract
 
-    def _envelope(self, task: str, payload: Any, id: str | None) -> bytes:
-        return make_envelope(task, payload, id=id, contracts=self._contracts, signer=self._signer)
+    def _envelope(self, task: str, payload: Any, id: str | None, secret: Any = None) -> bytes:
+        return make_envelope(
+            task,
+            payload,
+            id=id,
+            contracts=self._contracts,
+            signer=self._signer,
+            secret=secret,
+            sealer=self._sealer,
+        )
 
     @staticmethod
     def _unique_seconds(id: str | None, unique_for: Seconds | None) -> int | None:

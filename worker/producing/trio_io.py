@@ -93,6 +93,7 @@ class AsyncProducer(ProducerCore):
         spool_max_bytes: int = DEFAULT_MAX_BYTES,
         flush_every: float = 1.0,
         signing_keys: str | Path | KeyRing | None = None,
+        encryption_keys: str | Path | KeyRing | None = None,
     ) -> None:
         super().__init__(
             servers,
@@ -103,6 +104,7 @@ class AsyncProducer(ProducerCore):
             clock=clock,
             on_failure=on_failure,
             signing_keys=signing_keys,
+            encryption_keys=encryption_keys,
         )
         self._connector = connector
         self._slots: dict[Address, _Slot] = {}
@@ -126,14 +128,16 @@ class AsyncProducer(ProducerCore):
         ttr: Seconds = p.DEFAULT_TTR,
         id: str | None = None,
         unique_for: Seconds | None = None,
+        secret: Any = None,
     ) -> Receipt:
         """Put the envelope ``{"task": task, "payload": payload}`` into ``tube`` (``id``:
         its idempotency key; a registered task's payload is validated first). With
         ``unique_for`` (a duration), not if a job with this ``id`` was put that recently:
         best effort, see :mod:`tubeworker.producing.dedup` (the receipt says
-        ``duplicate``, with the first job's id). Returns its id
+        ``duplicate``, with the first job's id). ``secret``: sealed with the encryption
+        keys, opened only in the worker (``job.secret``). Returns its id
         (or a spooled receipt)."""
-        body = self._envelope(task, payload, id)
+        body = self._envelope(task, payload, id, secret)
         seconds = self._unique_seconds(id, unique_for)
         if seconds is None or id is None:
             return await self.put(tube, body, priority=priority, delay=delay, ttr=ttr)

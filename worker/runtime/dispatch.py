@@ -15,13 +15,14 @@ import structlog
 
 from tubeworker.beanstalk.protocol import JobStats
 from tubeworker.contracts import PayloadInvalid, TooNew
-from tubeworker.envelope import BadEnvelope, MissingTask, Step, read_envelope
+from tubeworker.envelope import BadEnvelope, Envelope, MissingTask, read_envelope
 from tubeworker.frozen import frozen
 from tubeworker.job import HandlerSpec, Job
 from tubeworker.runtime.outcome import BuryJob, Cause, ReleaseJob
 from tubeworker.runtime.policy import Budget, RetrySettings, failure_outcome, job_budget
 from tubeworker.schedule import HEARTBEAT_BODY_START
 from tubeworker.security.keys import KeyRing
+from tubeworker.security.secrets import SecretError, open_secret
 from tubeworker.security.signing import verify
 
 __all__ = ["DispatchRules", "Plan", "plan_job"]
@@ -41,6 +42,8 @@ class DispatchRules:
     # of the pool must be signed. A signed job is checked whenever there are keys.
     signing: KeyRing | None = None
     require_signature: bool = False
+    # Encryption keys: an envelope's "secret" is opened with them for job.secret.
+    encryption: KeyRing | None = None
     # (task, version) pairs newer than their handler here, logged once each.
     newer_seen: set[tuple[str, int]] = field(default_factory=set, hash=False, compare=False)
 
@@ -86,37 +89,15 @@ def _plan(
     log: structlog.typing.FilteringBoundLogger | None,
     excused: int,
 ) -> Plan | BuryJob | ReleaseJob:
-    task: str | None = None
-    payload: Any = None
-    id_key: str | None = None
-    version = 1
-    steps: tuple[Step, ...] = ()
     # A heartbeat goes through a bound pool like its jobs, and runs the built-in handler.
     if rules.bound is not None and not body.startswith(HEARTBEAT_BODY_START):
-        spec, handler = rules.bound, rules.bound_name or "?"
+        spec, handler, envelope, secret = rules.bound, rules.bound_name or "?", _RAW, None
     else:
-        try:
-            envelope = read_envelope(body)
-        except MissingTask as exc:
-            return BuryJob(
-                stats.pri,
-                Cause.NO_TASK,
-                f"{exc}: this pool dispatches JSON envelopes by their task; to run raw bodies, "
-                'bind the pool to a handler (handler = "NAME" in its [[pool]], or --handler)',
-            )
-        except BadEnvelope as exc:
-            return BuryJob(stats.pri, Cause.BAD_BODY, str(exc))
-        task, payload, id_key, version = envelope.task, envelope.payload, envelope.id, envelope.v
-        steps = envelope.then
-        found = rules.lookup(task)
-        if found is None:
-            error = rules.broken(task)
-            if error is not None:
-                return _not_loaded(task, error, stats, rules.policy, excused)
-            return BuryJob(
-                stats.pri, Cause.UNKNOWN_TASK, f"no handler registered for task {task!r}"
-            )
-        spec, handler = found, task
+        read = _read(body, stats, rules, excused)
+        if not isinstance(read, tuple):
+            return read
+        spec, handler, envelope, secret = read
+    task, payload, version = envelope.task or None, envelope.payload, envelope.v
     too_new: str | None = None
     if spec.contract is not None or version != 1:
         # A typed bound pool's payload is its body, as JSON.
@@ -143,8 +124,9 @@ def _plan(
         task=task,
         payload=payload,
         log=log,  # bound to the job on first use
-        id_key=id_key,
-        steps=steps,
+        id_key=envelope.id,
+        steps=envelope.then,
+        secret=secret,
     )
     return Plan(job, spec, handler, policy, budget, too_new)
 
@@ -163,6 +145,43 @@ def _spent(budget: Budget, stats: JobStats) -> BuryJob:
         Cause.ATTEMPTS_EXHAUSTED,
         f"attempt {budget.attempt} exceeds max_attempts {budget.max_attempts}",
     )
+
+
+# What a pool bound to one handler reads of a raw body: no envelope (task None).
+_RAW = Envelope("")
+
+
+def _read(
+    body: bytes, stats: JobStats, rules: DispatchRules, excused: int
+) -> tuple[HandlerSpec, str, Envelope, Any] | BuryJob | ReleaseJob:
+    """An envelope pool's job: its handler, envelope and opened secret; or its burial
+    (not an envelope, no handler, a secret that does not open), or a release (its
+    handler failed to load here)."""
+    try:
+        envelope = read_envelope(body)
+    except MissingTask as exc:
+        return BuryJob(
+            stats.pri,
+            Cause.NO_TASK,
+            f"{exc}: this pool dispatches JSON envelopes by their task; to run raw bodies, "
+            'bind the pool to a handler (handler = "NAME" in its [[pool]], or --handler)',
+        )
+    except BadEnvelope as exc:
+        return BuryJob(stats.pri, Cause.BAD_BODY, str(exc))
+    task = envelope.task
+    secret: Any = None
+    if envelope.secret is not None:
+        try:
+            secret = open_secret(envelope.secret, task, rules.encryption)
+        except SecretError as exc:
+            return BuryJob(stats.pri, Cause.BAD_SECRET, str(exc))
+    found = rules.lookup(task)
+    if found is None:
+        error = rules.broken(task)
+        if error is not None:
+            return _not_loaded(task, error, stats, rules.policy, excused)
+        return BuryJob(stats.pri, Cause.UNKNOWN_TASK, f"no handler registered for task {task!r}")
+    return found, task, envelope, secret
 
 
 @frozen

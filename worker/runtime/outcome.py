@@ -42,6 +42,7 @@ class Cause(enum.Enum):
     UNKNOWN_TASK = "unknown_task"  # no handler registered under the envelope's task
     SCHEMA = "schema"  # its payload does not fit the handler's declared type
     BAD_SIGNATURE = "bad_signature"  # unsigned where signatures are required, or forged
+    BAD_SECRET = "bad_secret"  # its secret does not open (unknown key, changed, no keys)
     SERVER_BURIED = "server_buried"  # beanstalkd buried a release (out of memory)
     # returned: the connection was closed with the job, beanstalkd has it back
     DRAIN_DEADLINE = "drain_deadline"

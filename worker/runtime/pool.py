@@ -46,6 +46,7 @@ class Pool:
             bound_name=config.handler,
             broken=services.registry.broken_reason,
             signing=services.signing_keys,
+            encryption=services.encryption_keys,
             require_signature=(
                 config.require_signature
                 if config.require_signature is not None

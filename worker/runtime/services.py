@@ -118,6 +118,8 @@ class Services:
     # [security] signing keys: jobs are checked with them (and what the daemon writes is
     # signed with them); None: none configured.
     signing_keys: KeyRing | None = None
+    # [security] encryption keys: secrets are opened (and job.put's sealed) with them.
+    encryption_keys: KeyRing | None = None
     # Whether each server's binlog has room (server address → its health).
     binlogs: dict[str, BinlogHealth] = field(default_factory=dict)
     _lease_returned: trio.Event = field(default_factory=trio.Event)

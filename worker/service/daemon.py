@@ -39,6 +39,7 @@ from tubeworker.runtime.services import Services
 from tubeworker.runtime.slots import InFlight
 from tubeworker.runtime.state import WorkerState
 from tubeworker.security.keys import KeyRing, KeysError, load_keys
+from tubeworker.security.secrets import install_sealer
 from tubeworker.security.signing import install_signer
 from tubeworker.service.notify import Notifier
 from tubeworker.service.stall import run_stall_detector
@@ -173,6 +174,17 @@ def signing_keys(config: Config) -> KeyRing | None:
     return keys
 
 
+def encryption_keys(config: Config) -> KeyRing | None:
+    """The [security] encryption keys: secrets are opened with them, and job.put's sealed."""
+    path = config.security.encryption_keys_file
+    try:
+        keys = None if path is None else load_keys(path, exact_bytes=32)
+    except KeysError as exc:  # changed since the config was checked
+        raise ConfigError(str(exc), key="security.encryption_keys_file") from None
+    install_sealer(keys)
+    return keys
+
+
 def unique_locks(config: Config, registry: Registry) -> UniqueLocks | None:
     """The unique-key locks, on the first of the servers (sorted, so that every daemon
     listing the same servers agrees), when a handler declares ``unique``."""
@@ -216,6 +228,7 @@ async def _run_daemon(
         token_groups=fleet_tokens(config),
         unique=unique_locks(config, registry),
         signing_keys=signing_keys(config),
+        encryption_keys=encryption_keys(config),
     )
     state.tracker = services.tracker
     state.limits = services.limits

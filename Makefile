@@ -71,6 +71,7 @@ $(STAMP): $(RUNTIME)
 #   promtool         tests/e2e/test_deploy_prometheus.py checks and tests deploy/prometheus
 #   chromium, chromedriver  tests/browser/: the dashboard in a headless browser (Selenium)
 #   php              tests/e2e/test_signed_jobs.py: a PHP app signs and puts a job
+#   stunnel4         tests/e2e/test_tls.py: TLS (mutual) in front of beanstalkd
 SYSTEM_PACKAGES := \
 	beanstalkd=beanstalkd \
 	promtool=prometheus \
@@ -79,7 +80,8 @@ SYSTEM_PACKAGES := \
 	tmux=tmux \
 	chromium=chromium \
 	chromedriver=chromium-driver \
-	php=php-cli
+	php=php-cli \
+	stunnel4=stunnel4
 
 beanstalkd:
 	@$(MAKE) --no-print-directory install-missing PACKAGES="$(firstword $(SYSTEM_PACKAGES))"

@@ -27,6 +27,7 @@ import greenstalk
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect
 from tubeworker.beanstalk.protocol import MAX_INT
+from tubeworker.beanstalk.tls import with_tls_hint
 from tubeworker.burials import BurialRecord, read_record, read_records
 from tubeworker.config import duration_seconds
 from tubeworker.errors import (
@@ -131,6 +132,8 @@ async def admin_client(address: Address) -> AsyncIterator[Client]:
         raise AdminError(str(exc), EX_UNAVAILABLE) from None
     except ConnectionLostError as exc:
         reason = _root_reason(exc)
+        if address.tls:
+            reason = with_tls_hint(reason)
         raise AdminError(
             f"cannot connect to beanstalkd at {address}: {reason}", EX_UNAVAILABLE
         ) from None

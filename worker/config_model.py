@@ -75,6 +75,17 @@ class RetrySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """``[tls]``: how to reach ``tls://`` servers (a TLS terminator before beanstalkd)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None  # this client's, for mutual TLS (with key_file)
+    key_file: Path | None = None
+    server_name: str | None = None  # the name the server's certificate carries
+    verify: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class SecurityConfig:
     """``[security]``: the signing keys file (its path: the daemon reads the secrets when
     it starts) and whether every job must be signed (pools may say otherwise)."""
@@ -291,6 +302,7 @@ class Config:
     handler_settings: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     schedules: tuple[ScheduleConfig, ...] = ()  # [[schedule]] tables
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    tls: TlsConfig | None = None  # [tls]; None: the TUBEWORKER_TLS_* environment
     heartbeats: tuple[HeartbeatConfig, ...] = ()  # [[heartbeat]] tables
     source: str = "defaults"
     # The config file's folder: [handlers] modules beside the config are found there.

@@ -32,7 +32,7 @@ from tubeworker.config_model import (
 )
 from tubeworker.config_reader import Problems, Reader, tube_patterns
 from tubeworker.config_schedules import heartbeats, schedules
-from tubeworker.config_security import security
+from tubeworker.config_security import security, tls
 from tubeworker.errors import LocalProtocolError
 
 __all__ = ["build"]
@@ -400,6 +400,7 @@ _TOP_KEYS: Final = (
     "schedule",
     "heartbeat",
     "security",
+    "tls",
 )
 _TARGET: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -494,4 +495,5 @@ def build(raw: dict[str, Any], origins: dict[str, str], problems: Problems) -> C
         schedules=schedules(top),
         heartbeats=heartbeats(top),
         security=security(top.table_at("security")),
+        tls=tls(top.table_at("tls")),
     )

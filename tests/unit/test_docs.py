@@ -180,6 +180,14 @@ NOT_RUN: dict[Key, str] = {
         'producer = Producer(servers, encryption_keys="/etc/myapp/encryption-keys")',
     ): "needs keys in /etc and a server: tests/e2e/test_job_secrets.py makes the same calls",
     (
+        "docs/tls.md",
+        "# a CA, kept off the servers once the certificates are made",
+    ): "an operator's commands: tests/support/tls.py makes the tests' certificates with the same openssl calls",  # noqa: E501
+    (
+        "docs/tls.md",
+        "[worker]",
+    ): "needs a TLS server at bs.internal: tests/e2e/test_tls.py writes the same [tls] table",
+    (
         "docs/admin.md",
         "tubeworker stats [TUBE...] [--json] [--watch]",
     ): "a listing of the commands: each is run by tests/e2e/test_admin_cli.py",
@@ -291,7 +299,11 @@ def test_the_toml_blocks_are_valid_config(tmp_path: Path) -> None:
             keys = tmp_path / "signing-keys"
             keys.write_text(f"k2026-12: {base64.b64encode(bytes(32)).decode()}\n")
             text = text.replace("/etc/tubeworker/signing-keys", str(keys))
+        if "/etc/tubeworker/tls/" in text:  # files the config checks are readable
+            for name in ("ca.pem", "client.pem", "client.key"):
+                (tmp_path / name).write_text("(a PEM file)\n")
+            text = text.replace("/etc/tubeworker/tls/", f"{tmp_path}/")
         path = tmp_path / f"block{checked}.toml"
         path.write_text(text)
         load_config(path, env={})
-    assert checked == 12
+    assert checked == 13

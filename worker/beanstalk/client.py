@@ -39,6 +39,7 @@ import trio
 
 from tubeworker.backoff import full_jitter_delay
 from tubeworker.beanstalk import protocol as p
+from tubeworker.beanstalk.tls import server_name, tls_context, with_tls_hint
 from tubeworker.errors import (
     ConnectionLostError,
     LocalProtocolError,
@@ -88,26 +89,26 @@ def raise_for_reply(reply: p.Reply) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    """Where a beanstalkd listens: TCP ``host:port`` or a unix socket path."""
+    """Where a beanstalkd listens: TCP ``host:port`` (``tls``: through a TLS terminator) or
+    a unix socket path."""
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     unix_path: str | None = None
+    tls: bool = False
 
     def __str__(self) -> str:
         if self.unix_path is not None:
             return f"unix:{self.unix_path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return f"{'tls://' if self.tls else ''}{host}:{self.port}"
 
 
 def parse_address(text: str) -> Address:
-    """``host``, ``host:port``, ``[v6]:port`` or ``unix:/path``; raises ValueError."""
-    if text.startswith("unix:"):
-        path = text.removeprefix("unix:")
-        if not path:
-            raise ValueError(f"{text!r}: unix: needs a socket path")
-        return Address(unix_path=path)
+    """``host``, ``host:port``, ``[v6]:port``, each maybe ``tls://`` first, or
+    ``unix:/path``; raises ValueError."""
+    if text.startswith(("tls://", "unix:")):
+        return _tls_address(text) if text.startswith("tls://") else _unix_address(text)
     host, port_text = text, ""
     if text.startswith("["):
         close = text.find("]")
@@ -126,6 +127,20 @@ def parse_address(text: str) -> Address:
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"{text!r}: port must be 1..65535")
     return Address(host=host, port=int(port_text))
+
+
+def _unix_address(text: str) -> Address:
+    path = text.removeprefix("unix:")
+    if not path:
+        raise ValueError(f"{text!r}: unix: needs a socket path")
+    return Address(unix_path=path)
+
+
+def _tls_address(text: str) -> Address:
+    plain = parse_address(text.removeprefix("tls://"))
+    if plain.unix_path is not None or plain.tls:
+        raise ValueError(f"{text!r}: tls:// takes host:port")
+    return Address(plain.host, plain.port, tls=True)
 
 
 class Transport:
@@ -493,8 +508,11 @@ async def _open_stream(
         if keepalive > 0:
             set_keepalive(tcp, keepalive)
         stream = tcp
+    if ssl_context is None and address.tls:
+        ssl_context = tls_context()
     if ssl_context is not None:
-        tls = trio.SSLStream(stream, ssl_context, server_hostname=address.host)
+        name = server_name(address.host)
+        tls = trio.SSLStream(stream, ssl_context, server_hostname=name)
         try:
             await tls.do_handshake()
         except BaseException:
@@ -533,8 +551,17 @@ async def connect(
         raise ServerUnresponsiveError(
             f"beanstalkd at {address} did not answer within {connect_timeout} s"
         ) from None
-    except OSError as exc:
-        raise ConnectionLostError(f"cannot connect to beanstalkd at {address}: {exc}") from exc
+    except OSError as exc:  # ssl.SSLError too: a refused certificate says why
+        reason = with_tls_hint(str(exc)) if address.tls else str(exc)
+        raise ConnectionLostError(f"cannot connect to beanstalkd at {address}: {reason}") from exc
+    except trio.BrokenResourceError as exc:  # the TLS peer hung up in the handshake
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        cause = exc.__cause__ or exc
+        raise ConnectionLostError(
+            f"TLS handshake with {address} failed: {cause} (is this client's certificate "
+            "one the server accepts?)"
+        ) from exc
     client.learned(stats)
     return client
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,8 @@ def lost_reason(exc: BaseException) -> str:
         current = seen.pop(0)
         if isinstance(current, TimeoutError):
             return "no answer in time"
+        if isinstance(current, ssl.SSLError):  # its errno is OpenSSL's, not the OS's
+            return f"TLS: {current.reason or current}".replace("_", " ").lower()
         if isinstance(current, OSError) and (current.errno or current.strerror):
             errno = current.errno  # socket.gaierror's is negative: its strerror is the words
             words = os.strerror(errno) if errno and errno > 0 else str(current.strerror)

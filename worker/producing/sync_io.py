@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address
+from tubeworker.beanstalk.tls import server_name, tls_context
 from tubeworker.chains import Step, chain_bodies
 from tubeworker.errors import ConnectionLostError, LocalProtocolError, RemoteProtocolError
 from tubeworker.producing.checks import (
@@ -132,6 +133,12 @@ def _open_socket(address: Address, timeout: float) -> socket.socket:
             return sock
         sock = socket.create_connection((address.host, address.port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if address.tls:
+            try:
+                return tls_context().wrap_socket(sock, server_hostname=server_name(address.host))
+            except BaseException:
+                sock.close()
+                raise
         return sock
     except OSError as exc:
         raise ConnectionLostError(f"cannot connect to beanstalkd at {address}: {exc}") from exc

@@ -17,6 +17,7 @@ from functools import partial
 import structlog
 import trio
 
+from tubeworker.beanstalk.tls import TlsSettings, install_tls
 from tubeworker.config import Config
 from tubeworker.errors import ConfigError
 from tubeworker.flow.apis import build_tracker, log_transitions, run_tube_pauser, tube_apis
@@ -162,6 +163,29 @@ async def run_daemon(
             buffer.bind_to_this_thread(False)
 
 
+def use_tls(config: Config) -> None:
+    """The daemon's [tls] for tls:// servers (else the TUBEWORKER_TLS_* environment); a
+    verification turned off is said loudly, once."""
+    settings = config.tls
+    if settings is None:
+        install_tls(None)
+        return
+    install_tls(
+        TlsSettings(
+            settings.ca_file,
+            settings.cert_file,
+            settings.key_file,
+            settings.server_name,
+            settings.verify,
+        )
+    )
+    if not settings.verify:
+        log.warning(
+            "TLS certificate verification is OFF ([tls] verify = false): anyone on the path "
+            "to beanstalkd can pretend to be it"
+        )
+
+
 def signing_keys(config: Config) -> KeyRing | None:
     """The [security] signing keys, read now (checked with the config already); this
     process signs the envelopes it writes with them (job.put, chains, the clock)."""
@@ -213,6 +237,7 @@ async def _run_daemon(
     task_status: trio.TaskStatus[WorkerState],
 ) -> WorkerState:
     state = state or WorkerState(max_jobs=config.recycle.max_jobs)
+    use_tls(config)
     notifier = notifier or Notifier.from_env()
     services = Services(
         config=config,

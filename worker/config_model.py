@@ -222,6 +222,12 @@ class ControlConfig:
     # The beanstalkd servers' connection limit (their fd limit, `ulimit -n`, less a few):
     # TubeworkerServerConnectionsNearLimit fires near it. 0: not known, no alert.
     server_max_connections: int = 0
+    # Viewers: with this file, every read but /healthz and /readyz needs a token (this one,
+    # or the operator's); /metrics only with metrics_token_file (its own token).
+    read_token_file: Path | None = None
+    metrics_token_file: Path | None = None
+    show_bodies_to: Literal["operator", "viewer"] = "operator"  # who sees job bodies
+    redact: tuple[str, ...] = ()  # payload paths masked in every body shown
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,6 +148,10 @@ def _control(reader: Reader) -> ControlConfig:
             "daemons",
             "allowed_hosts",
             "server_max_connections",
+            "read_token_file",
+            "metrics_token_file",
+            "show_bodies_to",
+            "redact",
         )
     )
     listen = _listen(reader)
@@ -174,7 +178,25 @@ def _control(reader: Reader) -> ControlConfig:
         ),
         daemons=daemons,
         allowed_hosts=tuple(h.lower() for h in reader.strings("allowed_hosts") or ()),
+        read_token_file=_token_file(reader, "read_token_file"),
+        metrics_token_file=_token_file(reader, "metrics_token_file"),
+        show_bodies_to=(
+            "viewer"
+            if reader.choice("show_bodies_to", "operator", ("operator", "viewer")) == "viewer"
+            else "operator"
+        ),
+        redact=_redact_paths(reader),
     )
+
+
+def _redact_paths(reader: Reader) -> tuple[str, ...]:
+    paths = reader.strings("redact") or ()
+    for path in paths:
+        if not re.fullmatch(r"payload(\.[^.\s]+)+", path):
+            return reader.bad(
+                "redact", f'each must be a payload path like "payload.card", got {path!r}', ()
+            )
+    return tuple(paths)
 
 
 def _listen(reader: Reader) -> Address | None:
@@ -204,21 +226,21 @@ def _spool_path(reader: Reader) -> Path | None:
     return path
 
 
-def _token_file(reader: Reader) -> Path | None:
+def _token_file(reader: Reader, key: str = "token_file") -> Path | None:
     """The token file's path, once it is known to be readable UTF-8 text: the control plane
     reads it when it starts."""
-    name = reader.text("token_file")
+    name = reader.text(key)
     if not name:
         return None
     path = Path(name)
     try:
         path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        return reader.bad("token_file", f"no such file: {path}", None)
+        return reader.bad(key, f"no such file: {path}", None)
     except OSError as exc:
-        return reader.bad("token_file", f"cannot read {path}: {exc.strerror}", None)
+        return reader.bad(key, f"cannot read {path}: {exc.strerror}", None)
     except UnicodeDecodeError:
-        return reader.bad("token_file", f"{path} is not UTF-8 text", None)
+        return reader.bad(key, f"{path} is not UTF-8 text", None)
     return path
 
 

@@ -33,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from tubeworker.contracts import schema_document
+from tubeworker.control.access import Access
 from tubeworker.control.asgi import (
     Receive,
     Scope,
@@ -63,10 +64,13 @@ class ControlApp:
         *,
         dashboard: Dashboard | None = None,
         paused_by_api: Mapping[str, tuple[str, ...]] | None = None,
+        access: Access | None = None,
     ) -> None:
         self.state = state
         self.registry = registry
         self.token = token
+        #: Who may read and act (roles by token; reads open without a viewer token).
+        self.access = access or Access(token)
         self.dashboard = dashboard
         #: API → the tubes its flow control pauses while it is open (``pause_tubes``).
         self.paused_by_api = dict(paused_by_api or {})
@@ -95,7 +99,10 @@ class ControlApp:
         if self.dashboard is not None and self.dashboard.handles(path):
             await self.dashboard.handle(scope, receive, send)
             return
-        if method == "GET" and path in _GETS:
+        refused = self.access.check_read(scope, path) if method == "GET" else None
+        if refused is not None:
+            status, content_type, body = _json(refused[0], {"error": refused[1]})
+        elif method == "GET" and path in _GETS:
             status, content_type, body = _GETS[path](self)
         elif method == "POST" and path in _ACTIONS:
             status, content_type, body = self._action(scope, path)
@@ -178,6 +185,8 @@ class ControlApp:
         }
 
     def _action(self, scope: Scope, path: str) -> tuple[int, str, bytes]:
+        if self.access.role(scope) == "viewer":
+            return _json(403, {"error": "a viewer's token reads; actions need the operator's"})
         if not self._authorized(scope):
             return _json(401, {"error": "a bearer token from [control] token_file is needed"})
         state = self.state
@@ -198,6 +207,11 @@ class ControlApp:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The dashboard's page asks for /events?view=dashboard: while it listens, the tube
         # poller keeps asking for every tube (``tubeworker top`` does not need them).
+        refused = self.access.check_read(scope, "/events")
+        if refused is not None:
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 4401, "reason": refused[1]})
+            return
         watching = None
         if self.dashboard is not None and query(scope).get("view") == "dashboard":
             watching = self.dashboard.keep_watching

@@ -61,6 +61,7 @@ from tubeworker.admin_ops import (
 )
 from tubeworker.beanstalk.client import Address
 from tubeworker.config_model import HeartbeatConfig, ScheduleConfig
+from tubeworker.control.access import Access
 from tubeworker.control.asgi import (
     BodyTooLarge,
     Receive,
@@ -143,6 +144,36 @@ def _load_static() -> dict[str, tuple[str, bytes]]:
     return assets
 
 
+WITHHELD = "job bodies are shown to operators ([control] show_bodies_to)"
+
+
+def withhold_bodies(response: Response) -> Response:
+    """The same JSON with every job body and preview replaced by what it is withheld for."""
+    status, _, body, headers = response
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for key, item in value.items():
+                if key == "body" and isinstance(item, dict):
+                    out[key] = {
+                        "kind": "withheld",
+                        "text": WITHHELD,
+                        "note": "",
+                        "size": item.get("size"),
+                    }
+                elif key == "preview" and isinstance(item, str):
+                    out[key] = "(withheld)"
+                else:
+                    out[key] = walk(item)
+            return out
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        return value
+
+    return json_response(status, walk(json.loads(body)), *headers)
+
+
 class Dashboard:
     """The dashboard's routes: the page, the reads, the actions (token-guarded)."""
 
@@ -159,7 +190,10 @@ class Dashboard:
         allowed_hosts: Sequence[str] = (),
         schedules: Sequence[ScheduleConfig] = (),
         heartbeats: Sequence[HeartbeatConfig] = (),
+        access: Access | None = None,
     ) -> None:
+        #: Who may read, see bodies, and act (control/access.py).
+        self.access = access or Access(token)
         self.context = DashboardContext.of(
             servers=servers,
             depths=depths,
@@ -231,7 +265,7 @@ class Dashboard:
         elif path in ("/", "/index.html") or path.startswith("/static/"):
             response = self._asset(method, path)
         elif method == "GET" and path in self._reads:
-            response = await self._guarded(self._reads[path], query(scope))
+            response = await self._read(scope, path)
         elif method == "POST" and path == "/api/refresh":
             self.context.depths.poke()
             response = json_response(202, {"ok": True})
@@ -252,6 +286,19 @@ class Dashboard:
             return json_response(404, {"error": f"no such file: {path}"})
         content_type, body = asset
         return 200, content_type, body, _PAGE_HEADERS
+
+    async def _read(self, scope: Scope, path: str) -> Response:
+        """A read, if this reader may: bodies withheld from those who may not see them."""
+        refused = self.access.check_read(scope, path)
+        if refused is not None:
+            return json_response(refused[0], {"error": refused[1]})
+        bodies = self.access.sees_bodies(self.access.role(scope))
+        if not bodies and path == "/api/job/body":
+            return json_response(403, {"error": WITHHELD})
+        response = await self._guarded(self._reads[path], query(scope))
+        if bodies or response[1] != "application/json":
+            return response
+        return withhold_bodies(response)
 
     async def _guarded(self, route: Read, params: dict[str, str]) -> Response:
         self.watch()
@@ -274,6 +321,11 @@ class Dashboard:
                 "dashboard action refused", action=name, client=client, why="no token configured"
             )
             return json_response(403, {"error": READ_ONLY})
+        if self.access.role(scope) == "viewer":
+            log.warning("dashboard action refused", action=name, client=client, why="viewer")
+            return json_response(
+                403, {"error": "a viewer's token reads; actions need the operator's"}
+            )
         if not authorized(scope, self.context.token):
             log.warning(
                 "dashboard action refused", action=name, client=client, why="no or wrong token"

@@ -10,14 +10,17 @@ without a framework.
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from tubeworker.admin_ops import install_redact
 from tubeworker.beanstalk.client import Address
 from tubeworker.config import Config
+from tubeworker.control.access import Access
 from tubeworker.control.app import ControlApp
 from tubeworker.control.board import TubeBoard
 from tubeworker.control.dashboard import Dashboard
@@ -32,12 +35,20 @@ __all__ = ["hypercorn_config", "read_token", "run_control_plane"]
 log = structlog.get_logger("tubeworker")
 
 
-def read_token(config: Config) -> str | None:
-    path = config.control.token_file
+def read_token(config: Config, path: Path | None = None) -> str | None:
+    path = config.control.token_file if path is None else path
     if path is None:
         return None
     token = path.read_text(encoding="utf-8").strip()
     return token or None
+
+
+def build_access(config: Config, operator: str | None) -> Access:
+    """The roles of [control]: the operator's token, and the viewer's and metrics' files."""
+    control = config.control
+    viewer = read_token(config, control.read_token_file) if control.read_token_file else None
+    metrics = read_token(config, control.metrics_token_file) if control.metrics_token_file else None
+    return Access(operator, viewer, metrics, bodies_to=control.show_bodies_to)
 
 
 def hypercorn_config(listen: Address) -> tuple[HypercornConfig, str]:
@@ -63,6 +74,8 @@ async def run_control_plane(
     interval = config.control.metrics_interval
     depths = TubeDepths()
     token = read_token(config)
+    access = build_access(config, token)
+    install_redact(config.control.redact)
     board = TubeBoard(depths, state.events, sample_every=max(5.0, interval))
     app = ControlApp(
         state,
@@ -74,6 +87,7 @@ async def run_control_plane(
         ),
         token,
         paused_by_api={api.name: api.tubes for api in config.apis if api.pause_tubes},
+        access=access,
     )
     fleet = Fleet(
         config.control.daemons, local_status=app.status_document, local_quiet=state.set_quiet
@@ -90,6 +104,7 @@ async def run_control_plane(
         allowed_hosts=(*config.control.allowed_hosts, listen.host),
         schedules=clock_schedules(config.schedules, config.heartbeats),
         heartbeats=config.heartbeats,
+        access=access,
     )
     state.events.job_events_per_second = config.control.events_per_second
     state.counters.detailed = True  # /metrics reads the labelled counts and histograms

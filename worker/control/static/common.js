@@ -96,10 +96,15 @@ export async function api(path, params) {
   for (const [k, v] of Object.entries(params || {})) {
     if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, v);
   }
-  const response = await fetch(url, { headers: { Accept: "application/json" } });
+  // With [control] read_token_file, reads need a token too: the one kept for this tab.
+  const headers = { Accept: "application/json" };
+  const token = sessionStorage.getItem("tubeworker.token");
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(url, { headers });
   const data = await response.json().catch(() => ({}));
   if (!response.ok) {
-    const error = new Error(data.error || `${response.status} ${response.statusText}`);
+    const hint = response.status === 401 ? " Enter a token with the Token button." : "";
+    const error = new Error((data.error || `${response.status} ${response.statusText}`) + hint);
     error.status = response.status;
     throw error;
   }

@@ -29,7 +29,9 @@ let retry = 0;
 
 function connect() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  socket = new WebSocket(`${scheme}//${location.host}/events?view=dashboard`);
+  const token = sessionStorage.getItem("tubeworker.token");
+  const auth = token ? `&token=${encodeURIComponent(token)}` : "";
+  socket = new WebSocket(`${scheme}//${location.host}/events?view=dashboard${auth}`);
   socket.addEventListener("open", () => {
     retry = 0;
     $("live").textContent = "● live";

@@ -1,0 +1,96 @@
+"""The control plane's roles, through `tubeworker run`: with `[control] read_token_file`,
+reads need a token (a viewer's or the operator's), probes stay open, viewers cannot act,
+job bodies are withheld from viewers, `redact` masks payload fields in every body shown
+(the dashboard's and `tubeworker peek` with TUBEWORKER_REDACT), and a peer that keeps
+failing is answered 429."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import greenstalk
+import httpx
+import pytest
+
+from tests.support.beanstalkd import BeanstalkdProcess, free_port
+from tests.support.process import REPO, DaemonProcess
+
+pytestmark = pytest.mark.slow
+
+OPERATOR, VIEWER = "op-token-1", "view-token-1"
+CARD = "4111 1111 1111 1111"
+
+
+def test_given_roles_then_reads_need_a_token_and_bodies_go_to_operators(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    (tmp_path / "operator").write_text(OPERATOR + "\n")
+    (tmp_path / "viewer").write_text(VIEWER + "\n")
+    config = tmp_path / "worker.toml"
+    config.write_text(
+        f'[worker]\nservers = ["{beanstalkd.address}"]\n[[pool]]\ntubes = ["work"]\n'
+        f'[control]\ntoken_file = "{tmp_path / "operator"}"\n'
+        f'read_token_file = "{tmp_path / "viewer"}"\n'
+        'redact = ["payload.card_number"]\n'
+    )
+    port = free_port()
+    daemon = DaemonProcess(config, tmp_path)
+    daemons.append(daemon.start("--control", f"127.0.0.1:{port}"))
+    daemon.wait_ready()
+    base = f"http://127.0.0.1:{port}"
+    with greenstalk.Client((beanstalkd.host, beanstalkd.port), use="parked") as client:
+        payload = {"card_number": CARD, "name": "Ada"}
+        job_id = client.put(json.dumps({"task": "charge", "payload": payload}))
+
+    def get(path: str, token: str | None = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.get(f"{base}{path}", headers=headers, timeout=10)
+
+    assert get("/healthz").status_code == 200
+    assert get("/readyz").status_code == 200
+    assert get("/metrics").status_code == 200  # no metrics_token_file: Prometheus reads
+    assert get("/status").status_code == 401
+    assert get("/status", VIEWER).status_code == 200
+    assert get("/status", OPERATOR).status_code == 200
+    assert get("/api/overview").status_code == 401
+
+    job = f"/api/job?server={beanstalkd.address}&id={job_id}"
+    as_viewer = get(job, VIEWER).json()
+    assert as_viewer["body"]["kind"] == "withheld"
+    assert CARD not in json.dumps(as_viewer)
+    assert get(f"/api/job/body?server={beanstalkd.address}&id={job_id}", VIEWER).status_code == 403
+    as_operator = get(job, OPERATOR).json()["body"]["text"]
+    assert "Ada" in as_operator
+    assert "***" in as_operator
+    assert CARD not in as_operator
+
+    quiet = httpx.post(f"{base}/quiet", headers={"Authorization": f"Bearer {VIEWER}"}, timeout=10)
+    assert quiet.status_code == 403
+    resumed = httpx.post(
+        f"{base}/resume", headers={"Authorization": f"Bearer {OPERATOR}"}, timeout=10
+    )
+    assert resumed.status_code == 200
+
+    # 10 failures a minute from one peer (the two tokenless reads above were two): then 429.
+    statuses = [get("/status", "wrong").status_code for _ in range(10)]
+    assert statuses == [401] * 8 + [429] * 2
+    assert get("/status", OPERATOR).status_code == 429  # not even checked meanwhile
+    refused = [e for e in daemon.events() if e.get("event") == "control plane read refused"]
+    assert refused
+    assert refused[0]["peer"] == "127.0.0.1"
+
+    peek = subprocess.run(
+        [sys.executable, "-m", "tubeworker", "peek", str(job_id), "--server", beanstalkd.address],
+        cwd=REPO,
+        env={**os.environ, "TUBEWORKER_REDACT": "payload.card_number"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert peek.returncode == 0, peek.stderr
+    assert "Ada" in peek.stdout
+    assert CARD not in peek.stdout

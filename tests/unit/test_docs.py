@@ -188,6 +188,10 @@ NOT_RUN: dict[Key, str] = {
         "[worker]",
     ): "needs a TLS server at bs.internal: tests/e2e/test_tls.py writes the same [tls] table",
     (
+        "docs/security.md",
+        "tubeworker audit --since 1h",
+    ): "a server on 11300: tests/e2e/test_audit.py runs tubeworker audit --json --since 1h",
+    (
         "docs/admin.md",
         "tubeworker stats [TUBE...] [--json] [--watch]",
     ): "a listing of the commands: each is run by tests/e2e/test_admin_cli.py",

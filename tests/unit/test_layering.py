@@ -61,7 +61,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tubeworker.heartbeat",
         ),
     ),
-    ("admin", ("tubeworker.admin_ops", "tubeworker.schedule_ops", "tubeworker.browse_ops")),
+    (
+        "admin",
+        (
+            "tubeworker.admin_ops",
+            "tubeworker.schedule_ops",
+            "tubeworker.browse_ops",
+            "tubeworker.audit",
+        ),
+    ),
     ("flow", ("tubeworker.flow",)),
     ("runtime", ("tubeworker.runtime",)),
     # The test kit runs handlers through the runtime's own functions (tubeworker.testing).

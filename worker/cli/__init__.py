@@ -12,12 +12,14 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
 
 import trio
 
 from tubeworker import __version__
 from tubeworker.cli.admin import EX_USAGE, add_admin_commands
+from tubeworker.cli.audit import add_audit_command
 from tubeworker.cli.browse import add_browse_commands
 from tubeworker.cli.dashboard import add_dashboard_command
 from tubeworker.cli.schedules import add_schedule_commands
@@ -86,6 +88,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, Commands]:
     add_spool_command(commands)
     add_browse_commands(commands)  # jobs, move, flush, tail
     add_schemas_command(commands)
+    add_audit_command(commands)
     return parser, commands
 
 
@@ -96,9 +99,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         owner = commands.choices.get(args.command or "", parser)
         owner.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return _dispatch(args) if args.command else _help(parser)
+        code = _dispatch(args) if args.command else _help(parser)
     except KeyboardInterrupt:  # only before the signal receiver is installed
         return 130
+    if _changes_something(args):
+        _audit(args, list(sys.argv[1:] if argv is None else argv), code)
+    return code
+
+
+# Commands that change a server's jobs or tubes: each run is on the audit trail.
+_CHANGING: Final = frozenset(
+    {"put", "kick", "kick-job", "delete", "pause", "move", "flush", "schedule"}
+)
+
+
+def _changes_something(args: argparse.Namespace) -> bool:
+    if args.command not in _CHANGING:
+        return False
+    return not (getattr(args, "list", False) or getattr(args, "dry_run", False))
+
+
+def _audit(args: argparse.Namespace, argv: list[str], code: int) -> None:
+    """The run's record on the server it acted on (tubeworker audit lists them)."""
+    import shlex
+
+    from tubeworker.audit import command_actor, record
+    from tubeworker.cli.admin import AdminError, server_list, single_server
+
+    given = getattr(args, "server", None)
+    try:
+        address = single_server(args) if isinstance(given, str) else server_list(args)[0]
+    except (AdminError, IndexError, AttributeError):
+        return  # no server named well enough to act on: nothing was changed
+    who, where = command_actor()
+    problem = trio.run(
+        partial(
+            record,
+            address,
+            who=who,
+            where=where,
+            what=args.command,
+            target=shlex.join(argv),
+            result=f"exit {code}",
+            log_line=False,
+        )
+    )
+    if problem is not None and code == 0:
+        print(f"tubeworker: audit record not written: {problem}", file=sys.stderr)
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
@@ -124,6 +171,7 @@ _COMMANDS: Final = {
     "tail": ("tubeworker.cli.browse", "tail"),
     "dashboard": ("tubeworker.cli.dashboard", "dashboard"),
     "schemas": ("tubeworker.cli.schemas", "schemas"),
+    "audit": ("tubeworker.cli.audit", "audit"),
 }
 
 

@@ -197,6 +197,15 @@ class ControlApp:
         else:
             state.begin_drain("control plane: drain requested")
         log.info("control plane action", action=path.lstrip("/"))
+        client = (scope.get("client") or ("?",))[0]
+        log.info(
+            "audit",
+            who="operator token (control plane)",
+            where=str(client),
+            what=path.lstrip("/"),
+            target="this daemon",
+            result="ok",
+        )
         return _json(200, {"ok": True, "quiet": state.quiet, "draining": state.draining})
 
     def _authorized(self, scope: Scope) -> bool:

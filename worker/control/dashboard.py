@@ -59,6 +59,7 @@ from tubeworker.admin_ops import (
     EXPECTED,
     error_line,
 )
+from tubeworker.audit import record
 from tubeworker.beanstalk.client import Address
 from tubeworker.config_model import HeartbeatConfig, ScheduleConfig
 from tubeworker.control.access import Access
@@ -346,7 +347,32 @@ class Dashboard:
 
         response = await self._guarded(run, {})
         self._log_action(name, client, data, response)
+        await self._audit(name, client, data, response)
         return response
+
+    async def _audit(
+        self, name: str, client: str, data: dict[str, Any], response: Response
+    ) -> None:
+        """The action on the audit trail of the server it acted on (else the first)."""
+        try:
+            address = self.context.server(data)
+        except BadRequest:
+            first = next(iter(self.context.servers.values()), None)
+            if first is None:
+                return
+            address = first
+        fields = {k: data[k] for k in _LOGGED_FIELDS if k in data}
+        outcome = json.loads(response[2])
+        result = "ok" if response[0] == 200 else f"failed ({response[0]}): {outcome.get('error')}"
+        with trio.CancelScope(shield=True), trio.move_on_after(REQUEST_DEADLINE):
+            await record(
+                address,
+                who="operator token (dashboard)",
+                where=client,
+                what=name,
+                target=json.dumps(fields, sort_keys=True),
+                result=result,
+            )
 
     def _log_action(self, name: str, client: str, data: dict[str, Any], response: Response) -> None:
         """One line per action: what it was asked, and what it did or why it failed."""

@@ -155,15 +155,11 @@ class AsyncProducer(ProducerCore):
         slot = self._slots.setdefault(server, _Slot())
         try:
             async with slot.lock:
-                if slot.client is None or not slot.client.is_usable:
-                    await self._connect(server, slot)
-                client = slot.client
-                assert client is not None
+                client = await self._dedup_client(server, slot, None)
                 stats = await client.request(p.StatsTube(tube))
                 if not isinstance(stats, p.TubeStats):
                     return None
-                await client.use(tube)
-                slot.tube = tube
+                await self._dedup_client(server, slot, tube)
                 if stats.current_jobs_delayed:
                     return found_duplicate(await client.request(p.PeekDelayed()))
                 for _ in range(min(stats.current_jobs_ready, MAX_EXPIRED)):
@@ -175,17 +171,23 @@ class AsyncProducer(ProducerCore):
             self._dedup_unasked(key, server, exc)
         return None
 
+    async def _dedup_client(self, server: Address, slot: _Slot, tube: str | None) -> Client:
+        """The slot's connection (made if needed; the slot's lock held), using ``tube``."""
+        if slot.client is None or not slot.client.is_usable:
+            await self._connect(server, slot)
+        client = slot.client
+        assert client is not None
+        if tube is not None:
+            await client.use(tube)
+            slot.tube = tube
+        return client
+
     async def _dedup_mark(self, key: str, job_id: int, seconds: int) -> None:
         server, tube = self.servers[0], dedup_tube(key)
         slot = self._slots.setdefault(server, _Slot())
         try:
             async with slot.lock:
-                if slot.client is None or not slot.client.is_usable:
-                    await self._connect(server, slot)
-                client = slot.client
-                assert client is not None
-                await client.use(tube)
-                slot.tube = tube
+                client = await self._dedup_client(server, slot, tube)
                 for command in mark_commands(job_id, seconds):
                     await client.request(command)
         except (ConnectionLostError, RemoteProtocolError, Unstored, greenstalk.Error) as exc:

@@ -15,6 +15,8 @@ key        meaning                                                         set b
 ``secret`` a secret part, sealed (AES-256-GCM, ``{"kid", "nonce",   producers with
            "ct"}``): opened only in the worker, for ``job.secret``         encryption keys
            (docs/security.md)
+``kid``,   the signing key's id, and HMAC-SHA256 (64 hex digits) of the   signing
+``sig``    body without its last member ``"sig"`` (docs/security.md)     producers
 ``then``   a chain's next steps, each ``{"tube", "task", "payload", "id",   chains
            "priority", "delay", "ttr"}``: put (first step, carrying the
            rest) when this job succeeds, before it is deleted

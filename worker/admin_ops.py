@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Final
+from typing import Final
 
 import greenstalk
 
@@ -36,6 +36,7 @@ from tubeworker.errors import (
     RemoteProtocolError,
     ServerUnresponsiveError,
 )
+from tubeworker.redact import FieldPath, parse_paths, paths_from_env, redact_text
 from tubeworker.security.secrets import describe_secret
 
 __all__ = [
@@ -360,54 +361,35 @@ def _truncation_note(shown: int, total: int, unit: str, hint: str) -> str | None
 
 
 # Payload paths masked in every body shown ([control] redact for the daemon's control plane
-# and dashboard; TUBEWORKER_REDACT, comma-separated, for the commands).
-_redact: tuple[tuple[str, ...], ...] = tuple(
-    tuple(path.strip().split(".")[1:])
-    for path in os.environ.get("TUBEWORKER_REDACT", "").split(",")
-    if path.strip().startswith("payload.")
-)
-MASK: Final = "***"
+# and dashboard; TUBEWORKER_REDACT, comma-separated, for the commands): see redact.py.
+_redact: tuple[FieldPath, ...] = paths_from_env(os.environ)
 
 
 def install_redact(paths: Iterable[str]) -> None:
     """Mask these payload paths (``payload.card_number``) in every body shown."""
     global _redact
-    _redact = tuple(tuple(path.split(".")[1:]) for path in paths if path.startswith("payload."))
+    _redact = parse_paths(paths)
 
 
-def redacted(data: Any, path: tuple[str, ...]) -> bool:
-    """Mask ``path`` in ``data`` (each list element on the way too); whether it did."""
-    if not path:
-        return False
-    head, rest = path[0], path[1:]
-    if isinstance(data, list):
-        return any([redacted(item, path) for item in data])
-    if not isinstance(data, dict) or head not in data:
-        return False
-    if not rest:
-        data[head] = MASK
-        return True
-    return redacted(data[head], rest)
+def redacting() -> tuple[FieldPath, ...]:
+    """The payload paths masked in every body shown (what :func:`install_redact` set)."""
+    return _redact
 
 
 def _secret_hidden(text: str) -> str:
     """An envelope's sealed secret shown as what it is (its size and key), not as its
     ciphertext, and the redacted payload fields masked; any other JSON exactly as it is."""
-    if '"secret"' not in text and not _redact:
+    text = redact_text(text, _redact)
+    if '"secret"' not in text:
         return text
     try:
         data = json.loads(text)
     except ValueError:
         return text
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or not isinstance(data.get("secret"), dict):
         return text
-    changed = False
-    if isinstance(data.get("secret"), dict):
-        data["secret"] = describe_secret(data["secret"])
-        changed = True
-    for path in _redact:
-        changed = redacted(data.get("payload"), path) or changed
-    return json.dumps(data, ensure_ascii=False) if changed else text
+    data["secret"] = describe_secret(data["secret"])
+    return json.dumps(data, ensure_ascii=False)
 
 
 def render_body(

@@ -2,11 +2,18 @@
 dashboard, as a record kept in beanstalkd (tube ``tubeworker.audit`` on the server acted
 on; the newest ``MAX_AUDIT`` are kept) and, in the daemon, one ``audit`` log line.
 
-A record: ``{"at": wall time, "who", "from", "what", "target", "result"}``. Who: the
-dashboard's or control plane's role and token kind (``operator token``), or, for a
-command, the OS user; from: the peer's address or the host's name. ``tubeworker audit``
-lists them. A record that cannot be written (the server is down) is said in one line and
-never fails the action it describes.
+A record: ``{"at": wall time, "who", "where", "what", "target", "result"}``. Who: the
+dashboard's or control plane's role and token id (``operator token 1a2b3c4d``: see
+control/access.py), or, for a command, the OS user; where: the peer's address or the
+host's name. ``tubeworker audit`` lists them. A record that cannot be written (the server
+is down) is said in one line and never fails the action it describes.
+
+The commands have no daemon log: with ``TUBEWORKER_AUDIT_LOG`` set (a file, or ``-`` for
+standard error) each of their records is also appended there as one JSON line, the same
+fields as the daemon's ``audit`` log line.
+
+Bounded: after each write the tube keeps its newest ``MAX_AUDIT`` records (the oldest are
+deleted), so the trail costs a server at most that many small jobs.
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ from __future__ import annotations
 import getpass
 import json
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import structlog
@@ -23,9 +32,19 @@ import structlog
 from tubeworker.admin_ops import EXPECTED, admin_client
 from tubeworker.beanstalk.client import Address, Client
 
-__all__ = ["AUDIT_TUBE", "MAX_AUDIT", "AuditRecord", "command_actor", "read_audit", "record"]
+__all__ = [
+    "AUDIT_LOG_ENV",
+    "AUDIT_TUBE",
+    "MAX_AUDIT",
+    "AuditRecord",
+    "append_audit_line",
+    "command_actor",
+    "read_audit",
+    "record",
+]
 
 AUDIT_TUBE: Final = "tubeworker.audit"
+AUDIT_LOG_ENV: Final = "TUBEWORKER_AUDIT_LOG"
 MAX_AUDIT: Final = 10_000
 _MAX_FIELD: Final = 2_000
 
@@ -81,7 +100,15 @@ async def record(
     never raises for a server that cannot take it), else None."""
     entry = AuditRecord(round(time.time(), 3), who, where, what, target, result)
     if log_line:
-        log.info("audit", who=who, where=where, what=what, target=target, result=result)
+        log.info(
+            "audit",
+            who=who,
+            where=where,
+            what=what,
+            server=str(address),
+            target=target,
+            result=result,
+        )
     try:
         async with admin_client(address) as client:
             await write_audit(client, entry)
@@ -89,6 +116,22 @@ async def record(
         if log_line:
             log.warning("audit record not written", server=str(address), error=str(exc))
         return str(exc)
+    return None
+
+
+def append_audit_line(destination: str, entry: AuditRecord, server: str) -> str | None:
+    """The record as one JSON ``audit`` line, appended to ``destination`` (a file; ``-``:
+    standard error); why it could not be, else None."""
+    stamp = datetime.fromtimestamp(entry.at, UTC).isoformat().replace("+00:00", "Z")
+    line = json.dumps({"event": "audit", "timestamp": stamp, "server": server, **asdict(entry)})
+    if destination == "-":
+        print(line, file=sys.stderr)
+        return None
+    try:
+        with open(destination, "a", encoding="utf-8") as out:
+            out.write(line + "\n")
+    except OSError as exc:
+        return f"{AUDIT_LOG_ENV}: cannot append to {destination}: {exc.strerror or exc}"
     return None
 
 

@@ -34,6 +34,7 @@ from tubeworker.config_reader import Problems, Reader, tube_patterns
 from tubeworker.config_schedules import heartbeats, schedules
 from tubeworker.config_security import security, tls
 from tubeworker.errors import LocalProtocolError
+from tubeworker.redact import is_path
 
 __all__ = ["build"]
 
@@ -192,7 +193,7 @@ def _control(reader: Reader) -> ControlConfig:
 def _redact_paths(reader: Reader) -> tuple[str, ...]:
     paths = reader.strings("redact") or ()
     for path in paths:
-        if not re.fullmatch(r"payload(\.[^.\s]+)+", path):
+        if not is_path(path):
             return reader.bad(
                 "redact", f'each must be a payload path like "payload.card", got {path!r}', ()
             )

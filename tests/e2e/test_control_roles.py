@@ -68,8 +68,27 @@ def test_given_roles_then_reads_need_a_token_and_bodies_go_to_operators(
     assert "***" in as_operator
     assert CARD not in as_operator
 
-    quiet = httpx.post(f"{base}/quiet", headers={"Authorization": f"Bearer {VIEWER}"}, timeout=10)
+    peeked = get(f"/api/peek?server={beanstalkd.address}&tube=parked&state=ready", VIEWER)
+    assert peeked.json()["body"]["kind"] == "withheld"
+    assert peeked.json()["body"]["size"] > len(CARD)
+    download = get(f"/api/job/body?server={beanstalkd.address}&id={job_id}", OPERATOR)
+    assert download.status_code == 200
+    assert json.loads(download.content)["payload"] == {"card_number": "***", "name": "Ada"}
+    assert get("/api/overview", VIEWER).json()["role"] == "viewer"
+    assert get("/api/overview", OPERATOR).json()["role"] == "operator"
+
+    as_viewer_header = {"Authorization": f"Bearer {VIEWER}"}
+    quiet = httpx.post(f"{base}/quiet", headers=as_viewer_header, timeout=10)
     assert quiet.status_code == 403
+    assert quiet.json() == {"error": "a viewer's token reads; actions need the operator's"}
+    kick = httpx.post(
+        f"{base}/api/kick",
+        json={"server": beanstalkd.address, "tube": "parked"},
+        headers=as_viewer_header,
+        timeout=10,
+    )
+    assert kick.status_code == 403
+    assert "viewer" in kick.json()["error"]
     resumed = httpx.post(
         f"{base}/resume", headers={"Authorization": f"Bearer {OPERATOR}"}, timeout=10
     )
@@ -80,8 +99,11 @@ def test_given_roles_then_reads_need_a_token_and_bodies_go_to_operators(
     assert statuses == [401] * 8 + [429] * 2
     assert get("/status", OPERATOR).status_code == 429  # not even checked meanwhile
     refused = [e for e in daemon.events() if e.get("event") == "control plane read refused"]
-    assert refused
+    assert len(refused) == 10  # one line each, none for the 429s
     assert refused[0]["peer"] == "127.0.0.1"
+    assert all("Traceback" not in str(e) for e in refused)
+    assert VIEWER not in daemon.stdout.read_text()  # tokens are never logged
+    assert OPERATOR not in daemon.stdout.read_text()
 
     peek = subprocess.run(
         [sys.executable, "-m", "tubeworker", "peek", str(job_id), "--server", beanstalkd.address],
@@ -94,3 +116,15 @@ def test_given_roles_then_reads_need_a_token_and_bodies_go_to_operators(
     assert peek.returncode == 0, peek.stderr
     assert "Ada" in peek.stdout
     assert CARD not in peek.stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "tubeworker", "jobs", "parked", "--server", beanstalkd.address],
+        cwd=REPO,
+        env={**os.environ, "TUBEWORKER_REDACT": "payload.card_number"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert str(job_id) in listed.stdout
+    assert CARD not in listed.stdout
+    assert "***" in listed.stdout  # the preview shows the field, masked

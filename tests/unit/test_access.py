@@ -1,15 +1,11 @@
-"""The control plane's roles and the redaction of payload fields (pure parts)."""
+"""The control plane's roles: tokens, reads, actions, the failure window (pure parts)."""
 
 from __future__ import annotations
 
-import json
+import hashlib
 from typing import Any
 
-from hypothesis import given
-from hypothesis import strategies as st
-
-from tubeworker.admin_ops import MASK, redacted
-from tubeworker.control.access import MAX_FAILURES, Access
+from tubeworker.control.access import MAX_FAILURES, Access, token_id
 
 
 def scope(token: str | None = None, *, peer: str = "10.0.0.1", ws: bool = False) -> dict[str, Any]:
@@ -54,15 +50,32 @@ def test_given_repeated_failures_then_the_peer_waits_and_others_do_not() -> None
     assert access.check_read(scope("op"), "/status") is None
 
 
-@given(st.text(max_size=8), st.integers())
-def test_given_a_payload_then_redaction_masks_the_path_in_dicts_and_lists(
-    name: str, n: int
-) -> None:
-    payload = {"card": {"number": str(n)}, "items": [{"sku": 1, "secret": name}], "name": name}
-    assert redacted(payload, ("card", "number"))
-    assert redacted(payload, ("items", "secret"))
-    assert not redacted(payload, ("missing",))
-    assert payload["card"] == {"number": MASK}
-    assert payload["items"] == [{"sku": 1, "secret": MASK}]
-    assert payload["name"] == name
-    assert str(n) not in json.dumps(payload["card"])
+def test_given_an_action_then_only_the_operator_may_and_wrong_tokens_count() -> None:
+    now = [0.0]
+    access = Access("op", "view", clock=lambda: now[0])
+    assert access.check_action(scope("op")) is None
+    assert access.check_action(scope("view")) == (
+        403,
+        "a viewer's token reads; actions need the operator's",
+        "viewer",
+    )
+    for _ in range(MAX_FAILURES):  # the viewer's refusals above counted nothing
+        refused = access.check_action(scope("nope"))
+        assert refused is not None
+        assert refused[0] == 401
+    blocked = access.check_action(scope("op"))
+    assert blocked is not None
+    assert blocked[0] == 429
+    assert access.check_read(scope("view"), "/status") == (429, blocked[1])  # reads too
+    assert access.check_read(scope(), "/healthz") is None  # probes never
+    now[0] += 61
+    assert access.check_action(scope("op")) is None
+
+
+def test_given_a_token_then_it_is_named_by_its_id_never_by_itself() -> None:
+    access = Access("op-secret", "view-secret")
+    assert token_id("op-secret") == hashlib.sha256(b"op-secret").hexdigest()[:8]
+    assert access.who(scope("op-secret")) == f"operator token {token_id('op-secret')}"
+    assert access.who(scope("view-secret")) == f"viewer token {token_id('view-secret')}"
+    assert access.who(scope("guess")) == "no token"
+    assert "secret" not in access.who(scope("op-secret"))

@@ -29,6 +29,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tubeworker.frozen",
             # Keys and signatures (stdlib only): the envelope signs with them.
             "tubeworker.security",
+            # Payload fields masked in bodies shown to people (pure).
+            "tubeworker.redact",
         ),
     ),
     ("beanstalk", ("tubeworker.beanstalk",)),

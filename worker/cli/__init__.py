@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
@@ -120,11 +121,16 @@ def _changes_something(args: argparse.Namespace) -> bool:
 
 
 def _audit(args: argparse.Namespace, argv: list[str], code: int) -> None:
-    """The run's record on the server it acted on (tubeworker audit lists them)."""
+    """The run's record on the server it acted on (tubeworker audit lists them), and its
+    line in ``TUBEWORKER_AUDIT_LOG`` when that is set. A body on the command line is
+    recorded with ``TUBEWORKER_REDACT``'s fields masked."""
+    import os
     import shlex
 
-    from tubeworker.audit import command_actor, record
+    from tubeworker.audit import AUDIT_LOG_ENV, AuditRecord, append_audit_line, command_actor
+    from tubeworker.audit import record as write_record
     from tubeworker.cli.admin import AdminError, server_list, single_server
+    from tubeworker.redact import paths_from_env, redact_text
 
     given = getattr(args, "server", None)
     try:
@@ -132,20 +138,22 @@ def _audit(args: argparse.Namespace, argv: list[str], code: int) -> None:
     except (AdminError, IndexError, AttributeError):
         return  # no server named well enough to act on: nothing was changed
     who, where = command_actor()
-    problem = trio.run(
-        partial(
-            record,
-            address,
-            who=who,
-            where=where,
-            what=args.command,
-            target=shlex.join(argv),
-            result=f"exit {code}",
-            log_line=False,
-        )
-    )
-    if problem is not None and code == 0:
-        print(f"tubeworker: audit record not written: {problem}", file=sys.stderr)
+    masked = paths_from_env(os.environ)
+    fields = {
+        "who": who,
+        "where": where,
+        "what": args.command,
+        "target": shlex.join(redact_text(arg, masked) for arg in argv),
+        "result": f"exit {code}",
+    }
+    problems = [trio.run(partial(write_record, address, **fields, log_line=False))]
+    destination = os.environ.get(AUDIT_LOG_ENV)
+    if destination:
+        entry = AuditRecord(round(time.time(), 3), **fields)
+        problems.append(append_audit_line(destination, entry, str(address)))
+    for problem in problems:
+        if problem is not None and code == 0:
+            print(f"tubeworker: audit record not written: {problem}", file=sys.stderr)
 
 
 def _help(parser: argparse.ArgumentParser) -> int:

@@ -9,7 +9,9 @@
   per tube and per handler outcomes (and each handler's run times).
 - ``POST /quiet``, ``/resume``, ``/drain``: change the daemon's state; they need
   ``Authorization: Bearer <token>`` with the token from ``[control] token_file``, and
-  answer 401 without it (always, when no token file is configured).
+  answer 401 without it (always, when no token file is configured), 403 to a viewer's.
+  Each is on the audit trail: an ``audit`` log line and a record in ``tubeworker.audit``
+  on the daemon's first server.
 - WebSocket ``/events``: JSON events (job outcomes, rate-limited; drain, quiet, connection
   losses; the dashboard's ``tubes``, ``workers`` and ``action`` events). A client that
   falls behind loses old events (it is told how many); one that takes no data for
@@ -32,13 +34,14 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from tubeworker.audit import record
+from tubeworker.beanstalk.client import Address
 from tubeworker.contracts import schema_document
 from tubeworker.control.access import Access
 from tubeworker.control.asgi import (
     Receive,
     Scope,
     Send,
-    authorized,
     query,
     respond,
     run_lifespan,
@@ -53,6 +56,7 @@ __all__ = ["ControlApp"]
 log = structlog.get_logger("tubeworker")
 
 _HEALTHY_TICK_AGE = 5.0  # seconds since the loop's last tick that still counts as alive
+_AUDIT_DEADLINE = 10.0  # the most an action's reply waits for its audit record
 
 
 class ControlApp:
@@ -65,6 +69,7 @@ class ControlApp:
         dashboard: Dashboard | None = None,
         paused_by_api: Mapping[str, tuple[str, ...]] | None = None,
         access: Access | None = None,
+        audit_to: Address | None = None,
     ) -> None:
         self.state = state
         self.registry = registry
@@ -72,6 +77,8 @@ class ControlApp:
         #: Who may read and act (roles by token; reads open without a viewer token).
         self.access = access or Access(token)
         self.dashboard = dashboard
+        #: The server whose ``tubeworker.audit`` keeps the record of each action.
+        self.audit_to = audit_to
         #: API → the tubes its flow control pauses while it is open (``pause_tubes``).
         self.paused_by_api = dict(paused_by_api or {})
         self.last_tick = time.monotonic()
@@ -105,7 +112,7 @@ class ControlApp:
         elif method == "GET" and path in _GETS:
             status, content_type, body = _GETS[path](self)
         elif method == "POST" and path in _ACTIONS:
-            status, content_type, body = self._action(scope, path)
+            status, content_type, body = await self._action(scope, path)
         elif path in _GETS or path in _ACTIONS:
             status, content_type, body = _json(405, {"error": f"{method} not allowed here"})
         else:
@@ -184,11 +191,14 @@ class ControlApp:
             **_clock(state),
         }
 
-    def _action(self, scope: Scope, path: str) -> tuple[int, str, bytes]:
-        if self.access.role(scope) == "viewer":
-            return _json(403, {"error": "a viewer's token reads; actions need the operator's"})
-        if not self._authorized(scope):
-            return _json(401, {"error": "a bearer token from [control] token_file is needed"})
+    async def _action(self, scope: Scope, path: str) -> tuple[int, str, bytes]:
+        client = str((scope.get("client") or ("?",))[0])
+        refused = self.access.check_action(scope)
+        if refused is not None:
+            status, error, why = refused
+            log.warning("control plane action refused", action=path.lstrip("/"), peer=client,
+                        why=why)  # fmt: skip
+            return _json(status, {"error": error})
         state = self.state
         if path == "/quiet":
             state.set_quiet(True)
@@ -197,19 +207,17 @@ class ControlApp:
         else:
             state.begin_drain("control plane: drain requested")
         log.info("control plane action", action=path.lstrip("/"))
-        client = (scope.get("client") or ("?",))[0]
-        log.info(
-            "audit",
-            who="operator token (control plane)",
-            where=str(client),
-            what=path.lstrip("/"),
-            target="this daemon",
-            result="ok",
-        )
+        who = f"{self.access.who(scope)} (control plane)"
+        target = f"daemon {self.host} pid {os.getpid()}"
+        what = path.lstrip("/")
+        if self.audit_to is None:
+            log.info("audit", who=who, where=client, what=what, target=target, result="ok")
+        else:
+            with trio.CancelScope(shield=True), trio.move_on_after(_AUDIT_DEADLINE):
+                await record(
+                    self.audit_to, who=who, where=client, what=what, target=target, result="ok"
+                )
         return _json(200, {"ok": True, "quiet": state.quiet, "draining": state.draining})
-
-    def _authorized(self, scope: Scope) -> bool:
-        return authorized(scope, self.token)
 
     # ---- WebSocket
 

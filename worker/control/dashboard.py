@@ -69,7 +69,6 @@ from tubeworker.control.asgi import (
     Response,
     Scope,
     Send,
-    authorized,
     json_response,
     query,
     read_body,
@@ -267,9 +266,13 @@ class Dashboard:
             response = self._asset(method, path)
         elif method == "GET" and path in self._reads:
             response = await self._read(scope, path)
-        elif method == "POST" and path == "/api/refresh":
-            self.context.depths.poke()
-            response = json_response(202, {"ok": True})
+        elif method == "POST" and path == "/api/refresh":  # a read's nudge: a reader's
+            refused = self.access.check_read(scope, path)
+            if refused is not None:
+                response = json_response(refused[0], {"error": refused[1]})
+            else:
+                self.context.depths.poke()
+                response = json_response(202, {"ok": True})
         elif method == "POST" and path in self._actions:
             response = await self._act(scope, receive, path)
         elif path in self._reads or path in self._actions:
@@ -293,10 +296,15 @@ class Dashboard:
         refused = self.access.check_read(scope, path)
         if refused is not None:
             return json_response(refused[0], {"error": refused[1]})
-        bodies = self.access.sees_bodies(self.access.role(scope))
+        role = self.access.role(scope)
+        bodies = self.access.sees_bodies(role)
         if not bodies and path == "/api/job/body":
             return json_response(403, {"error": WITHHELD})
         response = await self._guarded(self._reads[path], query(scope))
+        if path == "/api/overview" and response[0] == 200:  # the page shows what it may do
+            status, _, body, headers = response
+            reader = {"role": role, "reads_need_token": not self.access.reads_open}
+            response = json_response(status, {**json.loads(body), **reader}, *headers)
         if bodies or response[1] != "application/json":
             return response
         return withhold_bodies(response)
@@ -322,18 +330,11 @@ class Dashboard:
                 "dashboard action refused", action=name, client=client, why="no token configured"
             )
             return json_response(403, {"error": READ_ONLY})
-        if self.access.role(scope) == "viewer":
-            log.warning("dashboard action refused", action=name, client=client, why="viewer")
-            return json_response(
-                403, {"error": "a viewer's token reads; actions need the operator's"}
-            )
-        if not authorized(scope, self.context.token):
-            log.warning(
-                "dashboard action refused", action=name, client=client, why="no or wrong token"
-            )
-            return json_response(
-                401, {"error": "this action needs the control token (Authorization: Bearer)"}
-            )
+        refused = self.access.check_action(scope)  # a wrong token counts as a failure
+        if refused is not None:
+            status, error, why = refused
+            log.warning("dashboard action refused", action=name, client=client, why=why)
+            return json_response(status, {"error": error})
         try:
             data = json.loads(await read_body(receive, MAX_REQUEST_BODY) or b"{}")
         except (BodyTooLarge, ValueError) as exc:
@@ -347,11 +348,11 @@ class Dashboard:
 
         response = await self._guarded(run, {})
         self._log_action(name, client, data, response)
-        await self._audit(name, client, data, response)
+        await self._audit(f"{self.access.who(scope)} (dashboard)", name, client, data, response)
         return response
 
     async def _audit(
-        self, name: str, client: str, data: dict[str, Any], response: Response
+        self, who: str, name: str, client: str, data: dict[str, Any], response: Response
     ) -> None:
         """The action on the audit trail of the server it acted on (else the first)."""
         try:
@@ -367,7 +368,7 @@ class Dashboard:
         with trio.CancelScope(shield=True), trio.move_on_after(REQUEST_DEADLINE):
             await record(
                 address,
-                who="operator token (dashboard)",
+                who=who,
                 where=client,
                 what=name,
                 target=json.dumps(fields, sort_keys=True),

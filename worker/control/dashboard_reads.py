@@ -18,6 +18,7 @@ from tubeworker.admin_ops import (
     attempts,
     buried_records,
     peek_job,
+    redacting,
     render_body,
     task_of,
 )
@@ -33,6 +34,7 @@ from tubeworker.control.dashboard_context import (
     number_of,
     tube_of,
 )
+from tubeworker.redact import redact_body
 from tubeworker.tubes import INTERNAL_PREFIX
 
 __all__ = ["DETAIL_LIMIT", "PREVIEW_LIMIT", "DashboardReads"]
@@ -209,7 +211,8 @@ class DashboardReads:
         address, job_id = self.context.server(params), job_id_of(params)
         found, _ = await peek_job(address, str(job_id), None)
         disposition = f'attachment; filename="job-{job_id}.bin"'.encode()
-        return 200, "application/octet-stream", found.body, ((b"content-disposition", disposition),)
+        body = redact_body(found.body, redacting())  # [control] redact: downloads too
+        return 200, "application/octet-stream", body, ((b"content-disposition", disposition),)
 
     async def peek(self, params: Params) -> Response:
         address, tube = self.context.server(params), tube_of(params)

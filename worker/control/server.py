@@ -88,6 +88,7 @@ async def run_control_plane(
         token,
         paused_by_api={api.name: api.tubes for api in config.apis if api.pause_tubes},
         access=access,
+        audit_to=config.servers[0] if config.servers else None,
     )
     fleet = Fleet(
         config.control.daemons, local_status=app.status_document, local_quiet=state.set_quiet

@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,10 +134,16 @@ class Fleet:
 
 
 def write_daemon_config(
-    path: Path, server: BeanstalkdProcess, token_file: Path | None, *, interval: float = 0.3
+    path: Path,
+    server: BeanstalkdProcess,
+    token_file: Path | None,
+    *,
+    interval: float = 0.3,
+    control: Sequence[str] = (),
 ) -> Path:
     """The daemon's config: the worked tubes, and a control plane whose token is in
-    ``token_file`` (none: the dashboard is read-only)."""
+    ``token_file`` (none: the dashboard is read-only), with ``control``'s lines added to
+    its ``[control]``."""
     lines = [
         "[worker]",
         f'servers = ["{server.address}"]',
@@ -156,20 +162,26 @@ def write_daemon_config(
         "[control]",
         *([f'token_file = "{token_file}"'] if token_file is not None else []),
         f"metrics_interval = {interval}",
+        *control,
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 @contextlib.contextmanager
-def running_fleet(workdir: Path, *, token: str | None) -> Iterator[Fleet]:
-    """A private beanstalkd and ``tubeworker run --control`` on it, both stopped at the end."""
+def running_fleet(
+    workdir: Path, *, token: str | None, control: Sequence[str] = ()
+) -> Iterator[Fleet]:
+    """A private beanstalkd and ``tubeworker run --control`` on it, both stopped at the end
+    (``control``: more lines for its ``[control]``)."""
     token_file = None
     if token is not None:
         token_file = workdir / "token"
         token_file.write_text(token + "\n")
     with BeanstalkdProcess() as server:
-        config_path = write_daemon_config(workdir / "worker.toml", server, token_file)
+        config_path = write_daemon_config(
+            workdir / "worker.toml", server, token_file, control=control
+        )
         port = free_port()
         daemon = DaemonProcess(config_path, workdir)
         try:

@@ -105,26 +105,25 @@ def test_given_roles_then_reads_need_a_token_and_bodies_go_to_operators(
     assert VIEWER not in daemon.stdout.read_text()  # tokens are never logged
     assert OPERATOR not in daemon.stdout.read_text()
 
-    peek = subprocess.run(
-        [sys.executable, "-m", "tubeworker", "peek", str(job_id), "--server", beanstalkd.address],
-        cwd=REPO,
-        env={**os.environ, "TUBEWORKER_REDACT": "payload.card_number"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert peek.returncode == 0, peek.stderr
-    assert "Ada" in peek.stdout
-    assert CARD not in peek.stdout
-    listed = subprocess.run(
-        [sys.executable, "-m", "tubeworker", "jobs", "parked", "--server", beanstalkd.address],
-        cwd=REPO,
-        env={**os.environ, "TUBEWORKER_REDACT": "payload.card_number"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert listed.returncode == 0, listed.stderr
-    assert str(job_id) in listed.stdout
-    assert CARD not in listed.stdout
-    assert "***" in listed.stdout  # the preview shows the field, masked
+    def masked(*args: str) -> str:
+        """A command's output with TUBEWORKER_REDACT set, as the docs tell."""
+        done = subprocess.run(
+            [sys.executable, "-m", "tubeworker", *args, "--server", beanstalkd.address],
+            cwd=REPO,
+            env={**os.environ, "TUBEWORKER_REDACT": "payload.card_number"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert CARD not in done.stdout
+        return done.stdout
+
+    assert "Ada" in masked("peek", str(job_id))
+    raw = json.loads(masked("peek", str(job_id), "--raw"))
+    assert raw["payload"] == {"card_number": "***", "name": "Ada"}
+    listed = masked("jobs", "parked")
+    assert str(job_id) in listed
+    assert "***" in listed  # the preview shows the field, masked
+    (listed_job,) = json.loads(masked("jobs", "parked", "--json"))["jobs"]
+    assert json.loads(listed_job["body"])["payload"]["card_number"] == "***"

@@ -152,7 +152,11 @@ def _add_peek(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     peek.add_argument("target", metavar="ID|TUBE", help="a job id, or a tube with STATE")
     peek.add_argument("state", nargs="?", choices=("ready", "delayed", "buried"), help="STATE")
-    peek.add_argument("--raw", action="store_true", help="write the body's bytes to stdout")
+    peek.add_argument(
+        "--raw",
+        action="store_true",
+        help="write the body's bytes to stdout (TUBEWORKER_REDACT's fields masked)",
+    )
     peek.add_argument(
         "--limit",
         default=str(DEFAULT_BODY_LIMIT),

@@ -15,6 +15,7 @@ from typing import Any
 import greenstalk
 import trio
 
+from tubeworker.admin_ops import redacting
 from tubeworker.browse_ops import CHUNK, STATES, flush_tubes, list_jobs, move_jobs
 from tubeworker.cli.admin import (
     EX_NOINPUT,
@@ -30,6 +31,7 @@ from tubeworker.cli.admin import (
     run_admin,
     single_server,
 )
+from tubeworker.redact import redact_text
 
 __all__ = ["add_browse_commands", "flush", "jobs", "move", "tail"]
 
@@ -116,6 +118,7 @@ def jobs(args: argparse.Namespace) -> int:
             )
         took = time.monotonic() - started
         if args.json:
+            masked = redacting()  # TUBEWORKER_REDACT
             document = {
                 "server": str(address),
                 "jobs": [
@@ -127,7 +130,7 @@ def jobs(args: argparse.Namespace) -> int:
                         "time_left": j.stats.time_left,
                         "ttr": j.stats.ttr,
                         "reserves": j.stats.reserves,
-                        "body": j.body.decode("utf-8", errors="replace"),
+                        "body": redact_text(j.body.decode("utf-8", errors="replace"), masked),
                     }
                     for j in page.jobs
                 ],

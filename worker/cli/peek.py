@@ -1,6 +1,7 @@
 """``tubeworker peek ID`` and ``tubeworker peek TUBE ready|delayed|buried``: a job's stats,
 why it was buried (for a buried job: its latest burial record, traceback included), and its
-body shown safely, or with ``--raw`` the body's exact bytes."""
+body shown safely, or with ``--raw`` the body's exact bytes (but for the payload fields
+``TUBEWORKER_REDACT`` masks, in this as in every body shown)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 import time
 from functools import partial
 
-from tubeworker.admin_ops import burial_of, peek_job, task_of
+from tubeworker.admin_ops import burial_of, peek_job, redacting, task_of
 from tubeworker.beanstalk.client import Address
 from tubeworker.beanstalk.protocol import MAX_INT, JobStats
 from tubeworker.burials import BurialRecord
@@ -26,6 +27,7 @@ from tubeworker.cli.admin import (
     single_server,
 )
 from tubeworker.cli.buried import indented, one_line
+from tubeworker.redact import redact_body
 
 __all__ = ["peek", "render_job"]
 
@@ -98,7 +100,7 @@ def render_job(
 async def _peek(address: Address, target: str, state: str | None, raw: bool, limit: int) -> int:
     found, stats = await peek_job(address, target, state)
     if raw:
-        sys.stdout.buffer.write(found.body)
+        sys.stdout.buffer.write(redact_body(found.body, redacting()))  # TUBEWORKER_REDACT
         sys.stdout.buffer.flush()
         return EX_OK
     burial = None

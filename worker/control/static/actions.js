@@ -1,6 +1,8 @@
 // tubeworker dashboard: the token, confirmations and actions. The token is never in the
-// page: it is typed once and kept in this tab's sessionStorage, and sent with actions only.
-// With no token configured the server is read-only and the page shows no action.
+// page: it is typed once and kept in this tab's sessionStorage, and sent as a bearer header
+// (with reads too, which need one with [control] read_token_file: a read answered 401 opens
+// the token dialog). With no token configured the server is read-only, and a viewer's token
+// reads only: either way the page shows no action.
 
 import { $, toast } from "./common.js";
 
@@ -10,6 +12,7 @@ const getToken = () => sessionStorage.getItem(TOKEN_KEY) || "";
 
 function askToken() {
   const dialog = $("token-dialog");
+  if (dialog.open) return;
   $("token-input").value = "";
   dialog.returnValue = "";
   dialog.showModal();
@@ -33,12 +36,17 @@ $("token-dialog").addEventListener("close", () => {
   }
   $("token-input").value = "";
   showTokenState();
+  if (answer === "save" || answer === "forget") {
+    window.dispatchEvent(new CustomEvent("tubeworker-token")); // main.js reads again with it
+  }
 });
+
+window.addEventListener("tubeworker-login", askToken);
 
 function showTokenState() {
   const button = $("token-button");
   button.textContent = getToken() ? "Token ✓" : "Token";
-  button.title = getToken() ? "A token is kept for this tab" : "Actions need the control token";
+  button.title = getToken() ? "A token is kept for this tab" : "Actions (and, if so set, reads) need a token";
 }
 
 function confirmAction(text) {
@@ -57,6 +65,10 @@ function confirmAction(text) {
 
 // An action: confirmed, then sent with the token; the server decides (401 without it).
 export async function act(path, body, question) {
+  if (document.body.dataset.actions === "viewer") {
+    toast("Viewer: this tab's token reads only; actions need the operator's token.", "error");
+    return null;
+  }
   if (document.body.dataset.actions !== "enabled") {
     toast("Read-only: no token is configured, so the dashboard takes no actions.", "error");
     return null;

@@ -15,6 +15,8 @@ export const state = {
   trend: { ready: [], done: [], failure: [], buried: [] },
   trendMax: 360, // points the server keeps (its history): the page keeps as many
   round: 0, // the poller's round the page shows (an answer older than it is stale)
+  readsNeedToken: false, // [control] read_token_file: reads send this tab's token
+  loginNeeded: false, // a read was answered 401: the token dialog was opened
   tube: null, // {server, tube}
   tubeRow: null,
   buried: { offset: 0, limit: 50, total: 0 },
@@ -102,6 +104,11 @@ export async function api(path, params) {
   if (token) headers.Authorization = `Bearer ${token}`;
   const response = await fetch(url, { headers });
   const data = await response.json().catch(() => ({}));
+  if (response.status === 401) {
+    // Reads need a token ([control] read_token_file): ask for one (actions.js's dialog).
+    state.loginNeeded = true;
+    window.dispatchEvent(new CustomEvent("tubeworker-login"));
+  }
   if (!response.ok) {
     const hint = response.status === 401 ? " Enter a token with the Token button." : "";
     const error = new Error((data.error || `${response.status} ${response.statusText}`) + hint);
@@ -171,14 +178,24 @@ export function chart(container, values, format) {
 
 
 // What every view needs of /api/overview: the servers (for the put dialog), and whether
-// the server takes actions (with no token configured it is read-only: none are shown).
+// this reader may act: with no token configured the server is read-only, and a viewer's
+// token reads only ([control] read_token_file): either way no action is shown.
 export function applySettings(data) {
   state.servers = data.servers;
   $("servers").textContent = data.servers.join(", ");
   if (data.internal_prefix) state.internalPrefix = data.internal_prefix;
-  const enabled = data.actions_enabled !== false;
-  document.body.dataset.actions = enabled ? "enabled" : "read-only";
+  const viewer = data.role === "viewer";
+  const enabled = data.actions_enabled !== false && !viewer;
+  state.readsNeedToken = data.reads_need_token === true;
+  state.loginNeeded = false;
+  document.body.dataset.actions = viewer ? "viewer" : enabled ? "enabled" : "read-only";
+  document.body.dataset.role = data.role || "";
+  document.body.dataset.readsNeedToken = state.readsNeedToken ? "1" : "0";
   $("read-only").hidden = enabled;
+  $("read-only").textContent = viewer ? "viewer: read-only" : "read-only (no token configured)";
+  $("read-only").title = viewer
+    ? "This tab's token is a viewer's ([control] read_token_file): it reads; actions need the operator's token."
+    : "Actions need a token: [control] token_file (or tubeworker dashboard --token-file).";
   renderTroubles(data.troubles || []);
 }
 

@@ -23,9 +23,14 @@ function logEvent(text, kind) {
 
 // ------------------------------------------------------------------ live events
 
-const refresh = debounce(() => fetch("/api/refresh", { method: "POST" }).catch(() => {}), 250);
+const refresh = debounce(() => {
+  const token = sessionStorage.getItem("tubeworker.token");
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  fetch("/api/refresh", { method: "POST", headers }).catch(() => {});
+}, 250);
 let socket = null;
 let retry = 0;
+let reconnecting = null; // the timer of the next try
 
 function connect() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -48,7 +53,7 @@ function connect() {
     $("live").textContent = "reconnecting…";
     $("live").className = "live off";
     retry = Math.min(retry + 1, 5);
-    setTimeout(connect, 500 * 2 ** retry);
+    reconnecting = setTimeout(connect, 500 * 2 ** retry);
   });
 }
 
@@ -142,6 +147,27 @@ function route() {
   };
   return loaders[view]().catch(showLoadError);
 }
+
+// A token saved or forgotten where reads need one: read everything again with it, and
+// reconnect the live events (their ?token= is read when connecting).
+window.addEventListener("tubeworker-token", async () => {
+  if (!state.readsNeedToken && !state.loginNeeded) return; // reads are open: nothing changes
+  clearTimeout(reconnecting);
+  if (socket && socket.readyState <= WebSocket.OPEN) {
+    retry = -1; // its close handler tries again in half a second, with the new token
+    socket.close();
+  } else {
+    retry = 0;
+    connect();
+  }
+  try {
+    applySettings(await api("/api/overview"));
+  } catch (error) {
+    showLoadError(error);
+    return;
+  }
+  await route();
+});
 
 window.addEventListener("hashchange", route);
 connect();

@@ -162,6 +162,7 @@ function renderJob(doc, record) {
   $("job-note").textContent = doc.body.note ? `(${doc.body.note})` : "";
   $("job-download").href = doc.download;
   $("job-download").setAttribute("download", `job-${doc.id}.bin`);
+  $("job-download").hidden = doc.body.kind === "withheld"; // a viewer's: no body to fetch
   $("job-kick").hidden = !(stats && (stats.state === "buried" || stats.state === "delayed"));
   $("job").scrollIntoView({ block: "nearest" });
 }
@@ -182,6 +183,25 @@ async function peek(stateName) {
     toast(error.status === 404 ? `No ${stateName} job in ${tube}.` : error.message, error.status === 404 ? "info" : "error");
   }
 }
+
+// Where reads need a token a plain link cannot send it: fetch with it, then save.
+$("job-download").addEventListener("click", async (event) => {
+  const token = sessionStorage.getItem("tubeworker.token");
+  if (!state.readsNeedToken || !token) return; // the link as it is
+  event.preventDefault();
+  const link = event.currentTarget;
+  const response = await fetch(link.href, { headers: { Authorization: `Bearer ${token}` } });
+  if (!response.ok) {
+    toast(`Download refused (${response.status})`, "error");
+    return;
+  }
+  const url = URL.createObjectURL(await response.blob());
+  const save = el("a", { href: url, download: link.getAttribute("download") });
+  document.body.append(save);
+  save.click();
+  save.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+});
 
 $("peek-ready").addEventListener("click", () => peek("ready"));
 $("peek-delayed").addEventListener("click", () => peek("delayed"));

@@ -7,13 +7,16 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
 from tubeworker.admin_ops import parse_interval
 from tubeworker.beanstalk.client import Address, parse_address
 from tubeworker.cli.admin import EX_OK, EX_USAGE, AdminError, server_list
+
+if TYPE_CHECKING:
+    from tubeworker.control.access import Access
 
 __all__ = ["DEFAULT_LISTEN", "add_dashboard_command", "dashboard"]
 
@@ -27,7 +30,7 @@ def add_dashboard_command(commands: argparse._SubParsersAction[argparse.Argument
         help="the web dashboard on its own (a daemon's --control serves it too)",
         description="Serve the web dashboard for beanstalkd servers and tubeworker daemons: "
         "tubes, workers, APIs, buried jobs with their reasons, and token-guarded actions. "
-        "Reads need no token: keep it on loopback.",
+        "Reads need no token (unless --read-token-file): keep it on loopback.",
     )
     parser.add_argument(
         "--server",
@@ -46,6 +49,18 @@ def add_dashboard_command(commands: argparse._SubParsersAction[argparse.Argument
         "--token-file",
         metavar="FILE",
         help="the bearer token actions need (without it the dashboard is read-only)",
+    )
+    parser.add_argument(
+        "--read-token-file",
+        metavar="FILE",
+        help="a viewer's token: with it every read but /healthz needs a token (this one "
+        "reads only, --token-file's reads and acts); see docs/security.md",
+    )
+    parser.add_argument(
+        "--show-bodies-to",
+        choices=("operator", "viewer"),
+        default="operator",
+        help="with --read-token-file: who sees job bodies (default: operator)",
     )
     parser.add_argument(
         "--daemon",
@@ -74,20 +89,20 @@ def _listen_address(text: str) -> Address:
     return address
 
 
-def _token(path: str | None) -> str | None:
+def _token(path: str | None, flag: str = "--token-file") -> str | None:
     if path is None:
         return None
     try:
         with open(path, encoding="utf-8") as file:
             return file.read().strip() or None
     except OSError as exc:
-        raise AdminError(f"--token-file: {exc.strerror or exc}: {path}", EX_USAGE) from None
+        raise AdminError(f"{flag}: {exc.strerror or exc}: {path}", EX_USAGE) from None
 
 
 async def _serve(
     servers: list[Address],
     listen: Address,
-    token: str | None,
+    access: Access,
     daemons: list[str],
     interval: float,
 ) -> int:
@@ -99,7 +114,8 @@ async def _serve(
                 lambda task_status: run_dashboard(
                     servers,
                     listen,
-                    token=token,
+                    token=access.operator,
+                    access=access,
                     daemons=daemons,
                     interval=interval,
                     task_status=task_status,
@@ -117,6 +133,7 @@ def dashboard(args: argparse.Namespace) -> int:
         servers = server_list(args)
         listen = _listen_address(args.listen)
         token = _token(args.token_file)
+        viewer = _token(args.read_token_file, "--read-token-file")
         interval = parse_interval(args.interval, "--interval")
     except AdminError as exc:
         print(f"tubeworker: {exc}", file=sys.stderr)
@@ -124,7 +141,11 @@ def dashboard(args: argparse.Namespace) -> int:
     from tubeworker.observe.logs import configure_logging  # only when it runs
 
     configure_logging(args.log_format, "info")
-    if listen.host not in _LOOPBACK:
+    from tubeworker.control.access import Access as Roles  # only when it runs
+
+    bodies_to: Final = "viewer" if args.show_bodies_to == "viewer" else "operator"
+    access = Roles(token, viewer, bodies_to=bodies_to)
+    if listen.host not in _LOOPBACK and access.reads_open:
         print(
             f"tubeworker: warning: the dashboard listens on {listen}: reads need no token, "
             "so anyone who can reach it sees the tubes and job bodies",
@@ -141,4 +162,4 @@ def dashboard(args: argparse.Namespace) -> int:
         from tubeworker.registry import discover
 
         declare(discover().contracts())
-    return trio.run(_serve, servers, listen, token, list(args.daemon), interval)
+    return trio.run(_serve, servers, listen, access, list(args.daemon), interval)

@@ -1,7 +1,9 @@
 """The dashboard on its own (``tubeworker dashboard --server HOST:PORT``), for a host with no
 daemon: the same page and JSON endpoints as the control plane's, its own ``/events``
 stream, the same tube poller (asking for every tube of the servers) and the fleet poller
-for the daemons it is given. No daemon state, no metrics."""
+for the daemons it is given. No daemon state, no metrics. With a viewer's token
+(``--read-token-file``) its reads and ``/events`` need a token as the control plane's do
+(control/access.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import trio
 from hypercorn.trio import serve
 
 from tubeworker.beanstalk.client import Address
+from tubeworker.control.access import Access
 from tubeworker.control.asgi import (
     Receive,
     Scope,
@@ -45,6 +48,11 @@ class DashboardApp:
         if scope["type"] == "lifespan":
             await run_lifespan(receive, send)
         elif scope["type"] == "websocket":
+            refused = self.dashboard.access.check_read(scope, "/events")
+            if refused is not None:  # --read-token-file: the live events are a read too
+                await receive()  # websocket.connect
+                await send({"type": "websocket.close", "code": 4401, "reason": refused[1]})
+                return
             await serve_events(
                 self.events,
                 scope,
@@ -67,6 +75,7 @@ async def run_dashboard(
     listen: Address,
     *,
     token: str | None,
+    access: Access | None = None,
     daemons: Sequence[str] = (),
     interval: float = 2.0,
     connect_timeout: float = 5.0,
@@ -87,6 +96,7 @@ async def run_dashboard(
         token=token,
         interval=interval,
         allowed_hosts=(listen.host,),
+        access=access,
     )
     server, host = hypercorn_config(listen)
     async with trio.open_nursery() as nursery:
@@ -106,5 +116,6 @@ async def run_dashboard(
             servers=[str(s) for s in servers],
             daemons=list(daemons),
             token=token is not None,
+            read_token=access is not None and not access.reads_open,
         )
         task_status.started(url)

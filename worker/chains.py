@@ -23,10 +23,10 @@ from typing import Any
 
 from tubeworker.beanstalk.protocol import validate_tube_name
 from tubeworker.contracts import declared, plain
-from tubeworker.envelope import MAX_STEPS, Step, envelope_bytes
+from tubeworker.envelope import MAX_STEPS, BatchRef, Step, envelope_bytes
 from tubeworker.security.keys import KeyRing
 
-__all__ = ["NextPut", "Step", "chain_bodies", "next_put"]
+__all__ = ["NextPut", "Step", "chain_bodies", "next_put", "step_body"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,14 @@ class NextPut:
     id: str | None
 
 
-def _envelope(step: Step, rest: Sequence[Step], signer: KeyRing | None = None) -> bytes:
+def step_body(
+    step: Step,
+    rest: Sequence[Step] = (),
+    signer: KeyRing | None = None,
+    batch: BatchRef | None = None,
+) -> bytes:
+    """The envelope of ``step`` (its payload checked if its task is typed), carrying the
+    steps after it and its place in a batch."""
     data: dict[str, Any] = {"task": step.task}
     contract = declared(step.task)
     data["payload"] = (
@@ -53,15 +60,20 @@ def _envelope(step: Step, rest: Sequence[Step], signer: KeyRing | None = None) -
         data["v"] = contract.version
     if rest:
         data["then"] = [each.to_json() for each in rest]
+    if batch is not None:
+        data["batch"] = batch.to_json()
     return envelope_bytes(data, signer)
 
 
-def next_put(steps: Sequence[Step], signer: KeyRing | None = None) -> NextPut | None:
-    """What a job that succeeded puts next: its first step, carrying the others."""
+def next_put(
+    steps: Sequence[Step], signer: KeyRing | None = None, batch: BatchRef | None = None
+) -> NextPut | None:
+    """What a job that succeeded puts next: its first step, carrying the others (and the
+    job's batch token: a chain in a batch counts as one job until its last step ends)."""
     if not steps:
         return None
     first, rest = steps[0], steps[1:]
-    body = _envelope(first, rest, signer)
+    body = step_body(first, rest, signer, batch)
     return NextPut(first.tube, body, first.priority, first.delay, first.ttr, first.id)
 
 

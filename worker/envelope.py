@@ -17,6 +17,9 @@ key        meaning                                                         set b
            (docs/security.md)
 ``kid``,   the signing key's id, and HMAC-SHA256 (64 hex digits) of the   signing
 ``sig``    body without its last member ``"sig"`` (docs/security.md)     producers
+``batch``  the job's place in a batch: ``{"id", "token", "opener", "at"}``  batches
+           and the parked callbacks' job ids ``"success"``, ``"complete"``,
+           ``"death"`` (docs/workflows.md#batches)
 ``then``   a chain's next steps, each ``{"tube", "task", "payload", "id",   chains
            "priority", "delay", "ttr"}``: put (first step, carrying the
            rest) when this job succeeds, before it is deleted
@@ -27,8 +30,10 @@ key        meaning                                                         set b
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
 
 from tubeworker.beanstalk.protocol import DEFAULT_PRIORITY, DEFAULT_TTR, validate_tube_name
 from tubeworker.errors import LocalProtocolError
@@ -36,7 +41,10 @@ from tubeworker.security.keys import KeyRing
 from tubeworker.security.signing import current_signer, sign
 
 __all__ = [
+    "BATCH_PREFIX",
+    "KINDS",
     "BadEnvelope",
+    "BatchRef",
     "Envelope",
     "MissingTask",
     "Step",
@@ -44,6 +52,7 @@ __all__ = [
     "encode_envelope",
     "envelope_bytes",
     "envelope_id",
+    "read_batch_ref",
     "read_envelope",
     "read_steps",
 ]
@@ -51,6 +60,20 @@ __all__ = [
 MAX_ID = 200  # characters of an envelope's id (it goes into log lines and records)
 MAX_VERSION = 1_000_000
 MAX_STEPS = 100  # a chain's steps one envelope may carry
+BATCH_PREFIX: Final = "tubeworker.batch."
+Kind = Literal["success", "complete", "death"]
+#: A batch's callbacks, in the order they may fire.
+KINDS: Final[tuple[Kind, ...]] = ("death", "complete", "success")
+_BATCH_ID = re.compile(r"[0-9a-z][0-9a-z_-]{0,63}")
+_MAX_JOB_ID = 2**64 - 1
+
+
+def batch_tube(batch_id: str) -> str:
+    return BATCH_PREFIX + batch_id
+
+
+def valid_batch_id(batch_id: str) -> bool:
+    return _BATCH_ID.fullmatch(batch_id) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +102,63 @@ class Step:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchRef:
+    """A job's place in its batch: the envelope's ``"batch"`` member,
+    ``{"id", "token", "opener", "success"?, "complete"?, "death"?}`` (callbacks by job id)."""
+
+    id: str
+    token: int
+    opener: int
+    callbacks: Mapping[Kind, int] = field(default_factory=dict)
+    opened: int = 0  # when the batch was opened (wall time, whole seconds; 0: unknown)
+
+    @property
+    def tube(self) -> str:
+        return batch_tube(self.id)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": self.id, "token": self.token, "opener": self.opener}
+        for kind in KINDS:
+            if kind in self.callbacks:
+                data[kind] = self.callbacks[kind]
+        if self.opened:
+            data["at"] = self.opened
+        return data
+
+    def with_token(self, token: int) -> BatchRef:
+        return BatchRef(self.id, token, self.opener, self.callbacks, self.opened)
+
+
+def _job_id(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_JOB_ID:
+        raise BadEnvelope(f'envelope "batch" {what} must be a job id, got {value!r}')
+    return value
+
+
+def read_batch_ref(value: Any) -> BatchRef | None:
+    """The envelope's ``"batch"`` member (absent: None), or BadEnvelope saying what is
+    wrong."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadEnvelope('envelope "batch" must be an object')
+    batch_id = value.get("id")
+    if not isinstance(batch_id, str) or not valid_batch_id(batch_id):
+        raise BadEnvelope('envelope "batch" has no valid "id" (lowercase letters and digits)')
+    callbacks = {kind: _job_id(value[kind], kind) for kind in KINDS if kind in value}
+    opened = value.get("at", 0)
+    if isinstance(opened, bool) or not isinstance(opened, int) or opened < 0:
+        opened = 0
+    return BatchRef(
+        batch_id,
+        _job_id(value.get("token"), '"token"'),
+        _job_id(value.get("opener"), '"opener"'),
+        callbacks,
+        opened,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Envelope:
     task: str
     payload: Any = None
@@ -86,6 +166,7 @@ class Envelope:
     v: int = 1  # the payload's version
     then: tuple[Step, ...] = ()  # a chain's next steps
     secret: Any = None  # the sealed secret member (security/secrets.py), as given
+    batch: BatchRef | None = None  # its place in a batch
 
 
 class BadEnvelope(ValueError):
@@ -127,8 +208,15 @@ def read_envelope(body: bytes) -> Envelope:
     if version != 1 or type(version) is not int:  # True == 1, and is no version
         version = _version(version)
     steps = read_steps(data.get("then")) if "then" in data else ()
+    batch = read_batch_ref(data.get("batch")) if "batch" in data else None
     return Envelope(
-        task, data.get("payload"), envelope_id(data.get("id")), version, steps, data.get("secret")
+        task,
+        data.get("payload"),
+        envelope_id(data.get("id")),
+        version,
+        steps,
+        data.get("secret"),
+        batch,
     )
 
 

@@ -45,6 +45,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tubeworker.idempotency",
             # Chains: the next step's envelope, put when a job succeeds (pure).
             "tubeworker.chains",
+            # Batches: how they are kept in beanstalkd, and what is sent (no I/O).
+            "tubeworker.batches",
             "tubeworker.registry",
             "tubeworker.config_model",
             "tubeworker.config_reader",
@@ -69,6 +71,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tubeworker.admin_ops",
             "tubeworker.schedule_ops",
             "tubeworker.browse_ops",
+            "tubeworker.batch_ops",
             "tubeworker.audit",
         ),
     ),

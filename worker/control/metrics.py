@@ -66,6 +66,7 @@ class WorkerCollector(Collector):
         yield from self._daemon()
         yield from self._tubes()
         yield from self._apis()
+        yield from self._batches()
         yield from self._limits()
         yield from self._binlogs()
 
@@ -172,6 +173,25 @@ class WorkerCollector(Collector):
             "Jobs held because an API they need was open (no attempt burned)",
             value=self.state.counters.api_waits,
         )
+
+    def _batches(self) -> Iterator[Metric]:
+        counters = self.state.counters
+        fired = CounterMetricFamily(
+            "tubeworker_batch_callbacks",
+            "Batch callbacks this process fired, by kind (success, complete, death)",
+            labels=["callback"],
+        )
+        for kind in ("success", "complete", "death"):
+            fired.add_metric([kind], counters.batch_fired.get(kind, 0))
+        yield fired
+        completion = HistogramMetricFamily(
+            "tubeworker_batch_completion_seconds",
+            "Time from a batch's opening to its on_complete firing (batches this process "
+            "completed)",
+        )
+        histogram = counters.batch_completion
+        completion.add_metric([], histogram.cumulative(), histogram.total)
+        yield completion
 
     def _jobs(self) -> Iterator[Metric]:
         counters = self.state.counters

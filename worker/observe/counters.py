@@ -75,6 +75,10 @@ def _attempt_histogram() -> Histogram:
     return Histogram(ATTEMPT_BUCKETS)
 
 
+# Seconds from a batch's opening to its on_complete firing: a second to a day.
+BATCH_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
+
+
 @dataclass
 class JobCounters:
     """What happened to jobs in this process (plain ints: the hot path is cheap)."""
@@ -106,6 +110,10 @@ class JobCounters:
     redeliveries: int = 0  # deliveries that followed one that ended with no outcome
     api_waits: int = 0  # jobs held because an API they need was open
     deferred: int = 0  # jobs put back as a delayed copy while their API was open
+    # Batch callbacks this process fired, by kind (success, complete, death), and the
+    # opening → on_complete time of the batches it completed.
+    batch_fired: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    batch_completion: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
 
     def totals(self) -> dict[str, int]:
         """The plain counts, for log lines and ``/status``."""

@@ -15,7 +15,7 @@ from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, parse_address
 from tubeworker.config import duration_seconds
 from tubeworker.contracts import Contract, declared, plain
-from tubeworker.envelope import BadEnvelope, envelope_bytes, envelope_id
+from tubeworker.envelope import BadEnvelope, BatchRef, envelope_bytes, envelope_id
 from tubeworker.errors import ConfigError, LocalProtocolError
 from tubeworker.producing.errors import InvalidJob, JobTooBig
 from tubeworker.security.keys import KeyRing
@@ -127,6 +127,7 @@ def make_envelope(
     signer: KeyRing | None = None,
     secret: Any = None,
     sealer: KeyRing | None = None,
+    batch: BatchRef | None = None,
 ) -> bytes:
     """The body ``{"task": TASK, "payload": PAYLOAD}`` that tubeworker dispatches on, in the
     form :func:`tubeworker.envelope.encode_envelope` writes, but strict JSON (no NaN or
@@ -135,7 +136,8 @@ def make_envelope(
     has its payload validated (:class:`PayloadInvalid`) and its version written as ``v``;
     a model instance is written as its JSON data. ``signer``: keys to sign it with (else
     this process's, if it has signing keys; else unsigned). ``secret``: sealed with
-    ``sealer`` (else this process's encryption keys) into ``"secret"``."""
+    ``sealer`` (else this process's encryption keys) into ``"secret"``. ``batch``: its
+    place in a batch (written by the batch that puts it)."""
     if not isinstance(task, str) or not task:
         raise InvalidJob(f"task must be a non-empty string, got {task!r}")
     data: dict[str, Any] = {"task": task}
@@ -153,6 +155,8 @@ def make_envelope(
         data["v"] = contract.version
     if secret is not None:
         data["secret"] = _sealed(secret, task, sealer)
+    if batch is not None:
+        data["batch"] = batch.to_json()
     try:
         return envelope_bytes(data, signer)  # signed with signer, or this process's keys
     except (TypeError, ValueError, RecursionError) as exc:

@@ -15,6 +15,7 @@ from typing import Any
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address
 from tubeworker.contracts import Contract, make_contract
+from tubeworker.envelope import BatchRef
 from tubeworker.producing.checks import (
     PutRequest,
     Seconds,
@@ -282,7 +283,14 @@ class ProducerCore:
         else:
             self._contracts[task] = contract
 
-    def _envelope(self, task: str, payload: Any, id: str | None, secret: Any = None) -> bytes:
+    def _envelope(
+        self,
+        task: str,
+        payload: Any,
+        id: str | None,
+        secret: Any = None,
+        batch: BatchRef | None = None,
+    ) -> bytes:
         return make_envelope(
             task,
             payload,
@@ -291,6 +299,7 @@ class ProducerCore:
             signer=self._signer,
             secret=secret,
             sealer=self._sealer,
+            batch=batch,
         )
 
     @staticmethod

@@ -13,11 +13,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from tubeworker.batches.drive import drive_sync
+from tubeworker.batches.model import RETENTION
+from tubeworker.batches.ops import Exchange
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address
 from tubeworker.beanstalk.tls import server_name, tls_context
 from tubeworker.chains import Step, chain_bodies
 from tubeworker.errors import ConnectionLostError, LocalProtocolError, RemoteProtocolError
+from tubeworker.producing.batches import Batch, opening
 from tubeworker.producing.checks import (
     PutRequest,
     Seconds,
@@ -294,6 +298,52 @@ class Producer(ProducerCore):
         return self.put(
             first.tube, first.body, priority=first.priority, delay=first.delay, ttr=first.ttr
         )
+
+    def batch(
+        self,
+        *,
+        on_success: Step | None = None,
+        on_complete: Step | None = None,
+        on_death: Step | None = None,
+        retention: Seconds = RETENTION,
+        description: str = "",
+    ) -> Batch:
+        """Open a batch (docs/workflows.md#batches) on the first healthy server, on a
+        connection of its own: ``with producer.batch(on_complete=Step(...)) as b:
+        b.enqueue(...)`` closes it when the block ends. Each callback fires exactly once
+        when its moment comes after the close: ``on_success`` when every job succeeded,
+        ``on_complete`` when every job succeeded or was buried, ``on_death`` at the first
+        burial. ``retention``: how long a complete batch is kept for ``tubeworker batch``."""
+        opening_ = opening(
+            on_success,
+            on_complete,
+            on_death,
+            retention=retention,
+            description=description,
+            signer=self._signer,
+        )
+        with self._lock:
+            server = self._health.order(self.servers)[0]
+        try:
+            conn = (
+                self._connector(server)
+                if self._connector is not None
+                else _SocketConnection(
+                    server, connect_timeout=self.connect_timeout, reply_timeout=self.reply_timeout
+                )
+            )
+        except (ConnectionLostError, RemoteProtocolError) as exc:
+            raise ProducerError(f"batch not opened: {server} unreachable: {exc}") from None
+
+        def run(exchange: Exchange[Any]) -> Any:
+            return drive_sync(conn.exchange, exchange)
+
+        try:
+            opened = run(opening_)
+        except Exception as exc:
+            conn.close()
+            raise ProducerError(f"batch not opened on {server}: {exc}") from exc
+        return Batch(opened, str(server), self._envelope, run, conn.close)
 
     def put(
         self,

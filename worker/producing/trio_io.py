@@ -14,10 +14,14 @@ from typing import Any
 import greenstalk
 import trio
 
+from tubeworker.batches.drive import drive
+from tubeworker.batches.model import RETENTION
+from tubeworker.batches.ops import Exchange
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect
 from tubeworker.chains import Step, chain_bodies
 from tubeworker.errors import ConnectionLostError, LocalProtocolError, RemoteProtocolError
+from tubeworker.producing.batches import AsyncBatch, opening
 from tubeworker.producing.checks import (
     PutRequest,
     Seconds,
@@ -206,6 +210,49 @@ class AsyncProducer(ProducerCore):
         return await self.put(
             first.tube, first.body, priority=first.priority, delay=first.delay, ttr=first.ttr
         )
+
+    async def batch(
+        self,
+        *,
+        on_success: Step | None = None,
+        on_complete: Step | None = None,
+        on_death: Step | None = None,
+        retention: Seconds = RETENTION,
+        description: str = "",
+    ) -> AsyncBatch:
+        """Open a batch on the first healthy server, on a connection of its own: ``async
+        with await producer.batch(on_complete=Step(...)) as b: await b.enqueue(...)``
+        closes it when the block ends (see :meth:`Producer.batch`)."""
+        opening_ = opening(
+            on_success,
+            on_complete,
+            on_death,
+            retention=retention,
+            description=description,
+            signer=self._signer,
+        )
+        server = self._health.order(self.servers)[0]
+        try:
+            if self._connector is not None:
+                client = await self._connector(server)
+            else:
+                client = await connect(
+                    server, connect_timeout=self.connect_timeout, reply_timeout=self.reply_timeout
+                )
+        except (ConnectionLostError, RemoteProtocolError) as exc:
+            raise ProducerError(f"batch not opened: {server} unreachable: {exc}") from None
+        lock = trio.Lock()  # one exchange at a time on the batch's connection
+
+        async def run(exchange: Exchange[Any]) -> Any:
+            async with lock:
+                return await drive(client, exchange)
+
+        try:
+            opened = await run(opening_)
+        except Exception as exc:
+            await client.aclose()
+            raise ProducerError(f"batch not opened on {server}: {exc}") from exc
+        return AsyncBatch(opened, str(server), self._envelope, run, client.aclose)
 
     async def put(
         self,

@@ -15,7 +15,7 @@ import structlog
 
 from tubeworker.beanstalk.protocol import JobStats
 from tubeworker.contracts import PayloadInvalid, TooNew
-from tubeworker.envelope import BadEnvelope, Envelope, MissingTask, read_envelope
+from tubeworker.envelope import BadEnvelope, BatchRef, Envelope, MissingTask, read_envelope
 from tubeworker.frozen import frozen
 from tubeworker.job import HandlerSpec, Job
 from tubeworker.runtime.outcome import BuryJob, Cause, ReleaseJob
@@ -104,15 +104,17 @@ def _plan(
         given = payload if task is not None else body
         checked = _check_contract(spec, task, given, version, rules, log)
         if isinstance(checked, _Bury):
-            return BuryJob(stats.pri, Cause.SCHEMA, checked.detail)
+            return BuryJob(stats.pri, Cause.SCHEMA, checked.detail, batch=envelope.batch)
         payload, too_new = checked
     # The handler's own options (@handler(max_attempts=...)) before any budget is judged.
     policy = rules.policy
     if spec.max_attempts is not None or spec.backoff_base is not None:
         policy = effective_policy(spec, policy)
-    budget = job_budget(stats, policy, excused=excused)
+    # A batch's job is kicked once at put (batches/ops.py add_job): that grants nothing.
+    kicked = 1 if envelope.batch is not None else 0
+    budget = job_budget(stats, policy, excused=excused, kicked_at_put=kicked)
     if budget.poison or budget.attempts_exhausted:
-        return _spent(budget, stats)
+        return _spent(budget, stats, envelope.batch)
     job = Job(
         id=job_id,
         tube=stats.tube,
@@ -127,11 +129,12 @@ def _plan(
         id_key=envelope.id,
         steps=envelope.then,
         secret=secret,
+        batch=envelope.batch,
     )
     return Plan(job, spec, handler, policy, budget, too_new)
 
 
-def _spent(budget: Budget, stats: JobStats) -> BuryJob:
+def _spent(budget: Budget, stats: JobStats, batch: BatchRef | None = None) -> BuryJob:
     """The burial of a job whose budget is spent (poison, or out of attempts)."""
     if budget.poison:
         return BuryJob(
@@ -139,11 +142,13 @@ def _spent(budget: Budget, stats: JobStats) -> BuryJob:
             Cause.POISON,
             f"delivered {budget.redeliveries + 1} times without an outcome "
             f"(limit {budget.max_redeliveries}): did it crash or hang the worker?",
+            batch=batch,
         )
     return BuryJob(
         stats.pri,
         Cause.ATTEMPTS_EXHAUSTED,
         f"attempt {budget.attempt} exceeds max_attempts {budget.max_attempts}",
+        batch=batch,
     )
 
 
@@ -174,13 +179,18 @@ def _read(
         try:
             secret = open_secret(envelope.secret, task, rules.encryption)
         except SecretError as exc:
-            return BuryJob(stats.pri, Cause.BAD_SECRET, str(exc))
+            return BuryJob(stats.pri, Cause.BAD_SECRET, str(exc), batch=envelope.batch)
     found = rules.lookup(task)
     if found is None:
         error = rules.broken(task)
         if error is not None:
             return _not_loaded(task, error, stats, rules.policy, excused)
-        return BuryJob(stats.pri, Cause.UNKNOWN_TASK, f"no handler registered for task {task!r}")
+        return BuryJob(
+            stats.pri,
+            Cause.UNKNOWN_TASK,
+            f"no handler registered for task {task!r}",
+            batch=envelope.batch,
+        )
     return found, task, envelope, secret
 
 

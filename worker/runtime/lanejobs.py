@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -17,6 +17,7 @@ from tubeworker.beanstalk.client import Address
 from tubeworker.burials import new_record
 from tubeworker.chains import NextPut
 from tubeworker.config import LimitConfig
+from tubeworker.envelope import BatchRef
 from tubeworker.errors import JobLostError, UnexpectedReplyError
 from tubeworker.flow import Caller, TrackedCall, call_api
 from tubeworker.flow.limits import key_of
@@ -34,6 +35,8 @@ from tubeworker.runtime.slots import Slot
 
 if TYPE_CHECKING:
     import httpx
+
+    from tubeworker.batches.ops import Exchange
 
 __all__ = ["LaneJobs"]
 
@@ -58,6 +61,11 @@ class _JobServices:
 
     async def touch(self) -> None:
         await self._jobs.touch(self._job_id)
+
+    async def batch_exchange(self, exchange: Exchange[Any]) -> Any:
+        """A batch's commands for a handler (job.batch, job.put_in_batch): on this job's
+        server, on the daemon's batch connections."""
+        return await self._jobs.pool.services.batches.exchange(self._address, exchange)
 
     async def put(self, body: bytes, *, tube: str, priority: int, delay: int, ttr: int) -> int:
         producer = self._jobs.pool.services.job_producer(self._address)
@@ -113,6 +121,7 @@ class LaneJobs:
             binlog=services.binlog(address),
             unique=services.unique,
             put_next=self._put_next,
+            record_in_batch=self._record_in_batch,
         )
         self.server_id = str(address)  # the server's instance id once connected
         self.must_close = False  # a job was returned: close the connection when idle
@@ -156,6 +165,20 @@ class LaneJobs:
         return await producer.put(
             step.body, tube=step.tube, priority=step.priority, delay=step.delay, ttr=step.ttr
         )
+
+    async def _record_in_batch(self, batch: BatchRef, outcome: Outcome, handed_on: bool) -> Outcome:
+        """A batch job's end, recorded in its batch before it is sent."""
+        book = self.pool.services.batches
+        return await book.record_end(self.address, batch, outcome, handed_on=handed_on)
+
+    async def _bury_in_batch(
+        self, outcome: BuryJob, batch: BatchRef, job_id: int, stats: p.JobStats, started: float
+    ) -> None:
+        """A batch job buried before it ran: recorded in its batch, then buried."""
+        with trio.CancelScope(shield=True):
+            decided = await self._record_in_batch(batch, outcome, False)
+        self._send(Finished(decided, job_id, stats, self.pool.config.handler, started))
+        self.state.job_finished()
 
     # ---- for the state (drain deadline) and for handlers
 
@@ -228,6 +251,9 @@ class LaneJobs:
                 counters.attempts[stats.tube].observe(plan.budget.attempt)
         if not isinstance(plan, Plan):
             slot.release()
+            if isinstance(plan, BuryJob) and plan.batch is not None:
+                handlers.start_soon(self._bury_in_batch, plan, plan.batch, job.id, stats, now)
+                return
             self._send(Finished(plan, job.id, stats, self.pool.config.handler, now))
             self.state.job_finished()
             return

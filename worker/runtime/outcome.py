@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 
+from tubeworker.envelope import BatchRef
 from tubeworker.frozen import frozen
 
 __all__ = ["DEFERRALS", "BuryJob", "Cause", "DeleteJob", "Outcome", "ReleaseJob", "ReturnJob"]
@@ -54,6 +55,8 @@ class Cause(enum.Enum):
     WORKER_STOPPED = "worker_stopped"  # its compute worker got the group's stop signal
     LIMITED = "limited"  # waiting for its limit (rate, concurrency) when the daemon drained
     BINLOG_FULL = "binlog_full"  # its burial waited for binlog room when the daemon drained
+    # released: it ended, but its batch could not record that (the server did not answer)
+    BATCH = "batch"
 
 
 class _Described:
@@ -94,6 +97,9 @@ class BuryJob(_Described):
     cause: Cause
     detail: str
     traceback: str = ""
+    # Buried before it ran, its place in a batch (known from its envelope): the burial is
+    # recorded there first. A burial after a run reads it from the run's job.
+    batch: BatchRef | None = None
 
 
 @frozen

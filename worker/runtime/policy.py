@@ -55,11 +55,14 @@ def attempt_number(stats: JobStats) -> int:
     return stats.releases + stats.timeouts + stats.buries + 1
 
 
-def job_budget(stats: JobStats, policy: RetrySettings, *, excused: int = 0) -> Budget:
+def job_budget(
+    stats: JobStats, policy: RetrySettings, *, excused: int = 0, kicked_at_put: int = 0
+) -> Budget:
     """``excused``: deliveries this process knows ended by its own connection loss (a
-    network fault, not the job's): they do not count toward the redelivery limit."""
+    network fault, not the job's): they do not count toward the redelivery limit.
+    ``kicked_at_put``: kicks its producer made (a batch's job), which grant nothing."""
     attempt = attempt_number(stats)
-    grants = stats.kicks + 1
+    grants = max(0, stats.kicks - kicked_at_put) + 1
     return Budget(
         attempt=attempt,
         max_attempts=policy.max_attempts * grants,

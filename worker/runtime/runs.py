@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
-from typing import Literal
+from typing import Literal, TypeGuard
 
 import greenstalk
 import trio
@@ -21,6 +21,7 @@ import trio
 from tubeworker.beanstalk import protocol as p
 from tubeworker.chains import NextPut, next_put
 from tubeworker.config import LimitConfig
+from tubeworker.envelope import BatchRef
 from tubeworker.errors import ConnectionLostError
 from tubeworker.flow import CALLER, Caller
 from tubeworker.flow.unique import UniqueLocks, key_path_value
@@ -31,7 +32,7 @@ from tubeworker.runtime.admission import Admission, Defer
 from tubeworker.runtime.binlog import BinlogHealth, hold_for_binlog, needs_room
 from tubeworker.runtime.dispatch import Plan
 from tubeworker.runtime.invoke import ProcessPool, report_timeout, run_job, timeout_outcome
-from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob
+from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob, ReturnJob
 from tubeworker.runtime.policy import failure_outcome
 from tubeworker.runtime.run import Run, handler_timeout
 from tubeworker.runtime.slots import Slot
@@ -46,6 +47,13 @@ UNIQUE_DEFER = 2  # seconds the deferred copy waits
 _CHAIN_GOES_ON = frozenset({Cause.COMPLETED, Cause.DUPLICATE})
 
 PutNext = Callable[[NextPut], Awaitable[int]]
+# Records a batch job's end before it is sent (runtime/batch_book.py): the outcome to send.
+RecordInBatch = Callable[[BatchRef, Outcome, bool], Awaitable[Outcome]]
+
+
+def _goes_on(outcome: Outcome) -> TypeGuard[DeleteJob]:
+    """Whether a chain goes on after this outcome (its next step put)."""
+    return isinstance(outcome, DeleteJob) and outcome.cause in _CHAIN_GOES_ON
 
 
 def unique_key(spec: HandlerSpec, job: Job) -> str | None:
@@ -84,6 +92,7 @@ class Runs:
         binlog: BinlogHealth | None = None,
         unique: UniqueLocks | None = None,
         put_next: PutNext | None = None,
+        record_in_batch: RecordInBatch | None = None,
     ) -> None:
         self._runs: dict[int, Run] = {}
         self._on_finished = on_finished
@@ -100,6 +109,7 @@ class Runs:
         self._binlog = binlog
         self._unique = unique
         self._put_next = put_next
+        self._record_in_batch = record_in_batch
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -166,6 +176,13 @@ class Runs:
             outcome = timeout_outcome(plan.job, plan.budget, plan.policy, run.timeout)
             if self._middleware:
                 await report_timeout(plan.job, outcome, self._middleware)
+        batch = plan.job.batch_ref
+        record = self._record_in_batch
+        if batch is not None and record is not None and not isinstance(outcome, ReturnJob):
+            # Before the job is deleted or buried; bounded, and not cut by a drain.
+            handed_on = bool(plan.job.steps) and _goes_on(outcome)
+            with trio.CancelScope(shield=True):
+                outcome = await record(batch, outcome, handed_on)
         self._on_finished(run, outcome)
 
     async def _run(self, run: Run) -> Outcome:
@@ -197,7 +214,7 @@ class Runs:
             )
             if not run.apis or not await self._admission.failed_with_its_api(run, outcome):
                 break
-        if plan.job.steps and isinstance(outcome, DeleteJob) and outcome.cause in _CHAIN_GOES_ON:
+        if plan.job.steps and _goes_on(outcome):
             outcome = await self._next_step(run, outcome)
         binlog = self._binlog
         if binlog is not None and binlog.full and needs_room(outcome):
@@ -225,7 +242,7 @@ class Runs:
         plan = run.plan
         job = plan.job
         try:
-            step = next_put(job.steps)
+            step = next_put(job.steps, batch=job.batch_ref)
             assert step is not None
             if self._put_next is None:
                 raise ConnectionLostError("no producer for the next step")

@@ -14,6 +14,7 @@ from tubeworker.beanstalk.client import Address, Client
 from tubeworker.flow import ApiTracker
 from tubeworker.flow.limits import Limits
 from tubeworker.producer import AsyncProducer, ServerFailure, ServerOutOfMemory
+from tubeworker.runtime.batch_book import BatchBook
 from tubeworker.runtime.binlog import BinlogHealth
 from tubeworker.runtime.excuses import Excuses
 from tubeworker.runtime.processes import PutRoute
@@ -161,6 +162,19 @@ class Services:
     # whose copy is not stored keeps its original instead).
     _spooled: AsyncProducer | None = field(default=None, init=False, repr=False)
     _job_producers: dict[Address, LaneProducer] = field(default_factory=dict, init=False)
+    _batches: BatchBook | None = field(default=None, init=False, repr=False)
+
+    @property
+    def batches(self) -> BatchBook:
+        """Batch commands (a job's end recorded in its batch, jobs added to batches)."""
+        if self._batches is None:
+            self._batches = BatchBook(
+                connect_timeout=self.config.connect_timeout,
+                reply_timeout=self.config.reply_timeout,
+                counters=self.state.counters,
+                events=self.state.events,
+            )
+        return self._batches
 
     @property
     def put_route(self) -> PutRoute:
@@ -222,4 +236,6 @@ class Services:
                 await self.returns.aclose()
             if self.unique is not None:
                 await self.unique.aclose()
+            if self._batches is not None:
+                await self._batches.aclose()
             await self.http.aclose()

@@ -26,6 +26,9 @@ from tubeworker.flow.tokens import fleet_tokens
 from tubeworker.flow.unique import UniqueLocks
 from tubeworker.observe.logs import line_buffer
 from tubeworker.registry import Registry
+from tubeworker.runtime.batch_book import (
+    run_batch_keeper,
+)
 from tubeworker.runtime.binlog import run_binlog_probe
 from tubeworker.runtime.clock import run_clock
 from tubeworker.runtime.lane import Lane
@@ -279,6 +282,13 @@ async def _run_daemon(
                 helpers.start_soon(services.run_spool_flusher)
             for address in servers:
                 helpers.start_soon(run_binlog_probe, config, address, services.binlog(address))
+                keeper = partial(
+                    run_batch_keeper,
+                    address,
+                    connect_timeout=config.connect_timeout,
+                    reply_timeout=config.reply_timeout,
+                )
+                helpers.start_soon(keeper)
             if config.stall_threshold:
                 handlers = [(n, r.spec.func) for n, r in registry.handlers.items()]
                 await helpers.start(run_stall_detector, config.stall_threshold, handlers)

@@ -1,0 +1,157 @@
+"""The daemon's side of batches (docs/workflows.md#batches): a job's end recorded in its
+batch before the job is deleted or buried, the callbacks that end fires, jobs added to a
+batch by handlers, and old batches forgotten by a keeper task.
+
+Batch commands go on connections of their own (a few per server, kept between uses): a
+lane's connection belongs to its reserved jobs. A job whose end cannot be recorded (its
+server does not answer) is released, not deleted or buried: it runs again and records
+again, so a batch never loses count of a job.
+"""
+
+from __future__ import annotations
+
+import time
+
+import greenstalk
+import structlog
+import trio
+
+from tubeworker.batches.drive import drive
+from tubeworker.batches.model import TIMERS_TUBE, BatchRef, Kind
+from tubeworker.batches.ops import BatchError, Exchange, T, expire, record_burial, record_success
+from tubeworker.beanstalk import protocol as p
+from tubeworker.beanstalk.client import Address, Client, connect
+from tubeworker.errors import ConnectionLostError, ProtocolError
+from tubeworker.observe.counters import JobCounters
+from tubeworker.observe.events import EventBus
+from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob
+
+__all__ = ["FAULTS", "BatchBook", "run_batch_keeper"]
+
+log = structlog.get_logger("tubeworker")
+
+FAULTS = (
+    BatchError,
+    ConnectionLostError,
+    ProtocolError,
+    trio.TooSlowError,
+    OSError,
+    greenstalk.Error,
+)
+_SUCCESSES = frozenset({Cause.COMPLETED, Cause.DUPLICATE})
+_RETRY_RECORD = 5  # seconds before a job whose end could not be recorded runs again
+_IDLE_PER_SERVER = 8  # connections kept between uses, per server
+_KEEPER_WAIT = 1  # seconds a keeper's reserve blocks before it looks again
+
+
+class BatchBook:
+    """Batch commands for the daemon: connections per server, and what a job's end does."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        reply_timeout: float,
+        counters: JobCounters,
+        events: EventBus,
+    ) -> None:
+        self._connect_timeout = connect_timeout
+        self._reply_timeout = reply_timeout
+        self._counters = counters
+        self._events = events
+        self._idle: dict[Address, list[Client]] = {}
+
+    async def exchange(self, address: Address, exchange: Exchange[T]) -> T:
+        """Run ``exchange`` on one of ``address``'s batch connections (bounded in time: a
+        server that stops answering fails it, the connection is dropped)."""
+        idle = self._idle.setdefault(address, [])
+        client = idle.pop() if idle else None
+        if client is None or not client.is_usable:
+            client = await connect(
+                address,
+                connect_timeout=self._connect_timeout,
+                reply_timeout=self._reply_timeout,
+            )
+        try:
+            with trio.fail_after(self._reply_timeout * 4 + 1):
+                result = await drive(client, exchange)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await client.aclose()  # its state (used tube, held tokens) is unknown
+            raise
+        if len(idle) < _IDLE_PER_SERVER:
+            idle.append(client)
+        else:
+            await client.aclose()
+        return result
+
+    async def record_end(
+        self, address: Address, ref: BatchRef, outcome: Outcome, *, handed_on: bool = False
+    ) -> Outcome:
+        """Record a batch job's end (its success, or its burial) before it is sent; the
+        outcome to send. ``handed_on``: a chain's next step carries its token on."""
+        if isinstance(outcome, DeleteJob) and outcome.cause in _SUCCESSES and not handed_on:
+            exchange, ended = record_success(ref), "success"
+        elif isinstance(outcome, BuryJob):
+            exchange, ended = record_burial(ref), "burial"
+        else:
+            return outcome
+        try:
+            fired = await self.exchange(address, exchange)
+        except FAULTS as exc:
+            detail = f"its {ended} could not be recorded in batch {ref.id} ({exc}): runs again"
+            priority = outcome.priority if isinstance(outcome, BuryJob) else p.DEFAULT_PRIORITY
+            return ReleaseJob(_RETRY_RECORD, priority, Cause.BATCH, detail)
+        self.fired(ref, fired)
+        return outcome
+
+    def fired(self, ref: BatchRef, kinds: tuple[Kind, ...]) -> None:
+        """Callbacks this process fired: a log line, a count, an event each."""
+        for kind in kinds:
+            took = max(0.0, time.time() - ref.opened) if ref.opened else None
+            self._counters.batch_fired[kind] += 1
+            if kind == "complete" and took is not None and self._counters.detailed:
+                self._counters.batch_completion.observe(took)
+            job_id = ref.callbacks.get(kind)
+            log.info("batch callback fired", batch=ref.id, callback=kind, job_id=job_id)
+            self._events.publish("batch", batch=ref.id, callback=kind, job_id=job_id)
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            for clients in self._idle.values():
+                for client in clients:
+                    await client.aclose()
+            self._idle.clear()
+
+
+async def run_batch_keeper(
+    address: Address, *, connect_timeout: float, reply_timeout: float
+) -> None:
+    """Forget the batches of ``address`` whose timer comes due (ops.expire), forever: a
+    blocking reserve on ``tubeworker.batches``, so an idle keeper costs nothing."""
+    delay = 1.0
+    while True:
+        try:
+            client = await connect(
+                address, connect_timeout=connect_timeout, reply_timeout=reply_timeout
+            )
+            try:
+                await client.watch(TIMERS_TUBE)
+                await client.ignore("default")
+                delay = 1.0
+                while True:
+                    try:
+                        timer = await client.reserve(_KEEPER_WAIT)
+                    except greenstalk.TimedOutError:
+                        continue
+                    except greenstalk.DeadlineSoonError:
+                        continue
+                    with trio.fail_after(reply_timeout * 20 + 5):
+                        done = await drive(client, expire(timer))
+                    log.info("batch timer", server=str(address), job_id=timer.id, result=done)
+            finally:
+                await client.aclose()
+        except FAULTS as exc:
+            log.debug("batch keeper: server unavailable", server=str(address), error=str(exc))
+        await trio.sleep(delay)
+        delay = min(delay * 2, 30.0)

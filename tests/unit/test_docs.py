@@ -72,6 +72,14 @@ RUN_BY: dict[Key, str] = {
         "# the app: an import split into chunks, then a summary",
     ): "tests/e2e/test_chains.py::test_given_kills_then_every_step_runs_at_least_once_and_in_order",
     (
+        "docs/workflows.md",
+        "# myapp/batch_import.py",
+    ): "tests/e2e/test_batches.py::test_given_the_docs_import_then_the_summary_runs_once_after_every_chunk",  # noqa: E501
+    (
+        "docs/workflows.md",
+        "# the app: an import in chunks, and a summary once they all ended",
+    ): "tests/e2e/test_batches.py::test_given_the_docs_import_then_the_summary_runs_once_after_every_chunk",  # noqa: E501
+    (
         "docs/unique.md",
         "# myapp/receipts.py",
     ): "tests/e2e/test_idempotency.py::test_given_an_outbox_and_an_idempotent_handler_then_each_receipt_is_mailed_once",  # noqa: E501

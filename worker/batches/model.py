@@ -49,6 +49,9 @@ __all__ = [
     "batch_tube",
     "new_batch_id",
     "read_batch_ref",
+    "read_timer",
+    "timer_body",
+    "valid_batch_id",
 ]
 
 TIMERS_TUBE: Final = "tubeworker.batches"

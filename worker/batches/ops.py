@@ -271,7 +271,7 @@ def expire(timer: p.Reserved) -> Exchange[str]:
     if status is None:
         yield [p.Delete(timer.id)]
         return "gone"
-    if status.manifest is not None and status.counts.pending > (1 if status.open else 0):
+    if status.manifest is not None and not status.open and status.counts.pending > 0:
         yield [p.Release(timer.id, 0, retention)]
         return f"{status.counts.pending} jobs pending: kept for another {retention} s"
     what = "complete: forgotten"

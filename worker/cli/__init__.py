@@ -21,6 +21,7 @@ import trio
 from tubeworker import __version__
 from tubeworker.cli.admin import EX_USAGE, add_admin_commands
 from tubeworker.cli.audit import add_audit_command
+from tubeworker.cli.batches import add_batch_commands
 from tubeworker.cli.browse import add_browse_commands
 from tubeworker.cli.dashboard import add_dashboard_command
 from tubeworker.cli.schedules import add_schedule_commands
@@ -90,6 +91,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, Commands]:
     add_browse_commands(commands)  # jobs, move, flush, tail
     add_schemas_command(commands)
     add_audit_command(commands)
+    add_batch_commands(commands)  # batches, batch ID
     return parser, commands
 
 
@@ -180,6 +182,8 @@ _COMMANDS: Final = {
     "dashboard": ("tubeworker.cli.dashboard", "dashboard"),
     "schemas": ("tubeworker.cli.schemas", "schemas"),
     "audit": ("tubeworker.cli.audit", "audit"),
+    "batches": ("tubeworker.cli.batches", "batches"),
+    "batch": ("tubeworker.cli.batches", "batch"),
 }
 
 

@@ -252,9 +252,7 @@ def opening(
         "complete": on_complete,
         "death": on_death,
     }
-    retention = to_seconds(retention, "retention")
-    if retention < 60:
-        raise InvalidJob("a batch's retention is at least 60 seconds")
+    retention = to_seconds(retention, "retention", minimum=1)
     batch_id = new_batch_id()
     return open_batch(
         batch_id,

@@ -1,4 +1,4 @@
-"""Chains through `tubeworker run` under kills: 200 chains of 5 steps, two daemons, one of
+"""Chains through `tubeworker run` under kills: 1,000 chains of 5 steps, two daemons, one of
 them killed -9 and restarted again and again. Each step is put by the worker before it
 deletes the step before it, so every step runs at least once and after the one before it;
 a step that runs twice (its predecessor's worker killed between the put and the delete)
@@ -24,7 +24,7 @@ from tubeworker.producer import Producer, Step
 
 pytestmark = pytest.mark.slow
 
-CHAINS, STEPS = 200, 5
+CHAINS, STEPS = 1000, 5
 
 # docs/workflows.md's handler, as written; the test's record of each run around it.
 HANDLER = block("docs/workflows.md", "# myapp/imports.py").code
@@ -41,7 +41,7 @@ async def import_chunk(payload: dict, step_id: str) -> None:
         _os.close(fd)
     import trio as _trio
 
-    await _trio.sleep(0.2)  # long enough for the kills to find steps running
+    await _trio.sleep(0.05)  # long enough for the kills to find steps running
 
 
 write_summary = import_chunk
@@ -109,7 +109,7 @@ async def test_given_kills_then_every_step_runs_at_least_once_and_in_order(
             producer.chain(steps, chain_id=file)
     expected = (CHAINS + 1) * STEPS
     kills = 0
-    # Kills while chains are under way (every step takes 0.2 s): up to five, and at least
+    # Kills while chains are under way (every step takes 0.05 s): up to five, and at least
     # two (the chains take several seconds; each kill and restart about one).
     while kills < 5 and len(set(runs(record))) < expected:
         await trio.sleep(0.7)

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 from tests.bench import (
+    batches,
     broker,
     client_roundtrip,
     daemon_io,
@@ -35,6 +36,7 @@ SCENARIOS: dict[str, ModuleType] = {
     memory.NAME: memory,
     schedules.NAME: schedules,
     dedup.NAME: dedup,
+    batches.NAME: batches,
 }
 _DEFAULT_JOBS = 20_000
 _RESULTS = Path(__file__).parent / "results"  # gitignored

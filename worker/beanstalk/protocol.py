@@ -615,8 +615,23 @@ def _ok_job_stats(body: bytes) -> Reply:
     )  # fmt: skip
 
 
+_TUBE_STATS: Final = re.compile(
+    rb"---\nname: ([^\n]+)\ncurrent-jobs-urgent: (\d+)\ncurrent-jobs-ready: (\d+)\n"
+    rb"current-jobs-reserved: (\d+)\ncurrent-jobs-delayed: (\d+)\ncurrent-jobs-buried: (\d+)\n"
+    rb"total-jobs: (\d+)\ncurrent-using: (\d+)\ncurrent-watching: (\d+)\n"
+    rb"current-waiting: (\d+)\ncmd-delete: (\d+)\ncmd-pause-tube: (\d+)\npause: (\d+)\n"
+    rb"pause-time-left: (\d+)\n\Z"
+)
+
+
 def _ok_tube_stats(body: bytes) -> Reply:
-    return _decode_record(body, TubeStats)
+    # On a batch job's path (its end is counted): beanstalkd's exact layout, else the
+    # generic decoder.
+    m = _TUBE_STATS.match(body)
+    if m is None:
+        return _decode_record(body, TubeStats)
+    g = m.groups()
+    return TubeStats(g[0].decode("ascii", "replace"), *(int(v) for v in g[1:]))
 
 
 def _ok_server_stats(body: bytes) -> Reply:

@@ -1,11 +1,13 @@
-"""The daemon's side of batches (docs/workflows.md#batches): a job's end recorded in its
-batch before the job is deleted or buried, the callbacks that end fires, jobs added to a
-batch by handlers, and old batches forgotten by a keeper task.
+"""The daemon's side of batches (docs/workflows.md#batches): a job's burial recorded in
+its batch before the job is buried, the callbacks fired, jobs added to a batch by
+handlers, and old batches forgotten by a keeper task. (A success, the common end, is
+recorded by the lane on its own connection, in the writes that delete the job:
+lanejobs.py.)
 
-Batch commands go on connections of their own (a few per server, kept between uses): a
-lane's connection belongs to its reserved jobs. A job whose end cannot be recorded (its
-server does not answer) is released, not deleted or buried: it runs again and records
-again, so a batch never loses count of a job.
+These commands go on connections of their own (up to 16 per server, kept between uses;
+more exchanges at once wait for one). A job whose burial cannot be recorded (its server
+does not answer) is released, not buried: it runs again and records again, so a batch
+never loses count of a job.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ FAULTS = (
 )
 _SUCCESSES = frozenset({Cause.COMPLETED, Cause.DUPLICATE})
 _RETRY_RECORD = 5  # seconds before a job whose end could not be recorded runs again
-_IDLE_PER_SERVER = 8  # connections kept between uses, per server
+_PER_SERVER = 16  # batch connections per server; more exchanges at once wait for one
 _KEEPER_WAIT = 1  # seconds a keeper's reserve blocks before it looks again
 
 
@@ -60,30 +62,32 @@ class BatchBook:
         self._counters = counters
         self._events = events
         self._idle: dict[Address, list[Client]] = {}
+        self._slots: dict[Address, trio.Semaphore] = {}
 
     async def exchange(self, address: Address, exchange: Exchange[T]) -> T:
         """Run ``exchange`` on one of ``address``'s batch connections (bounded in time: a
         server that stops answering fails it, the connection is dropped)."""
+        slots = self._slots.get(address)
+        if slots is None:
+            slots = self._slots[address] = trio.Semaphore(_PER_SERVER)
         idle = self._idle.setdefault(address, [])
-        client = idle.pop() if idle else None
-        if client is None or not client.is_usable:
-            client = await connect(
-                address,
-                connect_timeout=self._connect_timeout,
-                reply_timeout=self._reply_timeout,
-            )
-        try:
-            with trio.fail_after(self._reply_timeout * 4 + 1):
-                result = await drive(client, exchange)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await client.aclose()  # its state (used tube, held tokens) is unknown
-            raise
-        if len(idle) < _IDLE_PER_SERVER:
+        async with slots:
+            client = idle.pop() if idle else None
+            if client is None or not client.is_usable:
+                client = await connect(
+                    address,
+                    connect_timeout=self._connect_timeout,
+                    reply_timeout=self._reply_timeout,
+                )
+            try:
+                with trio.fail_after(self._reply_timeout * 4 + 1):
+                    result = await drive(client, exchange)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await client.aclose()  # its state (used tube, held tokens) is unknown
+                raise
             idle.append(client)
-        else:
-            await client.aclose()
-        return result
+            return result
 
     async def record_end(
         self, address: Address, ref: BatchRef, outcome: Outcome, *, handed_on: bool = False

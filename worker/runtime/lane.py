@@ -266,6 +266,11 @@ class Lane:
         if isinstance(command, p.Touch):
             self.jobs.touch_answered(command.id, reply)
             return None
+        if entry.then is not None:
+            decide, entry.then, entry.finishes = entry.then, None, None
+            for follow in decide(reply):
+                self._outbox.queue(follow)
+            return None
         if entry.finishes is not None:
             finished, entry.finishes = entry.finishes, None
             self.jobs.confirm(command, reply, finished)

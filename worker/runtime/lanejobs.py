@@ -7,17 +7,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
 
+from tubeworker.batches.model import Counts
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address
 from tubeworker.burials import new_record
 from tubeworker.chains import NextPut
 from tubeworker.config import LimitConfig
-from tubeworker.envelope import BatchRef
+from tubeworker.envelope import BatchRef, Kind
 from tubeworker.errors import JobLostError, UnexpectedReplyError
 from tubeworker.flow import Caller, TrackedCall, call_api
 from tubeworker.flow.limits import key_of
@@ -25,7 +27,7 @@ from tubeworker.job import Job, attach_services
 from tubeworker.returns import new_return
 from tubeworker.runtime.dispatch import Plan, plan_job
 from tubeworker.runtime.outbox import Entry, Outbox
-from tubeworker.runtime.outcome import BuryJob, Cause, Outcome, ReturnJob
+from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReturnJob
 from tubeworker.runtime.outcome_log import Finished, OutcomeLog, command_for, refused, unapplied
 from tubeworker.runtime.policy import attempt_number
 from tubeworker.runtime.pool import Pool
@@ -281,7 +283,10 @@ class LaneJobs:
         job = run.plan.job
         finished = Finished(outcome, job.id, run.stats, run.plan.handler, run.started, job.id_key)
         self.state.job_finished()
-        if isinstance(outcome, ReturnJob):
+        batch = job.batch_ref
+        if batch is not None and _ends_in_batch(outcome, job):
+            self._send_in_batch(finished, batch)
+        elif isinstance(outcome, ReturnJob):
             self.outcomes.record(finished)
             if outcome.cause in _NOT_THE_JOBS_FAULT:
                 self.excuses.add(self.server_id, finished.job_id)
@@ -295,6 +300,29 @@ class LaneJobs:
             self.outbox.poke()
         else:
             self._send(finished)
+
+    def _send_in_batch(self, finished: Finished, batch: BatchRef) -> None:
+        """A batch job's success, recorded before its delete (docs/workflows.md#batches)
+        on this connection: its token deleted and its batch counted in one write; that
+        reply read, the callbacks it completes kicked and the job deleted in the next."""
+        self.outbox.queue(Entry(p.Delete(batch.token)))
+        counted = partial(self._counted, batch, finished)
+        self.outbox.queue(Entry(p.StatsTube(batch.tube), finishes=finished, then=counted))
+
+    def _counted(self, batch: BatchRef, finished: Finished, reply: p.Reply) -> list[Entry]:
+        due = [kind for kind in Counts.of(reply).due() if kind in batch.callbacks]
+        entries = [
+            Entry(p.KickJob(batch.callbacks[kind]), then=partial(self._kicked, batch, kind))
+            for kind in due
+        ]
+        outcome = finished.outcome
+        assert not isinstance(outcome, ReturnJob)
+        return [*entries, Entry(command_for(outcome, finished.job_id), finishes=finished)]
+
+    def _kicked(self, batch: BatchRef, kind: Kind, reply: p.Reply) -> list[Entry]:
+        if isinstance(reply, p.Kicked):  # this process fired it (others saw NOT_FOUND)
+            self.pool.services.batches.fired(batch, (kind,))
+        return []
 
     def _send(self, finished: Finished) -> None:
         outcome = finished.outcome
@@ -359,6 +387,16 @@ _NOT_THE_JOBS_FAULT = frozenset(
 _CHOSEN_RETURNS = frozenset(
     {Cause.DRAIN_DEADLINE, Cause.API_OPEN, Cause.LIMITED, Cause.WORKER_STOPPED}
 )
+
+
+# Deletions that are a batch job's success (its chain, if any, done).
+_SUCCESSES = frozenset({Cause.COMPLETED, Cause.DUPLICATE})
+
+
+def _ends_in_batch(outcome: Outcome, job: Job) -> bool:
+    """A success that ends the job's part in its batch (a chain's next step, if it has
+    one, carries its token on instead)."""
+    return isinstance(outcome, DeleteJob) and outcome.cause in _SUCCESSES and not job.steps
 
 
 def limit_keys(limits: tuple[LimitConfig, ...], job: Job) -> dict[str, str] | None:

@@ -9,6 +9,7 @@ connection and every slot and outcome is accounted for.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -27,6 +28,9 @@ class Entry:
     command: p.Command
     finishes: Finished | None = None  # an outcome: recorded when beanstalkd confirms it
     slot: Slot | None = None  # a reserve: the in-flight slot its job will hold
+    # What its reply decides: the commands to queue next (they take over ``finishes``,
+    # which stays here until the reply, so a lost connection still accounts for it).
+    then: Callable[[p.Reply], list[Entry]] | None = None
 
 
 class Outbox:

@@ -32,7 +32,7 @@ from tubeworker.runtime.admission import Admission, Defer
 from tubeworker.runtime.binlog import BinlogHealth, hold_for_binlog, needs_room
 from tubeworker.runtime.dispatch import Plan
 from tubeworker.runtime.invoke import ProcessPool, report_timeout, run_job, timeout_outcome
-from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob, ReturnJob
+from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob
 from tubeworker.runtime.policy import failure_outcome
 from tubeworker.runtime.run import Run, handler_timeout
 from tubeworker.runtime.slots import Slot
@@ -178,11 +178,11 @@ class Runs:
                 await report_timeout(plan.job, outcome, self._middleware)
         batch = plan.job.batch_ref
         record = self._record_in_batch
-        if batch is not None and record is not None and not isinstance(outcome, ReturnJob):
-            # Before the job is deleted or buried; bounded, and not cut by a drain.
-            handed_on = bool(plan.job.steps) and _goes_on(outcome)
+        if batch is not None and record is not None and isinstance(outcome, BuryJob):
+            # Before the job is buried; bounded, and not cut by a drain. (A success is
+            # recorded by the lane, on its connection, before the delete.)
             with trio.CancelScope(shield=True):
-                outcome = await record(batch, outcome, handed_on)
+                outcome = await record(batch, outcome, False)
         self._on_finished(run, outcome)
 
     async def _run(self, run: Run) -> Outcome:

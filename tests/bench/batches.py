@@ -196,7 +196,7 @@ def _latency(batches: int, size: int) -> list[float]:
         try:
             with Producer([server.address]) as producer:
                 callback = Step("callbacks", "callback", {})
-                for b in range(batches):
+                for _ in range(batches):
                     with producer.batch(on_complete=callback) as batch:
                         for n in range(size):
                             batch.enqueue("work", "work", {"n": n})

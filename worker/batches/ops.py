@@ -131,7 +131,11 @@ def open_batch(
     manifest = Manifest(batch_id, time.time(), opener_id, shown, retention, description, timer_id)
     (put,) = yield [p.Put(manifest.body(), 0, 0, TOKEN_TTR)]
     manifest_id = _expect(put, p.Inserted, "putting the batch's manifest").id
-    (reserved, buried) = yield [p.ReserveJob(manifest_id), p.Bury(manifest_id, 0)]
+    (reserved, buried, _) = yield [
+        p.ReserveJob(manifest_id),
+        p.Bury(manifest_id, 0),
+        p.Use("default"),  # a tube some connection uses is never freed
+    ]
     _expect(reserved, p.Reserved, "keeping the batch's manifest")
     _expect(buried, p.Buried, "keeping the batch's manifest")
     return Opened(batch_id, opener_id, parked, manifest_id, timer_id, int(manifest.created))
@@ -238,9 +242,10 @@ def read_status(batch_id: str) -> Exchange[Status | None]:
     """A batch's state, read without changing it; None when the server has no such batch."""
     tube = batch_tube(batch_id)
     (stats,) = yield [p.StatsTube(tube)]
-    if not isinstance(stats, p.TubeStats):
-        return None
-    (_, first) = yield [p.Use(tube), p.PeekBuried()]
+    if not isinstance(stats, p.TubeStats) or not _holds_jobs(stats):
+        return None  # (a tube kept only by a client's use of it holds no batch)
+    # Back to the default tube after: a tube used by a connection is never freed.
+    (_, first, _) = yield [p.Use(tube), p.PeekBuried(), p.Use("default")]
     manifest = Manifest.read(first.body) if isinstance(first, p.Found) else None
     counts = Counts.of(stats)
     if manifest is None:
@@ -255,6 +260,17 @@ def read_status(batch_id: str) -> Exchange[Status | None]:
         for kind, reply in zip(kinds, replies[1:], strict=True)
     }
     return Status(batch_id, counts, manifest, isinstance(replies[0], p.JobStats), fired)
+
+
+def _holds_jobs(stats: p.TubeStats) -> bool:
+    return any(
+        (
+            stats.current_jobs_ready,
+            stats.current_jobs_reserved,
+            stats.current_jobs_delayed,
+            stats.current_jobs_buried,
+        )
+    )
 
 
 def expire(timer: p.Reserved) -> Exchange[str]:
@@ -311,6 +327,7 @@ def _empty_tube(tube: str) -> Exchange[int]:
                 break
             yield [p.Delete(found.id)]
             deleted += 1
+    yield [p.Use("default")]
     if deleted < _SWEEP_LIMIT:
         return 0
     (stats,) = yield [p.StatsTube(tube)]

@@ -12,6 +12,7 @@ never loses count of a job.
 
 from __future__ import annotations
 
+import random
 import time
 
 import greenstalk
@@ -43,7 +44,7 @@ FAULTS = (
 _SUCCESSES = frozenset({Cause.COMPLETED, Cause.DUPLICATE})
 _RETRY_RECORD = 5  # seconds before a job whose end could not be recorded runs again
 _PER_SERVER = 16  # batch connections per server; more exchanges at once wait for one
-_KEEPER_WAIT = 1  # seconds a keeper's reserve blocks before it looks again
+_KEEPER_EVERY = 60.0  # seconds between a keeper's looks at the due timers (jittered)
 
 
 class BatchBook:
@@ -129,12 +130,17 @@ class BatchBook:
 
 
 async def run_batch_keeper(
-    address: Address, *, connect_timeout: float, reply_timeout: float
+    address: Address,
+    *,
+    connect_timeout: float,
+    reply_timeout: float,
+    every: float = _KEEPER_EVERY,
 ) -> None:
-    """Forget the batches of ``address`` whose timer comes due (ops.expire), forever: a
-    blocking reserve on ``tubeworker.batches``, so an idle keeper costs nothing."""
-    delay = 1.0
+    """Forget the batches of ``address`` whose timer came due (ops.expire), forever: every
+    minute or so, one connection takes the due timers of ``tubeworker.batches`` and goes
+    (timers are due at retentions of hours or days: a minute late is on time)."""
     while True:
+        await trio.sleep(every * random.uniform(0.5, 1.5))
         try:
             client = await connect(
                 address, connect_timeout=connect_timeout, reply_timeout=reply_timeout
@@ -142,14 +148,11 @@ async def run_batch_keeper(
             try:
                 await client.watch(TIMERS_TUBE)
                 await client.ignore("default")
-                delay = 1.0
                 while True:
                     try:
-                        timer = await client.reserve(_KEEPER_WAIT)
-                    except greenstalk.TimedOutError:
-                        continue
-                    except greenstalk.DeadlineSoonError:
-                        continue
+                        timer = await client.reserve(0)
+                    except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
+                        break
                     with trio.fail_after(reply_timeout * 20 + 5):
                         done = await drive(client, expire(timer))
                     log.info("batch timer", server=str(address), job_id=timer.id, result=done)
@@ -157,5 +160,3 @@ async def run_batch_keeper(
                 await client.aclose()
         except FAULTS as exc:
             log.debug("batch keeper: server unavailable", server=str(address), error=str(exc))
-        await trio.sleep(delay)
-        delay = min(delay * 2, 30.0)

@@ -68,6 +68,12 @@ def fired(server: ModelServer, opened: Opened) -> set[str]:
     }
 
 
+def ended(server: ModelServer, ref: BatchRef) -> bool:
+    """Whether the job's end is on record: its token deleted (success) or buried."""
+    token = server.jobs.get(ref.token)
+    return token is None or token.state == "buried"
+
+
 def interleavings(lengths: list[int]) -> Iterator[list[int]]:
     """Every order of the round trips of exchanges of these lengths (by exchange index)."""
     slots = [i for i, n in enumerate(lengths) for _ in range(n)]
@@ -314,7 +320,8 @@ def test_any_schedule_fires_each_callback_once_and_only_after_the_last_job_ended
 ) -> None:
     """Jobs end (success or burial) in any interleaving, the close anywhere among them, some
     recordings cut by a crash and run again: once all have ended, complete has fired once,
-    success iff no burial, death iff a burial; nothing fired before the last one ended."""
+    success iff no burial, death iff a burial; complete never fired before every job's end
+    was on record and the batch closed."""
     server = ModelServer()
     opened, refs = opened_batch(server, len(outcomes), close=False)
     ops = {"success": record_success, "burial": record_burial}
@@ -336,8 +343,9 @@ def test_any_schedule_fires_each_callback_once_and_only_after_the_last_job_ended
         runners[index].step()
         if closer is not None and not closer.done:
             closer.step()
-        if any(not r.done for r in runners):
-            assert "complete" not in fired(server, opened)
+        if "complete" in fired(server, opened):  # then every job's end is on record
+            assert all(ended(server, ref) for ref in refs)
+            assert opened.opener not in server.jobs  # and the batch was closed
     for runner in runners:
         runner.finish()
     (closer or Runner(server, close_batch(opened.ref(1)))).finish()

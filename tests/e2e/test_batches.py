@@ -117,6 +117,26 @@ async def test_given_the_docs_import_then_the_summary_runs_once_after_every_chun
     assert seen.count("summary orders.csv") == 1
 
 
+async def test_given_the_readme_batch_then_its_summary_runs_once_after_its_ten_chunks(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    app_package(tmp_path, HANDLER + LEDGER)
+    config = tmp_path / "worker.toml"
+    config.write_text(CONFIG.format(address=beanstalkd.address))
+    ledger = tmp_path / "ledger"
+    daemon = DaemonProcess(config, tmp_path, env={"LEDGER": str(ledger)})
+    daemons.append(daemon.start())
+    daemon.wait_ready()
+    readme = block("README.md", "# an import in chunks, and one summary once every chunk is done")
+    exec(readme.code.replace("127.0.0.1:11300", beanstalkd.address), {})
+    await wait_until(lambda: "summary orders.csv" in lines(ledger), timeout=30, what="summary")
+    seen = lines(ledger)
+    chunks = [line for line in seen if line.startswith("chunk")]
+    assert sorted(chunks) == sorted(f"chunk orders.csv {n}" for n in range(10))
+    assert seen[-1] == "summary orders.csv"
+    assert seen.count("summary orders.csv") == 1
+
+
 FLAKY = """\
 import os
 

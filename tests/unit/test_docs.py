@@ -72,6 +72,10 @@ RUN_BY: dict[Key, str] = {
         "# the app: an import split into chunks, then a summary",
     ): "tests/e2e/test_chains.py::test_given_kills_then_every_step_runs_at_least_once_and_in_order",
     (
+        "README.md",
+        "# an import in chunks, and one summary once every chunk is done",
+    ): "tests/e2e/test_batches.py::test_given_the_readme_batch_then_its_summary_runs_once_after_its_ten_chunks",  # noqa: E501
+    (
         "docs/workflows.md",
         "# myapp/batch_import.py",
     ): "tests/e2e/test_batches.py::test_given_the_docs_import_then_the_summary_runs_once_after_every_chunk",  # noqa: E501

@@ -26,6 +26,7 @@ token configured the dashboard is read-only: 403, and ``/api/overview`` says
     GET /api/schedules, POST /api/schedule {name, action, seconds}: dashboard_schedules
     GET /api/servers: each beanstalkd's own stats (dashboard_servers)
     GET /api/jobs, POST /api/move: the job browser (dashboard_browse)
+    GET /api/batches, /api/batch?server=&id=: the batches and one batch (dashboard_batches)
 
 ``POST /api/refresh`` (no token) asks the tube poller for a round soon; the poller keeps
 its own minimum gap, so viewers never set the rate of ``stats-tube``. Tube data comes from
@@ -77,6 +78,7 @@ from tubeworker.control.asgi import (
 )
 from tubeworker.control.board import TubeBoard
 from tubeworker.control.dashboard_actions import DashboardActions
+from tubeworker.control.dashboard_batches import DashboardBatches
 from tubeworker.control.dashboard_browse import DashboardBrowse
 from tubeworker.control.dashboard_context import BadRequest, DashboardContext, Read
 from tubeworker.control.dashboard_reads import DashboardReads
@@ -214,11 +216,13 @@ class Dashboard:
         clock = DashboardSchedules(self.context)
         health = DashboardServers(self.context)
         browse = DashboardBrowse(self.context)
+        batches = DashboardBatches(self.context)
         self._reads = {
             **self.reads.routes(),
             **clock.reads(),
             **health.reads(),
             **browse.reads(),
+            **batches.reads(),
         }
         self._actions = {**self.actions.routes(), **clock.actions(), **browse.actions()}
         # The history a page shows when it opens is kept before it opens: every tube is

@@ -1,11 +1,13 @@
 // tubeworker dashboard: plain JavaScript modules, no build step, no dependencies.
 //
 // Data comes from the JSON endpoints under /api/ and stays live through the /events
-// WebSocket (tubes, workers, job and action events): nothing reloads the page. This module
-// routes between the views, listens to /events and starts the page; the views are in
-// overview.js, tube.js and fleet.js, what they share in common.js, actions in actions.js.
+// WebSocket (tubes, workers, job, batch and action events): nothing reloads the page. This
+// module routes between the views, listens to /events and starts the page; the views are
+// in overview.js, tube.js, fleet.js, batches.js, schedules.js and servers.js, what they
+// share in common.js, actions in actions.js.
 
 import { $, api, applySettings, debounce, renderTroubles, el, probe, showLoadError, state } from "./common.js";
+import * as batches from "./batches.js";
 import "./browse.js";
 import * as fleet from "./fleet.js";
 import * as overview from "./overview.js";
@@ -64,6 +66,7 @@ function onTubesEvent(event) {
   overview.onTubes(event);
   tube.onTubes(event);
   fleet.onTubes(event);
+  batches.onTubes(event);
   probe.applied.push({ round: event.round, at: event.at, applied: Date.now() });
   if (probe.applied.length > 100) probe.applied.shift();
 }
@@ -98,6 +101,10 @@ function onEvent(event) {
       logEvent(`API ${event.api}: ${event.state} (${event.reason})`, event.state === "open" ? "bad" : "warn");
       if (state.view === "apis") fleet.reloadApis();
       break;
+    case "batch":
+      logEvent(`batch ${event.batch}: on_${event.callback} fired (job ${event.job_id})`);
+      batches.onBatch(event);
+      break;
     case "action":
       logEvent(`action ${event.action}: ${[event.tube, event.id, event.worker].filter((x) => x !== undefined).join(" ")} → ${JSON.stringify(event.result)}`);
       break;
@@ -129,7 +136,7 @@ function route() {
     state.tube = { server: decodeURIComponent(parts[1]), tube: decodeURIComponent(parts.slice(2).join("/")) };
     state.buried.offset = 0;
     $("job").hidden = true;
-  } else if (!["overview", "workers", "apis", "buried", "schedules", "servers"].includes(view)) {
+  } else if (!["overview", "workers", "apis", "buried", "batches", "schedules", "servers"].includes(view)) {
     view = "overview";
   }
   state.view = view;
@@ -142,6 +149,7 @@ function route() {
     workers: fleet.loadWorkers,
     apis: fleet.loadApis,
     buried: fleet.loadBuriedTubes,
+    batches: batches.loadBatches,
     schedules: schedules.loadSchedules,
     servers: servers.loadServers,
   };

@@ -3,7 +3,8 @@ working the batch's tube and its callbacks' tube. A producer opens a batch of th
 with on_success and on_complete while the page shows the view; without any navigation the
 view shows the batch running, then succeeded with both callbacks fired (a ``batch`` event
 per callback reached the page); a click shows the batch alone; the view offers no action;
-each callback ran once."""
+each callback ran once. With the poller reading tubes only once a minute, the ``batch``
+events alone bring the succeeded state to the page, at once."""
 
 from __future__ import annotations
 
@@ -41,9 +42,12 @@ return {state: tr.dataset.state, counts: tr.querySelector("[data-col='counts']")
 
 
 @contextlib.contextmanager
-def batch_daemon(workdir: Path) -> Iterator[tuple[str, BeanstalkdProcess, DaemonProcess]]:
+def batch_daemon(
+    workdir: Path, *, interval: float = 0.3
+) -> Iterator[tuple[str, BeanstalkdProcess, DaemonProcess]]:
     """beanstalkd and ``tubeworker run --control`` working the batch's jobs and its
-    callbacks with the browser tests' ``work`` handler; both stopped by PID at the end."""
+    callbacks with the browser tests' ``work`` handler, its poller reading tubes every
+    ``interval`` s; both stopped by PID at the end."""
     with BeanstalkdProcess() as server:
         config = workdir / "worker.toml"
         config.write_text(
@@ -51,7 +55,7 @@ def batch_daemon(workdir: Path) -> Iterator[tuple[str, BeanstalkdProcess, Daemon
             '[logging]\nformat = "json"\n'
             '[handlers]\n"work" = "tests.browser.handlers:work"\n'
             f'[[pool]]\ntubes = ["{WORK}", "{CALLBACKS}"]\nconcurrency = 4\n'
-            "[control]\nmetrics_interval = 0.3\n"
+            f"[control]\nmetrics_interval = {interval}\n"
         )
         port = free_port()
         daemon = DaemonProcess(config, workdir)
@@ -68,12 +72,35 @@ def row_state(page: Page, batch_id: str) -> dict[str, Any] | None:
     return found
 
 
+def fresh_page(browser: Any, base: str, screenshots: Path) -> Page:
+    """A page on this test's daemon, the browser's log emptied of what earlier pages said
+    (a page left open on a daemon that stopped keeps trying to reconnect)."""
+    browser.get("about:blank")
+    browser.get_log("browser")
+    return Page(browser, base, screenshots)
+
+
+def open_batch(server: BeanstalkdProcess, jobs: int, seconds: float) -> str:
+    """A closed batch of ``jobs`` jobs of ``seconds`` each, with on_success and
+    on_complete; its id."""
+    with Producer([server.address]) as producer:
+        batch = producer.batch(
+            on_success=Step(CALLBACKS, "work", {"n": ON_SUCCESS}),
+            on_complete=Step(CALLBACKS, "work", {"n": ON_COMPLETE}),
+            description="nightly import",
+        )
+        with batch:
+            for n in range(jobs):
+                batch.enqueue(WORK, "work", {"n": n, "sleep": seconds})
+    return batch.id
+
+
 def test_the_batches_view_follows_a_batch_to_succeeded_with_its_callbacks_fired(
     browser: Any, screenshots: Path, tmp_path: Path
 ) -> None:
     require_beanstalkd()
     with batch_daemon(tmp_path) as (base, server, daemon):
-        page = Page(browser, base, screenshots)
+        page = fresh_page(browser, base, screenshots)
         page.open("#/batches")
         wait_until_sync(
             lambda: "No batches" in page.text("#batches tbody"),
@@ -82,16 +109,7 @@ def test_the_batches_view_follows_a_batch_to_succeeded_with_its_callbacks_fired(
         )
 
         # Given a batch of three one-second jobs with on_success and on_complete...
-        with Producer([server.address]) as producer:
-            batch = producer.batch(
-                on_success=Step(CALLBACKS, "work", {"n": ON_SUCCESS}),
-                on_complete=Step(CALLBACKS, "work", {"n": ON_COMPLETE}),
-                description="nightly import",
-            )
-            with batch:
-                for n in range(3):
-                    batch.enqueue(WORK, "work", {"n": n, "sleep": JOB_SECONDS})
-        batch_id = batch.id
+        batch_id = open_batch(server, 3, JOB_SECONDS)
 
         # ...the page, left alone on the view, shows it running, then succeeded.
         wait_until_sync(
@@ -156,4 +174,34 @@ def test_the_batches_view_follows_a_batch_to_succeeded_with_its_callbacks_fired(
         )
         fired = [e["callback"] for e in daemon.events() if e.get("event") == "batch callback fired"]
         assert sorted(fired) == ["complete", "success"]
+        assert page.script_errors() == []
+
+
+def test_a_batch_event_alone_updates_the_view_at_once(
+    browser: Any, screenshots: Path, tmp_path: Path
+) -> None:
+    require_beanstalkd()
+    # The poller reads tubes once a minute: within the test, no ``tubes`` event can tell
+    # the page that the batch's tube changed; only the daemon's ``batch`` events can.
+    with batch_daemon(tmp_path, interval=60) as (base, server, _daemon):
+        batch_id = open_batch(server, 2, 2 * JOB_SECONDS)
+        page = fresh_page(browser, base, screenshots)
+        page.open("#/batches")
+        wait_until_sync(
+            lambda: (row_state(page, batch_id) or {}).get("state") == "running",
+            timeout=DEADLINE,
+            what="the batch shown running when the view opens",
+        )
+        rounds = page.js("return window.__tubeworker.applied.length")
+        wait_until_sync(
+            lambda: (row_state(page, batch_id) or {}).get("state") == "succeeded",
+            timeout=DEADLINE,
+            what="the batch shown succeeded, without a navigation",
+        )
+        assert (row_state(page, batch_id) or {}).get("fired") == {
+            "success": True,
+            "complete": True,
+        }
+        assert page.js("return window.__tubeworker.batchEvents") >= 1
+        assert page.js("return window.__tubeworker.applied.length") == rounds  # no tubes event
         assert page.script_errors() == []

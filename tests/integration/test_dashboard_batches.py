@@ -20,6 +20,7 @@ from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tubeworker.batches.drive import drive
 from tubeworker.batches.ops import record_burial, record_success
 from tubeworker.beanstalk.client import Address, open_client, parse_address
+from tubeworker.control import dashboard_batches
 from tubeworker.control.access import Access
 from tubeworker.control.standalone import run_dashboard
 from tubeworker.envelope import read_batch_ref
@@ -201,6 +202,34 @@ async def test_given_a_server_down_then_it_is_reported_apart_and_the_others_answ
     assert servers[down]["error"] == listing["errors"][down]
     assert one.status_code == 503
     assert "cannot connect" in one.json()["error"]
+
+
+async def test_given_a_server_that_never_answers_then_it_is_reported_after_the_deadline(
+    beanstalkd: BeanstalkdProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dashboard_batches, "SERVER_DEADLINE", 0.5)
+    held: list[trio.SocketStream] = []
+
+    async def hold(stream: trio.SocketStream) -> None:
+        held.append(stream)  # accepted, never answered
+        await trio.sleep_forever()
+
+    with trio.fail_after(30):
+        async with AsyncProducer([beanstalkd.address]) as producer:
+            batch_id = await open_batch(producer, "b-live", 1, "on the live server")
+        async with trio.open_nursery() as nursery:
+            (listener,) = await nursery.start(partial(trio.serve_tcp, hold, 0, host="127.0.0.1"))
+            silent = f"127.0.0.1:{listener.socket.getsockname()[1]}"
+            async with serving([beanstalkd.address, silent]) as http:
+                started = trio.current_time()
+                listing = (await http.get("/api/batches")).json()
+                took = trio.current_time() - started
+            nursery.cancel_scope.cancel()
+
+    assert listing["errors"] == {silent: "no answer within 0.5 s"}
+    assert [row["id"] for row in listing["batches"]] == [batch_id]
+    assert took < 5  # the silent server's deadline, not its connection's 10 s reply timeout
+    assert held  # it was reached: the deadline, not a refused connection, reported it
 
 
 @pytest.mark.parametrize(

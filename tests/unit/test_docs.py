@@ -200,6 +200,10 @@ NOT_RUN: dict[Key, str] = {
         "[worker]",
     ): "needs a TLS server at bs.internal: tests/e2e/test_tls.py writes the same [tls] table",
     (
+        "docs/tls.md",
+        "kubectl create secret generic beanstalkd-tls \\",
+    ): "needs a Kubernetes cluster: tests/e2e/test_tls_kubernetes.py checks the manifest and runs its stunnel config",  # noqa: E501
+    (
         "docs/security.md",
         "tubeworker audit --since 1h",
     ): "a server on 11300: tests/e2e/test_audit.py runs tubeworker audit --json --since 1h",

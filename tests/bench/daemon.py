@@ -9,8 +9,9 @@ system, …):
   line per job), everything else at its default (stats-job per job, counters, the
   guardian task per job, …).
 - ``tubeworker-nolog``: the same with ``job_lines = false`` (per-job logging off).
-- ``tubeworker-signed`` (opt-in): ``tubeworker`` with ``[security] require_signature`` and
-  every prefilled body signed (HMAC-SHA256): each job's signature verified (overhead only).
+- ``tubeworker-signed``, ``tubeworker-envelope``, ``tubeworker-secret``, ``tubeworker-tls``
+  (opt-in): ``tubeworker`` with signed bodies, envelopes, envelopes carrying an encrypted
+  secret, or through a local stunnel: tests/bench/variants.py (overhead only).
 - ``tubeworker-typed`` (opt-in): ``tubeworker`` whose no-op handler declares a payload
   model (``@handler(payload=BenchBody)``, pydantic): the body is read as JSON and validated
   per job. Compare it with ``tubeworker`` in the same run (overhead scenario only).
@@ -71,7 +72,6 @@ The polling harness costs a little of beanstalkd's CPU (≤ 500 stats-tube/s, we
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import gc
 import hashlib
@@ -89,6 +89,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from tests.bench import variants
 from tests.bench.common import (
     BODY_SIZE,
     BenchError,
@@ -96,7 +97,6 @@ from tests.bench.common import (
     SyncBeanstalk,
     environment_info,
     format_table,
-    job_body,
     prefill,
     process_cpu_seconds,
     sample_records,
@@ -106,8 +106,6 @@ from tests.bench.common import (
 )
 from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tubeworker.beanstalk import protocol as p
-from tubeworker.security.keys import parse_keys
-from tubeworker.security.signing import sign
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _PEER_DIR = Path(__file__).parent / "peers"
@@ -120,21 +118,19 @@ TUBEWORKER = "tubeworker"
 TUBEWORKER_NOLOG = "tubeworker-nolog"
 TUBEWORKER_CONTROL = "tubeworker-control"
 TUBEWORKER_TYPED = "tubeworker-typed"
-TUBEWORKER_SIGNED = "tubeworker-signed"
-BENCH_KEYS = f"bench: {base64.b64encode(b'b' * 32).decode()}\n"
 TUBEWORKER_BASELINE = "tubeworker-baseline"
 BASELINE_ENV = "TUBEWORKER_BENCH_BASELINE"
 GREENSTALK_THREADS = "greenstalk-threads"
 AIOSTALK = "aiostalk"
 SYSTEMS = (TUBEWORKER, TUBEWORKER_NOLOG, GREENSTALK_THREADS, AIOSTALK)
-OPTIONAL_SYSTEMS = (TUBEWORKER_CONTROL, TUBEWORKER_BASELINE, TUBEWORKER_TYPED, TUBEWORKER_SIGNED)
+OPTIONAL_SYSTEMS = (TUBEWORKER_CONTROL, TUBEWORKER_BASELINE, TUBEWORKER_TYPED, *variants.VARIANTS)
 DAEMONS = (
     TUBEWORKER,
     TUBEWORKER_NOLOG,
     TUBEWORKER_CONTROL,
     TUBEWORKER_BASELINE,
     TUBEWORKER_TYPED,
-    TUBEWORKER_SIGNED,
+    *variants.VARIANTS,
 )
 PEERS = (GREENSTALK_THREADS, AIOSTALK)
 
@@ -279,6 +275,7 @@ def _tubeworker_config(
     *,
     job_lines: bool,
     control: bool = False,
+    bound: bool = True,
 ) -> str:
     control_table = f'[control]\nlisten = "127.0.0.1:{free_port()}"\n' if control else ""
     return control_table + (
@@ -294,14 +291,19 @@ def _tubeworker_config(
         "[[pool]]\n"
         'name = "bench"\n'
         f'tubes = ["{tube}"]\n'
-        f"concurrency = {concurrency}\n"
-        f'handler = "bench.{handler.name}"\n'
+        f"concurrency = {concurrency}\n" + (f'handler = "bench.{handler.name}"\n' if bound else "")
     )
 
 
 def _argv(
-    system: str, address: str, tube: str, concurrency: int, handler: Handler, workdir: Path
+    system: str,
+    route: variants.Route,
+    tube: str,
+    concurrency: int,
+    handler: Handler,
+    workdir: Path,
 ) -> list[str]:
+    address = route.address
     if system in DAEMONS:
         if system == TUBEWORKER_TYPED:
             if handler.name != "noop":
@@ -315,11 +317,12 @@ def _argv(
             handler,
             job_lines=system != TUBEWORKER_NOLOG,
             control=system == TUBEWORKER_CONTROL,
+            bound=system not in variants.ENVELOPE_POOLS,
         )
-        if system == TUBEWORKER_SIGNED:
-            keys = workdir / "bench-keys"
-            keys.write_text(BENCH_KEYS)
-            text += f'[security]\nsigning_keys_file = "{keys}"\nrequire_signature = true\n'
+        if system in variants.VARIANTS:
+            if handler.name != "noop":
+                raise BenchError(f"{system} runs the overhead scenario only")
+            text += variants.config_of(system, workdir, route)
         config.write_text(text)
         if system == TUBEWORKER_BASELINE:
             return [sys.executable, "-m", "tubeworker", "run", "-c", str(config)]
@@ -557,38 +560,37 @@ def _check_own_counts(run: _Run, counts: dict[str, int], expected: int) -> None:
         raise BenchError(f"{run.system} run {run.run}: own counters: " + "; ".join(problems))
 
 
-def _signed_body(seq: int) -> bytes:
-    """The bench body (tests/bench/common.py job_body), signed as producers sign."""
-    return sign(json.loads(job_body(seq)), parse_keys(BENCH_KEYS))
+def _terminator_cpu(route: variants.Route) -> float:
+    return process_cpu_seconds(route.terminator_pid) if route.terminator_pid else 0.0
 
 
 def _one_run(server: BeanstalkdProcess, run: _Run, workdir: Path) -> Sample:
     tube = unique_tube(f"{run.system}.c{run.concurrency}", run.run)
     with SyncBeanstalk(server.host, server.port) as admin:
-        prefill(
-            admin, tube, run.jobs, body=_signed_body if run.system == TUBEWORKER_SIGNED else None
-        )
+        body = variants.body_of(run.system, run.scenario.handler.name)
+        prefill(admin, tube, run.jobs, body=body)
         if admin.request(p.PauseTube(tube, _GATE_CLOSED)) != p.Paused():
             raise BenchError(f"pause-tube {tube} failed")
         before = _server_counters(admin)
         gc.collect()  # our own collector debt: none during the window
-        argv = _argv(
-            run.system, server.address, tube, run.concurrency, run.scenario.handler, workdir
-        )
-        spawned = time.perf_counter()
         baseline = run.system == TUBEWORKER_BASELINE
-        with _Child(argv, workdir, tube, baseline=baseline) as child:
-            ready = _wait_all_waiting(admin, child, run, tube)
-            worker_cpu0 = process_cpu_seconds(child.pid)
-            server_cpu0 = process_cpu_seconds(server.pid)
-            t0 = time.perf_counter()
-            if admin.request(p.PauseTube(tube, 0)) != p.Paused():  # the gate opens
-                raise BenchError(f"pause-tube {tube} 0 failed")
-            window = _wait_drained(admin, child, run, tube, t0)
-            worker_cpu = process_cpu_seconds(child.pid) - worker_cpu0
-            server_cpu = process_cpu_seconds(server.pid) - server_cpu0
-            peak_rss = child.peak_rss_bytes()
-            child.stop(timeout=_STOP_TIMEOUT + run.concurrency / 50)
+        with variants.open_route(run.system, server, workdir) as route:
+            argv = _argv(run.system, route, tube, run.concurrency, run.scenario.handler, workdir)
+            spawned = time.perf_counter()
+            with _Child(argv, workdir, tube, baseline=baseline) as child:
+                ready = _wait_all_waiting(admin, child, run, tube)
+                worker_cpu0 = process_cpu_seconds(child.pid)
+                server_cpu0 = process_cpu_seconds(server.pid)
+                terminator_cpu0 = _terminator_cpu(route)
+                t0 = time.perf_counter()
+                if admin.request(p.PauseTube(tube, 0)) != p.Paused():  # the gate opens
+                    raise BenchError(f"pause-tube {tube} 0 failed")
+                window = _wait_drained(admin, child, run, tube, t0)
+                worker_cpu = process_cpu_seconds(child.pid) - worker_cpu0
+                server_cpu = process_cpu_seconds(server.pid) - server_cpu0
+                terminator_cpu = _terminator_cpu(route) - terminator_cpu0
+                peak_rss = child.peak_rss_bytes()
+                child.stop(timeout=_STOP_TIMEOUT + run.concurrency / 50)
         # Capped: the system stopped (finishing the jobs it held); we delete the rest.
         leftovers = _delete_leftovers(server, tube) if window.capped else 0
         after = _server_counters(admin)
@@ -615,6 +617,8 @@ def _one_run(server: BeanstalkdProcess, run: _Run, workdir: Path) -> Sample:
                 "peak_rss_bytes": peak_rss,
                 "first_progress_s": window.first_progress - t0 if window.first_progress else None,
                 "own_counts": counts,
+                # stunnel's CPU in the window (tubeworker-tls), beside beanstalkd's
+                "terminator_cpu_s": terminator_cpu if route.terminator_pid else None,
                 "tube": tube,
             },
         )

@@ -1,0 +1,114 @@
+"""The daemon scenarios' opt-in variants of ``tubeworker`` that change what a job carries
+or the way to the server (tests/bench/daemon.py runs them like any system):
+
+- ``tubeworker-signed``: ``[security] require_signature``, every prefilled body signed
+  (HMAC-SHA256) as producers sign: each job's signature verified.
+- ``tubeworker-envelope``: an envelope pool (no ``handler =``: the body's ``task`` picks
+  the handler), bodies made by ``tubeworker.producer.make_envelope``. The baseline of:
+- ``tubeworker-secret``: the same envelopes, each with an encrypted ``secret`` sealed as
+  producers seal it (AES-256-GCM, ``make_envelope(..., secret=..., sealer=...)``), and the
+  daemon configured with ``[security] encryption_keys_file``: each job's secret opened
+  before its handler runs (a bound pool never reads an envelope, hence the envelope pool).
+- ``tubeworker-tls``: ``tubeworker`` reaching the same beanstalkd through a local stunnel
+  (tests/support/tls.py: Debian's stunnel4, mutual TLS, certificates made with openssl),
+  ``servers = ["tls://..."]`` with ``[tls]``. stunnel's own CPU is measured too
+  (``terminator_cpu_s`` in the run's JSON): the server side's price of TLS.
+
+Only the worker's side differs: prefill, gate and checks talk to beanstalkd directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.bench.common import BenchError, job_body
+from tests.support.beanstalkd import BeanstalkdProcess
+from tests.support.tls import Stunnel, make_certificates
+from tubeworker.producer import make_envelope
+from tubeworker.security.keys import parse_keys
+from tubeworker.security.signing import sign
+
+__all__ = ["VARIANTS", "Route", "body_of", "config_of", "open_route"]
+
+TUBEWORKER_SIGNED = "tubeworker-signed"
+TUBEWORKER_ENVELOPE = "tubeworker-envelope"
+TUBEWORKER_SECRET = "tubeworker-secret"
+TUBEWORKER_TLS = "tubeworker-tls"
+VARIANTS = (TUBEWORKER_SIGNED, TUBEWORKER_ENVELOPE, TUBEWORKER_SECRET, TUBEWORKER_TLS)
+# Variants whose pool dispatches envelopes by their task instead of binding the handler.
+ENVELOPE_POOLS = (TUBEWORKER_ENVELOPE, TUBEWORKER_SECRET)
+
+BENCH_KEYS = f"bench: {base64.b64encode(b'b' * 32).decode()}\n"
+ENCRYPTION_KEYS = f"bench-aes: {base64.b64encode(b'e' * 32).decode()}\n"
+# A card-sized secret: what docs/security.md's example seals.
+SECRET = {"card": "4111 1111 1111 1111", "cvc": "123"}
+
+
+def _signed_body(seq: int) -> bytes:
+    """The bench body (tests/bench/common.py job_body), signed as producers sign."""
+    return sign(json.loads(job_body(seq)), parse_keys(BENCH_KEYS))
+
+
+def _envelope_body(task: str, sealed: bool) -> Callable[[int], bytes]:
+    keys = parse_keys(ENCRYPTION_KEYS, exact_bytes=32)
+
+    def body(seq: int) -> bytes:
+        secret = SECRET if sealed else None
+        return make_envelope(task, {"seq": seq}, secret=secret, sealer=keys)
+
+    return body
+
+
+def body_of(system: str, handler: str) -> Callable[[int], bytes] | None:
+    """Each prefilled job's body (None: the default job_body)."""
+    if system == TUBEWORKER_SIGNED:
+        return _signed_body
+    if system in ENVELOPE_POOLS:
+        return _envelope_body(f"bench.{handler}", sealed=system == TUBEWORKER_SECRET)
+    return None
+
+
+def config_of(system: str, workdir: Path, route: Route) -> str:
+    """Tables appended to the generated config."""
+    if system == TUBEWORKER_SIGNED:
+        keys = workdir / "bench-keys"
+        keys.write_text(BENCH_KEYS)
+        return f'[security]\nsigning_keys_file = "{keys}"\nrequire_signature = true\n'
+    if system == TUBEWORKER_SECRET:
+        keys = workdir / "bench-encryption-keys"
+        keys.write_text(ENCRYPTION_KEYS)
+        keys.chmod(0o600)
+        return f'[security]\nencryption_keys_file = "{keys}"\n'
+    return route.config
+
+
+@dataclass(frozen=True)
+class Route:
+    """How the system under test reaches beanstalkd."""
+
+    address: str
+    config: str = ""  # e.g. [tls]
+    terminator_pid: int | None = None  # a process in the way whose CPU is measured too
+
+
+@contextlib.contextmanager
+def open_route(system: str, server: BeanstalkdProcess, workdir: Path) -> Iterator[Route]:
+    """Directly, or (tubeworker-tls) through a stunnel started here and stopped by PID."""
+    if system != TUBEWORKER_TLS:
+        yield Route(server.address)
+        return
+    certs = make_certificates(workdir / "tls")  # fresh for each run: not timed
+    with Stunnel(certs, server.port) as tunnel:
+        if tunnel.proc is None:
+            raise BenchError("stunnel did not start")
+        yield Route(
+            tunnel.address,
+            f'[tls]\nca_file = "{certs.ca}"\ncert_file = "{certs.client_cert}"\n'
+            f'key_file = "{certs.client_key}"\n',
+            tunnel.proc.pid,
+        )

@@ -71,6 +71,7 @@ class DaemonConfig:
     connect_timeout: float | None = None
     retry: dict[str, object] = field(default_factory=dict)
     extra_worker: dict[str, object] = field(default_factory=dict)  # overrides WORKER_KEYS
+    tls: dict[str, str] = field(default_factory=dict)  # the [tls] table, for tls:// servers
 
 
 def write_config(path: Path, config: DaemonConfig) -> Path:
@@ -100,6 +101,8 @@ def write_config(path: Path, config: DaemonConfig) -> Path:
         *(f"{key} = {json.dumps(value)}" for key, value in pool.items()),
         "[pool.retry]",
         *(f"{key} = {json.dumps(value)}" for key, value in config.retry.items()),
+        *(["[tls]"] if config.tls else []),
+        *(f"{key} = {json.dumps(value)}" for key, value in config.tls.items()),
     ]
     path.write_text("\n".join(lines) + "\n")
     return path

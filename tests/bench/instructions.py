@@ -12,6 +12,11 @@ compare tubeworker with tubeworker (this checkout against ``TUBEWORKER_BENCH_BAS
 another tree laid out as for the ``tubeworker-baseline`` system), not with a peer that
 makes a system call per command; ``aiostalk`` is offered as a reference only.
 
+The variants of tests/bench/variants.py count the same way (``tubeworker-envelope``,
+``tubeworker-secret``, ``tubeworker-signed``, ``tubeworker-tls``): their bodies, their
+config, and for ``-tls`` a stunnel in the way (its own instructions are not counted; the
+daemon's TLS, OpenSSL in its process, is).
+
     python -m tests.bench.instructions                      # this checkout
     TUBEWORKER_BENCH_BASELINE=/tmp/base \
         python -m tests.bench.instructions --systems baseline,tubeworker
@@ -29,6 +34,7 @@ about a minute and a half per system.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -42,6 +48,7 @@ from pathlib import Path
 
 import greenstalk
 
+from tests.bench import variants
 from tests.bench.common import BenchError, positive_int
 from tests.bench.daemon import BASELINE_ENV
 from tests.support.beanstalkd import BeanstalkdProcess
@@ -50,12 +57,12 @@ REPO = Path(__file__).resolve().parents[2]
 BASELINE = REPO / "tests" / "bench" / "baseline.json"
 GUARD_MARGIN = 1.15  # the ratio may rise this much before --guard fails
 PEER = REPO / "tests" / "bench" / "peers" / "aiostalk_coroutines.py"
-SYSTEMS = ("tubeworker", "baseline", "aiostalk")
+SYSTEMS = ("tubeworker", "baseline", "aiostalk", *variants.VARIANTS)
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 _TUBE = "bench"
 
 
-def _config(address: str, concurrency: int) -> str:
+def _config(address: str, concurrency: int, bound: bool = True) -> str:
     return (
         "[worker]\n"
         f'servers = ["{address}"]\n'
@@ -67,8 +74,7 @@ def _config(address: str, concurrency: int) -> str:
         "[[pool]]\n"
         'name = "bench"\n'
         f'tubes = ["{_TUBE}"]\n'
-        f"concurrency = {concurrency}\n"
-        'handler = "bench.noop"\n'
+        f"concurrency = {concurrency}\n" + ('handler = "bench.noop"\n' if bound else "")
     )
 
 
@@ -102,14 +108,21 @@ def _drained(client: greenstalk.Client, jobs: int) -> bool:
 
 def instructions(system: str, jobs: int, concurrency: int, timeout: float) -> int:
     """Instructions the system's process ran to do ``jobs`` prefilled jobs and stop."""
-    with BeanstalkdProcess() as server, tempfile.TemporaryDirectory() as workdir:
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(BeanstalkdProcess())
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        route = stack.enter_context(variants.open_route(system, server, workdir))
         host, port = server.address.rsplit(":", 1)
-        with greenstalk.Client((host, int(port)), use=_TUBE) as client:
-            for _ in range(jobs):
-                client.put(b"x" * 100)
+        with greenstalk.Client((host, int(port)), use=_TUBE, encoding=None) as client:
+            body = variants.body_of(system, "noop") or (lambda seq: b"x" * 100)
+            for seq in range(jobs):
+                client.put(body(seq))
             config = Path(workdir) / "worker.toml"
-            config.write_text(_config(server.address, concurrency))
-            argv, env = _argv_env(system, server.address, config, concurrency)
+            text = _config(route.address, concurrency, system not in variants.ENVELOPE_POOLS)
+            if system in variants.VARIANTS:
+                text += variants.config_of(system, workdir, route)
+            config.write_text(text)
+            argv, env = _argv_env(system, route.address, config, concurrency)
             out = Path(workdir) / "callgrind.out"
             process = subprocess.Popen(
                 ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
@@ -166,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             low = instructions(system, args.n1, args.concurrency, args.timeout)
             high = instructions(system, args.n2, args.concurrency, args.timeout)
             per_job[system] = (high - low) / (args.n2 - args.n1)
-            print(f"{system:<12} c={args.concurrency}: {per_job[system]:,.0f} instructions per job")
+            print(f"{system:<20} c={args.concurrency}: {per_job[system]:,.0f} instructions per job")
     except BenchError as exc:
         print(f"benchmark FAILED: {exc}", file=sys.stderr)
         return 1

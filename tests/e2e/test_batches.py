@@ -11,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.beanstalkd import BeanstalkdProcess
+from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tests.support.docs import block
 from tests.support.process import DaemonProcess
 from tests.support.waiting import wait_until
@@ -247,3 +249,56 @@ async def test_given_beanstalkd_killed_and_restarted_mid_batch_then_callbacks_fi
             ids.setdefault(kind, set()).add(job_id)
     assert all(len(found) == 1 for found in ids.values()), ids
     assert set(runs) == {f"complete-{b}" for b in range(batches)}
+
+
+def metric(base: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """``name``'s samples on the daemon's /metrics, by their labels."""
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+async def test_given_batches_then_the_metrics_count_callbacks_fired_and_batches_kept(
+    beanstalkd: BeanstalkdProcess, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    app_package(tmp_path, FLAKY)
+    config = tmp_path / "worker.toml"
+    config.write_text(
+        CONFIG.format(address=beanstalkd.address) + "\n[control]\nmetrics_interval = 0.2\n"
+    )
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"LEDGER": str(tmp_path / "ledger"), "BROKEN": str(tmp_path / "broken")}
+    daemon = DaemonProcess(config, tmp_path, env=env)
+    daemons.append(daemon.start("--control", f"127.0.0.1:{port}"))
+    daemon.wait_ready()
+    (tmp_path / "broken").write_text("")
+    with Producer([beanstalkd.address]) as producer:
+        for broken in (False, True):
+            complete = Step("imports", "import-summary", {"on": "complete"})
+            success = Step("imports", "import-summary", {"on": "success"})
+            with producer.batch(on_complete=complete, on_success=success) as batch:
+                for n in range(3):
+                    batch.enqueue("imports", "import-chunk", {"chunk": n, "broken": broken})
+
+    def fired() -> dict[tuple[tuple[str, str], ...], float]:
+        return metric(base, "tubeworker_batch_callbacks_total")
+
+    expected = {
+        (("callback", "complete"),): 2.0,
+        (("callback", "success"),): 1.0,
+        (("callback", "death"),): 0.0,
+    }
+    await wait_until(lambda: fired() == expected, timeout=30, what="two batches' callbacks")
+    kept = (("server", beanstalkd.address),)
+    await wait_until(
+        lambda: metric(base, "tubeworker_server_batches").get(kept) == 2.0,
+        timeout=30,
+        what="the server's two batches counted",
+    )
+    completion = metric(base, "tubeworker_batch_completion_seconds_count")
+    assert completion == {(): 2.0}

@@ -68,6 +68,12 @@ class ServerCollector(Collector):
             "The server process's CPU time (rusage)",
             labels=["server", "mode"],
         )
+        batches = GaugeMetricFamily(
+            "tubeworker_server_batches",
+            "Batches the server keeps: open, running, or ended within their retention "
+            "(docs/workflows.md#batches)",
+            labels=["server"],
+        )
         info = GaugeMetricFamily(
             "tubeworker_server_info",
             "The server's version, host name and id (a new id: it restarted, ids may repeat)",
@@ -106,5 +112,6 @@ class ServerCollector(Collector):
             cpu.add_metric([server, "user"], s.rusage_utime)
             cpu.add_metric([server, "system"], s.rusage_stime)
             info.add_metric([server, s.version, s.hostname, s.id], 1.0)
+            batches.add_metric([server], seen.batches)
         yield from (up, connections, limit, jobs, timeouts, draining, uptime)
-        yield from (binlog, records, binlog_size, cpu, info)
+        yield from (binlog, records, binlog_size, cpu, info, batches)

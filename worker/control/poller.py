@@ -18,6 +18,7 @@ import greenstalk
 import structlog
 import trio
 
+from tubeworker.batches.model import BATCH_PREFIX
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect, raise_for_reply
 from tubeworker.errors import ConnectionLostError, ProtocolError
@@ -36,6 +37,7 @@ class ServerSeen:
     """A server as the last poll found it: its ``stats``, or why it did not answer."""
 
     stats: p.ServerStats | None = None  # the last answer (kept while it is down)
+    batches: int = 0  # batches it keeps (its tubeworker.batch.* tubes)
     up: bool = False
     error: str | None = None
     at: float = 0.0  # wall clock of the last poll
@@ -174,10 +176,13 @@ async def _poll_server(
     with trio.fail_after(timeout * 2):
         client = await connect(address, connect_timeout=timeout, reply_timeout=timeout)
         try:
-            depths.servers.setdefault(server, ServerSeen()).stats = await client.stats()
+            seen = depths.servers.setdefault(server, ServerSeen())
+            seen.stats = await client.stats()
+            every = await client.list_tubes()  # one reply: the batches it keeps, counted
+            seen.batches = sum(1 for tube in every if tube.startswith(BATCH_PREFIX))
             wanted = set(pooled)
             if every_tube:  # tubeworker's own too: the dashboard shows them when asked
-                wanted.update(await client.list_tubes())
+                wanted.update(every)
             found = await _stats_tubes(client, sorted(wanted))
         finally:
             await client.aclose()

@@ -115,7 +115,7 @@ class BatchBook:
         for kind in kinds:
             took = max(0.0, time.time() - ref.opened) if ref.opened else None
             self._counters.batch_fired[kind] += 1
-            if kind == "complete" and took is not None and self._counters.detailed:
+            if kind == "complete" and took is not None:  # once a batch: always kept
                 self._counters.batch_completion.observe(took)
             job_id = ref.callbacks.get(kind)
             log.info("batch callback fired", batch=ref.id, callback=kind, job_id=job_id)

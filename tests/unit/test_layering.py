@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "model",
         (
+            "tubeworker.job_workflows",
             "tubeworker.job",
             "tubeworker.envelope",
             # Payload types and versions a handler declares (checked at put and at run).

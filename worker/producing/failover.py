@@ -10,7 +10,7 @@ import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address
@@ -53,6 +53,20 @@ __all__ = [
     "stored_id",
     "unreachable",
 ]
+
+
+class SyncConnection(Protocol):
+    """What :class:`Producer` needs of a connection (tests pass scripted ones)."""
+
+    tube: str  # the tube in use
+    max_job_size: int | None  # the server's, when known
+
+    @property
+    def usable(self) -> bool: ...
+
+    def exchange(self, commands: Sequence[p.Command]) -> list[p.Reply]: ...
+
+    def close(self) -> None: ...
 
 
 class Unstored(Exception):

@@ -11,17 +11,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from tubeworker.batches.drive import drive_sync
-from tubeworker.batches.model import RETENTION
-from tubeworker.batches.ops import Exchange
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address
 from tubeworker.beanstalk.tls import server_name, tls_context
-from tubeworker.chains import Step, chain_bodies
-from tubeworker.errors import ConnectionLostError, LocalProtocolError, RemoteProtocolError
-from tubeworker.producing.batches import Batch, opening
+from tubeworker.errors import ConnectionLostError, RemoteProtocolError
 from tubeworker.producing.checks import (
     PutRequest,
     Seconds,
@@ -29,11 +24,11 @@ from tubeworker.producing.checks import (
     check_size,
 )
 from tubeworker.producing.dedup import MAX_EXPIRED, dedup_tube, found_duplicate, mark_commands
-from tubeworker.producing.errors import InvalidJob, NoServerAvailable, ProducerError, ServerFailure
+from tubeworker.producing.errors import NoServerAvailable, ProducerError, ServerFailure
 from tubeworker.producing.failover import (
     BadReply,
-    ProducerCore,
     ProducerStatistics,
+    SyncConnection,
     Unstored,
     check_used,
     lost_reason,
@@ -47,25 +42,12 @@ from tubeworker.producing.spool import (
     Spool,
     SpoolStatus,
 )
+from tubeworker.producing.workflows import SyncWorkflows
 from tubeworker.security.keys import KeyRing
 
 __all__ = ["Producer", "SyncConnection", "enqueue"]
 
 log = logging.getLogger("tubeworker.producer")
-
-
-class SyncConnection(Protocol):
-    """What :class:`Producer` needs of a connection (tests pass scripted ones)."""
-
-    tube: str  # the tube in use
-    max_job_size: int | None  # the server's, when known
-
-    @property
-    def usable(self) -> bool: ...
-
-    def exchange(self, commands: Sequence[p.Command]) -> list[p.Reply]: ...
-
-    def close(self) -> None: ...
 
 
 class _SocketConnection:
@@ -148,7 +130,7 @@ def _open_socket(address: Address, timeout: float) -> socket.socket:
         raise ConnectionLostError(f"cannot connect to beanstalkd at {address}: {exc}") from exc
 
 
-class Producer(ProducerCore):
+class Producer(SyncWorkflows):
     """Puts jobs, blocking; thread-safe. Create one when the app starts and share it.
 
     ``servers``: see :func:`parse_servers` (None: ``$TUBEWORKER_SERVERS``, else
@@ -285,65 +267,16 @@ class Producer(ProducerCore):
         except (ConnectionLostError, RemoteProtocolError, Unstored) as exc:
             self._dedup_unasked(key, server, exc)
 
-    def chain(self, steps: Sequence[Step], *, chain_id: str | None = None) -> Receipt:
-        """Put a chain: its first step now, each next one when the one before succeeds
-        (put by the worker before it deletes the job: never lost, maybe twice). Each step
-        without an ``id`` gets ``chain:<chain_id>:<n>`` (a random chain id by default)."""
-        try:
-            first = chain_bodies(steps, chain_id, self._signer)
-        except (ValueError, LocalProtocolError) as exc:
-            if isinstance(exc, InvalidJob):
-                raise
-            raise InvalidJob(str(exc)) from None
-        return self.put(
-            first.tube, first.body, priority=first.priority, delay=first.delay, ttr=first.ttr
-        )
-
-    def batch(
-        self,
-        *,
-        on_success: Step | None = None,
-        on_complete: Step | None = None,
-        on_death: Step | None = None,
-        retention: Seconds = RETENTION,
-        description: str = "",
-    ) -> Batch:
-        """Open a batch (docs/workflows.md#batches) on the first healthy server, on a
-        connection of its own: ``with producer.batch(on_complete=Step(...)) as b:
-        b.enqueue(...)`` closes it when the block ends. Each callback fires exactly once
-        when its moment comes after the close: ``on_success`` when every job succeeded,
-        ``on_complete`` when every job succeeded or was buried, ``on_death`` at the first
-        burial. ``retention``: how long a complete batch is kept for ``tubeworker batch``."""
-        opening_ = opening(
-            on_success,
-            on_complete,
-            on_death,
-            retention=retention,
-            description=description,
-            signer=self._signer,
-        )
+    def _first_server(self) -> Address:
         with self._lock:
-            server = self._health.order(self.servers)[0]
-        try:
-            conn = (
-                self._connector(server)
-                if self._connector is not None
-                else _SocketConnection(
-                    server, connect_timeout=self.connect_timeout, reply_timeout=self.reply_timeout
-                )
-            )
-        except (ConnectionLostError, RemoteProtocolError) as exc:
-            raise ProducerError(f"batch not opened: {server} unreachable: {exc}") from None
+            return self._health.order(self.servers)[0]
 
-        def run(exchange: Exchange[Any]) -> Any:
-            return drive_sync(conn.exchange, exchange)
-
-        try:
-            opened = run(opening_)
-        except Exception as exc:
-            conn.close()
-            raise ProducerError(f"batch not opened on {server}: {exc}") from exc
-        return Batch(opened, str(server), self._envelope, run, conn.close)
+    def _own_connection(self, server: Address) -> SyncConnection:
+        if self._connector is not None:
+            return self._connector(server)
+        return _SocketConnection(
+            server, connect_timeout=self.connect_timeout, reply_timeout=self.reply_timeout
+        )
 
     def put(
         self,

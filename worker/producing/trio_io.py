@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,14 +14,9 @@ from typing import Any
 import greenstalk
 import trio
 
-from tubeworker.batches.drive import drive
-from tubeworker.batches.model import RETENTION
-from tubeworker.batches.ops import Exchange
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect
-from tubeworker.chains import Step, chain_bodies
-from tubeworker.errors import ConnectionLostError, LocalProtocolError, RemoteProtocolError
-from tubeworker.producing.batches import AsyncBatch, opening
+from tubeworker.errors import ConnectionLostError, RemoteProtocolError
 from tubeworker.producing.checks import (
     PutRequest,
     Seconds,
@@ -38,7 +33,6 @@ from tubeworker.producing.errors import (
 )
 from tubeworker.producing.failover import (
     BadReply,
-    ProducerCore,
     ProducerStatistics,
     Unstored,
     check_used,
@@ -52,6 +46,7 @@ from tubeworker.producing.spool import (
     Spool,
     SpoolStatus,
 )
+from tubeworker.producing.workflows import AsyncWorkflows
 from tubeworker.security.keys import KeyRing
 
 __all__ = ["AsyncProducer", "enqueue_async"]
@@ -71,7 +66,7 @@ class _Slot:
     down: tuple[float, Unstored] | None = None
 
 
-class AsyncProducer(ProducerCore):
+class AsyncProducer(AsyncWorkflows):
     """Puts jobs from Trio code: :class:`Producer`'s twin (same checks, errors and
     failover) on tubeworker's Trio client. Tasks share it; one connection per server,
     used by one task at a time. Use it within one ``trio.run``. A put cancelled midway
@@ -197,62 +192,12 @@ class AsyncProducer(ProducerCore):
         except (ConnectionLostError, RemoteProtocolError, Unstored, greenstalk.Error) as exc:
             self._dedup_unasked(key, server, exc)
 
-    async def chain(self, steps: Sequence[Step], *, chain_id: str | None = None) -> Receipt:
-        """Put a chain: its first step now, each next one when the one before succeeds
-        (put by the worker before it deletes the job: never lost, maybe twice). Each step
-        without an ``id`` gets ``chain:<chain_id>:<n>`` (a random chain id by default)."""
-        try:
-            first = chain_bodies(steps, chain_id, self._signer)
-        except (ValueError, LocalProtocolError) as exc:
-            if isinstance(exc, InvalidJob):
-                raise
-            raise InvalidJob(str(exc)) from None
-        return await self.put(
-            first.tube, first.body, priority=first.priority, delay=first.delay, ttr=first.ttr
+    async def _own_client(self, server: Address) -> Client:
+        if self._connector is not None:
+            return await self._connector(server)
+        return await connect(
+            server, connect_timeout=self.connect_timeout, reply_timeout=self.reply_timeout
         )
-
-    async def batch(
-        self,
-        *,
-        on_success: Step | None = None,
-        on_complete: Step | None = None,
-        on_death: Step | None = None,
-        retention: Seconds = RETENTION,
-        description: str = "",
-    ) -> AsyncBatch:
-        """Open a batch on the first healthy server, on a connection of its own: ``async
-        with await producer.batch(on_complete=Step(...)) as b: await b.enqueue(...)``
-        closes it when the block ends (see :meth:`Producer.batch`)."""
-        opening_ = opening(
-            on_success,
-            on_complete,
-            on_death,
-            retention=retention,
-            description=description,
-            signer=self._signer,
-        )
-        server = self._health.order(self.servers)[0]
-        try:
-            if self._connector is not None:
-                client = await self._connector(server)
-            else:
-                client = await connect(
-                    server, connect_timeout=self.connect_timeout, reply_timeout=self.reply_timeout
-                )
-        except (ConnectionLostError, RemoteProtocolError) as exc:
-            raise ProducerError(f"batch not opened: {server} unreachable: {exc}") from None
-        lock = trio.Lock()  # one exchange at a time on the batch's connection
-
-        async def run(exchange: Exchange[Any]) -> Any:
-            async with lock:
-                return await drive(client, exchange)
-
-        try:
-            opened = await run(opening_)
-        except Exception as exc:
-            await client.aclose()
-            raise ProducerError(f"batch not opened on {server}: {exc}") from exc
-        return AsyncBatch(opened, str(server), self._envelope, run, client.aclose)
 
     async def put(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from functools import partial
 
 from tubeworker.admin_ops import admin_client
@@ -111,7 +112,7 @@ async def _one(addresses: list[Address], batch_id: str, as_json: bool) -> int:
                   f"{entry['tube']})")  # fmt: skip
         return EX_OK
     where = ", ".join(str(a) for a in addresses)
-    print(f"tubeworker: no batch {batch_id!r} on {where}", flush=True)
+    print(f"tubeworker: no batch {batch_id!r} on {where}", file=sys.stderr)
     return EX_NOINPUT
 
 

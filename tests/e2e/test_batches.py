@@ -105,6 +105,9 @@ async def test_given_the_docs_import_then_the_summary_runs_once_after_every_chun
     assert (row["state"], row["pending"], row["buried"]) == ("succeeded", 0, 0)
     assert row["callbacks"]["complete"]["fired"] is True
     assert row["description"] == "orders.csv"
+    unknown = tubeworker("batch", "0000000000000000", "--server", beanstalkd.address)
+    assert (unknown.returncode, unknown.stdout) == (66, "")
+    assert unknown.stderr.startswith("tubeworker: no batch '0000000000000000' on ")
     listed = tubeworker("batches", "--server", beanstalkd.address)
     assert batch_id in listed.stdout
     assert "succeeded" in listed.stdout

@@ -270,9 +270,7 @@ async def test_given_batches_then_the_metrics_count_callbacks_fired_and_batches_
 ) -> None:
     app_package(tmp_path, FLAKY)
     config = tmp_path / "worker.toml"
-    config.write_text(
-        CONFIG.format(address=beanstalkd.address) + "\n[control]\nmetrics_interval = 0.2\n"
-    )
+    config.write_text(CONFIG.format(address=beanstalkd.address))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {"LEDGER": str(tmp_path / "ledger"), "BROKEN": str(tmp_path / "broken")}

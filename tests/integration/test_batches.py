@@ -10,18 +10,21 @@ import json
 import pytest
 import trio
 
-from tests.support.beanstalkd import BeanstalkdProcess
+from tests.support.beanstalkd import BeanstalkdProcess, free_port
 from tubeworker.batch_ops import batch_row
 from tubeworker.batches.drive import drive
 from tubeworker.batches.model import PARKED, batch_tube
 from tubeworker.batches.ops import record_success
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect
-from tubeworker.envelope import read_batch_ref
+from tubeworker.envelope import BatchRef, read_batch_ref
+from tubeworker.observe.counters import JobCounters
+from tubeworker.observe.events import EventBus
 from tubeworker.producer import AsyncProducer, Producer, Step
 from tubeworker.producing.batches import BatchUncertain
 from tubeworker.producing.errors import ProducerError
-from tubeworker.runtime.batch_book import run_batch_keeper
+from tubeworker.runtime.batch_book import BatchBook, run_batch_keeper
+from tubeworker.runtime.outcome import BuryJob, Cause, ReleaseJob
 
 
 async def client_of(beanstalkd: BeanstalkdProcess) -> Client:
@@ -140,3 +143,14 @@ async def ids_left(client: Client, tube: str) -> set[int]:
         if isinstance(reply, p.JobStats) and reply.tube == tube:
             found.add(job_id)
     return found
+
+
+async def test_given_no_server_answers_when_a_burial_is_recorded_then_the_job_runs_again() -> None:
+    book = BatchBook(connect_timeout=1, reply_timeout=1, counters=JobCounters(), events=EventBus())
+    ref = BatchRef("b1", 7, 3, {"death": 5})
+    buried = BuryJob(100, Cause.HANDLER_BURY, "asked")
+    outcome = await book.record_burial(Address("127.0.0.1", free_port()), ref, buried)
+    assert isinstance(outcome, ReleaseJob)  # never buried uncounted: it records next time
+    assert (outcome.cause, outcome.priority) == (Cause.BATCH, 100)
+    assert "could not be recorded in batch b1" in outcome.detail
+    await book.aclose()

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Callable, Generator, Iterator
 from functools import partial
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,7 +30,7 @@ from tubeworker.batches.ops import (
     record_success,
 )
 from tubeworker.beanstalk import protocol as p
-from tubeworker.envelope import BatchRef, read_batch_ref
+from tubeworker.envelope import BadEnvelope, BatchRef, read_batch_ref, read_envelope
 
 Exchange = Callable[[], Generator[Any, Any, Any]]
 
@@ -352,3 +354,29 @@ def test_any_schedule_fires_each_callback_once_and_only_after_the_last_job_ended
     expected = {"complete"}
     expected |= {"death"} if "burial" in outcomes else {"success"}
     assert fired(server, opened) == expected
+
+
+@pytest.mark.parametrize(
+    ("member", "why"),
+    [
+        ("b1", 'envelope "batch" must be an object'),
+        ({"token": 2, "opener": 1}, 'no valid "id"'),
+        ({"id": "B1!", "token": 2, "opener": 1}, 'no valid "id"'),
+        ({"id": "b1", "opener": 1}, '"token" must be a job id'),
+        ({"id": "b1", "token": 0, "opener": 1}, '"token" must be a job id'),
+        ({"id": "b1", "token": 2, "opener": True}, '"opener" must be a job id'),
+        ({"id": "b1", "token": 2, "opener": 1, "complete": "3"}, "complete must be a job id"),
+    ],
+)
+def test_given_a_malformed_batch_member_then_the_body_is_bad_and_says_why(
+    member: object, why: str
+) -> None:
+    body = json.dumps({"task": "work", "batch": member}).encode()
+    with pytest.raises(BadEnvelope, match=re.escape(why)):
+        read_envelope(body)
+
+
+def test_given_a_batch_member_then_the_envelope_reads_it_back() -> None:
+    ref = BatchRef("b1", 7, 3, {"complete": 5}, 1_700_000_000)
+    envelope = read_envelope(json.dumps({"task": "work", "batch": ref.to_json()}).encode())
+    assert envelope.batch == ref

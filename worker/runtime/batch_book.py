@@ -21,13 +21,12 @@ import trio
 
 from tubeworker.batches.drive import drive
 from tubeworker.batches.model import TIMERS_TUBE, BatchRef, Kind
-from tubeworker.batches.ops import BatchError, Exchange, T, expire, record_burial, record_success
-from tubeworker.beanstalk import protocol as p
+from tubeworker.batches.ops import BatchError, Exchange, T, expire, record_burial
 from tubeworker.beanstalk.client import Address, Client, connect
 from tubeworker.errors import ConnectionLostError, ProtocolError
 from tubeworker.observe.counters import JobCounters
 from tubeworker.observe.events import EventBus
-from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob
+from tubeworker.runtime.outcome import BuryJob, Cause, Outcome, ReleaseJob
 
 __all__ = ["FAULTS", "BatchBook", "run_batch_keeper"]
 
@@ -41,7 +40,6 @@ FAULTS = (
     OSError,
     greenstalk.Error,
 )
-_SUCCESSES = frozenset({Cause.COMPLETED, Cause.DUPLICATE})
 _RETRY_RECORD = 5  # seconds before a job whose end could not be recorded runs again
 _PER_SERVER = 16  # batch connections per server; more exchanges at once wait for one
 _KEEPER_EVERY = 60.0  # seconds between a keeper's looks at the due timers (jittered)
@@ -90,23 +88,14 @@ class BatchBook:
             idle.append(client)
             return result
 
-    async def record_end(
-        self, address: Address, ref: BatchRef, outcome: Outcome, *, handed_on: bool = False
-    ) -> Outcome:
-        """Record a batch job's end (its success, or its burial) before it is sent; the
-        outcome to send. ``handed_on``: a chain's next step carries its token on."""
-        if isinstance(outcome, DeleteJob) and outcome.cause in _SUCCESSES and not handed_on:
-            exchange, ended = record_success(ref), "success"
-        elif isinstance(outcome, BuryJob):
-            exchange, ended = record_burial(ref), "burial"
-        else:
-            return outcome
+    async def record_burial(self, address: Address, ref: BatchRef, outcome: BuryJob) -> Outcome:
+        """Record a batch job's burial before it is sent; the outcome to send (a release
+        when the server did not answer: the job runs again and records again)."""
         try:
-            fired = await self.exchange(address, exchange)
+            fired = await self.exchange(address, record_burial(ref))
         except FAULTS as exc:
-            detail = f"its {ended} could not be recorded in batch {ref.id} ({exc}): runs again"
-            priority = outcome.priority if isinstance(outcome, BuryJob) else p.DEFAULT_PRIORITY
-            return ReleaseJob(_RETRY_RECORD, priority, Cause.BATCH, detail)
+            detail = f"its burial could not be recorded in batch {ref.id} ({exc}): runs again"
+            return ReleaseJob(_RETRY_RECORD, outcome.priority, Cause.BATCH, detail)
         self.fired(ref, fired)
         return outcome
 

@@ -168,17 +168,16 @@ class LaneJobs:
             step.body, tube=step.tube, priority=step.priority, delay=step.delay, ttr=step.ttr
         )
 
-    async def _record_in_batch(self, batch: BatchRef, outcome: Outcome, handed_on: bool) -> Outcome:
-        """A batch job's end, recorded in its batch before it is sent."""
-        book = self.pool.services.batches
-        return await book.record_end(self.address, batch, outcome, handed_on=handed_on)
+    async def _record_in_batch(self, batch: BatchRef, outcome: BuryJob) -> Outcome:
+        """A batch job's burial, recorded in its batch before it is sent."""
+        return await self.pool.services.batches.record_burial(self.address, batch, outcome)
 
     async def _bury_in_batch(
         self, outcome: BuryJob, batch: BatchRef, job_id: int, stats: p.JobStats, started: float
     ) -> None:
         """A batch job buried before it ran: recorded in its batch, then buried."""
         with trio.CancelScope(shield=True):
-            decided = await self._record_in_batch(batch, outcome, False)
+            decided = await self._record_in_batch(batch, outcome)
         self._send(Finished(decided, job_id, stats, self.pool.config.handler, started))
         self.state.job_finished()
 

@@ -47,8 +47,8 @@ UNIQUE_DEFER = 2  # seconds the deferred copy waits
 _CHAIN_GOES_ON = frozenset({Cause.COMPLETED, Cause.DUPLICATE})
 
 PutNext = Callable[[NextPut], Awaitable[int]]
-# Records a batch job's end before it is sent (runtime/batch_book.py): the outcome to send.
-RecordInBatch = Callable[[BatchRef, Outcome, bool], Awaitable[Outcome]]
+# Records a batch job's burial before it is sent (runtime/batch_book.py): the outcome to send.
+RecordInBatch = Callable[[BatchRef, BuryJob], Awaitable[Outcome]]
 
 
 def _goes_on(outcome: Outcome) -> TypeGuard[DeleteJob]:
@@ -182,7 +182,7 @@ class Runs:
             # Before the job is buried; bounded, and not cut by a drain. (A success is
             # recorded by the lane, on its connection, before the delete.)
             with trio.CancelScope(shield=True):
-                outcome = await record(batch, outcome, False)
+                outcome = await record(batch, outcome)
         self._on_finished(run, outcome)
 
     async def _run(self, run: Run) -> Outcome:

@@ -77,11 +77,13 @@ export async function act(path, body, question) {
   const headers = { "Content-Type": "application/json" };
   const token = getToken();
   if (token) headers.Authorization = `Bearer ${token}`;
+  document.body.dataset.lastAction = "sending"; // so a reader waits for this action's answer
   let response;
   try {
     response = await fetch(path, { method: "POST", headers, body: JSON.stringify(body) });
   } catch (error) {
     toast(`Not sent: ${error.message}`, "error");
+    document.body.dataset.lastAction = "failed";
     return null;
   }
   const data = await response.json().catch(() => ({}));

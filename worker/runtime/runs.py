@@ -1,5 +1,6 @@
-"""The runs of one lane's connection: each reserved job's handler started in its own task,
-under its own deadline, and handed back to the lane exactly once with its outcome.
+"""The runs of one lane's connection: each reserved job's handler started under its own
+deadline (in a task of its own once it waits: runtime/in_turn.py), and handed back to the
+lane exactly once with its outcome.
 
 A run goes: admitted (:mod:`admission`: at once, or held until its APIs and limits let it,
 or deferred) → invoked (:mod:`invoke`: the handler, the only ``except`` around user code)
@@ -31,6 +32,7 @@ from tubeworker.producing.errors import InvalidJob, PayloadInvalid, ProducerErro
 from tubeworker.runtime.admission import Admission, Defer
 from tubeworker.runtime.binlog import BinlogHealth, hold_for_binlog, needs_room
 from tubeworker.runtime.dispatch import Plan
+from tubeworker.runtime.in_turn import run_in_turn
 from tubeworker.runtime.invoke import ProcessPool, report_timeout, run_job, timeout_outcome
 from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob
 from tubeworker.runtime.policy import failure_outcome
@@ -95,6 +97,7 @@ class Runs:
         record_in_batch: RecordInBatch | None = None,
     ) -> None:
         self._runs: dict[int, Run] = {}
+        self._starting: list[Run] | None = None  # begun, their task not yet running
         self._on_finished = on_finished
         self._counters = counters
         self._margin = ttr_margin
@@ -149,8 +152,18 @@ class Runs:
             # The common path, inline: no API, no limit, no touch.
             run.limit = run.touched_at + (spec.timeout or self._pool_timeout or 0.0)
         self._runs[plan.job.id] = run
-        nursery.start_soon(self._run_handler, run)
+        if self._starting is None:  # the first of a batch: one task starts them in turn
+            self._starting = [run]
+            nursery.start_soon(self._start_runs, nursery)
+        else:
+            self._starting.append(run)
         return run
+
+    async def _start_runs(self, nursery: trio.Nursery) -> None:
+        """Start the runs begun since this task was spawned (the lane's batch), each in
+        this task while it ends without waiting (runtime/in_turn.py)."""
+        runs, self._starting = self._starting or [], None
+        await run_in_turn(nursery, self._run_handler, runs)
 
     async def _run_handler(self, run: Run) -> None:
         plan = run.plan

@@ -53,10 +53,11 @@ def memory_series(
 
 
 def _tick(value: float, top: float) -> str:
-    """A y-axis label: whole numbers as before, decimals only on a small axis."""
-    if top >= 10 or value == int(value):
+    """A y-axis label: a whole number, unless the axis is small (a step under 10) and the
+    value has a fraction (2.5, 7.5 on an axis up to 10)."""
+    if top / 4 >= 10 or value == int(value):
         return f"{value:,.0f}"
-    return f"{value:.1f}"
+    return f"{value:g}"
 
 
 def _nice_top(value: float) -> float:
@@ -144,8 +145,13 @@ def line_chart(
         for x, y in points:
             parts.append(f'<circle cx="{x_at(x):.1f}" cy="{y_at(y):.1f}" r="3" fill="{colour}"/>')
             if point_format is not None:
+                # Above the point, or below it when the goal line runs just above it.
+                near_goal = goal is not None and 0 <= y_at(y) - y_at(goal[1]) < 20
+                label_y = y_at(y) + (18 if near_goal else -8)
+                # Kept inside the plot at both ends (clear of the axis's labels).
+                anchor = "start" if x == xs[0] else "end" if x == xs[-1] else "middle"
                 parts.append(
-                    f'<text x="{x_at(x):.1f}" y="{y_at(y) - 8:.1f}" text-anchor="middle" '
+                    f'<text x="{x_at(x):.1f}" y="{label_y:.1f}" text-anchor="{anchor}" '
                     f'fill="{colour}">{escape(point_format.format(y))}</text>'
                 )
         legend_y = TOP + 14 + index * 18

@@ -13,17 +13,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tubeworker.batches.drive import drive_sync
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address
 from tubeworker.beanstalk.tls import server_name, tls_context
 from tubeworker.errors import ConnectionLostError, RemoteProtocolError
+from tubeworker.producing import dedup
 from tubeworker.producing.checks import (
     PutRequest,
     Seconds,
     ServersArg,
     check_size,
 )
-from tubeworker.producing.dedup import MAX_EXPIRED, dedup_tube, found_duplicate, mark_commands
 from tubeworker.producing.errors import NoServerAvailable, ProducerError, ServerFailure
 from tubeworker.producing.failover import (
     BadReply,
@@ -223,49 +224,30 @@ class Producer(SyncWorkflows):
         if seconds is None or id is None:
             return self.put(tube, body, priority=priority, delay=delay, ttr=ttr)
         with self._lock:
-            first = self._dedup_check(id)
+            first = self._dedup(id, dedup.check(id))
         if first is not None:
             return self._duplicate(id, first)
         receipt = self.put(tube, body, priority=priority, delay=delay, ttr=ttr)
         if not receipt.spooled:
             with self._lock:
-                self._dedup_mark(id, receipt, seconds)
+                self._dedup(id, dedup.mark(id, receipt, seconds))
         return receipt
 
     def _dedup_conn(self, server: Address) -> SyncConnection:
         conn = self._connections.get(server)
         return conn if conn is not None and conn.usable else self._connect(server, conn)
 
-    def _dedup_check(self, key: str) -> int | None:
-        """The first job's id if ``key``'s marker is there (expired ones are deleted)."""
-        server, tube = self.servers[0], dedup_tube(key)
+    def _dedup(self, key: str, steps: dedup.Steps) -> int | None:
+        """Run a de-duplication exchange on the first server (the lock held); None if
+        that server cannot be asked (said in the log)."""
+        server = self.servers[0]
         try:
             conn = self._dedup_conn(server)
-            (stats,) = conn.exchange([p.StatsTube(tube)])
-            if not isinstance(stats, p.TubeStats):
-                return None
-            conn.exchange([p.Use(tube)])
-            conn.tube = tube
-            if stats.current_jobs_delayed:
-                return found_duplicate(conn.exchange([p.PeekDelayed()])[0])
-            for _ in range(min(stats.current_jobs_ready, MAX_EXPIRED)):
-                (found,) = conn.exchange([p.PeekReady()])
-                if not isinstance(found, p.Found):
-                    break
-                conn.exchange([p.Delete(found.id)])
+            conn.tube = ""  # the marker tube or none: the next put says `use` (as before)
+            return drive_sync(conn.exchange, steps)
         except (ConnectionLostError, RemoteProtocolError, Unstored) as exc:
             self._dedup_unasked(key, server, exc)
         return None
-
-    def _dedup_mark(self, key: str, job_id: int, seconds: int) -> None:
-        server, tube = self.servers[0], dedup_tube(key)
-        try:
-            conn = self._dedup_conn(server)
-            conn.exchange([p.Use(tube)])
-            conn.tube = tube
-            conn.exchange(mark_commands(job_id, seconds))
-        except (ConnectionLostError, RemoteProtocolError, Unstored) as exc:
-            self._dedup_unasked(key, server, exc)
 
     def _first_server(self) -> Address:
         with self._lock:

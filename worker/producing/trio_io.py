@@ -14,16 +14,17 @@ from typing import Any
 import greenstalk
 import trio
 
+from tubeworker.batches.drive import drive
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address, Client, connect
 from tubeworker.errors import ConnectionLostError, RemoteProtocolError
+from tubeworker.producing import dedup
 from tubeworker.producing.checks import (
     PutRequest,
     Seconds,
     ServersArg,
     check_size,
 )
-from tubeworker.producing.dedup import MAX_EXPIRED, dedup_tube, found_duplicate, mark_commands
 from tubeworker.producing.errors import (
     InvalidJob,
     JobBuried,
@@ -140,57 +141,29 @@ class AsyncProducer(AsyncWorkflows):
         seconds = self._unique_seconds(id, unique_for)
         if seconds is None or id is None:
             return await self.put(tube, body, priority=priority, delay=delay, ttr=ttr)
-        first = await self._dedup_check(id)
+        first = await self._dedup(id, dedup.check(id))
         if first is not None:
             return self._duplicate(id, first)
         receipt = await self.put(tube, body, priority=priority, delay=delay, ttr=ttr)
         if not receipt.spooled:
-            await self._dedup_mark(id, receipt, seconds)
+            await self._dedup(id, dedup.mark(id, receipt, seconds))
         return receipt
 
-    async def _dedup_check(self, key: str) -> int | None:
-        """The first job's id if ``key``'s marker is there (expired ones are deleted)."""
-        server, tube = self.servers[0], dedup_tube(key)
+    async def _dedup(self, key: str, steps: dedup.Steps) -> int | None:
+        """Run a de-duplication exchange on the first server (its slot's lock held);
+        None if that server cannot be asked (said in the log)."""
+        server = self.servers[0]
         slot = self._slots.setdefault(server, _Slot())
         try:
             async with slot.lock:
-                client = await self._dedup_client(server, slot, None)
-                stats = await client.request(p.StatsTube(tube))
-                if not isinstance(stats, p.TubeStats):
-                    return None
-                await self._dedup_client(server, slot, tube)
-                if stats.current_jobs_delayed:
-                    return found_duplicate(await client.request(p.PeekDelayed()))
-                for _ in range(min(stats.current_jobs_ready, MAX_EXPIRED)):
-                    found = await client.request(p.PeekReady())
-                    if not isinstance(found, p.Found):
-                        break
-                    await client.request(p.Delete(found.id))
+                if slot.client is None or not slot.client.is_usable:
+                    await self._connect(server, slot)
+                assert slot.client is not None
+                slot.tube = ""  # the marker tube or none: the next put says `use` (as before)
+                return await drive(slot.client, steps)
         except (ConnectionLostError, RemoteProtocolError, Unstored, greenstalk.Error) as exc:
             self._dedup_unasked(key, server, exc)
         return None
-
-    async def _dedup_client(self, server: Address, slot: _Slot, tube: str | None) -> Client:
-        """The slot's connection (made if needed; the slot's lock held), using ``tube``."""
-        if slot.client is None or not slot.client.is_usable:
-            await self._connect(server, slot)
-        client = slot.client
-        assert client is not None
-        if tube is not None:
-            await client.use(tube)
-            slot.tube = tube
-        return client
-
-    async def _dedup_mark(self, key: str, job_id: int, seconds: int) -> None:
-        server, tube = self.servers[0], dedup_tube(key)
-        slot = self._slots.setdefault(server, _Slot())
-        try:
-            async with slot.lock:
-                client = await self._dedup_client(server, slot, tube)
-                for command in mark_commands(job_id, seconds):
-                    await client.request(command)
-        except (ConnectionLostError, RemoteProtocolError, Unstored, greenstalk.Error) as exc:
-            self._dedup_unasked(key, server, exc)
 
     async def _own_client(self, server: Address) -> Client:
         if self._connector is not None:

@@ -35,13 +35,16 @@ T = TypeVar("T")
 Start = Callable[[T], Coroutine[Any, Any, None]]
 
 
-async def run_in_turn(nursery: trio.Nursery, start: Start[T], items: Sequence[T]) -> None:
-    """``start(item)`` for each item, in this task while each ends without waiting (see
-    the module docstring); ``nursery`` takes the rest when one waits or fails."""
+async def run_in_turn(
+    nursery: trio.Nursery, start: Start[T], items: Sequence[T], first: int = 0
+) -> None:
+    """``start(item)`` for each item from ``first`` on, in this task while each ends
+    without waiting (see the module docstring); ``nursery`` takes the rest when one waits
+    or fails."""
     context = contextvars.copy_context()  # what a task spawned now would start with
-    for i, item in enumerate(items):
+    for i in range(first, len(items)):
         own = context.copy()
-        coro = start(item)
+        coro = start(items[i])
         try:
             trap = own.run(coro.send, None)
         except StopIteration:
@@ -51,7 +54,7 @@ async def run_in_turn(nursery: trio.Nursery, start: Start[T], items: Sequence[T]
                 nursery.start_soon(start, later)
             raise
         if i + 1 < len(items):
-            nursery.start_soon(run_in_turn, nursery, start, items[i + 1 :])
+            nursery.start_soon(run_in_turn, nursery, start, items, i + 1)
         await _resume(own, coro, trap)
         return
 

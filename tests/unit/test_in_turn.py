@@ -1,10 +1,16 @@
-"""run_in_turn: coroutines started one after another in one task while each ends without
-waiting; the first that waits keeps the task, the rest go on in a new one; each sees only
-its own contextvars; cancellation and failures reach each as in a task of its own."""
+"""run_in_turn: bodies started one after another in one task while each ends without
+waiting; the first that waits keeps the task and the cancel scope around it, with its
+deadline and any cancellation asked before; the rest go on in a new task. Each sees only
+its own contextvars; its cleanup runs however its body ended, its finish after that
+(outside its scope, and it may wait too); failures reach each as in a task of its own."""
 
 from __future__ import annotations
 
 import contextvars
+import math
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import trio
@@ -17,39 +23,121 @@ from tubeworker.runtime.in_turn import run_in_turn
 WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
 
 
-async def test_coroutines_that_never_wait_share_one_task_in_order(
+@dataclass
+class Item:
+    n: int
+    deadline: float = math.inf
+    cancel_first: bool = False  # cancellation asked for before its first wait
+    scope: trio.CancelScope | None = None
+
+
+@dataclass
+class Calls:
+    """A Turn that runs ``body(item)`` and records what happens to each item."""
+
+    body: Callable[[Item], Awaitable[Any]]
+    finish_body: Callable[[Item, Any], Awaitable[None]] | None = None
+    log: list[tuple[str, int]] = field(default_factory=list)
+    results: dict[int, Any] = field(default_factory=dict)
+    tasks: dict[tuple[str, int], trio.lowlevel.Task] = field(default_factory=dict)
+
+    def start(self, item: Item) -> Coroutine[Any, Any, Any]:
+        self.log.append(("start", item.n))
+        self.tasks["start", item.n] = trio.lowlevel.current_task()
+
+        async def body() -> Any:
+            return await self.body(item)
+
+        return body()
+
+    def scope_taken(self, item: Item, scope: trio.CancelScope) -> None:
+        self.log.append(("scope", item.n))
+        scope.deadline = item.deadline
+        if item.cancel_first:
+            scope.cancel()
+        item.scope = scope
+
+    def stopped(self, item: Item) -> None:
+        self.log.append(("stopped", item.n))
+
+    async def finish(self, item: Item, result: Any) -> None:
+        self.log.append(("finish", item.n))
+        self.tasks["finish", item.n] = trio.lowlevel.current_task()
+        self.results[item.n] = result
+        if self.finish_body is not None:
+            await self.finish_body(item, result)
+
+
+async def _returns(item: Item) -> int:
+    return item.n * 10
+
+
+async def test_bodies_that_never_wait_share_one_task_and_need_no_scope(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    seen: list[tuple[int, trio.lowlevel.Task]] = []
-
-    async def start(i: int) -> None:
-        seen.append((i, trio.lowlevel.current_task()))
-
+    calls = Calls(_returns)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_in_turn, nursery, start, [0, 1, 2, 3])
-    assert [i for i, _ in seen] == [0, 1, 2, 3]
-    assert len({task for _, task in seen}) == 1
+        nursery.start_soon(run_in_turn, nursery, calls, [Item(i) for i in range(4)])
+    assert calls.log == [(what, i) for i in range(4) for what in ("start", "stopped", "finish")]
+    assert calls.results == {0: 0, 1: 10, 2: 20, 3: 30}
+    assert len(set(calls.tasks.values())) == 1
 
 
-async def test_the_first_that_waits_keeps_the_task_and_the_rest_get_a_new_one(
+async def test_the_first_that_waits_keeps_the_task_and_the_scope_and_the_rest_go_on(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    starts: dict[int, trio.lowlevel.Task] = {}
-    ends: dict[int, trio.lowlevel.Task] = {}
-
-    async def start(i: int) -> None:
-        starts[i] = trio.lowlevel.current_task()
-        if i == 1:
+    async def body(item: Item) -> int:
+        if item.n == 1:
             await trio.sleep(1)
-        ends[i] = trio.lowlevel.current_task()
+        return item.n
 
+    calls = Calls(body)
+    items = [Item(i) for i in range(4)]
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_in_turn, nursery, start, [0, 1, 2, 3])
+        nursery.start_soon(run_in_turn, nursery, calls, items)
         await trio.testing.wait_all_tasks_blocked()
-        assert set(ends) == {0, 2, 3}  # the ones after the waiting one did not wait for it
-        await trio.sleep(2)  # virtual time
-    assert starts[0] is starts[1] is ends[1]  # it waited and ended in the task it began in
-    assert starts[2] is starts[3] is not starts[1]
+        assert set(calls.results) == {0, 2, 3}  # not held up by the one that waits
+        await trio.sleep(2)
+    assert calls.results == {0: 0, 1: 1, 2: 2, 3: 3}
+    assert [i.n for i in items if i.scope is not None] == [1]  # only the one that waited
+    assert calls.tasks["start", 0] is calls.tasks["start", 1] is calls.tasks["finish", 1]
+    assert calls.tasks["start", 2] is calls.tasks["start", 3] is not calls.tasks["start", 1]
+    one = [entry for entry in calls.log if entry[1] == 1]
+    assert one == [("start", 1), ("scope", 1), ("stopped", 1), ("finish", 1)]
+
+
+async def test_its_deadline_on_the_taken_scope_cancels_it_and_it_finishes_with_none(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def body(item: Item) -> str:
+        await trio.sleep(10)
+        return "slept"
+
+    calls = Calls(body)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_in_turn, nursery, calls, [Item(0, deadline=trio.current_time() + 1)])
+        nursery.start_soon(run_in_turn, nursery, calls, [Item(1)])
+    assert calls.results == {0: None, 1: "slept"}
+    assert trio.current_time() == pytest.approx(10)
+
+
+async def test_a_cancellation_asked_before_its_first_wait_reaches_it_there(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    reached: list[str] = []
+
+    async def body(item: Item) -> str:
+        reached.append("before the wait")
+        await trio.sleep(5)
+        reached.append("after the wait")
+        return "done"
+
+    calls = Calls(body)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_in_turn, nursery, calls, [Item(0, cancel_first=True)])
+    assert reached == ["before the wait"]
+    assert calls.results == {0: None}
+    assert trio.current_time() == 0
 
 
 async def test_each_sees_only_its_own_context_across_its_waits(
@@ -58,99 +146,123 @@ async def test_each_sees_only_its_own_context_across_its_waits(
     WHO.set("spawner")
     seen: dict[int, list[str]] = {}
 
-    async def start(i: int) -> None:
-        seen[i] = [WHO.get()]
-        WHO.set(f"job {i}")
-        if i % 2:
+    async def body(item: Item) -> None:
+        seen[item.n] = [WHO.get()]
+        WHO.set(f"job {item.n}")
+        if item.n % 2:
             await trio.sleep(1)
-        seen[i].append(WHO.get())
+        seen[item.n].append(WHO.get())
 
+    async def finish(item: Item, result: Any) -> None:
+        seen[item.n].append(WHO.get())  # the finish runs in the body's context
+
+    calls = Calls(body, finish)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_in_turn, nursery, start, list(range(6)))
-    assert seen == {i: ["spawner", f"job {i}"] for i in range(6)}
+        nursery.start_soon(run_in_turn, nursery, calls, [Item(i) for i in range(6)])
+    assert seen == {i: ["spawner", f"job {i}", f"job {i}"] for i in range(6)}
     assert WHO.get() == "spawner"
 
 
-async def test_a_waiting_coroutine_is_cancelled_by_its_own_scope(
+async def test_a_finish_that_waits_hands_the_rest_on_first(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    caught: list[int] = []
+    async def finish(item: Item, result: Any) -> None:
+        if item.n == 0:
+            await trio.sleep(1)
 
-    async def start(i: int) -> None:
-        with trio.move_on_after(i + 1) as scope:
-            await trio.sleep_forever()
-        if scope.cancelled_caught:
-            caught.append(i)
-
+    calls = Calls(_returns, finish)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_in_turn, nursery, start, [2, 0, 1])
-    assert caught == [0, 1, 2]  # each by its own deadline, the earliest first
+        nursery.start_soon(run_in_turn, nursery, calls, [Item(i) for i in range(3)])
+        await trio.testing.wait_all_tasks_blocked()
+        assert set(calls.results) == {0, 1, 2}
+        assert trio.current_time() == 0
+    assert calls.tasks["start", 1] is not calls.tasks["start", 0]
 
 
-async def test_a_failure_ends_its_task_and_the_later_ones_clean_up_when_cancelled(
+async def test_a_failure_ends_its_task_after_its_cleanup_and_the_rest_clean_up_when_cancelled(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    cleaned: list[int] = []
     ran: list[int] = []
 
-    async def start(i: int) -> None:
-        try:
-            if i == 1:
-                raise ValueError("handler bug")
-            await trio.sleep(10)
-            ran.append(i)
-        finally:
-            cleaned.append(i)
+    async def body(item: Item) -> None:
+        if item.n == 1:
+            raise ValueError("handler bug")
+        await trio.sleep(10)
+        ran.append(item.n)
+
+    calls = Calls(body)
+
+    async def two_batches() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_in_turn, nursery, calls, [Item(i) for i in range(4)])
+            nursery.start_soon(run_in_turn, nursery, calls, [Item(4)])
 
     with pytest.raises(ExceptionGroup) as info:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_in_turn, nursery, start, [0, 1, 2, 3])
+        await two_batches()
     assert info.group_contains(ValueError, match="handler bug")
-    assert sorted(cleaned) == [0, 1, 2, 3]
+    assert sorted(n for what, n in calls.log if what == "stopped") == [0, 1, 2, 3, 4]
     assert ran == []
+    assert calls.results == {}  # nothing finished: the nursery's cancellation is no result
 
 
-async def test_a_cancelled_nursery_reaches_the_one_being_driven(
+async def test_a_cancelled_nursery_reaches_the_one_being_driven_and_is_not_caught(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     ended: list[str] = []
 
-    async def start(i: int) -> None:
+    async def body(item: Item) -> None:
         try:
             await trio.sleep_forever()
         except trio.Cancelled:
-            ended.append(f"{i} cancelled")
+            ended.append(f"{item.n} cancelled")
             raise
 
+    calls = Calls(body)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_in_turn, nursery, start, [0, 1])
+        nursery.start_soon(run_in_turn, nursery, calls, [Item(0), Item(1)])
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     assert sorted(ended) == ["0 cancelled", "1 cancelled"]
+    assert calls.results == {}
+    assert sorted(n for what, n in calls.log if what == "stopped") == [0, 1]
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(min_value=-1, max_value=3), max_size=12))
-def test_every_coroutine_runs_to_its_end_whatever_waits(waits: list[int]) -> None:
-    """Each item: -1 ends at once, n ≥ 0 waits n times (checkpoints or sleeps)."""
-    done: list[int] = []
+@given(
+    st.lists(
+        st.tuples(st.integers(min_value=0, max_value=3), st.integers(min_value=0, max_value=2)),
+        max_size=12,
+    )
+)
+def test_every_item_is_started_stopped_and_finished_once(waits: list[tuple[int, int]]) -> None:
+    """Each item: (waits in its body, waits in its finish): checkpoints and sleeps."""
 
-    async def start(i: int) -> None:
-        for k in range(waits[i]):
+    async def wait(times: int) -> None:
+        for k in range(times):
             if k % 2:
                 await trio.sleep(0.001 * k)
             else:
                 await trio.lowlevel.checkpoint()
-        done.append(i)
+
+    async def body(item: Item) -> int:
+        await wait(waits[item.n][0])
+        return item.n
+
+    async def finish(item: Item, result: Any) -> None:
+        await wait(waits[item.n][1])
+
+    calls = Calls(body, finish)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_in_turn, nursery, start, list(range(len(waits))))
+            items = [Item(i) for i in range(len(waits))]
+            nursery.start_soon(run_in_turn, nursery, calls, items)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    assert sorted(done) == list(range(len(waits)))
-    # The ones that never wait, before the first that does, end in order and first.
-    prefix = 0
-    while prefix < len(waits) and waits[prefix] <= 0:
-        prefix += 1
-    assert done[:prefix] == list(range(prefix))
+    for what in ("start", "stopped", "finish"):
+        assert sorted(n for w, n in calls.log if w == what) == list(range(len(waits)))
+    assert calls.results == {i: i for i in range(len(waits))}
+    for i in range(len(waits)):  # in order for each item
+        mine = [w for w, n in calls.log if n == i and w != "scope"]
+        assert mine == ["start", "stopped", "finish"]
+        assert (("scope", i) in calls.log) == (waits[i][0] > 0)

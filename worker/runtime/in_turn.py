@@ -1,68 +1,167 @@
-"""Start many handler coroutines in one Trio task, one after another, for as long as each
-ends without waiting.
+"""Start many jobs' runs in one Trio task, one after another, for as long as each ends
+without waiting; give a run a task and a cancel scope of its own only once it waits.
 
-A Trio task per job costs a spawn, a scheduler step and an exit: about a tenth of a no-op
-job's CPU. Most of a batch's jobs may never wait (a handler that computes and returns),
-and a coroutine that never waits needs no task of its own. So :func:`run_in_turn` steps
-each coroutine once in the current task; one that ends there cost no task. The first that
-waits keeps this task as its own (it was started in it: Trio's bookkeeping for its waits
-and cancel scopes is this task's), and the coroutines after it continue in a new task.
+A Trio task per job costs a spawn, a scheduler step and an exit, and a cancel scope per
+job an enter and an exit that register and drop its deadline: together about a third of a
+no-op job's CPU. Yet many runs never wait (a handler that computes and returns), and a
+run that never waits can be neither scheduled nor cancelled: it needs neither. So
+:func:`run_in_turn` steps each run once in the current task, inside a cancel scope that
+nobody else sees yet; one that ends there cost no task and no scope of its own. The first
+that waits keeps this task and that scope as its own (it was started in them: Trio's
+bookkeeping for its waits and its own cancel scopes is theirs), its deadline and any
+cancellation already asked for are put on the scope (:meth:`Turn.scope_taken`), and the
+runs after it go on in a new task.
 
-What a task of its own would give each coroutine, and what this keeps:
+What a task and a scope of its own would give each run, and what this keeps:
 
-- its own ``contextvars`` context: each one is started and resumed in a copy of the
+- its own ``contextvars`` context: each run is started and resumed in a copy of the
   context it would have been spawned with, so what one sets (``CALLER``, structlog's
   bound variables) is not seen by the next;
-- its own cancel scopes: each coroutine opens its own, as it would in its own task;
-- failures: a coroutine that raises ends this task with its exception (the nursery
-  cancels its siblings, as before); the coroutines not yet started are first given tasks
-  of their own, so that each runs its own cleanup when that cancellation reaches it.
+- its deadline and its cancellation: they can only reach a run at a wait, and at its
+  first wait the scope becomes its own (a cancellation asked for before is applied then);
+  a cancellation of the scope is caught there, and the run finishes with no result, as
+  it did when its own ``with scope:`` caught it;
+- its cleanup (:meth:`Turn.stopped`) after its body, however the body ended, and its
+  finish (:meth:`Turn.finish`) after that, outside its scope, which may wait too;
+- failures: a run that raises ends this task with its exception (the nursery cancels its
+  siblings, as before), the runs not yet started handed to a new task first.
 """
 
 from __future__ import annotations
 
 import contextvars
 import types
-from collections.abc import Callable, Coroutine, Generator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Coroutine, Generator, Sequence
+from typing import Any, Protocol, TypeVar
 
 import trio
 
-__all__ = ["run_in_turn"]
+__all__ = ["Turn", "run_in_turn"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+T_contra = TypeVar("T_contra", contravariant=True)
 
-Start = Callable[[T], Coroutine[Any, Any, None]]
+
+class Turn(Protocol[T_contra, R]):
+    """What :func:`run_in_turn` does with each item."""
+
+    def start(self, item: T_contra) -> Coroutine[Any, Any, R]:
+        """Its body: what runs under its own cancel scope."""
+        ...
+
+    def scope_taken(self, item: T_contra, scope: trio.CancelScope) -> None:
+        """Its body waits: ``scope``, around it, is its own from now on."""
+        ...
+
+    def stopped(self, item: T_contra) -> None:
+        """Its body ended, however (not awaited: a ``finally``)."""
+        ...
+
+    def finish(self, item: T_contra, result: R | None) -> Coroutine[Any, Any, None]:
+        """After its body, outside its scope: ``result`` None when its scope cancelled it."""
+        ...
+
+
+class _Waits:
+    """A coroutine's first step yielded: it waits, on ``trap``."""
+
+    __slots__ = ("trap",)
+
+    def __init__(self, trap: Any) -> None:
+        self.trap = trap
+
+
+def _step(context: contextvars.Context, coro: Coroutine[Any, Any, R]) -> R | _Waits:
+    """The coroutine's first step, in ``context``: its result, or that it waits."""
+    try:
+        trap = context.run(coro.send, None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    return _Waits(trap)
 
 
 async def run_in_turn(
-    nursery: trio.Nursery, start: Start[T], items: Sequence[T], first: int = 0
+    nursery: trio.Nursery, turn: Turn[T, R], items: Sequence[T], first: int = 0
 ) -> None:
-    """``start(item)`` for each item from ``first`` on, in this task while each ends
-    without waiting (see the module docstring); ``nursery`` takes the rest when one waits
-    or fails."""
+    """Run each item from ``first`` on (see the module docstring); ``nursery`` takes the
+    rest when one waits or fails."""
     context = contextvars.copy_context()  # what a task spawned now would start with
-    for i in range(first, len(items)):
-        own = context.copy()
-        coro = start(items[i])
-        try:
-            trap = own.run(coro.send, None)
-        except StopIteration:
-            continue  # ended without waiting: no task needed
-        except BaseException:
-            for later in items[i + 1 :]:
-                nursery.start_soon(start, later)
-            raise
-        if i + 1 < len(items):
-            nursery.start_soon(run_in_turn, nursery, start, items, i + 1)
-        await _resume(own, coro, trap)
-        return
+    rest = first
+    while rest < len(items):
+        waiting: tuple[T, contextvars.Context] | None = None
+        result: R | None = None
+        with trio.CancelScope() as scope:  # whose it is: the first run that waits in it
+            while rest < len(items):
+                item, own = items[rest], context.copy()
+                rest += 1
+                try:
+                    body = own.run(turn.start, item)
+                    step = _step(own, body)
+                except BaseException:
+                    own.run(turn.stopped, item)
+                    _hand_on(nursery, turn, items, rest)
+                    raise
+                if not isinstance(step, _Waits):
+                    own.run(turn.stopped, item)
+                    if not await _finish(nursery, turn, items, rest, own, item, step):
+                        return  # its finish waited: the rest went on elsewhere
+                    continue
+                # It waits: this task and this scope are its own from now on.
+                _hand_on(nursery, turn, items, rest)
+                rest = len(items)
+                turn.scope_taken(item, scope)
+                waiting = item, own
+                try:
+                    result = await _resume(own, body, step.trap)
+                finally:
+                    own.run(turn.stopped, item)
+        if waiting is not None:  # ended, or cancelled by its scope (result None)
+            item, own = waiting
+            await _resume_from_start(own, turn.finish(item, result))
+            return
+
+
+def _hand_on(nursery: trio.Nursery, turn: Turn[T, R], items: Sequence[T], rest: int) -> None:
+    if rest < len(items):
+        nursery.start_soon(run_in_turn, nursery, turn, items, rest)
+
+
+async def _finish(
+    nursery: trio.Nursery,
+    turn: Turn[T, R],
+    items: Sequence[T],
+    rest: int,
+    own: contextvars.Context,
+    item: T,
+    result: R,
+) -> bool:
+    """An item's finish; True if it ended without waiting (else the rest were handed on
+    before it waited, and it ran to its end here)."""
+    finish = own.run(turn.finish, item, result)
+    try:
+        step = _step(own, finish)
+    except BaseException:
+        _hand_on(nursery, turn, items, rest)
+        raise
+    if not isinstance(step, _Waits):
+        return True
+    _hand_on(nursery, turn, items, rest)
+    await _resume(own, finish, step.trap)
+    return False
+
+
+async def _resume_from_start(context: contextvars.Context, coro: Coroutine[Any, Any, R]) -> R:
+    step = _step(context, coro)
+    if not isinstance(step, _Waits):
+        return step
+    return await _resume(context, coro, step.trap)
 
 
 @types.coroutine
 def _resume(
-    context: contextvars.Context, coro: Coroutine[Any, Any, None], trap: Any
-) -> Generator[Any, Any, None]:
+    context: contextvars.Context, coro: Coroutine[Any, Any, R], trap: Any
+) -> Generator[Any, Any, R]:
     """Drive a coroutine that has waited once (``trap``, yielded to Trio by us) to its end,
     in its own context: what Trio sends or throws to this task is passed on."""
     while True:
@@ -74,10 +173,10 @@ def _resume(
         except BaseException as exc:
             try:
                 trap = context.run(coro.throw, exc)
-            except StopIteration:
-                return
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
             continue
         try:
             trap = context.run(coro.send, value)
-        except StopIteration:
-            return
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]

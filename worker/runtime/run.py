@@ -53,6 +53,8 @@ class Run:
 
     __slots__ = (
         "apis",
+        "cancelled",
+        "deadline",
         "holding",
         "lease",
         "limit",
@@ -91,7 +93,11 @@ class Run:
         self.timeout = timeout
         self.margin = margin  # ttr_margin
         now = trio.current_time()
-        self.scope = trio.CancelScope(deadline=now + timeout if timeout is not None else math.inf)
+        # Its own deadline; on its cancel scope once it waits (runtime/in_turn.py: a run
+        # that never waits has none), set through _set_deadline.
+        self.deadline = now + timeout if timeout is not None else math.inf
+        self.scope: trio.CancelScope | None = None
+        self.cancelled = False  # given back: its scope cancels it at its first wait
         self.returned: ReturnJob | None = None  # handed back to beanstalkd with no outcome
         self.lost = False  # the connection is gone: no outcome can be sent for it
         self.next_touch = math.inf
@@ -110,10 +116,23 @@ class Run:
 
     # ---- its clock
 
+    def _set_deadline(self, deadline: float) -> None:
+        self.deadline = deadline
+        if self.scope is not None:
+            self.scope.deadline = deadline
+
+    def scope_taken(self, scope: trio.CancelScope) -> None:
+        """It waits: ``scope``, around its body, is its own from now on (runtime/in_turn.py):
+        its deadline, and the cancellation asked for before, go on it."""
+        scope.deadline = self.deadline
+        if self.cancelled:
+            scope.cancel()
+        self.scope = scope
+
     def hold(self, *, touch_now: bool = False) -> None:
         """Wait, touched (at once with ``touch_now``, then every half TTR), no deadline."""
         self.holding = True
-        self.scope.deadline = math.inf
+        self._set_deadline(math.inf)
         if touch_now:
             self.next_touch, self.touch_once = trio.current_time(), False
         elif self.next_touch == math.inf:
@@ -127,15 +146,15 @@ class Run:
         self.holding = False
         self.limit = now + wanted if wanted else math.inf
         if spec.long_running:
-            self.scope.deadline = now + self.timeout if self.timeout is not None else math.inf
+            self._set_deadline(now + self.timeout if self.timeout is not None else math.inf)
             self.next_touch = now + touch_interval(self.stats.ttr, self.margin)
         elif held:  # touch once more so that it gets its whole TTR
-            self.scope.deadline = min(
-                self.limit, self.touched_at + ttr_allowance(self.stats.ttr, self.margin)
+            self._set_deadline(
+                min(self.limit, self.touched_at + ttr_allowance(self.stats.ttr, self.margin))
             )
             self.next_touch, self.touch_once = now, True
         else:
-            self.scope.deadline = now + self.timeout if self.timeout is not None else math.inf
+            self._set_deadline(now + self.timeout if self.timeout is not None else math.inf)
             self.next_touch = math.inf
 
     def touch_due(self, now: float) -> bool:
@@ -154,7 +173,7 @@ class Run:
         self.touched_at = now
         if not self.holding and not self.plan.spec.long_running:
             allowance = ttr_allowance(self.stats.ttr, self.margin)
-            self.scope.deadline = min(self.limit, now + allowance)
+            self._set_deadline(min(self.limit, now + allowance))
 
     # ---- its end
 
@@ -179,4 +198,6 @@ class Run:
         if self.returned is None:
             self.returned = ReturnJob(cause, detail)
         self.lost = self.lost or lost
-        self.scope.cancel()
+        self.cancelled = True
+        if self.scope is not None:
+            self.scope.cancel()

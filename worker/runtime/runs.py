@@ -12,9 +12,9 @@ touches are due and applies touch replies.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from functools import partial
-from typing import Literal, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 import greenstalk
 import trio
@@ -32,7 +32,7 @@ from tubeworker.producing.errors import InvalidJob, PayloadInvalid, ProducerErro
 from tubeworker.runtime.admission import Admission, Defer
 from tubeworker.runtime.binlog import BinlogHealth, hold_for_binlog, needs_room
 from tubeworker.runtime.dispatch import Plan
-from tubeworker.runtime.in_turn import run_in_turn
+from tubeworker.runtime.in_turn import Turn, run_in_turn
 from tubeworker.runtime.invoke import ProcessPool, report_timeout, run_job, timeout_outcome
 from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob
 from tubeworker.runtime.policy import failure_outcome
@@ -98,6 +98,7 @@ class Runs:
     ) -> None:
         self._runs: dict[int, Run] = {}
         self._starting: list[Run] | None = None  # begun, their task not yet running
+        self._turn: Turn[Run, Outcome] = self
         self._on_finished = on_finished
         self._counters = counters
         self._margin = ttr_margin
@@ -163,26 +164,35 @@ class Runs:
         """Start the runs begun since this task was spawned (the lane's batch), each in
         this task while it ends without waiting (runtime/in_turn.py)."""
         runs, self._starting = self._starting or [], None
-        await run_in_turn(nursery, self._run_handler, runs)
+        await run_in_turn(nursery, self._turn, runs)
 
-    async def _run_handler(self, run: Run) -> None:
-        plan = run.plan
-        counters = self._counters
-        counters.in_flight += 1
-        outcome: Outcome | None = None
+    # ---- a run's turn (runtime/in_turn.py's Turn)
+
+    def start(self, run: Run) -> Coroutine[Any, Any, Outcome]:
+        """Its body, under its own deadline."""
+        self._counters.in_flight += 1
         if run.apis:  # its job.http calls count for its API (see flow.tracker.CALLER)
-            CALLER.set(Caller(plan.handler, tuple(sorted(run.apis))))
-        try:
-            with run.scope:
-                outcome = await self._run(run)
-        finally:
-            run.release_admission()
-            counters.in_flight -= 1
-            # The same id may be running again already: beanstalkd handed a job that is no
-            # longer ours (NOT_FOUND on touch) back to us. Only forget this run.
-            if self._runs.get(plan.job.id) is run:
-                del self._runs[plan.job.id]
-            run.slot.release()
+            CALLER.set(Caller(run.plan.handler, tuple(sorted(run.apis))))
+        return self._run(run)
+
+    @staticmethod
+    def scope_taken(run: Run, scope: trio.CancelScope) -> None:
+        run.scope_taken(scope)
+
+    def stopped(self, run: Run) -> None:
+        """Its body ended: what it held is given back."""
+        run.release_admission()
+        self._counters.in_flight -= 1
+        # The same id may be running again already: beanstalkd handed a job that is no
+        # longer ours (NOT_FOUND on touch) back to us. Only forget this run.
+        job_id = run.plan.job.id
+        if self._runs.get(job_id) is run:
+            del self._runs[job_id]
+        run.slot.release()
+
+    async def finish(self, run: Run, outcome: Outcome | None) -> None:
+        """Its outcome (None: its deadline or a give-back cancelled it) to the lane."""
+        plan = run.plan
         if run.returned is not None and (run.lost or outcome is None):
             outcome = run.returned
         elif outcome is None:

@@ -461,7 +461,9 @@ class ReserveWithTimeout(Command):
     expect: ClassVar[_Expect | None] = _EXPECT_RESERVE
 
     def wire(self) -> bytes:
-        t = _check_int(self.timeout, "timeout", MAX_RESERVE_TIMEOUT)
+        t = self.timeout
+        if type(t) is not int or not 0 <= t <= MAX_RESERVE_TIMEOUT:  # (per job: no call)
+            _check_int(t, "timeout", MAX_RESERVE_TIMEOUT)
         return b"reserve-with-timeout %d\r\n" % t
 
 
@@ -480,7 +482,10 @@ class Delete(Command):
     expect: ClassVar[_Expect | None] = _expect(Deleted, NotFound)
 
     def wire(self) -> bytes:
-        return b"delete %d\r\n" % _check_int(self.id, "id", MAX_JOB_ID)
+        job_id = self.id
+        if type(job_id) is not int or not 0 <= job_id <= MAX_JOB_ID:  # (per job: no call)
+            _check_int(job_id, "id", MAX_JOB_ID)
+        return b"delete %d\r\n" % job_id
 
 
 @frozen
@@ -648,7 +653,10 @@ class StatsJob(Command):
     expect: ClassVar[_Expect | None] = _expect(JobStats, NotFound, ok=_ok_job_stats)
 
     def wire(self) -> bytes:
-        return b"stats-job %d\r\n" % _check_int(self.id, "id", MAX_JOB_ID)
+        job_id = self.id
+        if type(job_id) is not int or not 0 <= job_id <= MAX_JOB_ID:  # (per job: no call)
+            _check_int(job_id, "id", MAX_JOB_ID)
+        return b"stats-job %d\r\n" % job_id
 
 
 @frozen
@@ -897,12 +905,21 @@ class Connection:
         All or nothing: if one command is illegal, none is expected and nothing is returned.
         """
         self._check_open()
-        commands = list(commands)
-        datas = [self._wire(c) for c in commands]
-        if any(c.expect is None for c in commands[:-1]):
-            raise LocalProtocolError("quit must be the last command of a pipeline")
+        datas: list[bytes] = []
+        expects: list[_Expect] = []
+        closing = False
         for command in commands:
-            self._commit(command)
+            if closing:
+                raise LocalProtocolError("quit must be the last command of a pipeline")
+            datas.append(self._wire(command) if isinstance(command, Put) else command.wire())
+            expect = command.expect
+            if expect is None:
+                closing = True
+            else:
+                expects.append(expect)
+        self._pending.extend(expects)  # only now: all or nothing
+        if closing:
+            self._state = _State.CLOSED
         return b"".join(datas)
 
     def _wire(self, command: Command) -> bytes:
@@ -963,7 +980,16 @@ class Connection:
             if len(buf) >= _MAX_REPLY_LINE:
                 raise self._fail(f"reply line too long: {bytes(buf[:40])!r}…")
             return self._need_data()
-        words = bytes(buf[:end]).split(b" ")
+        line = bytes(buf[:end])
+        reply = _BARE.get(line)
+        if reply is not None:  # DELETED, TIMED_OUT, …: most replies, parsed by one lookup
+            expect = self._pending[0]
+            if type(reply) not in expect.replies:
+                raise self._fail(f"{type(reply).__name__} is not a possible reply here")
+            self._pending.popleft()
+            del buf[: end + 2]
+            return reply
+        words = line.split(b" ")
         head = words[0]
         if head in _WITH_BODY:
             return self._body_reply(words, end)
@@ -1004,7 +1030,17 @@ class Connection:
 
     def _body_reply(self, words: list[bytes], end: int) -> Reply | _NeedData:
         head = words[0]
-        job_id, size = self._body_header(words)
+        if (
+            len(words) == 3
+            and head != b"OK"
+            and words[1].isdigit()
+            and words[2].isdigit()
+            and len(words[1]) <= 20
+            and len(words[2]) <= 20
+        ):  # RESERVED <id> <n> well formed (per job: no call); else the header says why
+            job_id, size = int(words[1]), int(words[2])
+        else:
+            job_id, size = self._body_header(words)
         start = end + 2
         stop = start + size
         buf = self._buffer
@@ -1014,14 +1050,20 @@ class Connection:
             raise self._fail(f"{head.decode()} body of {size} bytes is not followed by CRLF")
         body = bytes(buf[start:stop])
         del buf[: stop + 2]
-        if head == b"RESERVED":
-            return self._accept(Reserved(job_id, body))
-        if head == b"FOUND":
-            return self._accept(Found(job_id, body))
         expect = self._pending[0]
-        if expect.ok is None:
+        reply: Reply
+        if head == b"RESERVED":
+            reply = Reserved(job_id, body)
+        elif head == b"FOUND":
+            reply = Found(job_id, body)
+        elif expect.ok is None:
             raise self._fail("OK reply to a command that has no OK reply")
-        return self._accept(expect.ok(body))
+        else:
+            reply = expect.ok(body)
+        if type(reply) not in expect.replies:
+            raise self._fail(f"{type(reply).__name__} is not a possible reply here")
+        self._pending.popleft()
+        return reply
 
     def _accept(self, reply: Reply) -> Reply:
         expect = self._pending[0]

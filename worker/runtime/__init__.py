@@ -14,7 +14,9 @@ ended. The files, in the order of a job's life:
 4. ``admission.py``: whether it may run now, or waits for its APIs and limits (held,
    touched), or is deferred.
 5. ``run.py``: its run (its own deadline before the TTR, its touch schedule);
-   ``runs.py`` starts and finishes the runs of a lane; ``invoke.py`` calls the handler
+   ``runs.py`` starts and finishes the runs of a lane (``in_turn.py``: the runs of a batch
+   in one task, each with a task and a cancel scope of its own only once it waits);
+   ``invoke.py`` calls the handler
    (the only ``except`` around handler code; ``processes.py`` for the compute profile).
 6. ``binlog.py``: a failure or burial held while its server's binlog has no room.
 7. ``outcome.py``: what became of it (delete, release, bury, return, and why);

@@ -81,6 +81,33 @@ def _step(context: contextvars.Context, coro: Coroutine[Any, Any, R]) -> R | _Wa
     return _Waits(trap)
 
 
+# What an item's first steps left: None (it ended, finish and all), or the coroutine that
+# waits, its trap, and whether it is its body (else its finish).
+_Left = tuple[Coroutine[Any, Any, Any], Any, bool] | None
+
+
+def _first_steps(turn: Turn[T, R], item: T) -> _Left:
+    """In the item's context (one ``Context.run`` for the common case): its body's first
+    step; if that ended it, its cleanup and its finish's first step."""
+    try:
+        body = turn.start(item)
+        trap = body.send(None)
+    except StopIteration as done:
+        result = done.value
+    except BaseException:
+        turn.stopped(item)
+        raise
+    else:
+        return body, trap, True
+    turn.stopped(item)
+    finish = turn.finish(item, result)
+    try:
+        trap = finish.send(None)
+    except StopIteration:
+        return None
+    return finish, trap, False
+
+
 async def run_in_turn(
     nursery: trio.Nursery, turn: Turn[T, R], items: Sequence[T], first: int = 0
 ) -> None:
@@ -96,24 +123,23 @@ async def run_in_turn(
                 item, own = items[rest], context.copy()
                 rest += 1
                 try:
-                    body = own.run(turn.start, item)
-                    step = _step(own, body)
+                    left = own.run(_first_steps, turn, item)
                 except BaseException:
-                    own.run(turn.stopped, item)
                     _hand_on(nursery, turn, items, rest)
                     raise
-                if not isinstance(step, _Waits):
-                    own.run(turn.stopped, item)
-                    if not await _finish(nursery, turn, items, rest, own, item, step):
-                        return  # its finish waited: the rest went on elsewhere
-                    continue
-                # It waits: this task and this scope are its own from now on.
+                if left is None:
+                    continue  # it ended without waiting: no task, no scope of its own
+                coro, trap, in_body = left
+                # It waits: this task is its own from now on; the rest go on in another.
                 _hand_on(nursery, turn, items, rest)
                 rest = len(items)
-                turn.scope_taken(item, scope)
+                if not in_body:  # its finish waits (its body is over: no scope needed)
+                    await _resume(own, coro, trap)
+                    return
+                turn.scope_taken(item, scope)  # and this scope is its own
                 waiting = item, own
                 try:
-                    result = await _resume(own, body, step.trap)
+                    result = await _resume(own, coro, trap)
                 finally:
                     own.run(turn.stopped, item)
         if waiting is not None:  # ended, or cancelled by its scope (result None)
@@ -125,30 +151,6 @@ async def run_in_turn(
 def _hand_on(nursery: trio.Nursery, turn: Turn[T, R], items: Sequence[T], rest: int) -> None:
     if rest < len(items):
         nursery.start_soon(run_in_turn, nursery, turn, items, rest)
-
-
-async def _finish(
-    nursery: trio.Nursery,
-    turn: Turn[T, R],
-    items: Sequence[T],
-    rest: int,
-    own: contextvars.Context,
-    item: T,
-    result: R,
-) -> bool:
-    """An item's finish; True if it ended without waiting (else the rest were handed on
-    before it waited, and it ran to its end here)."""
-    finish = own.run(turn.finish, item, result)
-    try:
-        step = _step(own, finish)
-    except BaseException:
-        _hand_on(nursery, turn, items, rest)
-        raise
-    if not isinstance(step, _Waits):
-        return True
-    _hand_on(nursery, turn, items, rest)
-    await _resume(own, finish, step.trap)
-    return False
 
 
 async def _resume_from_start(context: contextvars.Context, coro: Coroutine[Any, Any, R]) -> R:

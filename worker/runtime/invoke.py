@@ -8,7 +8,7 @@ lane, which returns the job by closing its connection.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, Literal, Protocol
 
@@ -96,27 +96,27 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
     return None
 
 
-async def _call(
+def _call(
     spec: HandlerSpec,
     job: Job,
     profile: Literal["io", "compute"],
     limiter: trio.CapacityLimiter | None,
     processes: ProcessPool | None,
-) -> None:
+) -> Awaitable[Any]:
+    """The handler's call, to await (an async handler's own coroutine: no frame between)."""
     func: Callable[..., Any] = spec.func
     if spec.is_async:
-        await func(job)
-    elif profile == "compute":
+        return func(job)  # type: ignore[no-any-return]
+    if profile == "compute":
         if processes is None:
             raise RuntimeError("a compute-profile pool runs sync handlers in its process pool")
         # Only plain data crosses: the job's record (never its connection or logger).
-        await processes.run(run_in_process, func, job.record, limiter=limiter)
-    else:
-        # A thread cannot be killed: on timeout we stop waiting and it runs on unobserved.
-        await trio.to_thread.run_sync(func, job, abandon_on_cancel=True, limiter=limiter)
+        return processes.run(run_in_process, func, job.record, limiter=limiter)
+    # A thread cannot be killed: on timeout we stop waiting and it runs on unobserved.
+    return trio.to_thread.run_sync(func, job, abandon_on_cancel=True, limiter=limiter)
 
 
-async def run_job(
+def run_job(
     job: Job,
     spec: HandlerSpec,
     budget: Budget,
@@ -128,18 +128,19 @@ async def run_job(
     processes: ProcessPool | None = None,
     middleware: Sequence[Middleware] = (),
     rng: random.Random | None = None,
-) -> Outcome:
+) -> Coroutine[Any, Any, Outcome]:
     """Run the handler (under ``timeout`` seconds if given) and return the outcome.
 
     ``middleware`` hooks run around it (``before``; ``on_error`` when it raised; ``after``
     once the outcome is decided). A timeout imposed from outside (the caller's cancel
-    scope) is reported by the caller with :func:`report_timeout`.
+    scope) is reported by the caller with :func:`report_timeout`. (A plain function that
+    returns the coroutine to await: one frame less per job.)
     """
     if middleware:
-        return await _run_with_middleware(
+        return _run_with_middleware(
             job, spec, budget, policy, timeout, profile, limiter, processes, middleware, rng
         )
-    return await _run(job, spec, budget, policy, timeout, profile, limiter, processes, rng)
+    return _run(job, spec, budget, policy, timeout, profile, limiter, processes, rng)
 
 
 async def _run(

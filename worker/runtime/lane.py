@@ -341,15 +341,21 @@ class Lane:
         waiting = list(reversed(reserved))  # jobs whose handler has not started yet
         try:
             await client.send(*[p.StatsJob(job.id) for job, _ in reserved])
+            now = trio.current_time()  # the batch's (read again after a wait)
             while waiting:
                 job, slot = waiting[-1]
                 stats = client.buffered_reply()
                 if stats is None:
                     stats = await client.receive()
+                    now = trio.current_time()
                 waiting.pop()
                 # Rare: before a job is judged poison, the returns on record (a drain's).
-                returned = await self.jobs.returned(job.id) if self.jobs.may_be_poison(stats) else 0
-                self.jobs.begin(handlers, job, slot, stats, returned=returned)
+                if self.jobs.may_be_poison(stats):
+                    returned = await self.jobs.returned(job.id)
+                    now = trio.current_time()
+                else:
+                    returned = 0
+                self.jobs.begin(handlers, job, slot, stats, returned=returned, now=now)
         finally:
             for _, slot in waiting:  # connection lost before they started: free their slots
                 slot.release()

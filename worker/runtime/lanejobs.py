@@ -222,10 +222,12 @@ class LaneJobs:
         stats: p.Reply,
         *,
         returned: int = 0,
+        now: float | None = None,
     ) -> None:
         """Start a job's handler, skip a job that is not ours, or queue its burial.
-        ``returned``: its redeliveries that were returns a daemon chose (not its fault)."""
-        now = time.monotonic()
+        ``returned``: its redeliveries that were returns a daemon chose (not its fault);
+        ``now``: Trio's clock when its batch arrived."""
+        started = time.monotonic()  # for its line's duration
         self.state.counters.reserved += 1
         if isinstance(stats, p.NotFound):
             # Reserved, then gone before we asked: its TTR ran out (we were stopped or the
@@ -253,9 +255,9 @@ class LaneJobs:
         if not isinstance(plan, Plan):
             slot.release()
             if isinstance(plan, BuryJob) and plan.batch is not None:
-                handlers.start_soon(self._bury_in_batch, plan, plan.batch, job.id, stats, now)
+                handlers.start_soon(self._bury_in_batch, plan, plan.batch, job.id, stats, started)
                 return
-            self._send(Finished(plan, job.id, stats, self.pool.config.handler, now))
+            self._send(Finished(plan, job.id, stats, self.pool.config.handler, started))
             self.state.job_finished()
             return
         if plan.budget.redeliveries:
@@ -268,9 +270,9 @@ class LaneJobs:
         if limits:
             applied = limits.applied(stats.tube, plan.handler, apis)
             keys = limit_keys(applied, plan.job) if applied else None
-            self.runs.begin(handlers, plan, stats, slot, now, apis, applied, keys)
+            self.runs.begin(handlers, plan, stats, slot, started, apis, applied, keys, now)
         else:
-            self.runs.begin(handlers, plan, stats, slot, now, apis)
+            self.runs.begin(handlers, plan, stats, slot, started, apis, now=now)
         self.state.busy_lanes.add(self)
 
     # ---- outcomes

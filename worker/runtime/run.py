@@ -85,14 +85,17 @@ class Run:
         started: float,
         timeout: float | None,
         margin: float,
+        now: float | None = None,
     ) -> None:
+        """``now``: Trio's clock at reserve (read once per batch by the lane), else read."""
         self.plan = plan
         self.stats = stats
         self.slot = slot  # the process-wide in-flight slot it holds
         self.started = started  # time.monotonic() at reserve, for the log line
         self.timeout = timeout
         self.margin = margin  # ttr_margin
-        now = trio.current_time()
+        if now is None:
+            now = trio.current_time()
         # Its own deadline; on its cancel scope once it waits (runtime/in_turn.py: a run
         # that never waits has none), set through _set_deadline.
         self.deadline = now + timeout if timeout is not None else math.inf

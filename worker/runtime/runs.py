@@ -134,13 +134,14 @@ class Runs:
         apis: frozenset[str] = frozenset(),
         limits: tuple[LimitConfig, ...] = (),
         limit_keys: dict[str, str] | None = None,
+        now: float | None = None,
     ) -> Run:
         """Start the plan's handler under its own deadline; a job whose ``apis`` are open,
         or whose ``limits`` are full, is held first (touched, its deadline not running)
         until they admit it, or deferred."""
         spec = plan.spec
         timeout = handler_timeout(spec, self._pool_timeout, stats.ttr, self._margin)
-        run = Run(plan, stats, slot, started, timeout, self._margin)
+        run = Run(plan, stats, slot, started, timeout, self._margin, now)
         if apis or limits:
             run.apis, run.limits, run.limit_keys = apis, limits, limit_keys or {}
             if self._admission.try_now(run):

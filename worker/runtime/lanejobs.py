@@ -328,7 +328,8 @@ class LaneJobs:
     def _send(self, finished: Finished) -> None:
         outcome = finished.outcome
         assert not isinstance(outcome, ReturnJob)
-        self.outbox.queue(Entry(command_for(outcome, finished.job_id), finishes=finished))
+        entry = Entry(command_for(outcome, finished.job_id), finishes=finished)
+        self.outbox.queue_outcome(entry, running=len(self.runs))
 
     def confirm(self, command: p.Command, reply: p.Reply, finished: Finished) -> None:
         """beanstalkd answered an outcome: record what really happened to the job."""

@@ -12,10 +12,11 @@ compare tubeworker with tubeworker (this checkout against ``TUBEWORKER_BENCH_BAS
 another tree laid out as for the ``tubeworker-baseline`` system), not with a peer that
 makes a system call per command; ``aiostalk`` is offered as a reference only.
 
-The variants of tests/bench/variants.py count the same way (``tubeworker-envelope``,
-``tubeworker-secret``, ``tubeworker-signed``, ``tubeworker-tls``): their bodies, their
-config, and for ``-tls`` a stunnel in the way (its own instructions are not counted; the
-daemon's TLS, OpenSSL in its process, is).
+``tubeworker-nolog`` is this checkout with ``job_lines = false``: the difference is what
+the per-job log line costs. The variants of tests/bench/variants.py count the same way
+(``tubeworker-envelope``, ``tubeworker-secret``, ``tubeworker-signed``,
+``tubeworker-tls``): their bodies, their config, and for ``-tls`` a stunnel in the way
+(its own instructions are not counted; the daemon's TLS, OpenSSL in its process, is).
 
     python -m tests.bench.instructions                      # this checkout
     TUBEWORKER_BENCH_BASELINE=/tmp/base \
@@ -57,19 +58,18 @@ REPO = Path(__file__).resolve().parents[2]
 BASELINE = REPO / "tests" / "bench" / "baseline.json"
 GUARD_MARGIN = 1.15  # the ratio may rise this much before --guard fails
 PEER = REPO / "tests" / "bench" / "peers" / "aiostalk_coroutines.py"
-SYSTEMS = ("tubeworker", "baseline", "aiostalk", *variants.VARIANTS)
+SYSTEMS = ("tubeworker", "tubeworker-nolog", "baseline", "aiostalk", *variants.VARIANTS)
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 _TUBE = "bench"
 
 
-def _config(address: str, concurrency: int, bound: bool = True) -> str:
+def _config(address: str, concurrency: int, bound: bool = True, job_lines: bool = True) -> str:
     return (
         "[worker]\n"
         f'servers = ["{address}"]\n'
         "drain_timeout = 5\n"
         "[logging]\n"
-        'format = "json"\n'
-        "[handlers]\n"
+        'format = "json"\n' + ("" if job_lines else "job_lines = false\n") + "[handlers]\n"
         '"bench.noop" = "tests.bench.handlers:noop"\n'
         "[[pool]]\n"
         'name = "bench"\n'
@@ -118,7 +118,8 @@ def instructions(system: str, jobs: int, concurrency: int, timeout: float) -> in
             for seq in range(jobs):
                 client.put(body(seq))
             config = Path(workdir) / "worker.toml"
-            text = _config(route.address, concurrency, system not in variants.ENVELOPE_POOLS)
+            bound = system not in variants.ENVELOPE_POOLS
+            text = _config(route.address, concurrency, bound, system != "tubeworker-nolog")
             if system in variants.VARIANTS:
                 text += variants.config_of(system, workdir, route)
             config.write_text(text)

@@ -45,6 +45,7 @@ class Outbox:
         self._on_wire: deque[Entry] = deque()  # sent, reply not read yet
         self._touch_waiters: dict[int, list[trio.Event]] = {}
         self.wake: trio.CancelScope | None = None  # the pump's idle wait, if it waits
+        self._lingering: trio.CancelScope | None = None  # the wait LINGER was set on
 
     def __bool__(self) -> bool:
         return bool(self._queued)
@@ -67,7 +68,8 @@ class Outbox:
             return
         if not running:
             wake.cancel()
-        else:
+        elif self._lingering is not wake:  # once per wait: the first outcome sets it
+            self._lingering = wake
             wake.deadline = min(wake.deadline, trio.current_time() + LINGER)
 
     def take(self) -> list[Entry]:

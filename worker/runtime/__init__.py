@@ -10,12 +10,14 @@ ended. The files, in the order of a job's life:
 3. ``lanejobs.py``: the jobs side of a lane, entered once per event of a job: it arrives
    (``dispatch.py`` plans it, pure: a handler or a burial; ``policy.py`` counts its
    attempts; ``excuses.py`` and ``returns`` records excuse redeliveries that were not its
-   fault), it starts, it finishes, beanstalkd confirms its outcome.
+   fault), it starts, it finishes, beanstalkd confirms its outcome (``lane_outcomes.py``:
+   the outcome side, its base class).
 4. ``admission.py``: whether it may run now, or waits for its APIs and limits (held,
    touched), or is deferred.
 5. ``run.py``: its run (its own deadline before the TTR, its touch schedule);
    ``runs.py`` starts and finishes the runs of a lane (``in_turn.py``: the runs of a batch
-   in one task, each with a task and a cancel scope of its own only once it waits);
+   in one task, each with a task and a cancel scope of its own only once it waits;
+   ``detours.py``: a copy for a newer worker, a chain's next step, a unique key's lock);
    ``invoke.py`` calls the handler
    (the only ``except`` around handler code; ``processes.py`` for the compute profile).
 6. ``binlog.py``: a failure or burial held while its server's binlog has no room.

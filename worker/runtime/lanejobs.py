@@ -6,29 +6,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
 
-from tubeworker.batches.model import Counts
 from tubeworker.beanstalk import protocol as p
 from tubeworker.beanstalk.client import Address
-from tubeworker.burials import new_record
 from tubeworker.chains import NextPut
 from tubeworker.config import LimitConfig
-from tubeworker.envelope import BatchRef, Kind
+from tubeworker.envelope import BatchRef
 from tubeworker.errors import JobLostError, UnexpectedReplyError
 from tubeworker.flow import Caller, TrackedCall, call_api
 from tubeworker.flow.limits import key_of
 from tubeworker.job import Job, attach_services
 from tubeworker.returns import new_return
 from tubeworker.runtime.dispatch import Plan, plan_job
+from tubeworker.runtime.lane_outcomes import LaneOutcomes
 from tubeworker.runtime.outbox import Entry, Outbox
 from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReturnJob
-from tubeworker.runtime.outcome_log import Finished, OutcomeLog, command_for, refused, unapplied
+from tubeworker.runtime.outcome_log import Finished, OutcomeLog
 from tubeworker.runtime.policy import attempt_number
 from tubeworker.runtime.pool import Pool
 from tubeworker.runtime.run import Run
@@ -88,7 +85,7 @@ class _JobServices:
         return call_api(self._jobs.pool.services.tracker, name, host, caller_fault, caller)
 
 
-class LaneJobs:
+class LaneJobs(LaneOutcomes):
     """The jobs one lane holds, across its connections."""
 
     def __init__(
@@ -302,81 +299,6 @@ class LaneJobs:
         else:
             self._send(finished)
 
-    def _send_in_batch(self, finished: Finished, batch: BatchRef) -> None:
-        """A batch job's success, recorded before its delete (docs/workflows.md#batches)
-        on this connection: its token deleted and its batch counted in one write; that
-        reply read, the callbacks it completes kicked and the job deleted in the next."""
-        self.outbox.queue(Entry(p.Delete(batch.token)))
-        counted = partial(self._counted, batch, finished)
-        self.outbox.queue(Entry(p.StatsTube(batch.tube), finishes=finished, then=counted))
-
-    def _counted(self, batch: BatchRef, finished: Finished, reply: p.Reply) -> list[Entry]:
-        due = [kind for kind in Counts.of(reply).due() if kind in batch.callbacks]
-        entries = [
-            Entry(p.KickJob(batch.callbacks[kind]), then=partial(self._kicked, batch, kind))
-            for kind in due
-        ]
-        outcome = finished.outcome
-        assert not isinstance(outcome, ReturnJob)
-        return [*entries, Entry(command_for(outcome, finished.job_id), finishes=finished)]
-
-    def _kicked(self, batch: BatchRef, kind: Kind, reply: p.Reply) -> list[Entry]:
-        if isinstance(reply, p.Kicked):  # this process fired it (others saw NOT_FOUND)
-            self.pool.services.batches.fired(batch, (kind,))
-        return []
-
-    def _send(self, finished: Finished) -> None:
-        outcome = finished.outcome
-        assert not isinstance(outcome, ReturnJob)
-        entry = Entry(command_for(outcome, finished.job_id), finishes=finished)
-        self.outbox.queue_outcome(entry, running=len(self.runs))
-
-    def confirm(self, command: p.Command, reply: p.Reply, finished: Finished) -> None:
-        """beanstalkd answered an outcome: record what really happened to the job."""
-        if not _applied(command, reply):
-            refused(self.log, command, reply)
-            if isinstance(reply, p.OutOfMemory | p.InternalError):
-                # No binlog room (docs/beanstalkd.md#b3): hold failures from now on.
-                verb = type(command).__name__.lower()
-                self.pool.services.binlog(self.address).refused(verb, finished.job_id)
-            self.outcomes.record(unapplied(finished, reply))
-            return
-        self.confirmed += 1
-        self.outcomes.record(finished)
-        outcome = finished.outcome
-        records = self.pool.services.records
-        if records is not None and isinstance(outcome, BuryJob):
-            stats = finished.stats
-            record = new_record(
-                finished.job_id,
-                stats,
-                outcome.cause.value,
-                outcome.detail,
-                attempt_number(stats),
-                traceback=outcome.traceback,
-                id_key=finished.id_key,
-            )
-            records.add(self.address, record)
-        if self.excuses and not isinstance(command, p.Release):
-            self.excuses.forget(self.server_id, finished.job_id)
-
-    def connection_ended(self) -> int:
-        """Account for what the connection took with it; returns how many outcomes it
-        never confirmed (their jobs are beanstalkd's again)."""
-        owed = 0
-        for entry in self.outbox.lost():  # sent unanswered, or never sent
-            if entry.slot is not None:
-                entry.slot.release()
-            if entry.finishes is not None:
-                owed += 1
-                verb = type(entry.command).__name__.lower()
-                detail = f"connection lost before beanstalkd confirmed the {verb}"
-                outcome = ReturnJob(Cause.UNCONFIRMED, detail)
-                self.outcomes.record(replace(entry.finishes, outcome=outcome))
-                self.excuses.add(self.server_id, entry.finishes.job_id)
-        self.must_close = False
-        return owed
-
 
 _NO_APIS: frozenset[str] = frozenset()
 
@@ -412,12 +334,3 @@ def limit_keys(limits: tuple[LimitConfig, ...], job: Job) -> dict[str, str] | No
     except ValueError:
         payload = None
     return {limit.name: key_of(payload, limit.key or "") for limit in keyed}
-
-
-def _applied(command: p.Command, reply: p.Reply) -> bool:
-    """True if beanstalkd did what the outcome command asked."""
-    return (
-        (isinstance(command, p.Delete) and isinstance(reply, p.Deleted))
-        or (isinstance(command, p.Release) and isinstance(reply, p.Released))
-        or (isinstance(command, p.Bury) and isinstance(reply, p.Buried))
-    )

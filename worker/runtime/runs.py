@@ -13,42 +13,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
-from functools import partial
 from typing import Any, Literal, TypeGuard
 
-import greenstalk
 import trio
 
 from tubeworker.beanstalk import protocol as p
-from tubeworker.chains import NextPut, next_put
 from tubeworker.config import LimitConfig
 from tubeworker.envelope import BatchRef
-from tubeworker.errors import ConnectionLostError
 from tubeworker.flow import CALLER, Caller
-from tubeworker.flow.unique import UniqueLocks, key_path_value
-from tubeworker.job import HandlerSpec, Job, Middleware
+from tubeworker.flow.unique import UniqueLocks
+from tubeworker.job import Middleware
 from tubeworker.observe.counters import JobCounters
-from tubeworker.producing.errors import InvalidJob, PayloadInvalid, ProducerError
 from tubeworker.runtime.admission import Admission, Defer
 from tubeworker.runtime.binlog import BinlogHealth, hold_for_binlog, needs_room
+from tubeworker.runtime.detours import Detours, PutNext
 from tubeworker.runtime.dispatch import Plan
 from tubeworker.runtime.in_turn import Turn, run_in_turn
 from tubeworker.runtime.invoke import ProcessPool, report_timeout, run_job, timeout_outcome
-from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome, ReleaseJob
-from tubeworker.runtime.policy import failure_outcome
+from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, Outcome
 from tubeworker.runtime.run import Run, handler_timeout
 from tubeworker.runtime.slots import Slot
 
-__all__ = ["UNIQUE_DEFER", "UNIQUE_PATIENCE", "Runs", "unique_key"]
-
-UNIQUE_PATIENCE = 10.0  # seconds a job waits for its unique key before it is deferred
-UNIQUE_DEFER = 2  # seconds the deferred copy waits
+__all__ = ["Runs"]
 
 
 # Deletions after which a chain goes on: done, or done before (its step may be lost).
 _CHAIN_GOES_ON = frozenset({Cause.COMPLETED, Cause.DUPLICATE})
 
-PutNext = Callable[[NextPut], Awaitable[int]]
 # Records a batch job's burial before it is sent (runtime/batch_book.py): the outcome to send.
 RecordInBatch = Callable[[BatchRef, BuryJob], Awaitable[Outcome]]
 
@@ -56,22 +47,6 @@ RecordInBatch = Callable[[BatchRef, BuryJob], Awaitable[Outcome]]
 def _goes_on(outcome: Outcome) -> TypeGuard[DeleteJob]:
     """Whether a chain goes on after this outcome (its next step put)."""
     return isinstance(outcome, DeleteJob) and outcome.cause in _CHAIN_GOES_ON
-
-
-def unique_key(spec: HandlerSpec, job: Job) -> str | None:
-    """The job's unique key (``@handler(unique=...)``), or None when it has none."""
-    unique = spec.unique
-    if unique is None:
-        return None
-    if callable(unique):
-        value = unique(job)
-        return None if value is None else str(value)
-    return key_path_value(job.payload, unique)
-
-
-def _key_lost(run: Run, why: str) -> None:
-    """Its key's lock is gone while it runs: another process may take the key, so stop."""
-    run.give_back(Cause.CONNECTION_LOST, why)
 
 
 class Runs:
@@ -111,8 +86,7 @@ class Runs:
         self._draining = draining
         self._defer = defer
         self._binlog = binlog
-        self._unique = unique
-        self._put_next = put_next
+        self._detours = Detours(defer, unique, put_next, pool_timeout)
         self._record_in_batch = record_in_batch
 
     def __len__(self) -> int:
@@ -214,7 +188,7 @@ class Runs:
         cancels the run's scope: no outcome comes back."""
         plan = run.plan
         if plan.too_new is not None:
-            return await self._leave_for_newer(run, plan.too_new)
+            return await self._detours.leave_for_newer(run, plan.too_new)
         while True:
             if run.holding:
                 deferred = await self._admission.admit(run, self._defer)
@@ -222,7 +196,7 @@ class Runs:
                     return deferred
                 run.arm(trio.current_time(), self._pool_timeout, held=True)
             if plan.spec.unique is not None and run.unique is None:
-                waited = await self._lock_key(run)
+                waited = await self._detours.lock_key(run)
                 if waited is not None:
                     return waited
             outcome = await run_job(
@@ -239,81 +213,11 @@ class Runs:
             if not run.apis or not await self._admission.failed_with_its_api(run, outcome):
                 break
         if plan.job.steps and _goes_on(outcome):
-            outcome = await self._next_step(run, outcome)
+            outcome = await self._detours.next_step(run, outcome)
         binlog = self._binlog
         if binlog is not None and binlog.full and needs_room(outcome):
             return await hold_for_binlog(run, outcome, binlog, self._draining)
         return outcome
-
-    async def _leave_for_newer(self, run: Run, why: str) -> Outcome:
-        """A payload newer than its handler here: a delayed copy for a newer worker (the
-        original deleted; no attempt counted). If no copy can be put, a release (which
-        beanstalkd counts: the rare case costs an attempt, never the job)."""
-        plan = run.plan
-        delay = plan.policy.newer_version_delay
-        if self._defer is not None:
-            try:
-                copy = await self._defer(run, delay)
-            except (ConnectionLostError, greenstalk.Error) as exc:
-                why = f"{why} (no copy could be put: {exc})"
-            else:
-                return DeleteJob(Cause.NEWER_VERSION, f"{why}: waits as job {copy} for {delay} s")
-        return ReleaseJob(delay, plan.job.priority, Cause.NEWER_VERSION, why)
-
-    async def _next_step(self, run: Run, done: DeleteJob) -> Outcome:
-        """Put the chain's next step before the job is deleted (chains.py). A step that
-        cannot be put fails the job (retried; the step is put on its next success)."""
-        plan = run.plan
-        job = plan.job
-        try:
-            step = next_put(job.steps, batch=job.batch_ref)
-            assert step is not None
-            if self._put_next is None:
-                raise ConnectionLostError("no producer for the next step")
-            await self._put_next(step)
-        except InvalidJob as exc:  # the step itself is wrong: no retry will fix it
-            cause = Cause.SCHEMA if isinstance(exc, PayloadInvalid) else Cause.BAD_BODY
-            return BuryJob(job.priority, cause, f"its next step cannot be put: {exc}")
-        except (ProducerError, ConnectionLostError, greenstalk.Error) as exc:
-            detail = f"its next step could not be put: {exc}"
-            return failure_outcome(
-                plan.budget,
-                plan.policy,
-                priority=job.priority,
-                cause=Cause.NEXT_STEP,
-                detail=detail,
-            )
-        return done
-
-    async def _lock_key(self, run: Run) -> Outcome | None:
-        """Hold the run until its unique key is locked (None), or defer it: a delayed copy,
-        no attempt counted (see flow/unique.py). A job whose key cannot be read runs
-        unlocked, and says so once."""
-        plan = run.plan
-        key = unique_key(plan.spec, plan.job)
-        if key is None:
-            return None
-        if self._unique is None:  # no lock server: never run a unique job unlocked
-            return ReleaseJob(UNIQUE_DEFER, plan.job.priority, Cause.DEFERRED, "no lock server")
-        run.hold()
-        lock = await self._unique.acquire(
-            plan.handler, key, patience=UNIQUE_PATIENCE, on_lost=partial(_key_lost, run)
-        )
-        if lock is None:
-            why = f"its unique key {key!r} stayed locked {UNIQUE_PATIENCE:g} s"
-            if self._defer is not None:
-                try:
-                    copy = await self._defer(run, UNIQUE_DEFER)
-                except (ConnectionLostError, greenstalk.Error) as exc:
-                    why = f"{why} (no copy could be put: {exc})"
-                else:
-                    return DeleteJob(
-                        Cause.DEFERRED, f"{why}: waits as job {copy} for {UNIQUE_DEFER} s"
-                    )
-            return ReleaseJob(UNIQUE_DEFER, plan.job.priority, Cause.DEFERRED, why)
-        run.unique = (self._unique, lock)
-        run.arm(trio.current_time(), self._pool_timeout, held=True)
-        return None
 
     # ---- touches
 

@@ -66,16 +66,20 @@ class Detours:
         """A payload newer than its handler here: a delayed copy for a newer worker (the
         original deleted; no attempt counted). If no copy can be put, a release (which
         beanstalkd counts: the rare case costs an attempt, never the job)."""
-        plan = run.plan
-        delay = plan.policy.newer_version_delay
+        delay = run.plan.policy.newer_version_delay
+        return await self._leave_copy(run, delay, Cause.NEWER_VERSION, why)
+
+    async def _leave_copy(self, run: Run, delay: int, cause: Cause, why: str) -> Outcome:
+        """The job left for later: a copy delayed ``delay`` s, the original deleted (no
+        attempt counted); if no copy can be put, a release (which beanstalkd counts)."""
         if self.defer is not None:
             try:
                 copy = await self.defer(run, delay)
             except (ConnectionLostError, greenstalk.Error) as exc:
                 why = f"{why} (no copy could be put: {exc})"
             else:
-                return DeleteJob(Cause.NEWER_VERSION, f"{why}: waits as job {copy} for {delay} s")
-        return ReleaseJob(delay, plan.job.priority, Cause.NEWER_VERSION, why)
+                return DeleteJob(cause, f"{why}: waits as job {copy} for {delay} s")
+        return ReleaseJob(delay, run.plan.job.priority, cause, why)
 
     async def next_step(self, run: Run, done: DeleteJob) -> Outcome:
         """Put the chain's next step before the job is deleted (chains.py). A step that
@@ -118,16 +122,7 @@ class Detours:
         )
         if lock is None:
             why = f"its unique key {key!r} stayed locked {UNIQUE_PATIENCE:g} s"
-            if self.defer is not None:
-                try:
-                    copy = await self.defer(run, UNIQUE_DEFER)
-                except (ConnectionLostError, greenstalk.Error) as exc:
-                    why = f"{why} (no copy could be put: {exc})"
-                else:
-                    return DeleteJob(
-                        Cause.DEFERRED, f"{why}: waits as job {copy} for {UNIQUE_DEFER} s"
-                    )
-            return ReleaseJob(UNIQUE_DEFER, plan.job.priority, Cause.DEFERRED, why)
+            return await self._leave_copy(run, UNIQUE_DEFER, Cause.DEFERRED, why)
         run.unique = (self.unique, lock)
         run.arm(trio.current_time(), self.pool_timeout, held=True)
         return None

@@ -612,12 +612,21 @@ def _ok_job_stats(body: bytes) -> Reply:
     m = _JOB_STATS.match(body)
     if m is None:
         return _decode_record(body, JobStats)
-    g = m.groups()
-    return JobStats(
-        int(g[0]), g[1].decode("ascii", "replace"), g[2].decode("ascii"), int(g[3]), int(g[4]),
-        int(g[5]), int(g[6]), int(g[7]), int(g[8]), int(g[9]), int(g[10]), int(g[11]),
-        int(g[12]), int(g[13]),
-    )  # fmt: skip
+    job_id, tube, state, *counts = m.groups()
+    return JobStats(int(job_id), _name(tube), _name(state), *map(int, counts))
+
+
+# Tube and state names as str, decoded once (they repeat job after job); bounded.
+_NAMES: dict[bytes, str] = {}
+
+
+def _name(raw: bytes) -> str:
+    name = _NAMES.get(raw)
+    if name is None:
+        name = raw.decode("ascii", "replace")
+        if len(_NAMES) < 10_000:
+            _NAMES[raw] = name
+    return name
 
 
 _TUBE_STATS: Final = re.compile(

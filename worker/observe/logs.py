@@ -101,12 +101,10 @@ class _Clock:
         self._prefix = ""
 
     def stamp(self) -> str:
-        now = time.time()
-        second = int(now)
+        second, micro = divmod(time.time_ns() // 1000, 1_000_000)
         if second != self._second:
             moment = datetime.datetime.fromtimestamp(second, tz=datetime.UTC)
             self._second, self._prefix = second, moment.isoformat()[:19]
-        micro = int((now - second) * 1_000_000)
         return f"{self._prefix}.{micro:06d}Z" if micro else f"{self._prefix}Z"
 
 

@@ -50,6 +50,9 @@ class Calls:
 
         return body()
 
+    def deadline(self, item: Item) -> float:
+        return item.deadline
+
     def scope_taken(self, item: Item, scope: trio.CancelScope) -> None:
         self.log.append(("scope", item.n))
         scope.deadline = item.deadline
@@ -119,6 +122,27 @@ async def test_its_deadline_on_the_taken_scope_cancels_it_and_it_finishes_with_n
         nursery.start_soon(run_in_turn, nursery, calls, [Item(1)])
     assert calls.results == {0: None, 1: "slept"}
     assert trio.current_time() == pytest.approx(10)
+
+
+async def test_the_scope_is_made_with_the_first_runs_deadline_and_moved_for_the_one_that_waits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Run 0 ends at once under a near deadline (past, for run 1's sibling batch); run 1,
+    # which waits, gets its own, later deadline on the scope: neither cuts it short.
+    async def body(item: Item) -> str:
+        if item.n in (1, 3):
+            await trio.sleep(10)
+        return "done"
+
+    now = trio.current_time()
+    calls = Calls(body)
+    async with trio.open_nursery() as nursery:
+        first = [Item(0, deadline=now + 1), Item(1, deadline=now + 100)]
+        nursery.start_soon(run_in_turn, nursery, calls, first)
+        second = [Item(2, deadline=now - 1), Item(3)]  # a past deadline: never the scope's
+        nursery.start_soon(run_in_turn, nursery, calls, second)
+    assert calls.results == {0: "done", 1: "done", 2: "done", 3: "done"}
+    assert trio.current_time() == pytest.approx(now + 10)
 
 
 async def test_a_cancellation_asked_before_its_first_wait_reaches_it_there(

@@ -30,6 +30,7 @@ What a task and a scope of its own would give each run, and what this keeps:
 from __future__ import annotations
 
 import contextvars
+import math
 import types
 from collections.abc import Coroutine, Generator, Sequence
 from typing import Any, Protocol, TypeVar
@@ -48,6 +49,11 @@ class Turn(Protocol[T_contra, R]):
 
     def start(self, item: T_contra) -> Coroutine[Any, Any, R]:
         """Its body: what runs under its own cancel scope."""
+        ...
+
+    def deadline(self, item: T_contra) -> float:
+        """Its deadline as it starts: the scope it starts in is made with it (runs begun
+        together mostly share one), so that taking the scope seldom has to move it."""
         ...
 
     def scope_taken(self, item: T_contra, scope: trio.CancelScope) -> None:
@@ -118,7 +124,12 @@ async def run_in_turn(
     while rest < len(items):
         waiting: tuple[T, contextvars.Context] | None = None
         result: R | None = None
-        with trio.CancelScope() as scope:  # whose it is: the first run that waits in it
+        # Whose it is: the first run that waits in it. Made with the next run's deadline
+        # (never a past one: the scope would be cancelled for the runs after it too).
+        deadline = turn.deadline(items[rest])
+        if deadline <= trio.current_time():
+            deadline = math.inf
+        with trio.CancelScope(deadline=deadline) as scope:
             while rest < len(items):
                 item, own = items[rest], context.copy()
                 rest += 1

@@ -127,7 +127,8 @@ class Run:
     def scope_taken(self, scope: trio.CancelScope) -> None:
         """It waits: ``scope``, around its body, is its own from now on (runtime/in_turn.py):
         its deadline, and the cancellation asked for before, go on it."""
-        scope.deadline = self.deadline
+        if scope.deadline != self.deadline:  # made with the deadline of the run before
+            scope.deadline = self.deadline
         if self.cancelled:
             scope.cancel()
         self.scope = scope

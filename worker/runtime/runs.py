@@ -151,6 +151,10 @@ class Runs:
         return self._run(run)
 
     @staticmethod
+    def deadline(run: Run) -> float:
+        return run.deadline
+
+    @staticmethod
     def scope_taken(run: Run, scope: trio.CancelScope) -> None:
         run.scope_taken(scope)
 

@@ -128,6 +128,24 @@ async def test_given_ready_jobs_when_a_lane_starts_then_one_write_reserves_and_o
     assert len(rig.events("job done")) == 3
 
 
+async def test_given_handlers_that_end_at_once_then_a_batchs_outcomes_go_in_one_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Before, the next exchange went out while the batch's handlers waited to start: the
+    # lane settled into two half batches, twice the writes and reads per job.
+    async with lane_rig(noop, slots=8) as rig:
+        for _ in range(40):
+            rig.server.put()
+        await wait_for(lambda: not rig.server.jobs)
+    deletes = [
+        sum(c.startswith("delete") for c in b.commands)
+        for b in rig.server.batches
+        if any(c.startswith("delete") for c in b.commands)
+    ]
+    assert sum(deletes) == 40
+    assert deletes == [8] * 5  # each batch of 8 jobs: its 8 deletes in one write
+
+
 async def test_given_a_trickle_of_jobs_then_the_lane_asks_for_one_or_two_at_a_time(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

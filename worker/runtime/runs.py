@@ -95,6 +95,11 @@ class Runs:
     def __iter__(self) -> Iterator[Run]:
         return iter(list(self._runs.values()))
 
+    @property
+    def starting(self) -> bool:
+        """Runs were begun whose task has not run yet (their first steps not taken)."""
+        return self._starting is not None
+
     def get(self, job_id: int) -> Run | None:
         return self._runs.get(job_id)
 

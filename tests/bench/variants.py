@@ -26,14 +26,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.bench.common import BenchError, job_body
+from tests.bench.common import BenchError, SyncBeanstalk, job_body
 from tests.support.beanstalkd import BeanstalkdProcess
 from tests.support.tls import Stunnel, make_certificates
+from tubeworker.beanstalk import protocol as p
 from tubeworker.producer import make_envelope
+from tubeworker.runtime.clock import PLAN_TUBE
 from tubeworker.security.keys import parse_keys
 from tubeworker.security.signing import sign
 
-__all__ = ["VARIANTS", "Route", "body_of", "config_of", "open_route"]
+__all__ = ["VARIANTS", "Route", "body_of", "clock_releases", "config_of", "open_route"]
 
 TUBEWORKER_SIGNED = "tubeworker-signed"
 TUBEWORKER_ENVELOPE = "tubeworker-envelope"
@@ -85,6 +87,21 @@ def config_of(system: str, workdir: Path, route: Route) -> str:
         keys.chmod(0o600)
         return f'[security]\nencryption_keys_file = "{keys}"\n'
     return route.config
+
+
+def clock_releases(server: BeanstalkdProcess) -> int:
+    """The releases of the clock's plan job on ``server`` so far (0: no daemon with
+    schedules ran there). A clock that finds a tick missing (the first start of a daemon
+    with schedules on this beanstalkd) makes it while holding the plan, then releases the
+    plan: the clock's own bookkeeping, no job handled twice."""
+    with SyncBeanstalk(server.host, server.port) as conn:
+        replies = conn.pipeline([p.Use(PLAN_TUBE), p.PeekReady(), p.PeekDelayed()])
+        releases = 0
+        for job_id in {r.id for r in replies[1:] if isinstance(r, p.Found)}:
+            stats = conn.request(p.StatsJob(job_id))
+            if isinstance(stats, p.JobStats):
+                releases += stats.releases
+        return releases
 
 
 @dataclass(frozen=True)

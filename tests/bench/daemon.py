@@ -9,9 +9,11 @@ system, …):
   line per job), everything else at its default (stats-job per job, counters, the
   guardian task per job, …).
 - ``tubeworker-nolog``: the same with ``job_lines = false`` (per-job logging off).
-- ``tubeworker-signed``, ``tubeworker-envelope``, ``tubeworker-secret``, ``tubeworker-tls``
-  (opt-in): ``tubeworker`` with signed bodies, envelopes, envelopes carrying an encrypted
-  secret, or through a local stunnel: tests/bench/variants.py (overhead only).
+- ``tubeworker-signed``, ``tubeworker-envelope``, ``tubeworker-secret``, ``tubeworker-tls``,
+  ``tubeworker-features`` (opt-in): ``tubeworker`` with signed bodies, envelopes,
+  envelopes carrying an encrypted secret, through a local stunnel, or with flow control,
+  limits, a schedule and a heartbeat configured for other jobs than the bench's (the cost
+  of features configured but unused by the job): tests/bench/variants.py (overhead only).
 - ``tubeworker-typed`` (opt-in): ``tubeworker`` whose no-op handler declares a payload
   model (``@handler(payload=BenchBody)``, pydantic): the body is read as JSON and validated
   per job. Compare it with ``tubeworker`` in the same run (overhead scenario only).

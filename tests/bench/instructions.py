@@ -15,8 +15,9 @@ makes a system call per command; ``aiostalk`` is offered as a reference only.
 ``tubeworker-nolog`` is this checkout with ``job_lines = false``: the difference is what
 the per-job log line costs. The variants of tests/bench/variants.py count the same way
 (``tubeworker-envelope``, ``tubeworker-secret``, ``tubeworker-signed``,
-``tubeworker-tls``): their bodies, their config, and for ``-tls`` a stunnel in the way
-(its own instructions are not counted; the daemon's TLS, OpenSSL in its process, is).
+``tubeworker-tls``, ``tubeworker-features``): their bodies, their config, and for ``-tls``
+a stunnel in the way (its own instructions are not counted; the daemon's TLS, OpenSSL in
+its process, is).
 
     python -m tests.bench.instructions                      # this checkout
     TUBEWORKER_BENCH_BASELINE=/tmp/base \

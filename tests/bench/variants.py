@@ -1,5 +1,6 @@
-"""The daemon scenarios' opt-in variants of ``tubeworker`` that change what a job carries
-or the way to the server (tests/bench/daemon.py runs them like any system):
+"""The daemon scenarios' opt-in variants of ``tubeworker`` that change what a job carries,
+the way to the server, or what else the config declares (tests/bench/daemon.py runs them
+like any system):
 
 - ``tubeworker-signed``: ``[security] require_signature``, every prefilled body signed
   (HMAC-SHA256) as producers sign: each job's signature verified.
@@ -13,6 +14,21 @@ or the way to the server (tests/bench/daemon.py runs them like any system):
   (tests/support/tls.py: Debian's stunnel4, mutual TLS, certificates made with openssl),
   ``servers = ["tls://..."]`` with ``[tls]``. stunnel's own CPU is measured too
   (``terminator_cpu_s`` in the run's JSON): the server side's price of TLS.
+- ``tubeworker-features``: ``tubeworker`` exactly (pool, tube, handler, bodies, job lines
+  on), its config also declaring what a team's config declares for OTHER jobs
+  (:data:`UNUSED_FEATURES`): an API with hosts, a breaker and a limit, with a tube bound
+  to it (``[api.partner]``); a ``[[limit]]`` on that tube and one on a handler; a nightly
+  ``[[schedule]]`` (cron ``30 2 * * *``) and an hourly ``[[heartbeat]]``. Signatures stay
+  off (the default: no ``[security]``). So it measures what features configured but
+  unused by a job cost that job. No bench job needs the API or runs under a limit. The
+  clock fires only at 02:30 UTC and on the hour: rarely during a run, and then one put
+  into a tube no pool here works (a fire due while no such daemon runs is put, coalesced,
+  by the next one's clock as it starts). Its steady work is in every run: the planner's
+  look every ~5 s, the heartbeat's read every 2 s, a reserve blocked on the ticks. No pool
+  here works the features' tubes (another daemon of the fleet would): no extra lane.
+  A clock's first start on the bench's beanstalkd makes the ticks while holding its plan
+  job, then releases the plan: :func:`clock_releases` counts that, and the daemon
+  scenarios take it out of beanstalkd's ``cmd-release`` (it is no job's release).
 
 Only the worker's side differs: prefill, gate and checks talk to beanstalkd directly.
 """
@@ -26,20 +42,29 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.bench.common import BenchError, job_body
+from tests.bench.common import BenchError, SyncBeanstalk, job_body
 from tests.support.beanstalkd import BeanstalkdProcess
 from tests.support.tls import Stunnel, make_certificates
+from tubeworker.beanstalk import protocol as p
 from tubeworker.producer import make_envelope
+from tubeworker.runtime.clock import PLAN_TUBE
 from tubeworker.security.keys import parse_keys
 from tubeworker.security.signing import sign
 
-__all__ = ["VARIANTS", "Route", "body_of", "config_of", "open_route"]
+__all__ = ["VARIANTS", "Route", "body_of", "clock_releases", "config_of", "open_route"]
 
 TUBEWORKER_SIGNED = "tubeworker-signed"
 TUBEWORKER_ENVELOPE = "tubeworker-envelope"
 TUBEWORKER_SECRET = "tubeworker-secret"
 TUBEWORKER_TLS = "tubeworker-tls"
-VARIANTS = (TUBEWORKER_SIGNED, TUBEWORKER_ENVELOPE, TUBEWORKER_SECRET, TUBEWORKER_TLS)
+TUBEWORKER_FEATURES = "tubeworker-features"
+VARIANTS = (
+    TUBEWORKER_SIGNED,
+    TUBEWORKER_ENVELOPE,
+    TUBEWORKER_SECRET,
+    TUBEWORKER_TLS,
+    TUBEWORKER_FEATURES,
+)
 # Variants whose pool dispatches envelopes by their task instead of binding the handler.
 ENVELOPE_POOLS = (TUBEWORKER_ENVELOPE, TUBEWORKER_SECRET)
 
@@ -47,6 +72,46 @@ BENCH_KEYS = f"bench: {base64.b64encode(b'b' * 32).decode()}\n"
 ENCRYPTION_KEYS = f"bench-aes: {base64.b64encode(b'e' * 32).decode()}\n"
 # A card-sized secret: what docs/security.md's example seals.
 SECRET = {"card": "4111 1111 1111 1111", "cvc": "123"}
+
+# tubeworker-features: flow control, limits and the clock, as a team's config declares
+# them, all for other tubes and handlers than the bench's (its tube is unique per run, its
+# handler bench.noop). Local limits only: a fleet limit's tokens live in beanstalkd and
+# are released after use, which the runs' check would count. No [security]: signatures
+# off, the default.
+UNUSED_FEATURES = """\
+[api.partner]
+hosts = ["api.partner.example", "*.partner.example"]
+tubes = ["partner-webhooks"]
+pause_tubes = true
+consecutive_failures = 5
+failure_rate = 0.5
+min_calls = 20
+window = "60s"
+cooldown = "30s"
+cooldown_cap = "10m"
+probes = 1
+rate = 50
+burst = 10
+max_concurrent = 8
+[[limit]]
+name = "per-customer"
+tubes = ["partner-webhooks"]
+key = "customer_id"
+rate = 5
+[[limit]]
+name = "invoices"
+handlers = ["billing.send_invoice"]
+max_concurrent = 2
+[[schedule]]
+name = "nightly-report"
+cron = "30 2 * * *"
+tube = "reports"
+task = "build-report"
+payload = { kind = "daily" }
+[[heartbeat]]
+tube = "partner-webhooks"
+every = "1h"
+"""
 
 
 def _signed_body(seq: int) -> bytes:
@@ -84,7 +149,24 @@ def config_of(system: str, workdir: Path, route: Route) -> str:
         keys.write_text(ENCRYPTION_KEYS)
         keys.chmod(0o600)
         return f'[security]\nencryption_keys_file = "{keys}"\n'
+    if system == TUBEWORKER_FEATURES:
+        return UNUSED_FEATURES
     return route.config
+
+
+def clock_releases(server: BeanstalkdProcess) -> int:
+    """The releases of the clock's plan job on ``server`` so far (0: no daemon with
+    schedules ran there). A clock that finds a tick missing (the first start of a daemon
+    with schedules on this beanstalkd) makes it while holding the plan, then releases the
+    plan: the clock's own bookkeeping, no job handled twice."""
+    with SyncBeanstalk(server.host, server.port) as conn:
+        replies = conn.pipeline([p.Use(PLAN_TUBE), p.PeekReady(), p.PeekDelayed()])
+        releases = 0
+        for job_id in {r.id for r in replies[1:] if isinstance(r, p.Found)}:
+            stats = conn.request(p.StatsJob(job_id))
+            if isinstance(stats, p.JobStats):
+                releases += stats.releases
+        return releases
 
 
 @dataclass(frozen=True)

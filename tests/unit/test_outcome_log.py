@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
+import re
+
 from structlog.testing import capture_logs
 
 from tubeworker.beanstalk import protocol as p
 from tubeworker.observe.counters import JobCounters
+from tubeworker.observe.logs import _clock
 from tubeworker.runtime.outcome import BuryJob, Cause, DeleteJob, ReleaseJob, ReturnJob
 from tubeworker.runtime.outcome_log import Finished, OutcomeLog, command_for, unapplied
 
@@ -136,3 +140,10 @@ def test_the_fast_job_line_stands_aside_when_structlog_is_configured_again() -> 
         assert [entry["event"] for entry in logs] == ["job done"]
     finally:
         configure_logging("json", "info")
+
+
+def test_the_fast_lines_timestamp_has_structlogs_form() -> None:
+    stamp = _clock.stamp()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", stamp), stamp
+    ours = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert abs((datetime.datetime.now(tz=datetime.UTC) - ours).total_seconds()) < 5

@@ -101,11 +101,14 @@ class _Clock:
         self._prefix = ""
 
     def stamp(self) -> str:
-        second, micro = divmod(time.time_ns() // 1000, 1_000_000)
+        micros = time.time_ns() // 1000
+        second = micros // 1_000_000
         if second != self._second:
             moment = datetime.datetime.fromtimestamp(second, tz=datetime.UTC)
             self._second, self._prefix = second, moment.isoformat()[:19]
-        return f"{self._prefix}.{micro:06d}Z" if micro else f"{self._prefix}Z"
+        micro = micros - second * 1_000_000
+        # str(1_xxxxxx)[1:]: six digits, zero-padded, cheaper than a format spec.
+        return f"{self._prefix}.{str(micro + 1_000_000)[1:]}Z" if micro else f"{self._prefix}Z"
 
 
 _clock = _Clock()
@@ -115,13 +118,14 @@ class JobLines:
     """Writes a lane's job lines: ``{<its bound context>, <fields>, "event": ..., "level":
     ..., "timestamp": ...}``, exactly as structlog's JSON renderer would."""
 
-    __slots__ = ("_buffer", "_min", "_prefix", "_strings")
+    __slots__ = ("_buffer", "_heads", "_min", "_prefix", "_strings")
 
     def __init__(self, buffer: LineBuffer, context: Mapping[str, object], min_level: int) -> None:
         self._buffer = buffer
         self._min = min_level
         self._prefix = json.dumps(dict(context))[:-1] + (", " if context else "")
         self._strings: dict[str, str] = {}  # tube and handler names, as JSON strings
+        self._heads: dict[tuple[str, str | None], str] = {}  # see tube_and_handler
 
     def string(self, text: str) -> str:
         """``text`` as a JSON string (names repeat: cached, bounded)."""
@@ -130,6 +134,17 @@ class JobLines:
             found = json.dumps(text)
             if len(self._strings) < 10_000:
                 self._strings[text] = found
+        return found
+
+    def tube_and_handler(self, tube: str, handler: str | None) -> str:
+        """``"tube": ..., "handler": ..., `` (the pair repeats job after job: cached, bounded)."""
+        key = tube, handler
+        found = self._heads.get(key)
+        if found is None:
+            named = "null" if handler is None else self.string(handler)
+            found = f'"tube": {self.string(tube)}, "handler": {named}, '
+            if len(self._heads) < 10_000:
+                self._heads[key] = found
         return found
 
     def write(self, level: int, fields: str, event: str) -> None:

@@ -58,6 +58,10 @@ class Cause(enum.Enum):
     # released: it ended, but its batch could not record that (the server did not answer)
     BATCH = "batch"
 
+    # Members are singletons compared by identity: hash them so too. (Enum's own
+    # __hash__ is Python code, and every job asks a set or two of causes about its own.)
+    __hash__ = object.__hash__
+
 
 class _Described:
     """``reason``: the words of an outcome (its detail), for the log line."""

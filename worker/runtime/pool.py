@@ -19,6 +19,8 @@ from tubeworker.tubes import is_pattern, matches_any
 
 __all__ = ["Pool", "lane_sizes"]
 
+_NONE: frozenset[str] = frozenset()
+
 log = structlog.get_logger("tubeworker")
 
 
@@ -64,7 +66,7 @@ class Pool:
         # Flow control: the APIs every job of the pool needs (its bound handler's), and
         # per tube ([api.NAME] tubes). Without either, lanes never ask the tracker.
         self.bound_apis = frozenset(self.rules.bound.apis) if self.rules.bound else frozenset()
-        self.gated = bool(self.bound_apis or services.tube_apis)
+        self.gated = self._needs_apis()
         state = services.state
         self.admission = Admission(
             tracker=services.tracker,
@@ -79,7 +81,15 @@ class Pool:
 
     def apis_of(self, tube: str) -> frozenset[str]:
         """The APIs every job of ``tube`` needs (before its handler is known)."""
-        return self.services.tube_apis.get(tube, frozenset()) | self.bound_apis
+        of_tube = self.services.tube_apis.get(tube, _NONE)
+        return of_tube | self.bound_apis if self.bound_apis else of_tube
+
+    def _needs_apis(self) -> bool:
+        """Whether a job of this pool needs an API before its handler is known (its bound
+        handler's, or one of its tubes'); else its lanes never ask (an API declared for
+        other tubes costs this pool's jobs nothing)."""
+        tube_apis = self.services.tube_apis
+        return bool(self.bound_apis) or any(tube in tube_apis for tube in self.tubes)
 
     def watchable(self) -> tuple[frozenset[str], float | None]:
         """The tubes to watch now, leaving out those whose APIs are open, and when the
@@ -108,6 +118,7 @@ class Pool:
     def set_tubes(self, tubes: frozenset[str]) -> None:
         if tubes != self.tubes:
             self.tubes = tubes
+            self.gated = self._needs_apis()
             self.tubes_version += 1
             self._tubes_changed.set()
             self._tubes_changed = trio.Event()

@@ -5,7 +5,9 @@ A reserved job belongs to the connection that reserved it
 any other connection. One pump task owns the connection's I/O
 (docs/beanstalkd.md#trio-cancellation, rule 1): in one write it sends the outcomes handlers
 produced since the last write, due touches and one ``reserve-with-timeout 0`` per free
-slot; then ``stats-job`` for every new job in one more write. The pump blocks in
+slot; then ``stats-job`` for every new job in one more write, and lets the new jobs'
+handlers take their first steps before its next write (the outcomes of those that end at
+once go in it: a batch's outcomes in one write, not two halves). The pump blocks in
 ``reserve`` only while the lane holds no job (a blocked reserve holds the connection);
 otherwise it waits on the idle socket, which turns readable only if the server went away.
 What happens to the jobs themselves is ``LaneJobs``'s.

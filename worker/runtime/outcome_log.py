@@ -146,7 +146,7 @@ class OutcomeLog:
         outcome, stats = finished.outcome, finished.stats
         fields = (
             f'"job_id": {finished.job_id}, {lines.tube_and_handler(stats.tube, finished.handler)}'
-            f'"attempt": {stats.releases + stats.timeouts + stats.buries + 1}, '  # attempt_number
+            f'"attempt": {attempt_number(stats)}, '
             f'"duration": {round(duration, 4)!r}, "outcome": "{name}", '
         )
         if finished.id_key is not None:

@@ -6,7 +6,8 @@ ended. The files, in the order of a job's life:
    its concurrency into lanes. ``slots.py``: the process-wide cap on jobs in flight.
 2. ``lane.py``: one beanstalkd connection and its pump, which writes outcomes, touches and
    reserves in one batch (``outbox.py``: what is queued and on the wire; ``batching.py``:
-   how big a batch may be) and asks ``stats-job`` for what it reserved.
+   how big a batch may be) and asks ``stats-job`` for what it reserved
+   (``lane_connection.py``: its connection life, connect, lose, back off, again).
 3. ``lanejobs.py``: the jobs side of a lane, entered once per event of a job: it arrives
    (``dispatch.py`` plans it, pure: a handler or a burial; ``policy.py`` counts its
    attempts; ``excuses.py`` and ``returns`` records excuse redeliveries that were not its

@@ -18,6 +18,7 @@ from tests.bench import (
     client_roundtrip,
     daemon_io,
     dedup,
+    floor,
     limits,
     memory,
     outage,
@@ -37,6 +38,7 @@ SCENARIOS: dict[str, ModuleType] = {
     schedules.NAME: schedules,
     dedup.NAME: dedup,
     batches.NAME: batches,
+    floor.NAME: floor,
 }
 _DEFAULT_JOBS = 20_000
 _RESULTS = Path(__file__).parent / "results"  # gitignored

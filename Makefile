@@ -47,7 +47,11 @@ bench: $(STAMP) beanstalkd
 	$(BIN)/python -m tests.bench.instructions --guard
 	$(BIN)/python -m tests.bench --scenario client
 	$(BIN)/python -m tests.bench --scenario overhead
+	$(BIN)/python -m tests.bench --scenario overhead --concurrency-list 1000,10000 --daemon-systems tubeworker,aiostalk
 	$(BIN)/python -m tests.bench --scenario io
+	$(BIN)/python -m tests.bench --scenario floor
+	$(BIN)/python -m tests.bench --scenario memory --memory-jobs-list 1000,10000 --memory-seconds 10
+	$(BIN)/python -m tests.bench.latency
 	$(BIN)/python -m tests.bench --scenario outage
 	$(BIN)/python -m tests.bench --scenario limits
 

@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "model",
         (
+            "tubeworker.job_puts",
             "tubeworker.job_workflows",
             "tubeworker.job",
             "tubeworker.envelope",

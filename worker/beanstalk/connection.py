@@ -15,19 +15,35 @@ changes, so a :class:`LocalProtocolError` leaves the connection usable.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Final
 
 from tubeworker.beanstalk.commands import Command, Put, _Expect
 from tubeworker.beanstalk.replies import (
-    _BARE,
-    _WITH_BODY,
-    _WITH_UINT,
+    BadFormat,
+    Buried,
+    DeadlineSoon,
+    Deleted,
+    Draining,
+    ExpectedCrlf,
     Found,
+    Inserted,
+    InternalError,
+    JobTooBig,
+    Kicked,
+    NotFound,
+    NotIgnored,
+    OutOfMemory,
+    Paused,
+    Released,
     Reply,
     Reserved,
+    TimedOut,
+    Touched,
+    UnknownCommand,
     Using,
+    Watching,
     _parse_uint,
 )
 from tubeworker.errors import LocalProtocolError, RemoteProtocolError
@@ -45,6 +61,51 @@ class _NeedData(Enum):
 
 NEED_DATA: Final = _NeedData.NEED_DATA
 """Returned by :meth:`Connection.next_event` when no whole reply is buffered yet."""
+
+
+# The tables reply lines are read with. Defined here, not imported from replies.py: a
+# method called on an imported name compiles to LOAD_ATTR and a bound method instead of
+# LOAD_METHOD (CPython 3.11 and later), and _BARE.get runs for every reply.
+
+# No-field replies are immutable; share one instance of each.
+_DEADLINE_SOON: Final = DeadlineSoon()
+_TIMED_OUT: Final = TimedOut()
+_DELETED: Final = Deleted()
+_RELEASED: Final = Released()
+_TOUCHED: Final = Touched()
+_NOT_FOUND: Final = NotFound()
+_NOT_IGNORED: Final = NotIgnored()
+_PAUSED: Final = Paused()
+_BURIED: Final = Buried()
+_KICKED: Final = Kicked()
+
+# Replies that are a bare word, and those of the form "WORD <uint>".
+_BARE: Final[dict[bytes, Reply]] = {
+    b"DELETED": _DELETED,
+    b"RELEASED": _RELEASED,
+    b"TOUCHED": _TOUCHED,
+    b"NOT_FOUND": _NOT_FOUND,
+    b"DEADLINE_SOON": _DEADLINE_SOON,
+    b"TIMED_OUT": _TIMED_OUT,
+    b"NOT_IGNORED": _NOT_IGNORED,
+    b"PAUSED": _PAUSED,
+    b"BURIED": _BURIED,
+    b"KICKED": _KICKED,
+    b"OUT_OF_MEMORY": OutOfMemory(),
+    b"INTERNAL_ERROR": InternalError(),
+    b"BAD_FORMAT": BadFormat(),
+    b"UNKNOWN_COMMAND": UnknownCommand(),
+    b"EXPECTED_CRLF": ExpectedCrlf(),
+    b"JOB_TOO_BIG": JobTooBig(),
+    b"DRAINING": Draining(),
+}
+_WITH_UINT: Final[dict[bytes, Callable[[int], Reply]]] = {
+    b"INSERTED": Inserted,
+    b"BURIED": Buried,
+    b"WATCHING": Watching,
+    b"KICKED": Kicked,
+}
+_WITH_BODY: Final = (b"RESERVED", b"FOUND", b"OK")
 
 
 class _State(Enum):

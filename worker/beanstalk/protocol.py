@@ -17,12 +17,12 @@ ordinary replies here; the Trio client turns them into greenstalk's exceptions.
 This module re-exports; the code is split by concern, each file importing only those
 before it:
 
-- ``replies.py``: :class:`Reply` and its subclasses, the stats records, how reply lines
-  and ``OK <bytes>`` bodies are decoded;
+- ``replies.py``: :class:`Reply` and its subclasses, the stats records, how ``OK <bytes>``
+  bodies are decoded;
 - ``commands.py``: :class:`Command` and its subclasses (one flat table), argument
   validation, the replies each command may get;
-- ``connection.py``: :class:`Connection` (the pipelined parser and its states) and
-  :data:`NEED_DATA`.
+- ``connection.py``: :class:`Connection` (the pipelined parser, its states and the tables
+  it reads reply lines with) and :data:`NEED_DATA`.
 """
 
 from __future__ import annotations

@@ -1,20 +1,19 @@
 """beanstalkd's replies, sans I/O: what :meth:`Connection.next_event` returns, and how
-their lines and ``OK <bytes>`` bodies are read.
+their numbers and ``OK <bytes>`` bodies are read.
 
 Every reply is a frozen record named with the protocol's words (``Reserved(id, body)``,
 ``DeadlineSoon``, ``NotFound``, …); error replies derive from :class:`ErrorReply`. The
 stats records (``JobStats``, ``TubeStats``, ``ServerStats``) are decoded from the server's
 YAML-ish bodies: the layout beanstalkd 1.12 writes matches one regular expression, anything
-else goes through the generic decoder, which says what is wrong. The tables at the end map
-a reply line's first word to its reply; :mod:`~tubeworker.beanstalk.connection` reads
-with them, :mod:`~tubeworker.beanstalk.commands` names the body decoders in its
-expectations.
+else goes through the generic decoder, which says what is wrong;
+:mod:`~tubeworker.beanstalk.commands` names the body decoders in its expectations, and
+:mod:`~tubeworker.beanstalk.connection` reads the reply lines.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any, Final
 
@@ -281,19 +280,6 @@ class ServerStats(Reply):
     platform: str = ""
 
 
-# No-field replies are immutable; share one instance of each.
-_DEADLINE_SOON: Final = DeadlineSoon()
-_TIMED_OUT: Final = TimedOut()
-_DELETED: Final = Deleted()
-_RELEASED: Final = Released()
-_TOUCHED: Final = Touched()
-_NOT_FOUND: Final = NotFound()
-_NOT_IGNORED: Final = NotIgnored()
-_PAUSED: Final = Paused()
-_BURIED: Final = Buried()
-_KICKED: Final = Kicked()
-
-
 # --------------------------------------------------------------------------- OK bodies
 
 # beanstalkd 1.12 writes stats-job's keys in this order (prot.c fmt_job_stats).
@@ -445,32 +431,3 @@ def _decode_list(body: bytes) -> tuple[str, ...]:
             raise RemoteProtocolError(f"list line is not '- name': {line[:80]!r}")
         names.append(line[2:])
     return tuple(names)
-
-
-# Replies that are a bare word, and those of the form "WORD <uint>".
-_BARE: Final[dict[bytes, Reply]] = {
-    b"DELETED": _DELETED,
-    b"RELEASED": _RELEASED,
-    b"TOUCHED": _TOUCHED,
-    b"NOT_FOUND": _NOT_FOUND,
-    b"DEADLINE_SOON": _DEADLINE_SOON,
-    b"TIMED_OUT": _TIMED_OUT,
-    b"NOT_IGNORED": _NOT_IGNORED,
-    b"PAUSED": _PAUSED,
-    b"BURIED": _BURIED,
-    b"KICKED": _KICKED,
-    b"OUT_OF_MEMORY": OutOfMemory(),
-    b"INTERNAL_ERROR": InternalError(),
-    b"BAD_FORMAT": BadFormat(),
-    b"UNKNOWN_COMMAND": UnknownCommand(),
-    b"EXPECTED_CRLF": ExpectedCrlf(),
-    b"JOB_TOO_BIG": JobTooBig(),
-    b"DRAINING": Draining(),
-}
-_WITH_UINT: Final[dict[bytes, Callable[[int], Reply]]] = {
-    b"INSERTED": Inserted,
-    b"BURIED": Buried,
-    b"WATCHING": Watching,
-    b"KICKED": Kicked,
-}
-_WITH_BODY: Final = (b"RESERVED", b"FOUND", b"OK")

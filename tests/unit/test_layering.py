@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "model",
         (
+            "tubeworker.job_puts",
             "tubeworker.job_workflows",
             "tubeworker.job",
             "tubeworker.envelope",
@@ -241,9 +242,18 @@ def test_given_observe_then_it_imports_nothing_of_ours() -> None:
         assert not ours(imports_of(module)), module
 
 
-def test_given_the_protocol_then_it_is_sans_io() -> None:
-    names = imports_of("tubeworker.beanstalk.protocol")
-    assert ours(names) <= {"tubeworker.errors", "tubeworker.frozen"}
+SANS_IO = (
+    "tubeworker.beanstalk.protocol",
+    "tubeworker.beanstalk.replies",
+    "tubeworker.beanstalk.commands",
+    "tubeworker.beanstalk.connection",
+)
+
+
+@pytest.mark.parametrize("module", SANS_IO)
+def test_given_the_protocol_then_it_is_sans_io(module: str) -> None:
+    names = imports_of(module)
+    assert ours(names) <= {"tubeworker.errors", "tubeworker.frozen", *SANS_IO}
     assert not {n for n in names if n.split(".")[0] in ("trio", "socket", "asyncio", "structlog")}
 
 

@@ -4,7 +4,6 @@ same sans-I/O protocol as the Trio client; the checks and failover are
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import threading
@@ -38,17 +37,14 @@ from tubeworker.producing.failover import (
 )
 from tubeworker.producing.spool import (
     DEFAULT_MAX_BYTES,
-    FlushResult,
     Receipt,
     Spool,
-    SpoolStatus,
 )
+from tubeworker.producing.spooling import SyncSpooling
 from tubeworker.producing.workflows import SyncWorkflows
 from tubeworker.security.keys import KeyRing
 
 __all__ = ["Producer", "SyncConnection", "enqueue"]
-
-log = logging.getLogger("tubeworker.producer")
 
 
 class _SocketConnection:
@@ -131,7 +127,7 @@ def _open_socket(address: Address, timeout: float) -> socket.socket:
         raise ConnectionLostError(f"cannot connect to beanstalkd at {address}: {exc}") from exc
 
 
-class Producer(SyncWorkflows):
+class Producer(SyncSpooling, SyncWorkflows):
     """Puts jobs, blocking; thread-safe. Create one when the app starts and share it.
 
     ``servers``: see :func:`parse_servers` (None: ``$TUBEWORKER_SERVERS``, else
@@ -186,18 +182,7 @@ class Producer(SyncWorkflows):
         self._connector = connector
         self._connections: dict[Address, SyncConnection] = {}
         self._lock = threading.RLock()  # on_failure may read statistics()
-        self._spool = (
-            spool
-            if isinstance(spool, Spool) or spool is None
-            else Spool(spool, max_bytes=spool_max_bytes)
-        )
-        self._flush_every = flush_every
-        self._last_flush = -float("inf")
-        self._flusher: threading.Thread | None = None
-        self._flusher_pid = 0
-        self._stop = threading.Event()
-        if self._spool is not None and self._spool.pending:
-            self._start_flusher()  # left by a previous run
+        self._open_spool(spool, spool_max_bytes, flush_every)
 
     def enqueue(
         self,
@@ -296,57 +281,6 @@ class Producer(SyncWorkflows):
             except Unstored as unstored:
                 failover.unstored(server, unstored)
         raise failover.none_stored()
-
-    def _to_spool(
-        self, spool: Spool, request: PutRequest, error: NoServerAvailable | None
-    ) -> Receipt:
-        first = not spool.pending
-        spool_id = spool.add(request)
-        if first:
-            log.warning("no server stores jobs: spooling them to %s (%s)", spool.path, error or "-")
-        self._start_flusher()
-        return Receipt(0, spooled=True, spool_id=spool_id)
-
-    def _flush_locked(self, spool: Spool) -> FlushResult:
-        self._last_flush = self._clock()
-        result = spool.flush(self._put_now)
-        if result.delivered and not result.left:
-            log.warning("spool %s drained: %d jobs delivered", spool.path, result.delivered)
-        return result
-
-    def flush_spool(self) -> FlushResult:
-        """Deliver the spooled jobs now (the background thread does it every
-        ``flush_every`` seconds)."""
-        if self._spool is None:
-            return FlushResult(0, 0)
-        with self._lock:
-            return self._flush_locked(self._spool)
-
-    def spool_status(self) -> SpoolStatus | None:
-        """The spool's jobs, bytes and oldest job (figures an app can export)."""
-        return None if self._spool is None else self._spool.status()
-
-    def _start_flusher(self) -> None:
-        alive = self._flusher is not None and self._flusher.is_alive()
-        if alive and self._flusher_pid == os.getpid():
-            return  # (after a fork, the child starts its own)
-        self._flusher_pid = os.getpid()
-        self._stop = threading.Event()
-        self._flusher = threading.Thread(
-            target=self._flush_forever, name="tubeworker-spool-flusher", daemon=True
-        )
-        self._flusher.start()
-
-    def _flush_forever(self) -> None:
-        spool, stop = self._spool, self._stop
-        assert spool is not None
-        while not stop.wait(self._flush_every):
-            with self._lock:
-                if spool.pending and not stop.is_set():
-                    try:
-                        self._flush_locked(spool)
-                    except ProducerError as exc:  # a bug's reply: say so, keep going
-                        log.error("spool flush failed: %s", exc)
 
     def _put_on(self, server: Address, request: PutRequest) -> int:
         conn = self._connections.get(server)

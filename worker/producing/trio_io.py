@@ -4,7 +4,6 @@ tubeworker's Trio client; the checks and failover are
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,8 +25,6 @@ from tubeworker.producing.checks import (
     check_size,
 )
 from tubeworker.producing.errors import (
-    InvalidJob,
-    JobBuried,
     NoServerAvailable,
     ProducerError,
     ServerFailure,
@@ -42,17 +39,14 @@ from tubeworker.producing.failover import (
 )
 from tubeworker.producing.spool import (
     DEFAULT_MAX_BYTES,
-    FlushResult,
     Receipt,
     Spool,
-    SpoolStatus,
 )
+from tubeworker.producing.spooling import AsyncSpooling
 from tubeworker.producing.workflows import AsyncWorkflows
 from tubeworker.security.keys import KeyRing
 
 __all__ = ["AsyncProducer", "enqueue_async"]
-
-log = logging.getLogger("tubeworker.producer")
 
 
 @dataclass
@@ -67,7 +61,7 @@ class _Slot:
     down: tuple[float, Unstored] | None = None
 
 
-class AsyncProducer(AsyncWorkflows):
+class AsyncProducer(AsyncSpooling, AsyncWorkflows):
     """Puts jobs from Trio code: :class:`Producer`'s twin (same checks, errors and
     failover) on tubeworker's Trio client. Tasks share it; one connection per server,
     used by one task at a time. Use it within one ``trio.run``. A put cancelled midway
@@ -108,14 +102,7 @@ class AsyncProducer(AsyncWorkflows):
         )
         self._connector = connector
         self._slots: dict[Address, _Slot] = {}
-        self._spool = (
-            spool
-            if isinstance(spool, Spool) or spool is None
-            else Spool(spool, max_bytes=spool_max_bytes)
-        )
-        self._flush_every = flush_every
-        self._last_flush = -float("inf")
-        self._flushing = trio.Lock()  # one flush at a time; puts wait behind it
+        self._open_spool(spool, spool_max_bytes, flush_every)
 
     async def enqueue(
         self,
@@ -206,62 +193,6 @@ class AsyncProducer(AsyncWorkflows):
             except Unstored as unstored:
                 failover.unstored(server, unstored)
         raise failover.none_stored()
-
-    async def _to_spool(
-        self, spool: Spool, request: PutRequest, error: NoServerAvailable | None
-    ) -> Receipt:
-        first = not spool.pending
-        spool_id = await trio.to_thread.run_sync(spool.add, request)
-        if first:
-            log.warning("no server stores jobs: spooling them to %s (%s)", spool.path, error or "-")
-        return Receipt(0, spooled=True, spool_id=spool_id)
-
-    async def flush_spool(self) -> FlushResult:
-        """Deliver the spooled jobs, oldest first, until none is left or no server
-        stores one."""
-        spool = self._spool
-        if spool is None:
-            return FlushResult(0, 0)
-        async with self._flushing:
-            self._last_flush = self._clock()
-            await trio.to_thread.run_sync(spool.reclaim_dead)
-            delivered = 0
-            while True:
-                claimed = await trio.to_thread.run_sync(spool.claim)
-                if claimed is None:
-                    break
-                spool_id, request = claimed
-                try:
-                    await self._put_now(request)
-                except NoServerAvailable as exc:
-                    await trio.to_thread.run_sync(spool.unclaim, spool_id)
-                    return FlushResult(delivered, await trio.to_thread.run_sync(spool.refresh), exc)
-                except JobBuried:
-                    pass  # stored, buried
-                except InvalidJob as exc:
-                    await trio.to_thread.run_sync(spool.refuse, spool_id, str(exc))
-                    continue
-                except BaseException:
-                    with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(spool.unclaim, spool_id)
-                    raise
-                await trio.to_thread.run_sync(spool.delivered, spool_id)
-                delivered += 1
-            left = await trio.to_thread.run_sync(spool.refresh)
-            if delivered and not left:
-                log.warning("spool %s drained: %d jobs delivered", spool.path, delivered)
-            return FlushResult(delivered, left)
-
-    async def run_spool_flusher(self) -> None:
-        """Forever: deliver spooled jobs every ``flush_every`` seconds (start it in the
-        app's nursery)."""
-        while True:
-            await trio.sleep(self._flush_every)
-            if self._spool is not None and self._spool.pending:
-                await self.flush_spool()
-
-    def spool_status(self) -> SpoolStatus | None:
-        return None if self._spool is None else self._spool.status()
 
     async def _put_on(self, server: Address, request: PutRequest) -> int:
         slot = self._slots.setdefault(server, _Slot())

@@ -51,6 +51,29 @@ def _fired(daemon: DaemonProcess) -> list[dict]:
     return [e for e in daemon.events() if e.get("event") == "schedule fired"]
 
 
+# Rounds of SIGSTOP before the test gives up on beanstalkd 1.12's lost TTR expiry (B1).
+_B1_ROUNDS = 3
+
+
+def _ticks_past_their_ttr(client: greenstalk.Client) -> list[int]:
+    """Ticks still reserved after their TTR ran out: beanstalkd lost the expiry
+    (docs/beanstalkd.md#b1). Ids run from 1 on the test's own server; ticks are recent."""
+    stuck = []
+    last = int(client.stats()["total-jobs"])
+    for job_id in range(max(1, last - 50), last + 1):
+        try:
+            stats = client.stats_job(job_id)
+        except greenstalk.NotFoundError:
+            continue
+        if (
+            str(stats["tube"]).startswith("tubeworker.schedule.")
+            and stats["state"] == "reserved"
+            and int(stats["time-left"]) < 0
+        ):
+            stuck.append(job_id)
+    return stuck
+
+
 def _put_so_far(client: greenstalk.Client) -> int:
     try:
         return int(client.stats_tube("fires")["total-jobs"])
@@ -440,16 +463,36 @@ def test_given_the_holder_stopped_silently_then_another_takes_the_tick_after_its
         daemons.append(daemon.start())
     with greenstalk.Client((beanstalkd.host, beanstalkd.port)) as client:
         wait_until_sync(lambda: _put_so_far(client) >= 3, timeout=30, what="first fires")
-        # Given the daemon that fired last stopped (SIGSTOP: its connections stay open)
-        latest = max(fleet, key=lambda d: max((e["timestamp"] for e in _fired(d)), default=""))
-        other = fleet[1 - fleet.index(latest)]
-        latest.signal(signal.SIGSTOP)
-        stopped = time.time()
-        # Then the other daemon takes the schedule on, within the tick's TTR (10 s)
-        seen = len(_fired(other))
-        wait_until_sync(
-            lambda: len(_fired(other)) >= seen + 3, timeout=60, what="fires by the other"
-        )
+        for attempt in range(1, _B1_ROUNDS + 1):
+            # Given the daemon that fired last stopped (SIGSTOP: its connections stay open)
+            latest = max(fleet, key=lambda d: max((e["timestamp"] for e in _fired(d)), default=""))
+            other = fleet[1 - fleet.index(latest)]
+            latest.signal(signal.SIGSTOP)
+            stopped = time.time()
+            # Then the other daemon takes the schedule on after the tick's TTR (10 s; twice
+            # if the stopped daemon's blocked reserve was handed the tick first)
+            seen = len(_fired(other))
+            try:
+                wait_until_sync(
+                    lambda o=other, n=seen: len(_fired(o)) >= n + 3,
+                    timeout=45,
+                    what="fires by the other",
+                )
+                break
+            except AssertionError:
+                stuck = _ticks_past_their_ttr(client)
+                if not stuck or attempt == _B1_ROUNDS:
+                    raise  # not beanstalkd's lost expiry: ours
+            # beanstalkd 1.12 lost the tick's TTR expiry behind the silent holder
+            # (docs/beanstalkd.md#b1, a server bug the daemon cannot see from outside):
+            # the holder, running again, gives the tick back; then the same again.
+            print(f"\nround {attempt}: beanstalkd kept {stuck} reserved past its TTR (B1)")
+            latest.signal(signal.SIGCONT)
+            wait_until_sync(lambda: not _ticks_past_their_ttr(client), timeout=30, what="B1 over")
+            target = _put_so_far(client) + 2
+            wait_until_sync(
+                lambda t=target: _put_so_far(client) >= t, timeout=30, what="fires again"
+            )
         taken = time.time() - stopped
         # and the stopped one, running again, puts nothing twice
         latest.signal(signal.SIGCONT)
